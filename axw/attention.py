@@ -1,0 +1,271 @@
+"""Causal self-attention with rotary positions and a preallocated KV cache.
+
+The cache follows gpt-fast: keys and values of every layer live in one
+preallocated tensor, written in place, so a decode step allocates nothing
+that grows with the context. Past `window` keys (rotary or no positions)
+the oldest keys slide out, which is what lets decoding run past
+`max_seq_len`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .utils import default, exists
+
+
+class KVCache:
+    """Keys and values of all attention layers, plus which keys may be attended.
+
+    Slots `[start, length)` of the buffers are live. `seen` counts every
+    position processed so far and gives the positions of the next tokens;
+    `seq_start_pos` holds each row's left padding so positions and attention
+    skip it. Rows are reordered in place by `reorder` (beam search).
+    """
+
+    def __init__(self, num_layers: int, window: int | None = None, capacity: int = 0):
+        self.num_layers = num_layers
+        self.window = window
+        self.reserved = capacity
+        self.k: Tensor | None = None  # (layers, batch, kv_heads, capacity, dim_head)
+        self.v: Tensor | None = None
+        self.key_mask: Tensor | None = None  # (batch, capacity), True where a key may be attended
+        self.seq_start_pos: Tensor | None = None
+        self.start = 0
+        self.length = 0
+        self.seen = 0
+        self._pending = 0
+
+    @property
+    def capacity(self) -> int:
+        return 0 if self.k is None else self.k.shape[3]
+
+    @property
+    def batch(self) -> int | None:
+        return None if self.k is None else self.k.shape[1]
+
+    def live(self) -> int:
+        return self.length - self.start
+
+    # --- called once per forward, before the layers ---
+
+    def prepare(self, n: int):
+        """Make room for `n` new slots, dropping keys that slid out of the window."""
+        if exists(self.window):
+            # keep the last window - 1 keys: the first new query sees them and
+            # itself; later queries of a chunk are held to the window by a band mask
+            self.start = max(self.start, self.length - (self.window - 1))
+        self._pending = n
+        if self.k is None or self.length + n <= self.capacity:
+            return
+        live = self.live()
+        target = live + n
+        if exists(self.window):
+            # a buffer of twice the window makes the compaction below happen
+            # once per `window` steps: amortised O(1) per decoded token
+            target = max(target, min(2 * self.window, max(2 * self.capacity, target)))
+        else:
+            target = max(target, 2 * self.capacity)
+        self._resize(target)
+
+    def _resize(self, capacity: int):
+        live = slice(self.start, self.length)
+        size = self.live()
+
+        def move(buf, dim):
+            shape = list(buf.shape)
+            shape[dim] = capacity
+            new = buf.new_empty(shape) if buf.dtype != torch.bool else buf.new_ones(shape)
+            index = [slice(None)] * buf.ndim
+            index[dim] = live
+            dst = [slice(None)] * buf.ndim
+            dst[dim] = slice(0, size)
+            new[tuple(dst)] = buf[tuple(index)]
+            return new
+
+        self.k, self.v = move(self.k, 3), move(self.v, 3)
+        if exists(self.key_mask):
+            self.key_mask = move(self.key_mask, 1)
+        self.start, self.length = 0, size
+
+    def key_slice(self) -> slice:
+        """Slots the new queries attend to, after `prepare`."""
+        return slice(self.start, self.length + self._pending)
+
+    # --- called by each attention layer ---
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        n = k.shape[2]
+        if self.k is None:
+            b, kvh, _, d = k.shape
+            capacity = max(self.reserved, n)
+            self.k = k.new_empty((self.num_layers, b, kvh, capacity, d))
+            self.v = v.new_empty((self.num_layers, b, kvh, capacity, v.shape[-1]))
+        if k.dtype != self.k.dtype:
+            k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        end = self.length + n
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, self.start:end], self.v[layer, :, :, self.start:end]
+
+    # --- called once per forward, after the layers ---
+
+    def write_key_mask(self, mask: Tensor | None, n: int):
+        """Record which of the `n` new keys may be attended (None: all)."""
+        if mask is None and self.key_mask is None:
+            return
+        if self.key_mask is None:
+            # same slots as the key and value buffers, which may not exist yet
+            capacity = self.capacity if self.k is not None else max(self.reserved, self.length + n)
+            batch, device = (mask.shape[0], mask.device) if mask is not None else (self.batch, self.k.device)
+            self.key_mask = torch.ones((batch, capacity), dtype=torch.bool, device=device)
+        self.key_mask[:, self.length:self.length + n] = True if mask is None else mask
+
+    def advance(self, n: int, positions: int | None = None):
+        self.length += n
+        self.seen += default(positions, n)
+        self._pending = 0
+
+    def keep_candidate(self, choice: Tensor):
+        """After a parallel forward of k candidates, keep the chosen one's keys
+        and values (per row) in the first new slot and drop the others."""
+        b = choice.shape[0]
+        src = self.length + choice  # (b,)
+        rows = torch.arange(b, device=choice.device)
+        for buf in (self.k, self.v):
+            picked = buf[:, rows, :, src]  # (b, layers, kv_heads, d)
+            buf[:, :, :, self.length] = picked.permute(1, 0, 2, 3)
+        if exists(self.key_mask):
+            self.key_mask[:, self.length] = self.key_mask[rows, src]
+        self.advance(1)
+
+    def reorder(self, index: Tensor):
+        """Select rows (beam search): row i of the result is row index[i]."""
+        if self.k is not None:
+            self.k = self.k.index_select(1, index)
+            self.v = self.v.index_select(1, index)
+        if exists(self.key_mask):
+            self.key_mask = self.key_mask.index_select(0, index)
+        if exists(self.seq_start_pos):
+            self.seq_start_pos = self.seq_start_pos.index_select(0, index)
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+
+
+class RotaryEmbedding(nn.Module):
+    """Rotary position embedding (Su et al. 2021, arXiv:2104.09864), in the
+    half-split layout Llama and GPT-NeoX use: channel i pairs with i + d/2."""
+
+    def __init__(self, dim: int, base: float = 10000.0):
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"rotary dimension must be even, got {dim}")
+        self.dim = dim
+        self.base = base
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """positions (n,) or (b, n) -> cos, sin broadcastable to (b, heads, n, dim)."""
+        freqs = positions.float()[..., None] * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        if emb.ndim == 3:
+            emb = emb[:, None]
+        return emb.cos(), emb.sin()
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    rot = cos.shape[-1]
+    cos, sin = cos.to(t.dtype), sin.to(t.dtype)
+    if rot == t.shape[-1]:
+        return t * cos + rotate_half(t) * sin
+    t_rot, t_pass = t[..., :rot], t[..., rot:]
+    return torch.cat((t_rot * cos + rotate_half(t_rot) * sin, t_pass), dim=-1)
+
+
+class Attention(nn.Module):
+    """Multi-head causal self-attention with grouped-query heads
+    (Ainslie et al. 2023, arXiv:2305.13245) when `kv_heads < heads`."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        kv_heads: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = False,
+    ):
+        super().__init__()
+        kv_heads = default(kv_heads, heads)
+        if heads % kv_heads:
+            raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+        self.heads, self.kv_heads, self.dim_head = heads, kv_heads, dim_head
+        self.scale = dim_head ** -0.5
+        self.dropout = dropout
+        self.to_qkv = nn.Linear(dim, (heads + 2 * kv_heads) * dim_head, bias=bias)
+        self.to_out = nn.Linear(heads * dim_head, dim, bias=bias)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        rotary: tuple[Tensor, Tensor] | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        return_lse: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        b, n, _ = x.shape
+        h, kvh, d = self.heads, self.kv_heads, self.dim_head
+
+        q, k, v = self.to_qkv(x).split((h * d, kvh * d, kvh * d), dim=-1)
+        q = q.view(b, n, h, d).transpose(1, 2)
+        k = k.view(b, n, kvh, d).transpose(1, 2)
+        v = v.view(b, n, kvh, d).transpose(1, 2)
+
+        if exists(rotary):
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+        if exists(cache):
+            k, v = cache.write(layer, k, v)
+
+        dropout = self.dropout if self.training else 0.0
+        lse = None
+        if return_lse:
+            out, lse = self._explicit(q, k, v, attn_mask, is_causal, dropout)
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout, enable_gqa=kvh != h
+            )
+        out = out.transpose(1, 2).reshape(b, n, h * d)
+        return self.to_out(out), lse
+
+    def _explicit(self, q, k, v, attn_mask, is_causal, dropout):
+        """Attention written out, for when the pre-softmax logits are needed
+        (the attention z-loss): returns the output and logsumexp per query."""
+        if self.kv_heads != self.heads:
+            groups = self.heads // self.kv_heads
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        scores = (q @ k.transpose(-1, -2)) * self.scale
+        if is_causal:
+            i, j = scores.shape[-2:]
+            attn_mask = torch.ones((i, j), dtype=torch.bool, device=q.device).tril(j - i)
+        if exists(attn_mask):
+            scores = scores.masked_fill(~attn_mask, -math.inf)
+        lse = scores.logsumexp(dim=-1)
+        attn = (scores - lse[..., None]).exp()
+        attn = F.dropout(attn, p=dropout, training=dropout > 0)
+        return attn @ v, lse

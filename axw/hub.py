@@ -1,0 +1,165 @@
+"""Checkpoints in the Hugging Face Hub layout: `config.json`, `model.safetensors`
+and, when a tokenizer is attached, `tokenizer.json`.
+
+Nothing is ever unpickled: weights load only from safetensors files, and a
+repository that has only pickle weights is refused with an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .utils import exists
+
+FORMAT = "axw"
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+TOKENIZER_NAME = "tokenizer.json"
+# what a download fetches: configs, safetensors weights (sharded too), tokenizer, card
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "README.md",
+]
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]{0,95}/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def validate_repo_id(repo_id: str) -> str:
+    """Hub ids are `name` or `owner/name` in letters, digits, '.', '_' and '-'."""
+    if not isinstance(repo_id, str) or not _REPO_ID.match(repo_id) or ".." in repo_id or repo_id.endswith(".git"):
+        raise ValueError(
+            f"{repo_id!r} is neither a local folder nor a Hub repo id; a repo id looks like 'owner/name' "
+            "using letters, digits, '.', '_' and '-'"
+        )
+    return repo_id
+
+
+def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None,
+            cache_dir: str | os.PathLike | None = None) -> Path:
+    """A local folder as is, else the folder huggingface_hub downloads (or
+    finds in its cache) for the repo id."""
+    path = Path(path_or_repo_id)
+    if path.is_dir():
+        return path
+    repo_id = str(path_or_repo_id)
+    if path.exists() or repo_id.startswith((".", "/", "~")) or os.sep in repo_id.strip("/").replace("/", "", 1):
+        raise ValueError(f"{repo_id!r} is not a folder holding a model")
+    validate_repo_id(repo_id)
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        folder = snapshot_download(
+            repo_id, revision=revision, token=token, cache_dir=cache_dir, allow_patterns=HUB_FILES
+        )
+    except GatedRepoError as e:
+        raise OSError(f"{repo_id!r} is gated on the Hugging Face Hub: accept its terms and pass a token") from e
+    except RepositoryNotFoundError as e:
+        raise OSError(f"{repo_id!r} was not found on the Hugging Face Hub (or it is private: pass a token)") from e
+    except RevisionNotFoundError as e:
+        raise OSError(f"{repo_id!r} has no revision {revision!r} on the Hugging Face Hub") from e
+    except LocalEntryNotFoundError as e:
+        raise OSError(
+            f"cannot download {repo_id!r}: the Hugging Face Hub is unreachable (or HF_HUB_OFFLINE is set) "
+            "and the repo is not in the local cache"
+        ) from e
+    except Exception as e:  # connection resets, HTTP 5xx, bad tokens: say which repo failed
+        raise OSError(f"cannot download {repo_id!r} from the Hugging Face Hub: {e}") from e
+    return Path(folder)
+
+
+def read_config(folder: Path) -> dict:
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise ValueError(f"{folder} has no {CONFIG_NAME}: not a model folder")
+    with open(config_path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def load_safetensors(folder: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of a folder's safetensors weights, single file or sharded."""
+    index = folder / f"{WEIGHTS_NAME}.index.json"
+    if index.is_file():
+        with open(index, encoding="utf-8") as f:
+            shards = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+        shards = sorted(p.name for p in folder.glob("*.safetensors"))
+    if not shards:
+        pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+        hint = f" (it has {', '.join(pickles)}, which axw never unpickles)" if pickles else ""
+        raise ValueError(f"{folder} has no safetensors weights{hint}")
+    state = {}
+    for shard in shards:
+        state.update(load_file(folder / shard, device=str(device)))
+    return state
+
+
+def load_tokenizer(folder: Path):
+    path = folder / TOKENIZER_NAME
+    if not path.is_file():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path))
+
+
+def axw_config(model) -> dict:
+    return dict(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        net=model.net.config,
+        attn_layers=model.net.attn_layers.config,
+        wrapper=model.config,
+        eos_token_id=model.eos_token_id,
+    )
+
+
+def save_pretrained(model, folder: str | os.PathLike, model_card: str | None = None) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
+    with open(folder / CONFIG_NAME, "w", encoding="utf-8") as f:
+        json.dump(axw_config(model), f, indent=2, sort_keys=True)
+        f.write("\n")
+    if exists(model.tokenizer):
+        model.tokenizer.save(str(folder / TOKENIZER_NAME))
+    if exists(model_card):
+        (folder / "README.md").write_text(model_card, encoding="utf-8")
+    return folder
+
+
+def push_to_hub(model, repo_id: str, token: str | None = None, private: bool = False,
+                commit_message: str = "Upload axw model", model_card: str | None = None) -> str:
+    """Create the repo if needed and upload the saved model; returns the commit URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    validate_repo_id(repo_id)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, model_card=model_card)
+        info = api.upload_folder(folder_path=tmp, repo_id=repo_id, repo_type="model", commit_message=commit_message)
+    return str(getattr(info, "commit_url", info))

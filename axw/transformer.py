@@ -1,0 +1,415 @@
+"""The network: token and position embeddings, a pre-norm causal decoder, and
+the wrapper that turns token ids into logits.
+
+`Decoder` and `TransformerWrapper` take x-transformers' argument names for
+the subset they implement, so `from axw import TransformerWrapper, Decoder`
+replaces `from x_transformers import ...`. The options needed by GPT-2 and
+Llama-family checkpoints (biases, RMSNorm, SwiGLU, grouped-query attention,
+rotary base) are ordinary constructor arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import Attention, KVCache, RotaryEmbedding
+from .utils import default, exists
+
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "silu": nn.SiLU,
+    "relu": nn.ReLU,
+}
+
+
+@dataclass
+class Intermediates:
+    """What `TransformerWrapper(..., return_intermediates=True)` returns beside
+    the logits. Pass it back as `cache=` to run only new positions."""
+
+    cache: KVCache | None = None
+    last_hidden: Tensor | None = None  # final-norm hidden states of the positions run
+    attn_z_loss: Tensor | None = None
+    initial_embeds: Tensor | None = None  # token + position embeddings of the positions run
+    next_embed_pred: Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class Norm(nn.Module):
+    """LayerNorm (optionally without bias) or RMSNorm (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim: int, rms: bool = False, bias: bool = False, eps: float = 1e-5):
+        super().__init__()
+        self.rms, self.eps = rms, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias and not rms else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.rms:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP; with `glu` a gated unit (Shazeer 2020,
+    arXiv:2002.05202), SwiGLU when the activation is SiLU."""
+
+    def __init__(self, dim, inner_dim, activation="gelu", glu=False, bias=True, dropout=0.0):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"ff activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        self.glu = glu
+        self.proj_in = nn.Linear(dim, inner_dim * (2 if glu else 1), bias=bias)
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout)
+        self.proj_out = nn.Linear(inner_dim, dim, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.proj_in(x)
+        if self.glu:
+            gate, up = x.chunk(2, dim=-1)
+            x = self.act(gate) * up
+        else:
+            x = self.act(x)
+        return self.proj_out(self.dropout(x))
+
+
+class Block(nn.Module):
+    def __init__(self, dim, attn: Attention, ff: FeedForward, norm_kwargs: dict):
+        super().__init__()
+        self.attn_norm = Norm(dim, **norm_kwargs)
+        self.attn = attn
+        self.ff_norm = Norm(dim, **norm_kwargs)
+        self.ff = ff
+
+
+class Decoder(nn.Module):
+    """Pre-norm causal transformer layers with a final norm.
+
+    Arguments beyond x-transformers' basic ones exist for imported
+    checkpoints: `attn_bias` (GPT-2), `use_rmsnorm`, `ff_glu` + `ff_swish`,
+    `attn_kv_heads`, `rotary_emb_base` (Llama), `ff_activation='gelu_tanh'`
+    and `norm_bias` (GPT-2)."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        attn_kv_heads: int | None = None,
+        attn_dropout: float = 0.0,
+        attn_bias: bool = False,
+        ff_mult: float = 4,
+        ff_inner_dim: int | None = None,
+        ff_glu: bool = False,
+        ff_swish: bool = False,
+        ff_activation: str | None = None,
+        ff_no_bias: bool = False,
+        ff_dropout: float = 0.0,
+        use_rmsnorm: bool = False,
+        norm_bias: bool = False,
+        norm_eps: float = 1e-5,
+        rotary_pos_emb: bool = False,
+        rotary_emb_dim: int | None = None,
+        rotary_emb_base: float = 10000.0,
+    ):
+        super().__init__()
+        for name, value in (("dim", dim), ("depth", depth), ("heads", heads), ("dim_head", dim_head)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name, value in (("attn_dropout", attn_dropout), ("ff_dropout", ff_dropout)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        activation = default(ff_activation, "silu" if ff_swish else "gelu")
+        inner_dim = default(ff_inner_dim, int(dim * ff_mult))
+
+        self.config = dict(
+            dim=dim, depth=depth, heads=heads, dim_head=dim_head, attn_kv_heads=attn_kv_heads,
+            attn_dropout=attn_dropout, attn_bias=attn_bias, ff_inner_dim=inner_dim, ff_glu=ff_glu,
+            ff_activation=activation, ff_no_bias=ff_no_bias, ff_dropout=ff_dropout,
+            use_rmsnorm=use_rmsnorm, norm_bias=norm_bias, norm_eps=norm_eps,
+            rotary_pos_emb=rotary_pos_emb, rotary_emb_dim=rotary_emb_dim, rotary_emb_base=rotary_emb_base,
+        )
+        self.dim, self.depth, self.heads = dim, depth, heads
+        self.kv_heads = default(attn_kv_heads, heads)
+        self.dim_head = dim_head
+        norm_kwargs = dict(rms=use_rmsnorm, bias=norm_bias, eps=norm_eps)
+
+        self.layers = nn.ModuleList(
+            Block(
+                dim,
+                Attention(dim, heads, dim_head, attn_kv_heads, attn_dropout, bias=attn_bias),
+                FeedForward(dim, inner_dim, activation, ff_glu, bias=not ff_no_bias, dropout=ff_dropout),
+                norm_kwargs,
+            )
+            for _ in range(depth)
+        )
+        self.final_norm = Norm(dim, **norm_kwargs)
+        self.rotary = RotaryEmbedding(default(rotary_emb_dim, dim_head), rotary_emb_base) if rotary_pos_emb else None
+        if exists(self.rotary) and self.rotary.dim > dim_head:
+            raise ValueError(f"rotary_emb_dim ({self.rotary.dim}) cannot exceed dim_head ({dim_head})")
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        positions: Tensor,
+        cache: KVCache | None = None,
+        key_mask: Tensor | None = None,
+        parallel: bool = False,
+        window: int | None = None,
+        return_lse: bool = False,
+    ) -> tuple[Tensor, list[Tensor]]:
+        """x (b, n, dim) at `positions` ((n,) or (b, n)); `key_mask` (b, n)
+        marks which new positions may be attended as keys; with `window`, each
+        query sees at most that many keys, itself included (sliding window)."""
+        n = x.shape[1]
+        attn_mask, is_causal = self._attention_mask(x, n, cache, key_mask, parallel, window)
+        rotary = self.rotary(positions) if exists(self.rotary) else None
+
+        lses = []
+        for i, block in enumerate(self.layers):
+            out, lse = block.attn(
+                block.attn_norm(x), rotary=rotary, cache=cache, layer=i,
+                attn_mask=attn_mask, is_causal=is_causal, return_lse=return_lse,
+            )
+            x = x + out
+            x = x + block.ff(block.ff_norm(x))
+            if return_lse:
+                lses.append(lse)
+
+        if exists(cache) and not parallel:
+            cache.advance(n)
+        return self.final_norm(x), lses
+
+    @staticmethod
+    def _attention_mask(x, n, cache, key_mask, parallel, window):
+        """One boolean mask (True = attend) shared by all layers, or None with
+        `is_causal` when plain causal attention is all that is needed."""
+        device = x.device
+        past = 0
+        if exists(cache):
+            cache.prepare(n)
+            cache.write_key_mask(key_mask, n)
+            past = cache.live()
+            keys = cache.key_mask[:, cache.key_slice()] if exists(cache.key_mask) else None
+        else:
+            keys = key_mask
+
+        banded = exists(window) and not parallel and past + n > window
+        if keys is None and not banded and (n == 1 or (past == 0 and not parallel)):
+            return None, n > 1
+
+        m = past + n
+        q_idx = torch.arange(n, device=device)[:, None]
+        k_idx = torch.arange(m, device=device)[None, :]
+        diagonal = k_idx == q_idx + past
+        allowed = (k_idx < past) | diagonal if parallel else k_idx <= q_idx + past
+        if banded:
+            allowed = allowed & (k_idx > q_idx + past - window)
+        if keys is None:
+            return allowed, False
+        allowed = allowed & keys[:, None, None, :]
+        # a query that may see no key at all (a left-pad position) sees itself,
+        # so softmax stays finite and no NaN flows into real positions
+        blind = ~allowed.any(dim=-1, keepdim=True)
+        return allowed | (blind & diagonal), False
+
+
+class TransformerWrapper(nn.Module):
+    """Token ids -> logits. `forward(x)` gives (batch, seq, num_tokens) logits;
+    `return_intermediates=True` also gives an `Intermediates` holding the KV
+    cache; `cache=intermediates` runs only the positions not yet cached."""
+
+    def __init__(
+        self,
+        *,
+        num_tokens: int,
+        max_seq_len: int,
+        attn_layers: Decoder,
+        emb_dropout: float = 0.0,
+        tie_embedding: bool = False,
+        use_abs_pos_emb: bool = True,
+        add_continuous_pred_head: bool = False,
+        attn_z_loss_weight: float = 1e-4,
+    ):
+        super().__init__()
+        if not isinstance(num_tokens, int) or num_tokens < 1:
+            raise ValueError(f"num_tokens must be a positive integer, got {num_tokens!r}")
+        if not isinstance(max_seq_len, int) or max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be a positive integer, got {max_seq_len!r}")
+        if not isinstance(attn_layers, Decoder):
+            raise ValueError("attn_layers must be an axw Decoder")
+        if not 0.0 <= emb_dropout < 1.0:
+            raise ValueError(f"emb_dropout must be in [0, 1), got {emb_dropout}")
+
+        self.config = dict(
+            num_tokens=num_tokens, max_seq_len=max_seq_len, emb_dropout=emb_dropout,
+            tie_embedding=tie_embedding, use_abs_pos_emb=use_abs_pos_emb,
+            add_continuous_pred_head=add_continuous_pred_head, attn_z_loss_weight=attn_z_loss_weight,
+        )
+        dim = attn_layers.dim
+        self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
+        self.attn_z_loss_weight = attn_z_loss_weight
+        self.token_emb = nn.Embedding(num_tokens, dim)
+        self.pos_emb = nn.Embedding(max_seq_len, dim) if use_abs_pos_emb else None
+        self.emb_dropout = nn.Dropout(emb_dropout)
+        self.attn_layers = attn_layers
+        self.to_logits = None if tie_embedding else nn.Linear(dim, num_tokens, bias=False)
+        self.add_continuous_pred_head = add_continuous_pred_head
+        if add_continuous_pred_head:
+            self.to_next_embed_pred = nn.Sequential(
+                nn.Linear(dim, dim, bias=False), nn.SiLU(), nn.Linear(dim, dim, bias=False)
+            )
+        # past max_seq_len, absolute positions have no embedding; rotary ones slide
+        self.can_cache_kv_outside_max_seq_len = not use_abs_pos_emb
+        self.can_cache_kv = True
+        self.apply(self._init_weights)
+        for block in attn_layers.layers:
+            # GPT-2: scale residual projections by depth so the stream's variance stays put
+            for proj in (block.attn.to_out, block.ff.proj_out):
+                nn.init.normal_(proj.weight, std=0.02 / (2 * attn_layers.depth) ** 0.5)
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def dim(self) -> int:
+        return self.attn_layers.dim
+
+    def new_cache(self, capacity: int = 0) -> KVCache:
+        window = self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None
+        return KVCache(self.attn_layers.depth, window=window, capacity=capacity)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        if self.to_logits is None:
+            return hidden @ self.token_emb.weight.t()
+        return self.to_logits(hidden)
+
+    def forward(
+        self,
+        x: Tensor,
+        return_intermediates: bool = False,
+        cache: Intermediates | KVCache | None = None,
+        mask: Tensor | None = None,
+        self_attn_kv_mask: Tensor | None = None,
+        seq_start_pos: Tensor | None = None,
+        prepend_embeds: Tensor | None = None,
+        return_attn_z_loss: bool = False,
+        return_next_embed_pred: bool = False,
+        return_embeddings: bool = False,
+        return_cache: bool = True,
+        input_not_include_cache: bool = False,
+        parallel: bool = False,
+    ):
+        """
+        x: (batch, n) token ids. With `cache`, x holds the whole sequence so far
+            (x-transformers' contract) and only the uncached tail is run, unless
+            `input_not_include_cache`, when x is only the new tokens.
+        mask / self_attn_kv_mask: (batch, n) bools, False hides that position as
+            a key (padding, or masked training).
+        seq_start_pos: (batch,) count of left-padding tokens per row: positions
+            start after it and the padding is never attended.
+        parallel: the new tokens are alternatives for the same next position,
+            each attending to the cache and itself (contrastive search).
+        """
+        kv_cache = cache.cache if isinstance(cache, Intermediates) else cache
+        if exists(cache) and kv_cache is None:
+            raise ValueError("cache holds no keys and values: run the first pass with return_intermediates=True")
+        if exists(kv_cache) and not input_not_include_cache:
+            if x.shape[1] <= kv_cache.seen:
+                raise ValueError(
+                    f"with a cache of {kv_cache.seen} positions, x must hold the whole sequence and at least one "
+                    f"new token; got {x.shape[1]} tokens"
+                )
+            x = x[:, kv_cache.seen:]
+            mask = mask[:, -x.shape[1]:] if exists(mask) else None
+            self_attn_kv_mask = self_attn_kv_mask[:, -x.shape[1]:] if exists(self_attn_kv_mask) else None
+        if kv_cache is None and return_intermediates and return_cache:
+            kv_cache = self.new_cache()
+        if exists(kv_cache) and exists(prepend_embeds) and kv_cache.seen > 0:
+            raise ValueError("prepend_embeds can only be given on the first pass, not with a filled cache")
+
+        b, n = x.shape
+        device = x.device
+        seen = kv_cache.seen if exists(kv_cache) else 0
+        if exists(kv_cache):
+            if exists(seq_start_pos):
+                kv_cache.seq_start_pos = seq_start_pos
+            seq_start_pos = kv_cache.seq_start_pos
+
+        tokens = self.token_emb(x)
+        positions = torch.full((n,), seen, device=device) if parallel else torch.arange(seen, seen + n, device=device)
+        key_mask = _and(mask, self_attn_kv_mask)
+        if exists(seq_start_pos):
+            # left padding: positions start at each row's first real token
+            key_mask = _and(key_mask, positions[None, :] >= seq_start_pos[:, None])
+            positions = (positions[None, :] - seq_start_pos[:, None]).clamp(min=0)
+
+        if exists(self.pos_emb):
+            last = seen + (0 if parallel else n - 1)
+            if last >= self.max_seq_len:
+                raise ValueError(
+                    f"position {last} is past max_seq_len={self.max_seq_len}: absolute position embeddings stop "
+                    "there; build the model with rotary_pos_emb=True and use_abs_pos_emb=False to decode further"
+                )
+            tokens = tokens + self.pos_emb(positions)
+        initial_embeds = tokens
+
+        h = tokens
+        if exists(prepend_embeds):
+            p = prepend_embeds.shape[1]
+            h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
+            positions = torch.arange(seen, seen + p + n, device=device) if positions.ndim == 1 else torch.cat(
+                (positions.new_zeros((b, p)), positions + p), dim=1
+            )
+            if exists(key_mask):
+                key_mask = torch.cat((key_mask.new_ones((b, p)), key_mask), dim=1)
+        h = self.emb_dropout(h)
+
+        hidden, lses = self.attn_layers(
+            h, positions=positions, cache=kv_cache, key_mask=key_mask, parallel=parallel,
+            window=self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None,
+            return_lse=return_attn_z_loss,
+        )
+        out = hidden if return_embeddings else self.logits(hidden)
+
+        if not return_intermediates and not return_attn_z_loss and not return_next_embed_pred:
+            return out
+
+        inter = Intermediates(cache=kv_cache, last_hidden=hidden, initial_embeds=initial_embeds)
+        if return_attn_z_loss:
+            inter.attn_z_loss = attn_z_loss(lses) * self.attn_z_loss_weight
+        if return_next_embed_pred:
+            if not self.add_continuous_pred_head:
+                raise ValueError("return_next_embed_pred needs a net built with add_continuous_pred_head=True")
+            inter.next_embed_pred = self.to_next_embed_pred(hidden)
+        return out, inter
+
+
+
+def attn_z_loss(lses: list[Tensor]) -> Tensor:
+    """Attention z-loss (PaLM, arXiv:2204.02311; ST-MoE, arXiv:2202.08906):
+    the squared logsumexp of each query's attention logits, summed over layers
+    and heads, averaged over batch and query positions. Pulls the logits'
+    normaliser towards 1 so bf16 softmax stays stable."""
+    z = sum(lse.float().square().sum(dim=1) for lse in lses)  # (b, n)
+    return z.mean()
+
+
+def _and(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a & b

@@ -1,0 +1,271 @@
+"""The network and the training contract, checked against hand computations
+and full recomputes."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import tiny_model, tiny_net
+
+from axw import AutoregressiveWrapper, Decoder, TransformerWrapper
+from axw.loss import random_key_mask
+
+VARIANTS = {
+    "abs": dict(),
+    "rotary": dict(rotary=True),
+    "llama-like": dict(rotary=True, use_rmsnorm=True, ff_glu=True, ff_swish=True, ff_no_bias=True,
+                       attn_kv_heads=2, rotary_emb_base=500000.0, ff_inner_dim=40),
+    "gpt2-like": dict(attn_bias=True, norm_bias=True, ff_activation="gelu_tanh"),
+    "partial-rotary": dict(rotary=True, rotary_emb_dim=4),
+}
+
+
+def test_logits_shape(model):
+    x = torch.randint(0, 97, (3, 11))
+    assert model.net(x).shape == (3, 11, 97)
+    logits, inter = model.net(x, return_intermediates=True)
+    assert logits.shape == (3, 11, 97) and inter.cache.seen == 11
+
+
+def test_loss_is_cross_entropy_by_hand(model):
+    seq = torch.randint(0, 97, (2, 17))
+    logits = model.net(seq[:, :-1])
+    log_probs = logits.log_softmax(-1)
+    by_hand = -log_probs.gather(-1, seq[:, 1:, None]).mean()
+    assert torch.allclose(model(seq), by_hand, atol=1e-6)
+
+
+def test_return_outputs_gives_logits_of_inputs(model):
+    seq = torch.randint(0, 97, (2, 9))
+    loss, (logits, inter) = model(seq, return_outputs=True)
+    assert logits.shape == (2, 8, 97)
+    assert torch.allclose(logits, model.net(seq[:, :-1]), atol=1e-6)
+
+
+def test_lens_and_ignore_index_drop_padding_from_the_loss():
+    model = tiny_model(wrapper_kwargs=dict(pad_value=3)).eval()
+    seq = torch.randint(0, 97, (2, 12))
+    lens = torch.tensor([12, 7])
+    loss = model(seq, lens=lens)
+
+    # by hand: row 1 has 6 valid targets (positions 1..6), padding read as pad_value
+    padded = seq.clone()
+    padded[1, 7:] = 3
+    log_probs = model.net(padded[:, :-1]).log_softmax(-1)
+    nll = -log_probs.gather(-1, padded[:, 1:, None])[..., 0]
+    valid = torch.ones_like(nll, dtype=torch.bool)
+    valid[1, 6:] = False
+    assert torch.allclose(loss, nll[valid].mean(), atol=1e-6)
+
+    # the same through ignore_index in the sequence itself
+    ignored = seq.clone()
+    ignored[1, 7:] = -100
+    assert torch.allclose(model(ignored), loss, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_masked_keys_are_hidden(variant):
+    net = tiny_model(**VARIANTS[variant]).net.eval()
+    x = torch.randint(0, 97, (1, 16))
+    keep = torch.ones(1, 16, dtype=torch.bool)
+    keep[0, [3, 8, 9]] = False
+    base = net(x, self_attn_kv_mask=keep)
+
+    changed = x.clone()
+    changed[0, 8] = (x[0, 8] + 1) % 97
+    out = net(changed, self_attn_kv_mask=keep)
+    others = [i for i in range(16) if i != 8]
+    assert torch.allclose(out[0, others], base[0, others], atol=1e-6)
+    assert not torch.allclose(out[0, 8], base[0, 8])
+
+    # control: an unmasked token does change later positions
+    changed[0, 8] = x[0, 8]
+    changed[0, 5] = (x[0, 5] + 1) % 97
+    out = net(changed, self_attn_kv_mask=keep)
+    assert not torch.allclose(out[0, 12], base[0, 12], atol=1e-4)
+
+
+def test_random_key_mask_counts_and_first_token():
+    g = torch.Generator().manual_seed(0)
+    for n, p in [(10, 0.15), (128, 0.15), (50, 0.5), (5, 0.99)]:
+        keep = random_key_mask(64, n, p, "cpu", g)
+        assert keep[:, 0].all()
+        assert ((~keep).sum(-1) == min(int(n * p), n - 1)).all()
+    # every position but the first gets masked sometimes
+    keep = random_key_mask(2000, 10, 0.3, "cpu", g)
+    assert (~keep[:, 1:]).any(0).all()
+
+
+def test_mask_prob_loss_equals_loss_with_that_key_mask():
+    model = tiny_model(wrapper_kwargs=dict(mask_prob=0.25)).train()
+    seq = torch.randint(0, 97, (3, 21))
+    loss = model(seq, generator=torch.Generator().manual_seed(5))
+    keep = random_key_mask(3, 20, 0.25, "cpu", torch.Generator().manual_seed(5))
+    logits = model.net(seq[:, :-1], self_attn_kv_mask=keep)
+    expected = F.cross_entropy(logits.reshape(-1, 97), seq[:, 1:].reshape(-1))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # the mask changes the loss, and eval mode trains nothing so it is off
+    assert not torch.allclose(loss, model.eval()(seq))
+
+
+def _attention_logsumexp_by_hand(net, x):
+    """Recompute each layer's attention logits from the weights."""
+    captured = []
+    hooks = [blk.attn_norm.register_forward_hook(lambda m, i, o: captured.append(o)) for blk in net.attn_layers.layers]
+    net(x)
+    for h in hooks:
+        h.remove()
+    total = 0.0
+    n = x.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool).tril()
+    for blk, normed in zip(net.attn_layers.layers, captured):
+        a = blk.attn
+        qkv = normed @ a.to_qkv.weight.t()
+        q, k, _ = qkv.split((a.heads * a.dim_head, a.kv_heads * a.dim_head, a.kv_heads * a.dim_head), -1)
+        q = q.view(1, n, a.heads, a.dim_head).transpose(1, 2)
+        k = k.view(1, n, a.kv_heads, a.dim_head).transpose(1, 2)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(a.dim_head)
+        lse = scores.masked_fill(~causal, -math.inf).logsumexp(-1)
+        total = total + lse.square().sum(1)  # heads
+    return total.mean()
+
+
+def test_attn_z_loss_matches_the_formula():
+    model = tiny_model(wrapper_kwargs=dict(add_attn_z_loss=True)).eval()
+    seq = torch.randint(0, 97, (1, 13))
+    inp = seq[:, :-1]
+    _, inter = model.net(inp, return_intermediates=True, return_attn_z_loss=True)
+    by_hand = _attention_logsumexp_by_hand(model.net, inp)
+    assert torch.allclose(inter.attn_z_loss, by_hand * model.net.attn_z_loss_weight, rtol=1e-5)
+    ce = F.cross_entropy(model.net(inp)[0], seq[0, 1:])
+    assert torch.allclose(model(seq), ce + by_hand * 1e-4, rtol=1e-5)
+    # only computed when asked
+    _, inter = model.net(inp, return_intermediates=True)
+    assert inter.attn_z_loss is None
+
+
+def test_next_embed_loss_by_hand():
+    torch.manual_seed(0)
+    net = TransformerWrapper(num_tokens=97, max_seq_len=64, add_continuous_pred_head=True,
+                             attn_layers=Decoder(dim=32, depth=2, heads=4, dim_head=8))
+    model = AutoregressiveWrapper(net, next_embed_loss_weight=0.3).eval()
+    seq = torch.randint(0, 97, (2, 10))
+    inp = seq[:, :-1]
+    hidden = net(inp, return_embeddings=True)
+    pred = net.to_next_embed_pred(hidden)
+    goal = net.token_emb.weight[seq[:, 1:]] + net.pos_emb.weight[1:10]
+    ce = F.cross_entropy(net(inp).reshape(-1, 97), seq[:, 1:].reshape(-1))
+    expected = ce + 0.3 * (pred - goal).abs().mean()
+    assert torch.allclose(model(seq), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cache_equals_full_recompute(variant):
+    net = tiny_model(**VARIANTS[variant]).net.eval()
+    x = torch.randint(0, 97, (3, 30))
+    full = net(x)
+    logits, inter = net(x[:, :7], return_intermediates=True)
+    pieces = [logits]
+    for end in [8, 9, 13, 14, 30]:  # single tokens and chunks
+        logits, inter = net(x[:, :end], cache=inter, return_intermediates=True)
+        pieces.append(logits)
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+
+
+def test_cache_with_left_padding_equals_each_row_alone():
+    net = tiny_model(rotary=True).net.eval()
+    a, b = torch.randint(0, 97, (9,)), torch.randint(0, 97, (5,))
+    batch = torch.stack([a, torch.cat([torch.zeros(4, dtype=torch.long), b])])
+    start = torch.tensor([0, 4])
+    logits, inter = net(batch, return_intermediates=True, seq_start_pos=start)
+    nxt = torch.tensor([[11], [12]])
+    step, _ = net(nxt, cache=inter, return_intermediates=True, input_not_include_cache=True)
+    alone_b = net(torch.cat([b, torch.tensor([12])])[None])
+    alone_a = net(torch.cat([a, torch.tensor([11])])[None])
+    assert torch.allclose(logits[1, 4:], alone_b[0, :5], atol=1e-5)
+    assert torch.allclose(step[1, 0], alone_b[0, -1], atol=1e-5)
+    assert torch.allclose(step[0, 0], alone_a[0, -1], atol=1e-5)
+    assert not torch.isnan(logits).any()
+
+
+def test_rotary_cache_slides_past_max_seq_len():
+    """Past max_seq_len each query sees the last max_seq_len keys: decoding
+    with the sliding cache equals a full forward, which applies the same
+    window as a band mask."""
+    net = tiny_model(rotary=True, max_seq_len=16).net.eval()
+    x = torch.randint(0, 97, (2, 40))
+    full = net(x)
+    logits, inter = net(x[:, :10], return_intermediates=True)
+    pieces = [logits]
+    for end in list(range(11, 30)) + [34, 40]:  # single steps, then chunks past the window
+        logits, inter = net(x[:, :end], cache=inter, return_intermediates=True)
+        pieces.append(logits)
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-5)
+    assert inter.cache.capacity <= 2 * 16  # the buffer stays bounded
+
+
+def test_sliding_window_of_one_layer_equals_recomputing_the_window():
+    """With one layer nothing older than the window can leak in through deeper
+    keys, so position t equals a fresh run on the last max_seq_len tokens."""
+    net = tiny_model(rotary=True, max_seq_len=8, depth=1).net.eval()
+    x = torch.randint(0, 97, (1, 30))
+    full = net(x)
+    for t in range(8, 30):
+        assert torch.allclose(full[0, t], net(x[:, t - 7: t + 1])[0, -1], atol=1e-5)
+    deep = tiny_model(rotary=True, max_seq_len=8, depth=2).net.eval()
+    assert not torch.allclose(deep(x)[0, 20], deep(x[:, 13:21])[0, -1], atol=1e-4)
+
+
+def test_absolute_positions_refuse_to_go_past_max_seq_len():
+    net = tiny_model(max_seq_len=16).net.eval()
+    x = torch.randint(0, 97, (1, 17))
+    _, inter = net(x[:, :16], return_intermediates=True)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        net(x, cache=inter)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        net(x)
+
+
+def test_training_step_reduces_loss():
+    model = tiny_model().train()
+    seq = torch.randint(0, 97, (4, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = model(seq).item()
+    for _ in range(30):
+        loss = model(seq)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first * 0.7
+
+
+@pytest.mark.parametrize(
+    "build, match",
+    [
+        (lambda: AutoregressiveWrapper(tiny_net(), mask_prob=1.0), "mask_prob"),
+        (lambda: AutoregressiveWrapper(tiny_net(), mask_prob=-0.1), "mask_prob"),
+        (lambda: AutoregressiveWrapper(tiny_net(), pad_value=97), "pad_value"),
+        (lambda: tiny_net(heads=3, dim=32, attn_kv_heads=2), "kv_heads"),
+        (lambda: Decoder(dim=0, depth=2), "dim"),
+        (lambda: Decoder(dim=8, depth=1, ff_activation="swoosh"), "activation"),
+        (lambda: Decoder(dim=8, depth=1, attn_dropout=1.0), "attn_dropout"),
+        (lambda: TransformerWrapper(num_tokens=0, max_seq_len=8, attn_layers=Decoder(dim=8, depth=1)), "num_tokens"),
+        (lambda: TransformerWrapper(num_tokens=8, max_seq_len=8, attn_layers=torch.nn.Linear(2, 2)), "Decoder"),
+        (lambda: Decoder(dim=8, depth=1, heads=1, dim_head=8, rotary_pos_emb=True, rotary_emb_dim=16), "rotary"),
+    ],
+)
+def test_bad_arguments_raise_value_error(build, match):
+    with pytest.raises(ValueError, match=match):
+        build()
+
+
+def test_bad_inputs_to_the_loss(model):
+    with pytest.raises(ValueError, match="vocabulary"):
+        model(torch.tensor([[1, 2, 97]]))
+    with pytest.raises(ValueError, match="at least 2"):
+        model(torch.tensor([[1]]))
+    with pytest.raises(ValueError, match="integer"):
+        model(torch.rand(2, 5))
+    with pytest.raises(ValueError, match="lens"):
+        model(torch.tensor([[1, 2, 3]]), lens=torch.tensor([4]))

@@ -1,0 +1,73 @@
+"""Parity with x-transformers, the reference implementation of the seed: the
+same weights give the same logits and the same losses."""
+
+import pytest
+import torch
+
+from axw import AutoregressiveWrapper, Decoder, TransformerWrapper
+
+xt = pytest.importorskip("x_transformers")
+
+
+def xt_pair(num_tokens=131, max_seq_len=48, dim=64, depth=3, heads=4):
+    torch.manual_seed(0)
+    theirs = xt.TransformerWrapper(
+        num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=xt.Decoder(dim=dim, depth=depth, heads=heads)
+    ).eval()
+    ours = TransformerWrapper(
+        num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=Decoder(dim=dim, depth=depth, heads=heads)
+    ).eval()
+    assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
+
+    # copy their weights into ours; their absolute positions are scaled by
+    # dim ** -0.5 and their norms may store gamma - 1 (unit offset)
+    def gamma(norm):
+        return norm.gamma + float(norm.unit_offset)
+
+    with torch.no_grad():
+        ours.token_emb.weight.copy_(theirs.token_emb.emb.weight)
+        ours.pos_emb.weight.copy_(theirs.pos_emb.emb.weight * theirs.pos_emb.scale)
+        layers = theirs.attn_layers.layers
+        for i, block in enumerate(ours.attn_layers.layers):
+            (attn_norm, *_), attn, _ = layers[2 * i]
+            (ff_norm, *_), ff, _ = layers[2 * i + 1]
+            block.attn_norm.weight.copy_(gamma(attn_norm))
+            block.attn.to_qkv.weight.copy_(torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]))
+            block.attn.to_out.weight.copy_(attn.to_out.weight)
+            block.ff_norm.weight.copy_(gamma(ff_norm))
+            block.ff.proj_in.weight.copy_(ff.ff[0][0].weight)
+            block.ff.proj_in.bias.copy_(ff.ff[0][0].bias)
+            block.ff.proj_out.weight.copy_(ff.ff[2].weight)
+            block.ff.proj_out.bias.copy_(ff.ff[2].bias)
+        ours.attn_layers.final_norm.weight.copy_(gamma(theirs.attn_layers.final_norm))
+        ours.to_logits.weight.copy_(theirs.to_logits.weight)
+    return theirs, ours
+
+
+def test_same_weights_same_logits():
+    theirs, ours = xt_pair()
+    x = torch.randint(0, 131, (3, 40))
+    assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+
+
+def test_same_weights_same_loss_and_key_mask():
+    theirs, ours = xt_pair()
+    seq = torch.randint(0, 131, (3, 33))
+    their_loss = xt.AutoregressiveWrapper(theirs)(seq)
+    assert torch.allclose(AutoregressiveWrapper(ours)(seq), their_loss, atol=1e-5)
+
+    keep = torch.rand(3, 32) > 0.3
+    keep[:, 0] = True
+    their_logits = theirs(seq[:, :-1], self_attn_kv_mask=keep)
+    assert torch.allclose(ours(seq[:, :-1], self_attn_kv_mask=keep), their_logits, atol=1e-5)
+
+
+def test_same_weights_same_cached_decoding():
+    theirs, ours = xt_pair()
+    x = torch.randint(0, 131, (2, 20))
+    _, their_cache = theirs(x[:, :12], return_intermediates=True)
+    _, our_cache = ours(x[:, :12], return_intermediates=True)
+    for end in range(13, 21):
+        their_logits, their_cache = theirs(x[:, :end], cache=their_cache, return_intermediates=True)
+        our_logits, our_cache = ours(x[:, :end], cache=our_cache, return_intermediates=True)
+        assert torch.allclose(our_logits[:, -1], their_logits[:, -1], atol=1e-5)
