@@ -257,7 +257,9 @@ def build_net(config: dict, state: dict[str, Tensor]) -> TransformerWrapper:
                 f"{config['model_type']} checkpoint tensor for {name} has shape {tuple(tensor.shape)}, "
                 f"the config implies {tuple(expected[name].shape)}"
             )
-        mapped[name] = tensor.to(dtype).contiguous()
+        # a copy of every tensor: those safetensors returns are views of the
+        # memory-mapped file, whose pages would otherwise stay resident beside the copies
+        mapped[name] = tensor.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
     net.load_state_dict(mapped, strict=True, assign=True)
     rotary = net.attn_layers.rotary
     if exists(rotary):

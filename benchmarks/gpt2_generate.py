@@ -1,0 +1,138 @@
+"""Greedy generation speed and memory of a GPT-2-small-shaped model, axw
+beside transformers, from the same checkpoint in the same run.
+
+    python benchmarks/gpt2_generate.py [--tokens 128] [--repeats 5] [--threads 2]
+
+The model is `GPT2Config()` (124M parameters) with random weights, built and
+saved by transformers as safetensors, and loaded by each library from that
+folder. Each measurement runs in its own subprocess, axw and transformers
+alternating, so neither library's allocations or caches touch the other's
+figures and drift in the machine hits both; the medians are reported.
+
+Per run: one warm-up generation, then `--tokens` new tokens at batch 1 from a
+short prompt, greedy, no EOS. Memory: the process's peak resident set during
+the timed generation (weights included), and that peak less the resident set
+just before it (what generating itself adds: KV cache, activations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+PROMPT_LEN = 8
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1))
+
+
+def _reset_peak() -> bool:
+    """Restart the kernel's high-water mark of resident memory (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def worker(kind: str, folder: str, tokens: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    prompt = torch.randint(0, 50257, (1, PROMPT_LEN))
+    if kind == "axw":
+        from axw import AutoregressiveWrapper
+
+        model = AutoregressiveWrapper.from_pretrained(folder)
+
+        def generate(n):
+            return model.generate(prompt, n, temperature=0.0)
+    else:
+        from transformers import GPT2LMHeadModel
+
+        model = GPT2LMHeadModel.from_pretrained(folder).eval()
+        # no EOS: both generate exactly `tokens` tokens
+        model.generation_config.eos_token_id = None
+        model.generation_config.pad_token_id = 0
+
+        def generate(n):
+            return model.generate(prompt, max_new_tokens=n, do_sample=False)
+
+    generate(8)  # warm-up: lazy initialisation, allocator pools
+    exact = _reset_peak()
+    before = _status_kb("VmRSS")
+    start = time.perf_counter()
+    out = generate(tokens)
+    seconds = time.perf_counter() - start
+    peak = _status_kb("VmHWM") if exact else None
+    assert out.shape[-1] == PROMPT_LEN + tokens, out.shape
+    return dict(seconds=seconds, before_kb=before, peak_kb=peak, tokens=out[0, PROMPT_LEN:].tolist())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--worker", choices=["axw", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--folder", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.folder, args.tokens, args.threads)))
+        return
+
+    import torch
+    import transformers
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    runs = {"axw": [], "transformers": []}
+    with tempfile.TemporaryDirectory() as folder:
+        torch.manual_seed(0)
+        hf = GPT2LMHeadModel(GPT2Config())
+        params = sum(p.numel() for p in hf.parameters())
+        hf.save_pretrained(folder)
+        del hf
+        for _ in range(args.repeats):
+            for kind in runs:
+                cmd = [sys.executable, __file__, "--worker", kind, "--folder", folder,
+                       "--tokens", str(args.tokens), "--threads", str(args.threads)]
+                result = subprocess.run(cmd, capture_output=True, text=True)
+                if result.returncode:
+                    sys.exit(f"{kind} run failed:\n{result.stderr}")
+                runs[kind].append(json.loads(result.stdout.strip().splitlines()[-1]))
+
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"{args.threads} torch threads, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
+          f"transformers {transformers.__version__}")
+    print(f"model: GPT2Config() random weights, {params / 1e6:.1f}M params, fp32; batch 1, prompt {PROMPT_LEN} tokens, "
+          f"{args.tokens} new tokens greedy; median of {args.repeats} runs, each in its own process, alternating")
+    rates = {}
+    peaks = {}
+    for kind, rs in runs.items():
+        rates[kind] = statistics.median(args.tokens / r["seconds"] for r in rs)
+        line = f"{kind:>13}: {rates[kind]:6.1f} tokens/s"
+        if rs[0]["peak_kb"] is not None:
+            peaks[kind] = statistics.median(r["peak_kb"] for r in rs) / 1024
+            added = statistics.median(r["peak_kb"] - r["before_kb"] for r in rs) / 1024
+            line += f", peak RSS {peaks[kind]:6.0f} MiB (generation adds {added:5.1f} MiB)"
+        print(line)
+    print(f"axw / transformers: {rates['axw'] / rates['transformers']:.2f}x tokens/s"
+          + (f", {peaks['axw'] / peaks['transformers']:.2f}x peak RSS" if peaks else ""))
+    same = all(a["tokens"] == t["tokens"] for a, t in zip(runs["axw"], runs["transformers"]))
+    print(f"same greedy tokens: {'yes' if same else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
