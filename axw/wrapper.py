@@ -8,10 +8,34 @@ import os
 import torch
 from torch import Tensor, nn
 
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
 from . import hub
+from .filters import identity, top_k
+from .generation import Decoding, Step
 from .loss import autoregressive_loss
 from .transformer import Decoder, TransformerWrapper
 from .utils import exists
+
+
+@contextmanager
+def _eval(*modules):
+    """Eval mode for the duration, then each module's own mode back."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+def _amateurs(amateur_model) -> list:
+    if amateur_model is None:
+        return []
+    return list(amateur_model) if isinstance(amateur_model, (list, tuple)) else [amateur_model]
 
 
 class AutoregressiveWrapper(nn.Module):
@@ -85,6 +109,89 @@ class AutoregressiveWrapper(nn.Module):
             lens=lens, prepend_embeds=prepend_embeds, return_outputs=return_outputs, **kwargs,
         )
 
+    # --- generation ---
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Tensor | list[Tensor],
+        seq_len: int,
+        eos_token: int | None = None,
+        temperature: float = 1.0,
+        filter_logits_fn: str | Callable | list = top_k,
+        filter_kwargs: dict | list = dict(),
+        prompt_lens: Tensor | None = None,
+        restrict_to_max_seq_len: bool = True,
+        amateur_model=None,
+        contrastive_decode_kwargs: dict | list = dict(beta=0.5, alpha=0.1),
+        cache_kv: bool = True,
+        beams: int = 1,
+        penalty_alpha: float | None = None,
+        contrastive_k: int = 4,
+        **kwargs,
+    ) -> Tensor:
+        """The prompt followed by `seq_len` generated tokens: (batch, prompt + seq_len),
+        or 1-D for a 1-D prompt. A list of 1-D prompts of different lengths is
+        left-padded with `pad_value`; each row continues as its prompt alone would.
+
+        Strategy: sampling at `temperature` (0 = greedy) through
+        `filter_logits_fn` (a name or callable from `axw.filters`, or a list
+        chained in order with a list of `filter_kwargs`); `beams > 1`: beam
+        search; `penalty_alpha` in [0, 1]: contrastive search over
+        `contrastive_k` candidates; `amateur_model`: contrastive decoding.
+
+        More keyword arguments: `repetition_penalty` (1 = off),
+        `no_repeat_ngram_size` (0 = off), `length_penalty` and `stochastic` (beam
+        search), `seed` or `generator` (reproducible sampling). Rows stop at
+        `eos_token`; what follows it is `pad_value`."""
+        run = Decoding(
+            self, prompts, seq_len, eos_token=eos_token, temperature=temperature,
+            filter_logits_fn=filter_logits_fn, filter_kwargs=filter_kwargs, prompt_lens=prompt_lens,
+            restrict_to_max_seq_len=restrict_to_max_seq_len, amateur_model=amateur_model,
+            contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv, beams=beams,
+            penalty_alpha=penalty_alpha, contrastive_k=contrastive_k, **kwargs,
+        )
+        with _eval(self, *_amateurs(amateur_model)):
+            return run.output()
+
+    @torch.no_grad()
+    def beam_search(
+        self,
+        prompts: Tensor | list[Tensor],
+        seq_len: int,
+        beams: int = 4,
+        return_beams_and_scores: bool = False,
+        eos_token: int | None = None,
+        length_penalty: float = 0.0,
+        stochastic: bool = False,
+        temperature: float = 1.0,
+        filter_logits_fn: str | Callable | list = identity,
+        filter_kwargs: dict | list = dict(),
+        **kwargs,
+    ):
+        """Beam search: the best beam, (batch, prompt + seq_len); with
+        `return_beams_and_scores`, all beams best first as (beams, batch, prompt +
+        seq_len) and their (beams, batch) scores, summed token log-probs
+        (divided by length ** length_penalty when it is not 0). EOS ends a
+        hypothesis. `stochastic=True` picks beams by Gumbel-top-k over the
+        filtered, tempered distribution instead of the top scores."""
+        run = Decoding(
+            self, prompts, seq_len, beams=beams, eos_token=eos_token, length_penalty=length_penalty,
+            stochastic=stochastic, temperature=temperature, filter_logits_fn=filter_logits_fn,
+            filter_kwargs=filter_kwargs, **kwargs,
+        )
+        with _eval(self):
+            if return_beams_and_scores:
+                return run.beams_and_scores()
+            return run.output()
+
+    def stream(self, prompts: Tensor | list[Tensor], seq_len: int, **kwargs) -> Iterator[Step]:
+        """Like `generate`, but yields a `Step` as each token is chosen; stop
+        early by breaking out of the loop. `trace=True` attaches the teaching
+        trace to each step. Arguments are checked here, before the first step."""
+        run = Decoding(self, prompts, seq_len, **kwargs)
+        return _stream(run, [self, *_amateurs(kwargs.get("amateur_model"))])
+
     def _check_tokens(self, x, name: str, allow_ignore: bool = False):
         if not isinstance(x, Tensor) or x.dtype not in (torch.long, torch.int, torch.int16, torch.uint8, torch.int8):
             raise ValueError(f"{name} must be an integer tensor of token ids")
@@ -145,3 +252,9 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError(f"{folder}: weights do not match the config (missing {missing}, unexpected {unexpected})")
         model.eos_token_id = config.get("eos_token_id")
         return model
+
+
+@torch.no_grad()
+def _stream(run: Decoding, modules: list) -> Iterator[Step]:
+    with _eval(*modules):
+        yield from run
