@@ -158,6 +158,67 @@ def test_tokenizer_attached(tmp_path):
     assert model.tokenizer.encode("w5 w7 <eos>").ids == [5, 7, VOCAB - 2]
 
 
+# --- decoding against transformers' generate ---
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def pair(request, tmp_path):
+    hf = gpt2() if request.param == "gpt2" else llama()
+    return hf, AutoregressiveWrapper.from_pretrained(save(hf, tmp_path))
+
+
+def prompts():
+    torch.manual_seed(2)
+    return torch.randint(0, VOCAB, (2, 6))
+
+
+def test_greedy_matches_transformers(pair):
+    hf, model = pair
+    x = prompts()
+    ours = model.generate(x, 40, temperature=0.0)
+    theirs = hf.generate(x, max_new_tokens=40, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert ours.shape == (2, 46) and torch.equal(ours, theirs)
+
+
+def test_greedy_left_padded_matches_transformers(pair):
+    """Prompts of different lengths: axw left-pads a list, transformers gets
+    the same left-padded batch with an attention mask."""
+    hf, model = pair
+    rows = [prompts()[0, :3], prompts()[1]]
+    ids = torch.zeros(2, 6, dtype=torch.long)
+    mask = torch.zeros(2, 6, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, 6 - len(row):], mask[i, 6 - len(row):] = row, 1
+    ours = model.generate(rows, 30, temperature=0.0)
+    theirs = hf.generate(ids, attention_mask=mask, max_new_tokens=30, do_sample=False, eos_token_id=None,
+                         pad_token_id=0)
+    assert torch.equal(ours[:, 6:], theirs[:, 6:])
+
+
+@pytest.mark.parametrize("early_stopping", [True, False, "never"])
+def test_beam_search_matches_transformers(pair, early_stopping):
+    """axw's beam search keeps the top `beams` hypotheses by summed token
+    log-prob for exactly seq_len steps. transformers does the same with EOS
+    off (eos_token_id=None; these models emit their EOS id, which would end
+    hypotheses early): no hypothesis finishes before max_new_tokens, so the
+    2 * beams candidates it keeps to step past finished ones reduce to the
+    top `beams`, and early_stopping, which decides when to stop once enough
+    have finished, makes no difference. length_penalty=0 makes its scores the
+    plain sums (all hypotheses have one length, so the ranking is the same
+    for any length_penalty)."""
+    hf, model = pair
+    x = prompts()
+    beams, scores = model.beam_search(x, 40, beams=4, return_beams_and_scores=True)
+    theirs = hf.generate(x, max_new_tokens=40, do_sample=False, num_beams=4, length_penalty=0.0,
+                         early_stopping=early_stopping, eos_token_id=None, pad_token_id=0,
+                         output_scores=True, return_dict_in_generate=True)
+    assert torch.equal(model.beam_search(x, 40, beams=4), theirs.sequences)
+    assert torch.equal(beams[0], theirs.sequences)
+    torch.testing.assert_close(scores[0], theirs.sequences_scores, atol=1e-4, rtol=0)
+    # the search is not greedy in disguise
+    assert not torch.equal(beams[0], model.generate(x, 40, temperature=0.0))
+
+
 # --- special tokens ---
 
 
