@@ -121,8 +121,9 @@ def main():
     rates = {}
     peaks = {}
     for kind, rs in runs.items():
-        rates[kind] = statistics.median(args.tokens / r["seconds"] for r in rs)
-        line = f"{kind:>13}: {rates[kind]:6.1f} tokens/s"
+        each = sorted(args.tokens / r["seconds"] for r in rs)
+        rates[kind] = statistics.median(each)
+        line = f"{kind:>13}: {rates[kind]:6.1f} tokens/s ({each[0]:.1f} to {each[-1]:.1f})"
         if rs[0]["peak_kb"] is not None:
             peaks[kind] = statistics.median(r["peak_kb"] for r in rs) / 1024
             added = statistics.median(r["peak_kb"] - r["before_kb"] for r in rs) / 1024
