@@ -139,6 +139,21 @@ def test_llama_matches_transformers(tmp_path, case):
     assert_same_logits(hf, model, length=56)
 
 
+def test_llama_config_of_older_transformers(tmp_path):
+    """Configs written before transformers 5 (most Hub repos, e.g. SmolLM2's)
+    hold rope_theta and rope_scaling at the top level, not rope_parameters."""
+    hf = llama(rope_theta=100000.0, num_attention_heads=6, num_key_value_heads=2, hidden_size=48)
+    folder = save(hf, tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    assert config.pop("rope_parameters") == {"rope_theta": 100000.0, "rope_type": "default"}
+    config.update(rope_theta=100000, rope_scaling=None, rope_interleaved=False, is_llama_config=True,
+                  torch_dtype="float32", transformers_version="4.48.0")
+    (folder / "config.json").write_text(json.dumps(config))
+    model = AutoregressiveWrapper.from_pretrained(folder)
+    assert model.net.attn_layers.rotary.base == 100000.0
+    assert_same_logits(hf, model)
+
+
 def test_llama_sharded_bf16(tmp_path):
     """Sharded bf16 weights load into an fp32 axw model."""
     hf = llama()
