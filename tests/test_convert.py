@@ -173,6 +173,16 @@ def test_tokenizer_attached(tmp_path):
     assert model.tokenizer.encode("w5 w7 <eos>").ids == [5, 7, VOCAB - 2]
 
 
+def test_imported_model_saves_in_axw_format(tmp_path):
+    hf = llama(pad_token_id=4)
+    model = AutoregressiveWrapper.from_pretrained(save(hf, tmp_path / "hf"))
+    model.save_pretrained(tmp_path / "axw")
+    assert json.loads((tmp_path / "axw" / "config.json").read_text())["format"] == "axw"
+    again = AutoregressiveWrapper.from_pretrained(tmp_path / "axw")
+    assert again.eos_token_id == 3 and again.pad_value == 4
+    assert_same_logits(hf, again)
+
+
 # --- decoding against transformers' generate ---
 
 
