@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Attention, KVCache, RotaryEmbedding
+from .attention import Attention, KVCache, Linear, RotaryEmbedding
 from .utils import default, exists
 
 ACTIVATIONS = {
@@ -64,10 +64,10 @@ class FeedForward(nn.Module):
         if activation not in ACTIVATIONS:
             raise ValueError(f"ff activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         self.glu = glu
-        self.proj_in = nn.Linear(dim, inner_dim * (2 if glu else 1), bias=bias)
+        self.proj_in = Linear(dim, inner_dim * (2 if glu else 1), bias=bias)
         self.act = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout)
-        self.proj_out = nn.Linear(inner_dim, dim, bias=bias)
+        self.proj_out = Linear(inner_dim, dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.proj_in(x)
@@ -261,7 +261,7 @@ class TransformerWrapper(nn.Module):
         self.pos_emb = nn.Embedding(max_seq_len, dim) if use_abs_pos_emb else None
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.attn_layers = attn_layers
-        self.to_logits = None if tie_embedding else nn.Linear(dim, num_tokens, bias=False)
+        self.to_logits = None if tie_embedding else Linear(dim, num_tokens, bias=False)
         self.add_continuous_pred_head = add_continuous_pred_head
         if add_continuous_pred_head:
             self.to_next_embed_pred = nn.Sequential(
@@ -278,9 +278,9 @@ class TransformerWrapper(nn.Module):
 
     @staticmethod
     def _init_weights(module):
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        if isinstance(module, (nn.Linear, Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
+        if isinstance(module, (nn.Linear, Linear)) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     @property

@@ -121,7 +121,7 @@ def _attention_logsumexp_by_hand(net, x):
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     for blk, normed in zip(net.attn_layers.layers, captured):
         a = blk.attn
-        qkv = normed @ a.to_qkv.weight.t()
+        qkv = normed @ a.to_qkv.weight  # stored (in, out)
         q, k, _ = qkv.split((a.heads * a.dim_head, a.kv_heads * a.dim_head, a.kv_heads * a.dim_head), -1)
         q = q.view(1, n, a.heads, a.dim_head).transpose(1, 2)
         k = k.view(1, n, a.kv_heads, a.dim_head).transpose(1, 2)
@@ -269,3 +269,15 @@ def test_bad_inputs_to_the_loss(model):
         model(torch.rand(2, 5))
     with pytest.raises(ValueError, match="lens"):
         model(torch.tensor([[1, 2, 3]]), lens=torch.tensor([4]))
+
+
+def test_linear_keeps_nn_linear_state_dict_layout():
+    from axw.attention import Linear
+
+    ref = torch.nn.Linear(5, 3)
+    ours = Linear(5, 3)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 4, 5)
+    assert torch.allclose(ours(x), ref(x), atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
+    assert ours.weight.shape == (5, 3)  # kept transposed in memory

@@ -19,28 +19,34 @@ def xt_pair(num_tokens=131, max_seq_len=48, dim=64, depth=3, heads=4):
     ).eval()
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
 
-    # copy their weights into ours; their absolute positions are scaled by
-    # dim ** -0.5 and their norms may store gamma - 1 (unit offset)
+    # their weights into ours, through our state dict (nn.Linear layout); their
+    # absolute positions are scaled by dim ** -0.5 and their norms may store
+    # gamma - 1 (unit offset)
     def gamma(norm):
         return norm.gamma + float(norm.unit_offset)
 
-    with torch.no_grad():
-        ours.token_emb.weight.copy_(theirs.token_emb.emb.weight)
-        ours.pos_emb.weight.copy_(theirs.pos_emb.emb.weight * theirs.pos_emb.scale)
-        layers = theirs.attn_layers.layers
-        for i, block in enumerate(ours.attn_layers.layers):
-            (attn_norm, *_), attn, _ = layers[2 * i]
-            (ff_norm, *_), ff, _ = layers[2 * i + 1]
-            block.attn_norm.weight.copy_(gamma(attn_norm))
-            block.attn.to_qkv.weight.copy_(torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]))
-            block.attn.to_out.weight.copy_(attn.to_out.weight)
-            block.ff_norm.weight.copy_(gamma(ff_norm))
-            block.ff.proj_in.weight.copy_(ff.ff[0][0].weight)
-            block.ff.proj_in.bias.copy_(ff.ff[0][0].bias)
-            block.ff.proj_out.weight.copy_(ff.ff[2].weight)
-            block.ff.proj_out.bias.copy_(ff.ff[2].bias)
-        ours.attn_layers.final_norm.weight.copy_(gamma(theirs.attn_layers.final_norm))
-        ours.to_logits.weight.copy_(theirs.to_logits.weight)
+    state = {
+        "token_emb.weight": theirs.token_emb.emb.weight,
+        "pos_emb.weight": theirs.pos_emb.emb.weight * theirs.pos_emb.scale,
+        "attn_layers.final_norm.weight": gamma(theirs.attn_layers.final_norm),
+        "to_logits.weight": theirs.to_logits.weight,
+    }
+    layers = theirs.attn_layers.layers
+    for i in range(depth):
+        (attn_norm, *_), attn, _ = layers[2 * i]
+        (ff_norm, *_), ff, _ = layers[2 * i + 1]
+        p = f"attn_layers.layers.{i}."
+        state.update({
+            p + "attn_norm.weight": gamma(attn_norm),
+            p + "attn.to_qkv.weight": torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]),
+            p + "attn.to_out.weight": attn.to_out.weight,
+            p + "ff_norm.weight": gamma(ff_norm),
+            p + "ff.proj_in.weight": ff.ff[0][0].weight,
+            p + "ff.proj_in.bias": ff.ff[0][0].bias,
+            p + "ff.proj_out.weight": ff.ff[2].weight,
+            p + "ff.proj_out.bias": ff.ff[2].bias,
+        })
+    ours.load_state_dict({k: v.detach() for k, v in state.items()})
     return theirs, ours
 
 
