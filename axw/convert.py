@@ -240,8 +240,8 @@ def transformers_arguments(config: dict) -> tuple[dict, dict]:
 def build_net(config: dict, state: dict[str, Tensor]) -> TransformerWrapper:
     """An axw TransformerWrapper holding a transformers checkpoint's weights."""
     net_args, decoder_args = transformers_arguments(config)
-    # built on the meta device: random initialisation of weights about to be
-    # replaced would cost seconds and a second copy of the model in memory
+    # built on the meta device: randomly initialising weights about to be
+    # replaced would cost seconds for the larger checkpoints
     with torch.device("meta"):
         net = TransformerWrapper(**net_args, attn_layers=Decoder(**decoder_args))
     mapped, used = FAMILIES[config["model_type"]][1](state, net)
@@ -249,7 +249,6 @@ def build_net(config: dict, state: dict[str, Tensor]) -> TransformerWrapper:
     if unexpected:
         shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
         raise ValueError(f"{config['model_type']} checkpoint has tensors axw has no place for: {shown}")
-    dtype = torch.get_default_dtype()
     expected = net.state_dict()
     for name, tensor in mapped.items():
         if tuple(tensor.shape) != tuple(expected[name].shape):
@@ -257,13 +256,14 @@ def build_net(config: dict, state: dict[str, Tensor]) -> TransformerWrapper:
                 f"{config['model_type']} checkpoint tensor for {name} has shape {tuple(tensor.shape)}, "
                 f"the config implies {tuple(expected[name].shape)}"
             )
-        # a copy of every tensor: those safetensors returns are views of the
-        # memory-mapped file, whose pages would otherwise stay resident beside the copies
-        mapped[name] = tensor.to(dtype=dtype, memory_format=torch.contiguous_format, copy=True)
-    net.load_state_dict(mapped, strict=True, assign=True)
+    # copied into freshly allocated parameters, which keep axw's own memory
+    # layout (linear weights (in, out)) and dtype; the checkpoint's tensors are
+    # views of the memory-mapped file, released once this returns
+    net.to_empty(device="cpu")
+    net.load_state_dict(mapped, strict=True)
     rotary = net.attn_layers.rotary
     if exists(rotary):
-        # its frequencies are a non-persistent buffer, still on the meta device
+        # its frequencies are a non-persistent buffer, left uninitialised by to_empty
         net.attn_layers.rotary = RotaryEmbedding(rotary.dim, rotary.base)
     return net
 
