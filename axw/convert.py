@@ -131,7 +131,8 @@ def llama_arguments(config: dict) -> tuple[dict, dict]:
         raise ValueError(f"llama config: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
     if config.get("head_dim") is None and dim % heads:
         raise ValueError(f"llama config: hidden_size ({dim}) must be a multiple of num_attention_heads ({heads})")
-    dim_head = _positive_int(config, f, "head_dim", dim // heads) if exists(config.get("head_dim")) else dim // heads
+    # head_dim may be absent or null: then hidden_size / num_attention_heads
+    dim_head = _positive_int(config, f, "head_dim") if exists(config.get("head_dim")) else dim // heads
     _require(config, f, "hidden_act", ["silu"], "silu")
 
     # transformers >= 5 writes `rope_parameters`; older configs `rope_theta` + `rope_scaling`

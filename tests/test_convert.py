@@ -322,7 +322,8 @@ def config_only(tmp_path, hf_config, **changes):
     ],
 )
 def test_unsupported_config_refused(tmp_path, make, changes, message):
-    folder = config_only(tmp_path, make(hidden_size=32, num_attention_heads=4, n_embd=32, n_head=4), **changes)
+    sizes = dict(n_embd=32, n_head=4) if make is GPT2Config else dict(hidden_size=32, num_attention_heads=4)
+    folder = config_only(tmp_path, make(**sizes), **changes)
     with pytest.raises(ValueError, match=message):
         AutoregressiveWrapper.from_pretrained(folder)
 
