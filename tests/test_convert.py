@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 VOCAB = 96
+SPECIALS = ["<eos>", "<pad>"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -28,7 +29,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-SPECIALS = ["<eos>", "<pad>"]
 
 
 def word_tokenizer() -> Tokenizer:
@@ -39,15 +39,24 @@ def word_tokenizer() -> Tokenizer:
     return tok
 
 
+def randomised(model):
+    """transformers initialises biases to 0 and norm weights to 1; random
+    ones make the tests see where each lands."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name or ".ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    return model.eval()
+
+
 # initializer_range=0.3: weights large enough that greedy and beam continuations
 # of these tiny models vary instead of repeating one token
-
 
 def gpt2(**kwargs):
     kwargs = dict(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB, initializer_range=0.3,
                   bos_token_id=1, eos_token_id=3, **kwargs)
     torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(**kwargs)).eval()
+    return randomised(GPT2LMHeadModel(GPT2Config(**kwargs)))
 
 
 def llama(**kwargs):
@@ -55,12 +64,7 @@ def llama(**kwargs):
                      intermediate_size=40, vocab_size=VOCAB, max_position_embeddings=64, initializer_range=0.3,
                      bos_token_id=1, eos_token_id=3), **kwargs}
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(**kwargs)).eval()
-    with torch.no_grad():  # transformers zero-initialises biases; random ones test their mapping
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "norm" in name:
-                p.add_(torch.randn_like(p) * 0.1)
-    return model
+    return randomised(LlamaForCausalLM(LlamaConfig(**kwargs)))
 
 
 def save(hf, folder, **kwargs):
