@@ -1,18 +1,20 @@
 """Greedy generation speed and memory of a GPT-2-small-shaped model, axw
 beside transformers, from the same checkpoint in the same run.
 
-    python benchmarks/gpt2_generate.py [--tokens 128] [--repeats 5] [--threads 2]
+    python benchmarks/gpt2_generate.py [--tokens 128] [--repeats 10] [--threads 2]
 
 The model is `GPT2Config()` (124M parameters) with random weights, built and
 saved by transformers as safetensors, and loaded by each library from that
-folder. Each measurement runs in its own subprocess, axw and transformers
-alternating, so neither library's allocations or caches touch the other's
-figures and drift in the machine hits both; the medians are reported.
+folder. Each library runs in its own process, so neither's allocations or
+caches touch the other's figures; the two processes take turns, one timed
+generation at a time (in ABBA order), so drift in a shared machine hits both
+alike. The medians are reported.
 
-Per run: one warm-up generation, then `--tokens` new tokens at batch 1 from a
-short prompt, greedy, no EOS. Memory: the process's peak resident set during
-the timed generation (weights included), and that peak less the resident set
-just before it (what generating itself adds: KV cache, activations).
+Per timed run: `--tokens` new tokens at batch 1 from a short prompt, greedy,
+no EOS (after one warm-up generation per process). Memory: the process's
+peak resident set during the timed generation (weights included), and that
+peak less the resident set just before it (what generating itself adds: KV
+cache, activations).
 """
 
 from __future__ import annotations
@@ -46,7 +48,9 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(kind: str, folder: str, tokens: int, threads: int) -> dict:
+def serve(kind: str, folder: str, tokens: int, threads: int):
+    """Load one library's model, then run a timed generation for each 'run'
+    line on stdin, answering with one JSON line."""
     import torch
 
     torch.set_num_threads(threads)
@@ -71,26 +75,38 @@ def worker(kind: str, folder: str, tokens: int, threads: int) -> dict:
             return model.generate(prompt, max_new_tokens=n, do_sample=False)
 
     generate(8)  # warm-up: lazy initialisation, allocator pools
-    exact = _reset_peak()
-    before = _status_kb("VmRSS")
-    start = time.perf_counter()
-    out = generate(tokens)
-    seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM") if exact else None
-    assert out.shape[-1] == PROMPT_LEN + tokens, out.shape
-    return dict(seconds=seconds, before_kb=before, peak_kb=peak, tokens=out[0, PROMPT_LEN:].tolist())
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        exact = _reset_peak()
+        before = _status_kb("VmRSS")
+        start = time.perf_counter()
+        out = generate(tokens)
+        seconds = time.perf_counter() - start
+        peak = _status_kb("VmHWM") if exact else None
+        assert out.shape[-1] == PROMPT_LEN + tokens, out.shape
+        print(json.dumps(dict(seconds=seconds, before_kb=before, peak_kb=peak,
+                              tokens=out[0, PROMPT_LEN:].tolist())), flush=True)
+
+
+def _answer(proc, kind) -> dict:
+    line = proc.stdout.readline()
+    if not line:
+        sys.exit(f"the {kind} process ended:\n{proc.stderr.read()}")
+    return json.loads(line)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--worker", choices=["axw", "transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=["axw", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.folder, args.tokens, args.threads)))
+    if args.serve:
+        serve(args.serve, args.folder, args.tokens, args.threads)
         return
 
     import torch
@@ -104,20 +120,29 @@ def main():
         params = sum(p.numel() for p in hf.parameters())
         hf.save_pretrained(folder)
         del hf
-        for _ in range(args.repeats):
-            for kind in runs:
-                cmd = [sys.executable, __file__, "--worker", kind, "--folder", folder,
-                       "--tokens", str(args.tokens), "--threads", str(args.threads)]
-                result = subprocess.run(cmd, capture_output=True, text=True)
-                if result.returncode:
-                    sys.exit(f"{kind} run failed:\n{result.stderr}")
-                runs[kind].append(json.loads(result.stdout.strip().splitlines()[-1]))
+        procs = {}
+        for kind in runs:  # one at a time, so loading does not overlap
+            procs[kind] = subprocess.Popen(
+                [sys.executable, __file__, "--serve", kind, "--folder", folder,
+                 "--tokens", str(args.tokens), "--threads", str(args.threads)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            _answer(procs[kind], kind)
+        for i in range(args.repeats):
+            for kind in (list(runs) if i % 2 == 0 else list(runs)[::-1]):
+                procs[kind].stdin.write("run\n")
+                procs[kind].stdin.flush()
+                runs[kind].append(_answer(procs[kind], kind))
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait()
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} torch threads, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
           f"transformers {transformers.__version__}")
     print(f"model: GPT2Config() random weights, {params / 1e6:.1f}M params, fp32; batch 1, prompt {PROMPT_LEN} tokens, "
-          f"{args.tokens} new tokens greedy; median of {args.repeats} runs, each in its own process, alternating")
+          f"{args.tokens} new tokens greedy; median of {args.repeats} runs per library, one process each, "
+          "taking turns")
     rates = {}
     peaks = {}
     for kind, rs in runs.items():
