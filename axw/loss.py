@@ -13,8 +13,8 @@ from .utils import exists
 def random_key_mask(batch: int, n: int, mask_prob: float, device, generator=None) -> Tensor:
     """Keys to keep (True) when `mask_prob` of the n input positions are hidden.
 
-    "Filling in the blanks" (Ding et al. 2022, arXiv:2210.13432), as
-    x-transformers does it: int(n * mask_prob) positions per row, chosen
+    Forgetful causal masking (Liu et al. 2022, arXiv:2210.13432; the seed
+    calls it "Filling in the blanks"), as x-transformers does it: int(n * mask_prob) positions per row, chosen
     uniformly, never the first, are hidden from attention as keys; the tokens
     themselves stay in place and every position is still predicted."""
     num_mask = min(int(n * mask_prob), n - 1)
