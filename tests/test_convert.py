@@ -187,6 +187,22 @@ def test_imported_model_saves_in_axw_format(tmp_path):
     assert_same_logits(hf, again)
 
 
+def test_from_hub_cache_by_repo_id(tmp_path, monkeypatch, no_unpickling):
+    """A repo id resolves through huggingface_hub (its cache, offline here) to
+    the same import; pickle weights beside the safetensors ones are ignored."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hf = llama(tie_word_embeddings=True)
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someone--tiny-llama"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = save(hf, repo / "snapshots" / commit, max_shard_size="20KB")
+    (snapshot / "pytorch_model.bin").write_bytes(b"\x80\x04not unpickled")
+    model = AutoregressiveWrapper.from_pretrained("someone/tiny-llama", cache_dir=tmp_path / "hub")
+    assert model.eos_token_id == 3 and model.tokenizer is not None
+    assert_same_logits(hf, model)
+
+
 # --- decoding against transformers' generate ---
 
 
