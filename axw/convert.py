@@ -47,7 +47,8 @@ def _require(config: dict, family: str, key: str, allowed, default_value=None):
 
 
 def _positive_int(config: dict, family: str, key: str, default_value=None) -> int:
-    value = config.get(key, default_value)
+    value = config.get(key)
+    value = default_value if value is None else value  # some configs write null for "the default"
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{family} config needs {key} as a positive integer, got {value!r}")
     return value
@@ -131,8 +132,7 @@ def llama_arguments(config: dict) -> tuple[dict, dict]:
         raise ValueError(f"llama config: num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv_heads})")
     if config.get("head_dim") is None and dim % heads:
         raise ValueError(f"llama config: hidden_size ({dim}) must be a multiple of num_attention_heads ({heads})")
-    # head_dim may be absent or null: then hidden_size / num_attention_heads
-    dim_head = _positive_int(config, f, "head_dim") if exists(config.get("head_dim")) else dim // heads
+    dim_head = _positive_int(config, f, "head_dim", dim // heads)
     _require(config, f, "hidden_act", ["silu"], "silu")
 
     # transformers >= 5 writes `rope_parameters`; older configs `rope_theta` + `rope_scaling`

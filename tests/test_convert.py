@@ -151,7 +151,7 @@ def test_llama_config_of_older_transformers(tmp_path):
     config = json.loads((folder / "config.json").read_text())
     assert config.pop("rope_parameters") == {"rope_theta": 100000.0, "rope_type": "default"}
     config.update(rope_theta=100000, rope_scaling=None, rope_interleaved=False, is_llama_config=True,
-                  torch_dtype="float32", transformers_version="4.48.0")
+                  torch_dtype="float32", transformers_version="4.48.0", head_dim=None)
     (folder / "config.json").write_text(json.dumps(config))
     model = AutoregressiveWrapper.from_pretrained(folder)
     assert model.net.attn_layers.rotary.base == 100000.0
