@@ -199,7 +199,24 @@ def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((t_rot * cos + rotate_half(t_rot) * sin, t_pass), dim=-1)
 
 
-class Linear(nn.Module):
+class TransposedWeight(nn.Module):
+    """A module whose 2-D `weight` lives in memory as the transpose of the
+    layout its state dict (and so every checkpoint) uses: `(rows, cols)` in
+    the state dict, `(cols, rows)` in memory."""
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        weight = destination[prefix + "weight"]
+        destination[prefix + "weight"] = weight.t() if keep_vars else weight.detach().t()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "weight"
+        if key in state_dict and state_dict[key].shape == self.weight.shape[::-1]:
+            state_dict[key] = state_dict[key].t()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class Linear(TransposedWeight):
     """`nn.Linear` with its weight kept transposed, (in, out), in memory.
 
     A decode step multiplies one row by every weight matrix; computing it as
@@ -220,19 +237,30 @@ class Linear(nn.Module):
         flat = torch.addmm(self.bias, x.reshape(-1, self.in_features), self.weight)
         return flat.view(*x.shape[:-1], self.out_features)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        weight = destination[prefix + "weight"]
-        destination[prefix + "weight"] = weight.t() if keep_vars else weight.detach().t()
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "weight"
-        if key in state_dict and state_dict[key].shape == (self.out_features, self.in_features):
-            state_dict[key] = state_dict[key].t()
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+class TokenEmbedding(TransposedWeight):
+    """`nn.Embedding` kept as (dim, num_tokens) in memory, so that tied output
+    logits, h @ weight, stream it row by row like `Linear` (a lookup reads one
+    strided column per token, which costs nothing next to the logits). State
+    dicts use nn.Embedding's (num_tokens, dim) layout."""
+
+    def __init__(self, num_tokens: int, dim: int):
+        super().__init__()
+        self.num_tokens, self.dim = num_tokens, dim
+        self.weight = nn.Parameter(torch.empty(dim, num_tokens))
+        nn.init.normal_(self.weight, std=0.02)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.weight.t())
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        return hidden @ self.weight
+
+    def extra_repr(self) -> str:
+        return f"num_tokens={self.num_tokens}, dim={self.dim}"
 
 
 class Attention(nn.Module):

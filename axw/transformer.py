@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Attention, KVCache, Linear, RotaryEmbedding
+from .attention import Attention, KVCache, Linear, RotaryEmbedding, TokenEmbedding
 from .utils import default, exists
 
 ACTIVATIONS = {
@@ -257,7 +257,7 @@ class TransformerWrapper(nn.Module):
         dim = attn_layers.dim
         self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
         self.attn_z_loss_weight = attn_z_loss_weight
-        self.token_emb = nn.Embedding(num_tokens, dim)
+        self.token_emb = TokenEmbedding(num_tokens, dim)
         self.pos_emb = nn.Embedding(max_seq_len, dim) if use_abs_pos_emb else None
         self.emb_dropout = nn.Dropout(emb_dropout)
         self.attn_layers = attn_layers
@@ -278,7 +278,7 @@ class TransformerWrapper(nn.Module):
 
     @staticmethod
     def _init_weights(module):
-        if isinstance(module, (nn.Linear, Linear, nn.Embedding)):
+        if isinstance(module, (nn.Linear, Linear, nn.Embedding, TokenEmbedding)):
             nn.init.normal_(module.weight, std=0.02)
         if isinstance(module, (nn.Linear, Linear)) and module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -293,7 +293,7 @@ class TransformerWrapper(nn.Module):
 
     def logits(self, hidden: Tensor) -> Tensor:
         if self.to_logits is None:
-            return hidden @ self.token_emb.weight.t()
+            return self.token_emb.logits(hidden)
         return self.to_logits(hidden)
 
     def forward(

@@ -154,7 +154,7 @@ def test_next_embed_loss_by_hand():
     inp = seq[:, :-1]
     hidden = net(inp, return_embeddings=True)
     pred = net.to_next_embed_pred(hidden)
-    goal = net.token_emb.weight[seq[:, 1:]] + net.pos_emb.weight[1:10]
+    goal = net.state_dict()["token_emb.weight"][seq[:, 1:]] + net.pos_emb.weight[1:10]
     ce = F.cross_entropy(net(inp).reshape(-1, 97), seq[:, 1:].reshape(-1))
     expected = ce + 0.3 * (pred - goal).abs().mean()
     assert torch.allclose(model(seq), expected, atol=1e-6)
@@ -272,7 +272,15 @@ def test_bad_inputs_to_the_loss(model):
 
 
 def test_linear_keeps_nn_linear_state_dict_layout():
-    from axw.attention import Linear
+    from axw.attention import Linear, TokenEmbedding
+
+    ref_emb, emb = torch.nn.Embedding(11, 4), TokenEmbedding(11, 4)
+    emb.load_state_dict(ref_emb.state_dict())
+    ids = torch.randint(0, 11, (3, 5))
+    assert torch.equal(emb(ids), ref_emb(ids)) and emb.weight.shape == (4, 11)
+    assert torch.equal(emb.state_dict()["weight"], ref_emb.weight)
+    h = torch.randn(2, 4)
+    assert torch.allclose(emb.logits(h), h @ ref_emb.weight.t(), atol=1e-6)
 
     ref = torch.nn.Linear(5, 3)
     ours = Linear(5, 3)
