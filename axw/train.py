@@ -287,6 +287,7 @@ def train(
             raise ValueError(f"{name} must be a 1-D long tensor of token ids")
         if ids.numel() and (ids.min() < 0 or ids.max() >= model.net.num_tokens):
             raise ValueError(f"{name} holds ids outside the vocabulary [0, {model.net.num_tokens})")
+    train_ids = train_ids.cpu()  # windows are cut on the CPU, then moved
     if train_ids.numel() < seq_len + 1:
         raise ValueError(f"train_ids has {train_ids.numel()} tokens; a window needs seq_len + 1 = {seq_len + 1}")
     if exists(heldout_ids) and heldout_ids.numel() < 2:
