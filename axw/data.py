@@ -71,11 +71,16 @@ def encode(tokenizer, text: str) -> Tensor:
     return torch.tensor(tokenizer.encode(text).ids, dtype=torch.long)
 
 
-def load_split(path: str | os.PathLike, tokenizer) -> tuple[Tensor, Tensor, str]:
-    """(train_ids, heldout_ids, heldout_text) of a text file. The held-out ids
+def encode_split(text: str, tokenizer) -> tuple[Tensor, Tensor, str]:
+    """(train_ids, heldout_ids, heldout_text) of `text`. The held-out ids
     start with end-of-text, so every held-out character is predicted (the
     first from a blank context) and loss per character divides by
     `len(heldout_text)`."""
-    train, heldout = split_text(read_text(path))
+    train, heldout = split_text(text)
     heldout_ids = torch.cat((torch.tensor([eos_id(tokenizer)]), encode(tokenizer, heldout)))
     return encode(tokenizer, train), heldout_ids, heldout
+
+
+def load_split(path: str | os.PathLike, tokenizer) -> tuple[Tensor, Tensor, str]:
+    """`encode_split` of a UTF-8 text file."""
+    return encode_split(read_text(path), tokenizer)

@@ -11,7 +11,7 @@ import torch
 from conftest import tiny_model
 
 from axw import AutoregressiveWrapper
-from axw.data import EOS_TOKEN, encode, load_split, split_text, train_tokenizer
+from axw.data import EOS_TOKEN, encode_split, load_split, split_text, train_tokenizer
 from axw.train import TrainConfig, evaluate, lr_at, main, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +155,8 @@ def test_load_split_encodes_exactly_the_split(tmp_path):
     tokenizer = train_tokenizer(train_text, 300)
     train_ids, heldout_ids, heldout_text = load_split(path, tokenizer)
     assert heldout_text == heldout
+    same = encode_split(text, tokenizer)  # pasted text splits like a file
+    assert torch.equal(same[0], train_ids) and torch.equal(same[1], heldout_ids)
     assert tokenizer.decode(train_ids.tolist()) == train_text
     # held-out ids: end-of-text, then the held-out characters and nothing else
     assert heldout_ids[0] == tokenizer.token_to_id(EOS_TOKEN)
