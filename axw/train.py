@@ -426,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> TrainResult:
-    from .data import eos_id, load_split, read_text, split_text, train_tokenizer
+    from .data import encode_split, eos_id, read_text, split_text, train_tokenizer
     from .transformer import Decoder, TransformerWrapper
     from .wrapper import AutoregressiveWrapper
 
@@ -476,7 +476,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
         model.tokenizer = tokenizer
         model.eos_token_id = eos_id(tokenizer)
         config.validate(model)
-    train_ids, heldout_ids, heldout_text = load_split(args.data, tokenizer)
+    train_ids, heldout_ids, heldout_text = encode_split(text, tokenizer)
     params = sum(p.numel() for p in model.parameters())
     print(f"{params / 1e6:.2f}M parameters, vocabulary {tokenizer.get_vocab_size()}, "
           f"{train_ids.numel():,} training / {heldout_ids.numel():,} held-out tokens "
