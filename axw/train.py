@@ -1,0 +1,546 @@
+"""The training loop, shared by the command line and the app's fine-tune tab.
+
+    python -m axw.train --data assets/data/tinyshakespeare.txt --out runs/m --vocab-size 1024
+
+`train(model, train_ids, heldout_ids, config)` samples random windows of
+`seq_len + 1` tokens, steps AdamW under linear warmup and cosine decay with
+gradient clipping, reports progress through `callback` and stops when
+`should_stop()` says so. Checkpoints are a Hub model folder
+(`save_pretrained`) plus `training/optimizer.safetensors` and `training/state.json`:
+nothing is pickled, and a resumed run continues exactly where it left off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from .utils import exists
+
+# beside the model files, in a subfolder that model loaders do not read
+TRAINING_DIR = "training"
+OPTIMIZER_NAME = "optimizer.safetensors"
+STATE_NAME = "state.json"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16
+    seq_len: int | None = None  # tokens read per window; default the model's max_seq_len
+    lr: float = 1e-3
+    min_lr: float | None = None  # where the cosine ends; default lr / 10
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 turns clipping off
+    mask_prob: float | None = None  # fraction of keys hidden in training; None keeps the model's
+    eval_every: int = 200  # steps between held-out evaluations; 0: only at the end
+    eval_tokens: int | None = None  # held-out tokens scored per evaluation; None: all
+    eval_batch_size: int = 16
+    checkpoint_every: int = 0  # steps between checkpoints in out_dir; 0: only at the end
+    out_dir: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self, model=None):
+        """Raise ValueError naming the first bad field and what is allowed."""
+        def positive_int(name):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        def non_negative_int(name):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+
+        for name in ("steps", "batch_size", "eval_batch_size"):
+            positive_int(name)
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
+            non_negative_int(name)
+        if exists(self.seq_len):
+            positive_int("seq_len")
+        if exists(self.eval_tokens):
+            positive_int("eval_tokens")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if exists(self.min_lr) and not (0 <= self.min_lr <= self.lr):
+            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
+        if self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) cannot exceed steps ({self.steps})")
+        if not 0 <= self.weight_decay < 1:
+            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
+            raise ValueError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip!r}")
+        if exists(self.mask_prob) and not 0 <= self.mask_prob < 1:
+            raise ValueError(f"mask_prob must be in [0, 1), got {self.mask_prob!r}")
+        try:
+            device = torch.device(self.device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {self.device!r}") from e
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device is 'cuda' but no CUDA device is available")
+        if exists(model) and exists(self.seq_len) and self.seq_len > model.max_seq_len:
+            raise ValueError(f"seq_len ({self.seq_len}) cannot exceed the model's max_seq_len ({model.max_seq_len})")
+        return self
+
+    def resolved_min_lr(self) -> float:
+        return self.min_lr if exists(self.min_lr) else self.lr / 10
+
+
+def lr_at(step: int, config: TrainConfig) -> float:
+    """Learning rate of step `step` (0-based): linear warmup from lr/warmup to
+    lr over `warmup_steps`, then half a cosine from lr down to min_lr at the
+    last step (Loshchilov & Hutter 2016, arXiv:1608.03983, without restarts)."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    decay_steps = max(1, config.steps - 1 - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
+    min_lr = config.resolved_min_lr()
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (config.lr - min_lr)
+
+
+def step_generator(seed: int, step: int, stream: int, device="cpu") -> torch.Generator:
+    """A random source of one step (stream 0: its windows, on the CPU; 1: its
+    masks, on the device), a function of (seed, step, stream) only, so a
+    resumed run draws what the uninterrupted one did."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 2 + stream)
+
+
+def random_windows(ids: Tensor, batch_size: int, length: int, generator: torch.Generator) -> Tensor:
+    """`batch_size` windows of `length` consecutive tokens at uniform random starts."""
+    if ids.numel() < length:
+        raise ValueError(f"need at least {length} tokens to cut windows of that length, got {ids.numel()}")
+    starts = torch.randint(0, ids.numel() - length + 1, (batch_size,), generator=generator)
+    return ids[starts[:, None] + torch.arange(length)]
+
+
+def _autocast(device: torch.device):
+    # bf16 on the GPU (no loss scaling needed); plain fp32 on the CPU
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@torch.no_grad()
+def evaluate(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens: int | None = None,
+             device: str | torch.device | None = None) -> tuple[float, int]:
+    """(total NLL in nats, tokens scored) of `ids`, cut into consecutive
+    windows of seq_len + 1 that overlap by one token, so every token after the
+    first is predicted exactly once from up to `seq_len` tokens before it."""
+    device = torch.device(device) if exists(device) else model.device
+    if exists(max_tokens):
+        ids = ids[: max_tokens + 1]
+    n = ids.numel() - 1
+    if n < 1:
+        raise ValueError("need at least 2 held-out tokens to score")
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        starts = range(0, n, seq_len)
+        full = [s for s in starts if s + seq_len + 1 <= ids.numel()]
+        groups = [ids[torch.tensor(full[i:i + batch_size])[:, None] + torch.arange(seq_len + 1)]
+                  for i in range(0, len(full), batch_size)]
+        if len(full) < len(starts):  # the shorter last window
+            groups.append(ids[starts[-1]:].unsqueeze(0))
+        for windows in groups:
+            windows = windows.to(device)
+            with _autocast(device):
+                logits = model.net(windows[:, :-1])
+            nll = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1),
+                                  reduction="sum")
+            total += nll.item()
+            count += windows[:, 1:].numel()
+    finally:
+        model.train(was_training)
+    return total, count
+
+
+@dataclass
+class TrainResult:
+    step: int  # steps done in total (a resumed run counts the earlier ones)
+    stopped: bool  # ended by should_stop before the last step
+    loss: float | None  # last training loss
+    heldout_loss: float | None  # nats per token at the end
+    heldout_nats_per_char: float | None
+    seconds: float  # wall time of this call
+    history: list  # every progress record passed to callback
+
+
+def param_groups(model, weight_decay: float):
+    """Decay matrices (weights, embeddings), not gains and biases."""
+    named = [(n, p) for n, p in model.net.named_parameters() if p.requires_grad]
+    decay = [p for _, p in named if p.ndim >= 2]
+    no_decay = [p for _, p in named if p.ndim < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr,
+                             betas=(config.beta1, config.beta2))
+
+
+def save_checkpoint(folder, model, optimizer, step: int, config: TrainConfig, history: list,
+                    model_card: str | None = None, extra_state: dict | None = None) -> Path:
+    """A Hub model folder plus the optimizer moments and RNG state (safetensors)
+    and the step, config and history (JSON). Written beside and moved into
+    place, so a run killed mid-save leaves the previous checkpoint whole."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(tmp, model_card=model_card)
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"{names[id(p)]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    tensors["rng.cpu"] = torch.get_rng_state()
+    if torch.cuda.is_available():
+        tensors["rng.cuda"] = torch.cuda.get_rng_state()
+    (tmp / TRAINING_DIR).mkdir()
+    save_file(tensors, tmp / TRAINING_DIR / OPTIMIZER_NAME)
+    state = dict(step=step, config=asdict(config), history=history, **(extra_state or {}))
+    (tmp / TRAINING_DIR / STATE_NAME).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def read_trainer_state(folder) -> dict:
+    path = Path(folder) / TRAINING_DIR / STATE_NAME
+    if not path.is_file():
+        raise ValueError(f"{folder} has no {TRAINING_DIR}/{STATE_NAME}: not a training checkpoint")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_checkpoint(folder, model, optimizer) -> dict:
+    """Restore weights, optimizer moments and RNG state saved by
+    `save_checkpoint` into `model` and `optimizer`; returns the trainer state."""
+    from .hub import load_safetensors
+
+    folder = Path(folder)
+    state = read_trainer_state(folder)
+    model.net.load_state_dict(load_safetensors(folder, device=model.device))
+    tensors = load_file(folder / TRAINING_DIR / OPTIMIZER_NAME)
+    for name, p in model.net.named_parameters():
+        entry = {key.rsplit(".", 1)[1]: value for key, value in tensors.items()
+                 if key.rsplit(".", 1)[0] == name}
+        if entry:
+            optimizer.state[p] = {k: (v if k == "step" else v.to(p.device)) for k, v in entry.items()}
+    torch.set_rng_state(tensors["rng.cpu"])
+    if "rng.cuda" in tensors and torch.cuda.is_available():
+        torch.cuda.set_rng_state(tensors["rng.cuda"])
+    return state
+
+
+def train(
+    model,
+    train_ids: Tensor,
+    heldout_ids: Tensor | None,
+    config: TrainConfig,
+    callback: Callable[[dict], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    resume: str | os.PathLike | None = None,
+    heldout_chars: int | None = None,
+    model_card: Callable[[dict], str] | None = None,
+    extra_state: dict | None = None,
+) -> TrainResult:
+    """Train `model` (an AutoregressiveWrapper) in place on 1-D `train_ids`.
+
+    Every step calls `callback` with a dict: step, steps, loss, lr,
+    tokens_per_s, elapsed, and, on evaluation steps, heldout_loss (nats per
+    token) and heldout_nats_per_char (when `heldout_chars`, the character
+    count of the held-out text, is given). `should_stop()` is asked before
+    each step; True ends the run (with a checkpoint if `config.out_dir`).
+    `resume` names a checkpoint folder to continue from. `model_card(record)`
+    writes the README.md of saved checkpoints; `extra_state` (JSON) is stored
+    in their training/state.json."""
+    config.validate(model)
+    seq_len = config.seq_len or model.max_seq_len
+    for name, ids in (("train_ids", train_ids), ("heldout_ids", heldout_ids)):
+        if ids is None and name == "heldout_ids":
+            continue
+        if not isinstance(ids, Tensor) or ids.ndim != 1 or ids.dtype != torch.long:
+            raise ValueError(f"{name} must be a 1-D long tensor of token ids")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= model.net.num_tokens):
+            raise ValueError(f"{name} holds ids outside the vocabulary [0, {model.net.num_tokens})")
+    if train_ids.numel() < seq_len + 1:
+        raise ValueError(f"train_ids has {train_ids.numel()} tokens; a window needs seq_len + 1 = {seq_len + 1}")
+    if exists(heldout_ids) and heldout_ids.numel() < 2:
+        raise ValueError("heldout_ids needs at least 2 tokens")
+
+    device = torch.device(config.device)
+    model.to(device).train()
+    if exists(config.mask_prob):
+        model.mask_prob = config.mask_prob
+    optimizer = make_optimizer(model, config)
+    start_step, history = 0, []
+    if exists(resume):
+        state = load_checkpoint(resume, model, optimizer)
+        start_step, history = state["step"], state["history"]
+
+    def heldout_record():
+        if heldout_ids is None:
+            return {}
+        total, count = evaluate(model, heldout_ids, seq_len, config.eval_batch_size, config.eval_tokens, device)
+        record = {"heldout_loss": total / count}
+        if exists(heldout_chars):
+            # a capped evaluation covers about count / all tokens of the characters
+            chars = heldout_chars * count / (heldout_ids.numel() - 1)
+            record["heldout_nats_per_char"] = total / chars
+        return record
+
+    def checkpoint(step, record):
+        if exists(config.out_dir):
+            save_checkpoint(config.out_dir, model, optimizer, step, config, history,
+                            model_card=model_card(record) if exists(model_card) else None, extra_state=extra_state)
+
+    began = time.perf_counter()
+    tokens_seen, loss_value, record, stopped = 0, None, {}, False
+    step = start_step
+    while step < config.steps:
+        if exists(should_stop) and should_stop():
+            stopped = True
+            break
+        lr = lr_at(step, config)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = random_windows(train_ids, config.batch_size, seq_len + 1, step_generator(config.seed, step, 0))
+        batch = batch.to(device)
+        with _autocast(device):
+            loss = model(batch, generator=step_generator(config.seed, step, 1, device))
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        loss_value = loss.item()
+        tokens_seen += batch.shape[0] * seq_len
+        elapsed = time.perf_counter() - began
+        record = dict(step=step, steps=config.steps, loss=loss_value, lr=lr,
+                      tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed)
+        is_last = step == config.steps
+        if (config.eval_every and step % config.eval_every == 0) or is_last:
+            record.update(heldout_record())
+            history.append(record)
+        if exists(callback):
+            callback(record)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and not is_last:
+            checkpoint(step, record)
+
+    if stopped and "heldout_loss" not in record and step > start_step:
+        record = dict(record, **heldout_record())
+        history.append(record)
+        if exists(callback):
+            callback(record)
+    if step > start_step or not exists(resume):
+        checkpoint(step, record)
+    return TrainResult(step=step, stopped=stopped, loss=loss_value, heldout_loss=record.get("heldout_loss"),
+                       heldout_nats_per_char=record.get("heldout_nats_per_char"),
+                       seconds=time.perf_counter() - began, history=history)
+
+
+# --- command line ---
+
+
+class ProgressLine:
+    """A compact one-line progress bar: redrawn in place on a terminal, one
+    line every `every` steps in a log file."""
+
+    def __init__(self, stream=sys.stdout, width: int = 20, every: int = 50):
+        self.stream, self.width, self.every = stream, width, every
+        self.tty = stream.isatty()
+
+    def __call__(self, r: dict):
+        done = r["step"] / r["steps"]
+        bar = "#" * int(done * self.width)
+        eta = (r["steps"] - r["step"]) * r["elapsed"] / max(r["step"] - r.get("first_step", 0), 1)
+        line = (f"step {r['step']}/{r['steps']} [{bar:<{self.width}}] loss {r['loss']:.3f} lr {r['lr']:.2e} "
+                f"{r['tokens_per_s']:,.0f} tok/s eta {int(eta // 60)}:{int(eta % 60):02d}")
+        if "heldout_loss" in r:
+            line += f" | held-out {r['heldout_loss']:.4f}/token"
+            if "heldout_nats_per_char" in r:
+                line += f" {r['heldout_nats_per_char']:.4f}/char"
+        if self.tty:
+            end = "\n" if "heldout_loss" in r or r["step"] == r["steps"] else ""
+            self.stream.write("\r" + line.ljust(120) + end)
+        elif "heldout_loss" in r or r["step"] % self.every == 0:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m axw.train", description="Train an axw language model on a text file.")
+    p.add_argument("--data", required=True, help="UTF-8 text file; its last 10%% is held out")
+    p.add_argument("--out", required=True, help="folder for the checkpoint (a Hub model folder)")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    tok = p.add_argument_group("tokenizer")
+    tok.add_argument("--tokenizer", help="tokenizer.json to use (default: train one on the training split)")
+    tok.add_argument("--vocab-size", type=int, default=1024, help="byte-level BPE vocabulary when training one")
+    net = p.add_argument_group("model")
+    net.add_argument("--dim", type=int, default=256)
+    net.add_argument("--depth", type=int, default=4)
+    net.add_argument("--heads", type=int, default=4)
+    net.add_argument("--dim-head", type=int, default=None, help="default dim / heads")
+    net.add_argument("--ff-mult", type=float, default=4)
+    net.add_argument("--max-seq-len", type=int, default=256)
+    net.add_argument("--dropout", type=float, default=0.0, help="attention, feed-forward and embedding dropout")
+    net.add_argument("--abs-pos-emb", action="store_true",
+                     help="absolute positions instead of rotary ones (then decoding stops at max_seq_len)")
+    opt = p.add_argument_group("training")
+    for f in fields(TrainConfig):
+        if f.name in ("out_dir",):
+            continue
+        kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
+        # None means "not given": the TrainConfig default, or on --resume the saved value
+        opt.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
+                         help=f"default {f.default}" if f.default is not None else None)
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    return p
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    from .data import eos_id, load_split, read_text, split_text, train_tokenizer
+    from .transformer import Decoder, TransformerWrapper
+    from .wrapper import AutoregressiveWrapper
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+             if f.name != "out_dir" and getattr(args, f.name) is not None}
+    state = read_trainer_state(args.out) if args.resume else {}
+    saved = {k: v for k, v in state.get("config", {}).items() if k != "out_dir"}
+    # a resumed run keeps its saved settings unless a flag overrides one
+    config = TrainConfig(**{**saved, **given}, out_dir=args.out)
+    # every argument is checked before any tokenizer or model work
+    config.validate()
+    if exists(args.threads):
+        if args.threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    text = read_text(args.data)
+    if not args.resume:
+        if exists(args.tokenizer) and not Path(args.tokenizer).is_file():
+            raise ValueError(f"--tokenizer {args.tokenizer} is not a file")
+        if not exists(args.tokenizer) and args.vocab_size < 257:
+            raise ValueError(f"vocab_size must be >= 257 (256 bytes + end-of-text), got {args.vocab_size}")
+        if args.dim % args.heads and args.dim_head is None:
+            raise ValueError(f"dim ({args.dim}) must be divisible by heads ({args.heads}), or pass --dim-head")
+        if args.max_seq_len < 1:
+            raise ValueError(f"max_seq_len must be a positive integer, got {args.max_seq_len}")
+        decoder = Decoder(dim=args.dim, depth=args.depth, heads=args.heads,
+                          dim_head=args.dim_head or args.dim // args.heads, ff_mult=args.ff_mult,
+                          attn_dropout=args.dropout, ff_dropout=args.dropout, rotary_pos_emb=not args.abs_pos_emb)
+
+    torch.manual_seed(config.seed)
+    if args.resume:
+        model = AutoregressiveWrapper.from_pretrained(args.out)
+        tokenizer = model.tokenizer
+        config.validate(model)
+    else:
+        if exists(args.tokenizer):
+            from tokenizers import Tokenizer
+
+            tokenizer = Tokenizer.from_file(args.tokenizer)
+        else:
+            tokenizer = train_tokenizer(split_text(text)[0], args.vocab_size)
+        net = TransformerWrapper(num_tokens=tokenizer.get_vocab_size(), max_seq_len=args.max_seq_len,
+                                 attn_layers=decoder, emb_dropout=args.dropout, use_abs_pos_emb=args.abs_pos_emb)
+        model = AutoregressiveWrapper(net)
+        model.tokenizer = tokenizer
+        model.eos_token_id = eos_id(tokenizer)
+        config.validate(model)
+    train_ids, heldout_ids, heldout_text = load_split(args.data, tokenizer)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{params / 1e6:.2f}M parameters, vocabulary {tokenizer.get_vocab_size()}, "
+          f"{train_ids.numel():,} training / {heldout_ids.numel():,} held-out tokens "
+          f"({len(heldout_text) / (heldout_ids.numel() - 1):.2f} characters per token), "
+          f"{torch.get_num_threads()} threads on {config.device}", flush=True)
+
+    commands = state.get("commands", []) + ["python -m axw.train " + " ".join(argv)]
+    # wall time of earlier invocations, so a resumed run's card reports the whole run
+    previous_seconds = next((r["total_seconds"] for r in reversed(state.get("history", []))
+                             if "total_seconds" in r), 0.0)
+    began = time.perf_counter()
+
+    def card(record: dict) -> str:
+        return model_card(model, config, commands, record, params, time.perf_counter() - began + previous_seconds)
+
+    progress = ProgressLine()
+
+    def on_progress(record):
+        record["total_seconds"] = previous_seconds + time.perf_counter() - began
+        progress(record)
+
+    result = train(model, train_ids, heldout_ids, config, callback=on_progress, resume=args.out if args.resume else None,
+                   heldout_chars=len(heldout_text), model_card=card, extra_state={"commands": commands})
+    print(f"done: {result.step} steps in {result.seconds:.0f} s, held-out {result.heldout_loss:.4f} nats/token, "
+          f"{result.heldout_nats_per_char:.4f} nats/char; saved to {args.out}")
+    return result
+
+
+def model_card(model, config: TrainConfig, commands: list[str], record: dict, params: int, seconds: float) -> str:
+    net, layers = model.net.config, model.net.attn_layers.config
+    heldout = ""
+    if "heldout_nats_per_char" in record:
+        heldout = (f"Held-out loss (last 10% of the characters, never trained on): "
+                   f"**{record['heldout_nats_per_char']:.4f} nats per character** "
+                   f"({record['heldout_loss']:.4f} nats per token) after step {record['step']}.\n\n")
+    cpu = platform.processor() or platform.machine()
+    device = config.device if config.device != "cpu" else f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+    return f"""---
+library_name: axw
+license: mit
+tags: [axw, text-generation, tiny-shakespeare]
+---
+# axw model
+
+{params / 1e6:.2f}M-parameter decoder trained with `axw.train`.
+
+{heldout}## Config
+
+- vocabulary {net['num_tokens']} (byte-level BPE), max_seq_len {net['max_seq_len']}, absolute positions {net['use_abs_pos_emb']}
+- dim {layers['dim']}, depth {layers['depth']}, heads {layers['heads']} x {layers['dim_head']}, \
+feed-forward {layers['ff_inner_dim']}, rotary {layers['rotary_pos_emb']}, dropout {layers['ff_dropout']}
+- training: {json.dumps({k: v for k, v in asdict(config).items() if k != 'out_dir'})}
+
+## How it was made
+
+```
+{chr(10).join(commands)}
+```
+
+Hardware: {device}, torch {torch.__version__}. Wall time: {seconds / 60:.1f} minutes.
+"""
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
