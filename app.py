@@ -38,7 +38,8 @@ CSS = """
 .axw-out .axw-prompt { font-weight: 600; }
 .axw-out .axw-tok { border-radius: 3px; color: #111; }
 .axw-table { border-collapse: collapse; font-size: 13px; width: 100%; }
-.axw-table th, .axw-table td { border-bottom: 1px solid var(--border-color-primary); padding: 3px 6px; text-align: left; }
+.axw-table th, .axw-table td { border-bottom: 1px solid var(--border-color-primary); padding: 3px 6px;
+                               text-align: left; }
 .axw-table tr.axw-chosen { background: rgba(99, 102, 241, 0.15); font-weight: 600; }
 .axw-table td.axw-cut { color: #b91c1c; font-style: italic; }
 .axw-bar { position: relative; min-width: 90px; height: 18px; background: rgba(128,128,128,0.12); border-radius: 3px; }
@@ -410,14 +411,15 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
         with gr.Tab("Fine-tune"):
             gr.Markdown(
                 "Train **your own copy** of the model on your text (nobody else's model changes). "
-                "`mask_prob` hides that fraction of the earlier tokens from attention while training, "
-                "so the model learns to fill in blanks (Press et al.'s 'Filling in the blanks').")
+                "`mask_prob` hides that fraction of the earlier tokens from attention at each training step "
+                "(forgetful causal masking, Liu et al. 2022, arXiv:2210.13432), so the model learns to predict "
+                "with gaps in what it sees.")
             with gr.Row():
                 with gr.Column():
                     ft_text = gr.Textbox(label="training text", lines=8, max_length=pg.MAX_TRAIN_CHARS,
                                          placeholder="paste text here, or upload a .txt file")
                     ft_file = gr.File(label=f"or upload a .txt file (at most {pg.MAX_UPLOAD_BYTES // 1_000_000} MB)",
-                                      file_types=[".txt"], type="filepath")
+                                      file_types=[".txt"], type="filepath", height=120)
                     ft_steps = gr.Slider(1, pg.MAX_FINETUNE_STEPS, 50, step=1, label="steps",
                                          info="optimizer steps (each on one batch of random windows)")
                     ft_lr = gr.Slider(1e-5, 1e-2, 3e-4, step=1e-5, label="learning rate",
@@ -440,7 +442,7 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
                     t_out = gr.HTML(pg.tokens_html("", [], []))
                     with gr.Row():
                         dl = gr.Button("Download (Hub-format zip)")
-                        dl_file = gr.File(label="your model", interactive=False)
+                        dl_file = gr.File(label="your model", interactive=False, height=80)
                     with gr.Accordion("push to the Hugging Face Hub", open=False):
                         repo = gr.Textbox(label="repo id", placeholder="your-name/my-model")
                         token = gr.Textbox(label="write token", type="password",
@@ -491,7 +493,13 @@ def main(argv=None):
                         help="amateur model for contrastive decoding (default $AXW_AMATEUR or the bundled tiny one)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("AXW_THREADS", "0")),
+                        help="CPU threads for torch (default: torch's choice); 1 is steadiest on a busy machine")
     args = parser.parse_args(argv)
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         demo = build(args.model, args.amateur)
     except ValueError as e:

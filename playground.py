@@ -302,8 +302,8 @@ def step_html(row: dict | None, tokenizer) -> str:
                      f'(rank {row["chosen_rank"] + 1} under the model, chosen with p = {row["chosen_prob"]:.3f})')
     if "contrastive" in row:
         c = row["contrastive"]
-        parts.append('<p>Contrastive search scores each of the k most likely tokens by '
-                     '(1 - &alpha;) &middot; confidence - &alpha; &middot; degeneration penalty and takes the best.</p>')
+        parts.append('<p>Contrastive search scores each of the k most likely tokens by (1 - &alpha;) &middot; '
+                     'confidence - &alpha; &middot; degeneration penalty and takes the best.</p>')
         parts.append('<table class="axw-table"><tr><th>token</th><th>confidence</th>'
                      '<th>degeneration penalty</th><th>score</th></tr>')
         best = max(range(len(c["score"])), key=lambda i: c["score"][i])
