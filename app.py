@@ -17,18 +17,18 @@ from contextlib import contextmanager
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-import gradio as gr  # noqa: E402
-import pandas as pd  # noqa: E402
-
-import playground as pg  # noqa: E402
-
-try:  # ZeroGPU on Spaces: borrow a GPU per call; elsewhere a no-op
+try:  # ZeroGPU on Spaces: borrow a GPU per call (imported before torch, as it asks); elsewhere a no-op
     import spaces
 
     gpu = spaces.GPU
 except ImportError:
     def gpu(fn):
         return fn
+
+import gradio as gr  # noqa: E402
+import pandas as pd  # noqa: E402
+
+import playground as pg  # noqa: E402
 
 CONCURRENCY = int(os.environ.get("AXW_CONCURRENCY", "2"))
 
@@ -388,9 +388,9 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
                       rep, ngram, seed, beams, length_penalty, alpha, ck, amateur_box, cd_alpha, cd_beta, use_ft]
             run = go.click(gpu(app.generate_ui), inputs, [out, rows, step, chart], api_name="generate_stream",
                            api_visibility="undocumented", concurrency_limit=CONCURRENCY, concurrency_id="gen")
-            prompt.submit(gpu(app.generate_ui), inputs, [out, rows, step, chart], api_visibility="private",
-                          concurrency_limit=CONCURRENCY, concurrency_id="gen")
-            stop.click(None, cancels=[run])
+            submitted = prompt.submit(gpu(app.generate_ui), inputs, [out, rows, step, chart],
+                                      api_visibility="private", concurrency_limit=CONCURRENCY, concurrency_id="gen")
+            stop.click(None, cancels=[run, submitted])
             step.change(app.step_ui, [model_box, use_ft, rows, step], chart, api_visibility="private",
                         show_progress="hidden")
 

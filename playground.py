@@ -109,6 +109,8 @@ class ModelCache:
         name = (name or "").strip()
         if not name:
             raise ValueError("choose a model: a bundled one or a Hub repo id")
+        if name in self.pinned:  # the bundled models never wait behind a Hub download
+            return self.pinned[name]
         with self.lock:  # one load at a time; a second visitor asking for the same model waits for it
             if name in self.pinned:
                 return self.pinned[name]

@@ -43,7 +43,13 @@ def reference(model, prompt, n, **kwargs) -> str:
     return model.tokenizer.decode(reference_ids(model, prompt, n, **kwargs)[1])
 
 
-def test_generate_with_only_a_prompt_is_greedy_at_temperature_0(client, models):
+def test_named_endpoints_are_generate_and_finetune(client):
+    # the streaming UI handlers must not take these names
+    assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
+        "/generate", "/finetune"}
+
+
+def test_generate_at_temperature_0_is_greedy_and_the_defaults_work(client, models):
     text, tokens, trace = client.predict(prompt=PROMPT, temperature=0.0, api_name="/generate")
     prompt_ids, new_ids = reference_ids(models[0], PROMPT, 64, temperature=0.0)
     assert text == models[0].tokenizer.decode(new_ids)
