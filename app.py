@@ -61,7 +61,7 @@ LEGEND = ('<div class="axw-legend">colour = probability the token was chosen wit
 STRATEGY_INFO = {
     "sampling": "draw each token at random from the filtered, tempered distribution (temperature 0 = greedy: "
                 "always the most likely token)",
-    "beam search": "keep the `beams` most likely sequences at every step and return the best: likely, often dull",
+    "beam search": "keep the most likely few sequences (beams) at every step and return the best: likely, often dull",
     "contrastive search": "take the likely token least similar to the text so far (Su et al. 2022): fights loops",
     "contrastive decoding": "prefer tokens the big model likes much more than a small 'amateur' model "
                             "(Li et al. 2022): removes the amateur's generic mistakes",
@@ -104,10 +104,9 @@ class Playground:
 
     def kwargs(self, model, strategy, max_new_tokens, temperature, filters, repetition_penalty, no_repeat_ngram_size,
                seed, beams, length_penalty, penalty_alpha, contrastive_k, amateur, cd_alpha, cd_beta) -> dict:
+        # the amateur comes from the same cache, so it sits on the expert's device
         amateur_model = self.models.get(amateur or self.amateur_name or "") if strategy == "contrastive decoding" \
             else None
-        if amateur_model is not None and amateur_model.device != model.device:
-            amateur_model = amateur_model.to(model.device)
         return pg.generation_kwargs(
             model, strategy, max_new_tokens, temperature, filters, repetition_penalty, no_repeat_ngram_size, seed,
             beams, length_penalty, penalty_alpha, contrastive_k, cd_alpha, cd_beta, amateur_model)
