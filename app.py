@@ -469,7 +469,8 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
     return demo
 
 
-API_DOC = """Every generation setting is also a named API endpoint (all parameters but the prompt have defaults):
+API_DOC = f"""Everything the Generate and Fine-tune tabs do is also a named API endpoint; every parameter but the
+first has a default.
 
 ```python
 from gradio_client import Client
@@ -481,6 +482,20 @@ text, *_ = client.predict(prompt="ROMEO:", strategy="beam search", beams=4, max_
 report = client.predict(text=open("my.txt").read(), steps=20, api_name="/finetune")
 text, *_ = client.predict(prompt="ROMEO:", use_finetuned=True, api_name="/generate")   # same client
 ```
+
+**/generate** returns the generated text, each new token as `[text, probability]`, and the per-step trace.
+`strategy`: {", ".join(f"`{s}`" for s in pg.STRATEGIES)}. Sampling: `temperature` (0 = greedy), `top_k`,
+`top_p`, `min_p`, `top_a` (off at 0, 1, 0, 0; chained in that order), `seed`. Beam search: `beams`,
+`length_penalty`. Contrastive search: `penalty_alpha`, `contrastive_k`. Contrastive decoding: `amateur`,
+`cd_alpha`, `cd_beta`. All: `max_new_tokens`, `repetition_penalty`, `no_repeat_ngram_size`, `model`
+(a Hub repo id; empty = the default model), `use_finetuned`.
+
+**/finetune** (`text`, `steps`, `learning_rate`, `batch_size`, `context_length`, `mask_prob`, `seed`) trains
+your own copy of the model and returns `{{steps, stopped, loss, losses}}`.
+
+**Caps**: prompt {pg.MAX_PROMPT_CHARS:,} characters; {pg.MAX_NEW_TOKENS} new tokens; {pg.MAX_BEAMS} beams;
+uploads: UTF-8 `.txt`, {pg.MAX_UPLOAD_BYTES // 1_000_000} MB; fine-tunes: {pg.MAX_FINETUNE_STEPS} steps, batch
+{pg.MAX_BATCH_SIZE}.
 """
 
 

@@ -73,9 +73,10 @@ def main():
         page.wait_for_timeout(4000)
         page.screenshot(path=str(out / "fine-tune.png"), full_page=True)
 
+        page.set_viewport_size({"width": 1440, "height": 900})
         page.get_by_role("tab", name="API").click()
         page.wait_for_timeout(500)
-        page.screenshot(path=str(out / "api.png"), full_page=False)
+        page.screenshot(path=str(out / "api.png"))
         browser.close()
     demo.close()
     print("saved", *sorted(p.name for p in out.glob("*.png")))
