@@ -279,3 +279,17 @@ def test_model_cache_is_bounded(monkeypatch):
 def test_library_imports_without_gradio():
     code = "import sys; sys.modules['gradio'] = None; import axw, axw.train; print('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(min_size=1, max_size=40))
+def test_token_pieces_rebuild_any_text(models, text):
+    tokenizer = models[0].tokenizer
+    ids = tokenizer.encode(text).ids
+    pieces = pg.token_pieces(tokenizer, ids)
+    # every token gets a piece; together they are the decoded text, characters never split
+    assert len(pieces) == len(ids) and "".join(pieces) == tokenizer.decode(ids)
