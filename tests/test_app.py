@@ -293,3 +293,25 @@ def test_token_pieces_rebuild_any_text(models, text):
     pieces = pg.token_pieces(tokenizer, ids)
     # every token gets a piece; together they are the decoded text, characters never split
     assert len(pieces) == len(ids) and "".join(pieces) == tokenizer.decode(ids)
+
+
+def test_picker_loads_a_transformers_gpt2_folder(models, tmp_path):
+    """A transformers family checkpoint goes through the same loader as the Hub ids in the picker; greedy text
+    equals transformers' own greedy generate."""
+    pytest.importorskip("axw.convert")
+    transformers = pytest.importorskip("transformers")
+    tokenizer = models[0].tokenizer
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=tokenizer.get_vocab_size(), n_positions=64, n_embd=32, n_layer=2,
+                                     n_head=4, eos_token_id=0, bos_token_id=0)
+    peer = transformers.GPT2LMHeadModel(config).eval()
+    peer.save_pretrained(tmp_path, safe_serialization=True)
+    tokenizer.save(str(tmp_path / "tokenizer.json"))
+    cache = pg.ModelCache([str(tmp_path)])
+    model = cache.get(str(tmp_path))
+    kw = pg.generation_kwargs(model, "sampling", 12, 0.0, {})
+    *_, (pieces, *_rest) = pg.stream_text(model, PROMPT, 12, kw)
+    ids = torch.tensor([tokenizer.encode(PROMPT).ids])
+    out = peer.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=0, pad_token_id=0)[0, ids.shape[1]:]
+    out = out.tolist()
+    assert "".join(pieces) == tokenizer.decode(out[: out.index(0)] if 0 in out else out)
