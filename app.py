@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 from contextlib import contextmanager
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -31,6 +32,7 @@ import pandas as pd  # noqa: E402
 import playground as pg  # noqa: E402
 
 CONCURRENCY = int(os.environ.get("AXW_CONCURRENCY", "2"))
+STREAM_INTERVAL_S = 0.03
 
 CSS = """
 .axw-out { font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.7; font-size: 15px;
@@ -189,9 +191,12 @@ class Playground:
             kw = self.kwargs(m, strategy, max_new_tokens, temperature, filters, rep, ngram, seed, beams,
                              length_penalty, alpha, ck, amateur, cd_alpha, cd_beta)
             steps = pg.stream_text(m, prompt, max_new_tokens, kw)
+        shown = 0.0
         for pieces, probs, rows, done in steps:
-            if not done:
+            # at most ~30 redraws a second: a long text is not re-sent for every token
+            if not done and time.perf_counter() - shown > STREAM_INTERVAL_S:
                 yield pg.tokens_html(prompt, pieces, probs), gr.skip(), gr.skip(), gr.skip()
+                shown = time.perf_counter()
         last = max(len(rows), 2)  # a slider needs minimum < maximum; step_ui clamps
         yield (pg.tokens_html(prompt, pieces, probs), rows,
                gr.Slider(minimum=1, maximum=last, value=1, step=1, interactive=len(rows) > 1),

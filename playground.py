@@ -224,21 +224,38 @@ def generation_kwargs(
 # --- output: token pieces, colours, the step trace ---
 
 
+class Detokenizer:
+    """The text each token adds, token by token. Decoding the whole prefix
+    (not each token alone) keeps multi-byte characters that span tokens whole
+    and respects decoders that treat a leading space specially; a token that
+    only starts a character adds nothing until the one that completes it."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.pieces, self.text = tokenizer, [], [], ""
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        piece = ""
+        if text.startswith(self.text) and not text.endswith("\ufffd"):
+            piece, self.text = text[len(self.text):], text
+        self.pieces.append(piece)
+        return piece
+
+    def finish(self) -> list[str]:
+        """The pieces, the last one holding any trailing partial character."""
+        pieces = list(self.pieces)
+        text = self.tokenizer.decode(self.ids)
+        if pieces and text != self.text:
+            pieces[-1] += text[len(self.text):] if text.startswith(self.text) else ""
+        return pieces
+
+
 def token_pieces(tokenizer, ids: list[int]) -> list[str]:
-    """The text each token adds. Decoding prefixes (not tokens alone) keeps
-    multi-byte characters that span tokens whole; a token that only starts a
-    character adds nothing until the one that completes it."""
-    pieces, before = [], ""
-    for i in range(len(ids)):
-        text = tokenizer.decode(ids[: i + 1])
-        if text.startswith(before) and not text.endswith("\ufffd"):
-            pieces.append(text[len(before):])
-            before = text
-        else:
-            pieces.append("")
-    if pieces and before != tokenizer.decode(ids):  # a trailing partial character: show what there is
-        pieces[-1] += tokenizer.decode(ids)[len(before):]
-    return pieces
+    detok = Detokenizer(tokenizer)
+    for token in ids:
+        detok.push(token)
+    return detok.finish()
 
 
 def prob_colour(p: float) -> str:
@@ -362,6 +379,7 @@ def stream_text(model, prompt: str, max_new_tokens: int, kwargs: dict, trace: bo
 def _follow(model, ids, steps, beams: bool):
     rows, probs, new = [], [], []
     eos = model.eos_token_id
+    detok = Detokenizer(model.tokenizer)
     for step in steps:
         new = step.sequences[0].tolist()
         if eos is not None and eos in new:
@@ -371,13 +389,20 @@ def _follow(model, ids, steps, beams: bool):
             rows.append(row)
             if not beams:
                 probs.append(row.get("chosen_prob"))
-        shown = probs[: len(new)] if not beams else [None] * len(new)
-        yield token_pieces(model.tokenizer, new), shown, rows, False
+        if beams:  # the best beam may change anywhere: show its text whole until the end
+            yield [model.tokenizer.decode(new)], [None], rows, False
+        else:  # tokens only append: one decode per step
+            while len(detok.ids) < len(new):
+                detok.push(new[len(detok.ids)])
+            yield detok.pieces, probs[: len(new)], rows, False
         if bool(step.finished.all()):
             break
-    if beams:  # the best beam is only final at the end; colour it by the model's probabilities
+    if beams:  # colour the final best beam by the model's probabilities
         probs = sequence_probs(model, ids, new)
-    yield token_pieces(model.tokenizer, new), (probs + [None] * len(new))[: len(new)], rows, True
+        pieces = token_pieces(model.tokenizer, new)
+    else:
+        pieces = detok.finish()
+    yield pieces, (probs + [None] * len(new))[: len(new)], rows, True
 
 
 # --- fine-tuning, per visitor ---
