@@ -20,11 +20,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 try:  # ZeroGPU on Spaces: borrow a GPU per call (imported before torch, as it asks); elsewhere a no-op
     import spaces
-
-    gpu = spaces.GPU
 except ImportError:
-    def gpu(fn):
-        return fn
+    spaces = None
+
+
+def gpu(fn, duration: int = 60):
+    """Run `fn` on a ZeroGPU GPU for up to `duration` seconds per call, when on ZeroGPU."""
+    return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+
 
 import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -454,9 +457,10 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
                         private = gr.Checkbox(True, label="private repo")
                         push = gr.Button("Push")
                         push_status = gr.Markdown()
-            ft_run = ft_go.click(gpu(app.finetune_ui), [model_box, ft_text, ft_file, ft_steps, ft_lr, ft_batch, ft_ctx,
-                                                        ft_mask, ft_seed], [ft_plot, ft_status],
-                                 api_visibility="private", concurrency_limit=1, concurrency_id="train")
+            ft_inputs = [model_box, ft_text, ft_file, ft_steps, ft_lr, ft_batch, ft_ctx, ft_mask, ft_seed]
+            ft_go.click(gpu(app.finetune_ui, duration=300), ft_inputs, [ft_plot, ft_status],
+                        api_visibility="private", concurrency_limit=1, concurrency_id="train")
+            # Stop asks the training loop to end after its current step (should_stop), keeping what it learned
             ft_stop.click(app.stop_ui, None, None, api_visibility="private", queue=False)
             t_go.click(gpu(app.generate_tuned_ui), t_prompt, t_out, api_visibility="private",
                        concurrency_limit=CONCURRENCY, concurrency_id="gen")
@@ -468,7 +472,7 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
 
         gr.api(gpu(app.generate_api), api_name="generate", concurrency_limit=CONCURRENCY, concurrency_id="gen")
         demo.unload(app.unload)
-        gr.api(gpu(app.finetune_api), api_name="finetune", concurrency_limit=1, concurrency_id="train")
+        gr.api(gpu(app.finetune_api, duration=300), api_name="finetune", concurrency_limit=1, concurrency_id="train")
     demo.queue(max_size=64, default_concurrency_limit=CONCURRENCY)
     demo.playground = app
     return demo

@@ -1,6 +1,7 @@
 """The playground served on localhost and driven with gradio_client, checked
 against the library called directly (generate, a full forward pass)."""
 
+import ast
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -317,3 +318,23 @@ def test_picker_loads_a_transformers_gpt2_folder(models, tmp_path):
     out = peer.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=0, pad_token_id=0)[0, ids.shape[1]:]
     out = out.tolist()
     assert "".join(pieces) == tokenizer.decode(out[: out.index(0)] if 0 in out else out)
+
+
+def test_zerogpu_wraps_generation_and_finetuning(served_app):
+    """With the `spaces` package present (ZeroGPU), the compute handlers run under spaces.GPU."""
+    app = served_app[1].playground
+    code = f"""
+import sys, types
+calls = []
+spaces = types.ModuleType("spaces")
+spaces.GPU = lambda duration=60: (lambda fn: calls.append((fn.__name__, duration)) or fn)
+sys.modules["spaces"] = spaces
+import app
+app.build({app.model_name!r}, {app.amateur_name!r})
+print(sorted(set(calls)))
+"""
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root)
+    calls = ast.literal_eval(out.stdout.strip().splitlines()[-1])
+    assert ("generate_api", 60) in calls and ("generate_ui", 60) in calls and ("compare_ui", 60) in calls
+    assert ("finetune_api", 300) in calls and ("finetune_ui", 300) in calls
