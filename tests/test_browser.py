@@ -44,3 +44,15 @@ def test_type_a_prompt_press_generate_and_see_text(served_app, page):
     # the step view fills in once generation ends
     page.wait_for_selector("#step-chart table", timeout=10000)
     assert "kept" in page.locator("#step-chart").inner_text()
+
+
+def test_an_empty_prompt_shows_an_error_and_the_page_keeps_working(served_app, page):
+    url, _ = served_app
+    page.goto(url)
+    page.locator("#prompt textarea").fill("")
+    page.locator("#generate").click()
+    page.get_by_text("the prompt is empty").first.wait_for(timeout=15000)
+    page.locator("#prompt textarea").fill("ROMEO:")
+    page.locator("#generate").click()
+    page.wait_for_function("() => (document.querySelector('#output .axw-out')?.innerText || '').length > 8",
+                           timeout=30000)
