@@ -81,6 +81,19 @@ COMPARE = [  # (label, strategy, settings) for the compare tab
 ]
 
 
+def throttle(items, interval: float = STREAM_INTERVAL_S):
+    """The first item, then at most one every `interval` seconds, and always the
+    last: a long text is not re-sent to the browser for every token."""
+    shown, pending = 0.0, None
+    for item in items:
+        pending = item
+        if time.perf_counter() - shown > interval:
+            yield item
+            shown, pending = time.perf_counter(), None
+    if pending is not None:
+        yield pending
+
+
 @contextmanager
 def user_errors():
     """Our checks raise ValueError; the visitor sees it as a gr.Error and the app lives on."""
@@ -194,12 +207,9 @@ class Playground:
             kw = self.kwargs(m, strategy, max_new_tokens, temperature, filters, rep, ngram, seed, beams,
                              length_penalty, alpha, ck, amateur, cd_alpha, cd_beta)
             steps = pg.stream_text(m, prompt, max_new_tokens, kw)
-        shown = 0.0
-        for pieces, probs, rows, done in steps:
-            # at most ~30 redraws a second: a long text is not re-sent for every token
-            if not done and time.perf_counter() - shown > STREAM_INTERVAL_S:
+        for pieces, probs, rows, done in throttle(steps):
+            if not done:
                 yield pg.tokens_html(prompt, pieces, probs), gr.skip(), gr.skip(), gr.skip()
-                shown = time.perf_counter()
         last = max(len(rows), 2)  # a slider needs minimum < maximum; step_ui clamps
         yield (pg.tokens_html(prompt, pieces, probs), rows,
                gr.Slider(minimum=1, maximum=last, value=1, step=1, interactive=len(rows) > 1),
@@ -232,7 +242,7 @@ class Playground:
         for i, run in enumerate(runs):
             if isinstance(run, str):
                 continue
-            for pieces, *_ in run:
+            for pieces, *_ in throttle(run):
                 texts[i] = prompt + "".join(pieces)
                 yield texts
         yield texts
@@ -265,7 +275,7 @@ class Playground:
             m = self.model("", True, request.session_hash)
             kw = pg.generation_kwargs(m, "sampling", 100, 0.8, dict(top_p=0.9), seed=0)
             steps = pg.stream_text(m, prompt, 100, kw, trace=True)
-        for pieces, probs, _, _ in steps:
+        for pieces, probs, _, _ in throttle(steps):
             yield pg.tokens_html(prompt, pieces, probs)
 
     def unload(self, request: gr.Request):

@@ -338,3 +338,11 @@ print(sorted(set(calls)))
     calls = ast.literal_eval(out.stdout.strip().splitlines()[-1])
     assert ("generate_api", 60) in calls and ("generate_ui", 60) in calls and ("compare_ui", 60) in calls
     assert ("finetune_api", 300) in calls and ("finetune_ui", 300) in calls
+
+
+def test_throttle_keeps_the_first_and_the_last():
+    import app
+
+    assert list(app.throttle(range(1000), interval=60)) == [0, 999]
+    assert list(app.throttle(range(5), interval=-1)) == [0, 1, 2, 3, 4]
+    assert list(app.throttle([], interval=60)) == []
