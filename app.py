@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -47,6 +49,7 @@ CSS = """
                                text-align: left; }
 .axw-table tr.axw-chosen { background: rgba(99, 102, 241, 0.15); font-weight: 600; }
 .axw-table td.axw-cut { color: #b91c1c; font-style: italic; }
+.axw-table td.axw-gone { opacity: 0.45; }
 .axw-bar { position: relative; min-width: 90px; height: 18px; background: rgba(128,128,128,0.12); border-radius: 3px; }
 .axw-bar div { position: absolute; left: 0; top: 0; bottom: 0; background: #818cf8; border-radius: 3px; }
 .axw-bar span { position: relative; padding-left: 4px; font-size: 12px; }
@@ -289,7 +292,11 @@ class Playground:
     def download_ui(self, request: gr.Request):
         with user_errors():
             m = self.model("", True, request.session_hash)
-            return pg.model_zip(m)
+            path = pg.model_zip(m)
+            out = gr.File(path, visible=True)
+            if out.value and out.value["path"] != path:  # gradio keeps its own copy: drop ours
+                shutil.rmtree(Path(path).parent, ignore_errors=True)
+            return out
 
     def push_ui(self, repo_id, token, private, request: gr.Request):
         with user_errors():
@@ -318,8 +325,11 @@ def loss_frame(history: list[dict]) -> pd.DataFrame:
 
 def build(model: str, amateur: str | None = None) -> gr.Blocks:
     app = Playground(model, amateur)
-    choices = [c for c in [model, amateur] if c] + pg.HUB_EXAMPLES
-    with gr.Blocks(title="axw decoding playground") as demo:
+    # bundled models by name, Hub ids as they are; the value passed on is the path or id
+    choices = [(f"{Path(c).name} (bundled)", c) for c in [model, amateur] if c and (pg.ROOT / c).is_dir()]
+    choices += [(c, c) for c in [model, amateur] + pg.HUB_EXAMPLES if c and c not in dict(choices).values()]
+    # gradio's copies of downloads older than an hour are deleted every hour
+    with gr.Blocks(title="axw decoding playground", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             model_box = gr.Dropdown(choices, value=model, allow_custom_value=True, label="model", scale=2,
@@ -459,7 +469,7 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
                     t_out = gr.HTML(pg.tokens_html("", [], []))
                     with gr.Row():
                         dl = gr.Button("Download (Hub-format zip)")
-                        dl_file = gr.File(label="your model", interactive=False, height=80)
+                        dl_file = gr.File(label="your model", interactive=False, visible=False)
                     with gr.Accordion("push to the Hugging Face Hub", open=False):
                         repo = gr.Textbox(label="repo id", placeholder="your-name/my-model")
                         token = gr.Textbox(label="write token", type="password",

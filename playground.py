@@ -343,7 +343,7 @@ def step_html(row: dict | None, tokenizer) -> str:
         parts.append("</table>")
     stages = row["stages"]
     parts.append("<p>The model's top candidates and their probability after each stage "
-                 "(penalties, filters in order, temperature); <s>struck</s> = cut by that stage.</p>")
+                 "(penalties, filters in order, temperature); <i>cut</i>: removed by that stage.</p>")
     parts.append('<table class="axw-table"><tr><th>token</th>'
                  + "".join(f'<th>{html.escape(s)}<br><small>{row["kept"][s]} kept</small></th>' for s in stages)
                  + "</tr>")
@@ -351,9 +351,8 @@ def step_html(row: dict | None, tokenizer) -> str:
         mark = ' class="axw-chosen"' if rec["chosen"] else ""
         cells = "".join(f'<td class="axw-cut">cut</td>' if rec["cut"][s] else f"<td>{_bar(rec['probs'][s])}</td>"
                         for s in stages)
-        token = html.escape(rec["token"])
-        token = f"<s>{token}</s>" if any(rec["cut"].values()) else token
-        parts.append(f"<tr{mark}><td><code>{token}</code></td>{cells}</tr>")
+        gone = ' class="axw-gone"' if any(rec["cut"].values()) else ""
+        parts.append(f"<tr{mark}><td{gone}><code>{html.escape(rec['token'])}</code></td>{cells}</tr>")
     parts.append("</table></div>")
     return "".join(parts)
 

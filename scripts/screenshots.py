@@ -42,6 +42,8 @@ def main():
         # generate: sampling with top-k and top-p, then a step where the filters cut something
         page.locator("#prompt textarea").fill("ROMEO:\nBut soft, what light")
         page.get_by_label("top-k", exact=True).check()
+        page.get_by_label("number input for k").fill("6")  # few enough that the chart shows cut candidates
+        page.get_by_label("number input for k").press("Enter")
         page.locator("#generate").click()
         page.wait_for_selector("#step-chart table", timeout=60000)
         page.get_by_label("number input for step").fill("3")

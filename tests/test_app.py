@@ -251,7 +251,7 @@ def test_push_never_repeats_the_token(served_app):
     with pytest.raises(Exception) as info:
         app.push_ui("someone/model", token, True, request)
     assert "push failed" in str(info.value) and token not in str(info.value)
-    zipped = app.download_ui(request)
+    zipped = app.download_ui(request).value["path"]
     import zipfile
 
     names = zipfile.ZipFile(zipped).namelist()
