@@ -19,6 +19,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .utils import check_number
+
 NEG_INF = -math.inf
 
 
@@ -72,10 +74,6 @@ FILTER_LOGITS_FN: dict[str, Callable] = dict(top_k=top_k, top_p=top_p, min_p=min
 
 def _check_filter_kwargs(fn: Callable, kwargs: dict):
     """The ranges each built-in filter accepts; checked before any compute."""
-    def need(cond, msg):
-        if not cond:
-            raise ValueError(msg)
-
     allowed = {
         top_k: {"frac_num_tokens", "k"},
         top_p: {"thres"},
@@ -85,23 +83,19 @@ def _check_filter_kwargs(fn: Callable, kwargs: dict):
     if allowed is None:
         return
     unknown = set(kwargs) - allowed
-    need(not unknown, f"{fn.__name__} takes {sorted(allowed)}, got unknown {sorted(unknown)}")
+    if unknown:
+        raise ValueError(f"{fn.__name__} takes {sorted(allowed)}, got unknown {sorted(unknown)}")
     if fn is top_k:
-        k = kwargs.get("k")
-        need(k is None or (isinstance(k, int) and not isinstance(k, bool) and k >= 1),
-             f"top_k's k must be an integer >= 1, got {k!r}")
-        frac = kwargs.get("frac_num_tokens", 0.1)
-        need(0.0 < frac <= 1.0, f"top_k's frac_num_tokens must be in (0, 1], got {frac}")
+        if kwargs.get("k") is not None:
+            check_number(kwargs["k"], "top_k's k", 1, integer=True)
+        check_number(kwargs.get("frac_num_tokens", 0.1), "top_k's frac_num_tokens", 0, 1, low_open=True)
     elif fn is top_p:
-        thres = kwargs.get("thres", 0.9)
-        need(0.0 < thres <= 1.0, f"top_p's thres must be in (0, 1], got {thres}")
+        check_number(kwargs.get("thres", 0.9), "top_p's thres", 0, 1, low_open=True)
     elif fn is min_p:
-        value = kwargs.get("min_p", 0.1)
-        need(0.0 <= value <= 1.0, f"min_p must be in [0, 1], got {value}")
+        check_number(kwargs.get("min_p", 0.1), "min_p", 0, 1)
     elif fn is top_a:
-        need(kwargs.get("min_p_pow", 2.0) > 0, f"top_a's min_p_pow must be > 0, got {kwargs.get('min_p_pow')}")
-        ratio = kwargs.get("min_p_ratio", 0.02)
-        need(0.0 <= ratio <= 1.0, f"top_a's min_p_ratio must be in [0, 1], got {ratio}")
+        check_number(kwargs.get("min_p_pow", 2.0), "top_a's min_p_pow", 0, 100, low_open=True)
+        check_number(kwargs.get("min_p_ratio", 0.02), "top_a's min_p_ratio", 0, 1)
 
 
 class Filter:
@@ -114,6 +108,8 @@ class Filter:
             fn = FILTER_LOGITS_FN[fn]
         if not callable(fn):
             raise ValueError(f"a filter must be a name or a callable, got {fn!r}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise ValueError(f"filter_kwargs must be a dict (or a list of dicts), got {kwargs!r}")
         kwargs = dict(kwargs or {})
         _check_filter_kwargs(fn, kwargs)
         self.fn, self.kwargs = fn, kwargs
@@ -131,14 +127,16 @@ class RepetitionPenalty:
     name = "repetition_penalty"
 
     def __init__(self, penalty: float):
-        if not penalty > 0:
-            raise ValueError(f"repetition_penalty must be > 0 (1 = off), got {penalty}")
-        self.penalty = penalty
+        self.penalty = check_number(penalty, "repetition_penalty", 0, low_open=True,
+                                    allowed="a finite number > 0 (1 = off)")
 
     def __call__(self, logits: Tensor, context: Tensor, valid: Tensor | None) -> Tensor:
         weight = torch.ones_like(context, dtype=logits.dtype) if valid is None else valid.to(logits.dtype)
         seen = torch.zeros_like(logits).scatter_add_(1, context, weight) > 0
         penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
+        # an extreme penalty must not overflow a finite logit to +-inf (NaN later)
+        big = torch.finfo(logits.dtype).max
+        penalised = torch.where(torch.isfinite(logits), penalised.clamp(-big, big), logits)
         return torch.where(seen, penalised, logits)
 
 
@@ -149,9 +147,7 @@ class NoRepeatNGram:
     name = "no_repeat_ngram"
 
     def __init__(self, n: int):
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"no_repeat_ngram_size must be an integer >= 1 (0 = off), got {n!r}")
-        self.n = n
+        self.n = check_number(n, "no_repeat_ngram_size", 1, integer=True, allowed="an integer >= 1 (0 = off)")
 
     def __call__(self, logits: Tensor, context: Tensor, valid: Tensor | None) -> Tensor:
         n, t = self.n, context.shape[1]
@@ -166,6 +162,7 @@ class NoRepeatNGram:
             match &= valid.unfold(1, n, 1).all(dim=-1)
         # add, not scatter: one token may end several n-grams, matching or not
         banned = torch.zeros_like(logits).scatter_add_(1, grams[:, :, -1], match.to(logits.dtype)) > 0
+        banned &= ~banned.all(dim=-1, keepdim=True)  # never leave a row with no token at all
         return logits.masked_fill(banned, NEG_INF)
 
 
@@ -186,8 +183,8 @@ def build_filters(filter_logits_fn, filter_kwargs) -> list[Filter]:
 
 def build_penalties(repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> list:
     out = []
-    if repetition_penalty != 1.0:
+    if repetition_penalty is None or repetition_penalty != 1.0:
         out.append(RepetitionPenalty(repetition_penalty))
-    if no_repeat_ngram_size != 0:
+    if no_repeat_ngram_size is None or no_repeat_ngram_size != 0:
         out.append(NoRepeatNGram(no_repeat_ngram_size))
     return out

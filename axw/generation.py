@@ -20,7 +20,7 @@ from torch import Tensor
 from .filters import build_filters, build_penalties, identity, top_k
 from .search import BeamState, contrastive_decode_fn, degeneration_penalty, gumbel_noise
 from .trace import StepTrace, new_trace
-from .utils import exists
+from .utils import check_number, exists
 
 INT_DTYPES = (torch.long, torch.int, torch.int16, torch.int8, torch.uint8)
 
@@ -146,22 +146,20 @@ class Decoding:
             if not cond:
                 raise ValueError(msg)
 
-        need(isinstance(seq_len, int) and not isinstance(seq_len, bool) and seq_len >= 0,
-             f"seq_len must be an integer >= 0, got {seq_len!r}")
-        need(isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0,
-             f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-        need(isinstance(beams, int) and not isinstance(beams, bool) and beams >= 1,
-             f"beams must be an integer >= 1, got {beams!r}")
-        need(isinstance(contrastive_k, int) and not isinstance(contrastive_k, bool) and contrastive_k >= 1,
-             f"contrastive_k must be an integer >= 1, got {contrastive_k!r}")
-        need(penalty_alpha is None or (isinstance(penalty_alpha, (int, float)) and 0.0 <= penalty_alpha <= 1.0),
-             f"penalty_alpha must be in [0, 1] (None = off), got {penalty_alpha!r}")
-        need(eos_token is None or (isinstance(eos_token, int) and 0 <= eos_token < net.num_tokens),
-             f"eos_token must be a token id in [0, {net.num_tokens}), got {eos_token!r}")
-        need(isinstance(length_penalty, (int, float)) and math.isfinite(length_penalty),
-             f"length_penalty must be a finite number, got {length_penalty!r}")
-        need(isinstance(trace_top, int) and trace_top >= 1, f"trace_top must be an integer >= 1, got {trace_top!r}")
-        need(seed is None or isinstance(seed, int), f"seed must be an integer, got {seed!r}")
+        check_number(seq_len, "seq_len", 0, integer=True)
+        check_number(temperature, "temperature", 0, allowed="a finite number >= 0 (0 = greedy)")
+        check_number(beams, "beams", 1, integer=True)
+        check_number(contrastive_k, "contrastive_k", 1, integer=True)
+        if penalty_alpha is not None:
+            check_number(penalty_alpha, "penalty_alpha", 0, 1, allowed="in [0, 1] (None = off)")
+        if eos_token is not None:
+            check_number(eos_token, "eos_token", 0, net.num_tokens, integer=True, high_open=True,
+                         allowed=f"a token id in [0, {net.num_tokens})")
+        check_number(length_penalty, "length_penalty")
+        check_number(trace_top, "trace_top", 1, integer=True)
+        if seed is not None:
+            check_number(seed, "seed", 0, 2**63, integer=True, high_open=True)
+        need(generator is None or isinstance(generator, torch.Generator), "generator must be a torch.Generator")
         need(beams <= net.num_tokens, f"beams must be at most the vocabulary size {net.num_tokens}, got {beams}")
         need(beams == 1 or penalty_alpha is None, "beam search and contrastive search cannot be combined")
         need(amateur_model is None or (beams == 1 and penalty_alpha is None),
@@ -183,14 +181,15 @@ class Decoding:
             need(len(kwargs) == len(amateurs), f"got {len(amateurs)} amateur models but {len(kwargs)} kwargs")
             for amateur, kw in zip(amateurs, kwargs):
                 amateur = _as_net(amateur)
-                need(getattr(amateur, "num_tokens", None) == net.num_tokens,
-                     f"an amateur model must share the expert's vocabulary of {net.num_tokens} tokens, "
-                     f"got {getattr(amateur, 'num_tokens', None)}")
+                need(isinstance(amateur, torch.nn.Module) and getattr(amateur, "num_tokens", None) == net.num_tokens,
+                     f"an amateur model must be an axw model sharing the expert's vocabulary of {net.num_tokens} "
+                     f"tokens, got {getattr(amateur, 'num_tokens', type(amateur).__name__)}")
+                need(isinstance(kw, dict), f"contrastive_decode_kwargs must be a dict of alpha and beta, got {kw!r}")
                 unknown = set(kw) - {"alpha", "beta"}
                 need(not unknown, f"contrastive_decode_kwargs take alpha and beta, got {sorted(unknown)}")
                 alpha, beta = kw.get("alpha", 0.1), kw.get("beta", 0.5)
-                need(0.0 < alpha <= 1.0, f"contrastive decoding alpha must be in (0, 1], got {alpha}")
-                need(beta >= 0.0, f"contrastive decoding beta must be >= 0, got {beta}")
+                check_number(alpha, "contrastive decoding alpha", 0, 1, low_open=True)
+                check_number(beta, "contrastive decoding beta", 0)
                 self.amateurs.append(amateur)
                 self.cd_kwargs.append(dict(alpha=alpha, beta=beta))
 
@@ -291,7 +290,10 @@ class Decoding:
             logits = proc(logits, context, valid)
             if trace:
                 trace.record(proc.name, logits)
-        logits = logits / self.temperature
+        # subtract the max first and divide in float64: a tiny temperature then
+        # drives the rest to -inf instead of giving inf - inf or 0 / 0 = NaN
+        shifted = logits.double() - logits.amax(dim=-1, keepdim=True).double()
+        logits = (shifted / self.temperature).to(logits.dtype)
         if trace:
             trace.record("temperature", logits)
         return logits
