@@ -271,7 +271,7 @@ def train(
     """Train `model` (an AutoregressiveWrapper) in place on 1-D `train_ids`.
 
     Every step calls `callback` with a dict: step, steps, loss, lr,
-    tokens_per_s, elapsed, and, on evaluation steps, heldout_loss (nats per
+    tokens_per_s and elapsed (of this call, which began at start_step), and, on evaluation steps, heldout_loss (nats per
     token) and heldout_nats_per_char (when `heldout_chars`, the character
     count of the held-out text, is given). `should_stop()` is asked before
     each step; True ends the run (with a checkpoint if `config.out_dir`).
@@ -287,6 +287,7 @@ def train(
             raise ValueError(f"{name} must be a 1-D long tensor of token ids")
         if ids.numel() and (ids.min() < 0 or ids.max() >= model.net.num_tokens):
             raise ValueError(f"{name} holds ids outside the vocabulary [0, {model.net.num_tokens})")
+    train_ids = train_ids.cpu()  # windows are cut on the CPU, then moved
     if train_ids.numel() < seq_len + 1:
         raise ValueError(f"train_ids has {train_ids.numel()} tokens; a window needs seq_len + 1 = {seq_len + 1}")
     if exists(heldout_ids) and heldout_ids.numel() < 2:
@@ -343,7 +344,7 @@ def train(
         tokens_seen += batch.shape[0] * seq_len
         elapsed = time.perf_counter() - began
         record = dict(step=step, steps=config.steps, loss=loss_value, lr=lr,
-                      tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed)
+                      tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed, start_step=start_step)
         is_last = step == config.steps
         if (config.eval_every and step % config.eval_every == 0) or is_last:
             record.update(heldout_record())
@@ -379,7 +380,7 @@ class ProgressLine:
     def __call__(self, r: dict):
         done = r["step"] / r["steps"]
         bar = "#" * int(done * self.width)
-        eta = (r["steps"] - r["step"]) * r["elapsed"] / max(r["step"] - r.get("first_step", 0), 1)
+        eta = (r["steps"] - r["step"]) * r["elapsed"] / max(r["step"] - r["start_step"], 1)
         line = (f"step {r['step']}/{r['steps']} [{bar:<{self.width}}] loss {r['loss']:.3f} lr {r['lr']:.2e} "
                 f"{r['tokens_per_s']:,.0f} tok/s eta {int(eta // 60)}:{int(eta % 60):02d}")
         if "heldout_loss" in r:
@@ -512,7 +513,8 @@ def model_card(model, config: TrainConfig, commands: list[str], record: dict, pa
                    f"**{record['heldout_nats_per_char']:.4f} nats per character** "
                    f"({record['heldout_loss']:.4f} nats per token) after step {record['step']}.\n\n")
     cpu = platform.processor() or platform.machine()
-    device = config.device if config.device != "cpu" else f"CPU ({cpu}, {torch.get_num_threads()} threads)"
+    threads = torch.get_num_threads()
+    device = config.device if config.device != "cpu" else f"CPU ({cpu}, {threads} thread{'s' * (threads > 1)})"
     return f"""---
 library_name: axw
 license: mit

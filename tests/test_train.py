@@ -249,3 +249,20 @@ def test_bad_cli_arguments_raise_before_any_work(tmp_path):
         with pytest.raises(ValueError, match=match):
             main([*argv, "--out", str(out)])
         assert not out.exists()
+
+
+def test_cli_resume_goes_on_from_the_checkpoint(tmp_path):
+    data = tmp_path / "t.txt"
+    data.write_text("to be or not to be, that is the question.\n" * 100, encoding="utf-8")
+    out = tmp_path / "m"
+    common = ["--data", str(data), "--out", str(out), "--threads", "1"]
+    main([*common, "--vocab-size", "280", "--dim", "32", "--depth", "1", "--heads", "2", "--max-seq-len", "16",
+          "--steps", "4", "--warmup-steps", "1", "--batch-size", "2", "--lr", "1e-3"])
+    result = main([*common, "--resume", "--steps", "7"])
+    assert result.step == 7
+    state = json.loads((out / "training" / "state.json").read_text())
+    # the saved settings carry over; only the flag given again changed
+    assert state["step"] == 7 and state["config"]["steps"] == 7 and state["config"]["lr"] == 1e-3
+    assert len(state["commands"]) == 2 and "--resume" in state["commands"][1]
+    card = (out / "README.md").read_text()
+    assert "--dim 32" in card and "--resume --steps 7" in card
