@@ -82,7 +82,7 @@ class ModelCache:
         if name in self.local:
             path = Path(name) if Path(name).is_absolute() else ROOT / name
             if not path.is_dir():
-                raise ValueError(f"the model folder {name} is missing: train it (see docs/app.md) or set AXW_MODEL")
+                raise ValueError(f"the model folder {name} is missing: train it (docs/training.md) or point AXW_MODEL / --model at a model")
             source = str(path)
         else:
             try:

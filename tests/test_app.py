@@ -346,3 +346,14 @@ def test_throttle_keeps_the_first_and_the_last():
     assert list(app.throttle(range(1000), interval=60)) == [0, 999]
     assert list(app.throttle(range(5), interval=-1)) == [0, 1, 2, 3, 4]
     assert list(app.throttle([], interval=60)) == []
+
+
+def test_the_model_comes_from_the_environment_or_the_flag(tmp_path):
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[1])
+    missing = str(tmp_path / "nowhere")
+    env = dict(__import__("os").environ, AXW_MODEL=missing)
+    for args, kwargs in (([], dict(env=env)), (["--model", missing], {})):
+        out = subprocess.run([sys.executable, "app.py", *args], capture_output=True, text=True, cwd=root, timeout=120,
+                             **kwargs)
+        assert out.returncode != 0 and f"the model folder {missing} is missing" in out.stderr
+    assert pg.DEFAULT_MODEL == "assets/models/shakespeare"
