@@ -335,7 +335,6 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
             model_box = gr.Dropdown(choices, value=model, allow_custom_value=True, label="model", scale=2,
                                     info="a bundled model or a Hub repo id (axw, gpt2 or llama checkpoints)")
             model_info = gr.Markdown(app.info(model))
-        model_box.change(app.info, model_box, model_info, api_visibility="private")
 
         with gr.Tab("Generate"):
             with gr.Row():
@@ -453,7 +452,8 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
                                       info="AdamW step size, warmed up then cosine-decayed")
                     ft_batch = gr.Slider(1, pg.MAX_BATCH_SIZE, 8, step=1, label="batch size",
                                          info="windows per step")
-                    ft_ctx = gr.Slider(8, 1024, 64, step=8, label="context length",
+                    ctx_max = app.model(model).max_seq_len
+                    ft_ctx = gr.Slider(8, ctx_max, min(64, ctx_max), step=8, label="context length",
                                        info="tokens per training window (at most the model's context)")
                     ft_mask = gr.Slider(0, 0.9, 0.15, step=0.05, label="mask_prob",
                                         info="fraction of keys hidden while training (0 = plain next-token training)")
@@ -486,6 +486,14 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
                        concurrency_limit=CONCURRENCY, concurrency_id="gen")
             dl.click(app.download_ui, None, dl_file, api_visibility="private")
             push.click(app.push_ui, [repo, token, private], [push_status, token], api_visibility="private")
+
+        def picked(name):
+            # the context slider follows the model: a window can be at most its max_seq_len
+            text = app.info(name)  # a bad name stops here with its gr.Error
+            size = app.model(name).max_seq_len
+            return text, gr.Slider(maximum=size, value=min(64, size))
+
+        model_box.change(picked, model_box, [model_info, ft_ctx], api_visibility="private")
 
         with gr.Tab("API"):
             gr.Markdown(API_DOC)
