@@ -62,7 +62,8 @@ A language model gives a probability to every possible next token; a **decoding 
 take. Pick a strategy, generate, then step through what happened to the probabilities at each token.
 """
 
-LEGEND = ('<div class="axw-legend">colour = probability the token was chosen with: '
+LEGEND = ('<div class="axw-legend">colour = probability the token was chosen with (beam search: the model\'s '
+          'probability of it): '
           + " ".join(f'<span style="background:{pg.prob_colour(p)}">{p:.2f}</span>' for p in (0.05, 0.25, 0.5, 0.75, 1))
           + "</div>")
 

@@ -342,8 +342,11 @@ def step_html(row: dict | None, tokenizer) -> str:
                          f'<td>{"yes" if done else ""}</td></tr>')
         parts.append("</table>")
     stages = row["stages"]
-    parts.append("<p>The model's top candidates and their probability after each stage "
-                 "(penalties, filters in order, temperature); <i>cut</i>: removed by that stage.</p>")
+    if "beams" in row:  # the trace holds the distribution of the beam that was first going into this step
+        parts.append("<p>The model's top candidates for the leading beam going into this step.</p>")
+    else:
+        parts.append("<p>The model's top candidates and their probability after each stage "
+                     "(penalties, filters in order, temperature); <i>cut</i>: removed by that stage.</p>")
     parts.append('<table class="axw-table"><tr><th>token</th>'
                  + "".join(f'<th>{html.escape(s)}<br><small>{row["kept"][s]} kept</small></th>' for s in stages)
                  + "</tr>")
