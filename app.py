@@ -100,11 +100,16 @@ def throttle(items, interval: float = STREAM_INTERVAL_S):
 
 @contextmanager
 def user_errors():
-    """Our checks raise ValueError; the visitor sees it as a gr.Error and the app lives on."""
+    """Our checks raise ValueError; the visitor sees it as a gr.Error and the app lives on. Running out of GPU
+    memory is one visitor's request being too big for the moment, not a fault of the app: free what the failed
+    request held and say so."""
     try:
         yield
     except ValueError as e:
         raise gr.Error(str(e)) from None
+    except pg.OutOfMemoryError:
+        pg.free_memory()
+        raise gr.Error(pg.OOM_MESSAGE) from None
 
 
 class Playground:
@@ -121,6 +126,8 @@ class Playground:
                 raise ValueError("you have no fine-tuned model yet: train one in the Fine-tune tab")
             if run.thread.is_alive():
                 raise ValueError("your fine-tune is still running: wait for it or press Stop")
+            if run.error is not None:  # a half-trained copy is not what the visitor asked for
+                raise ValueError("your last fine-tune failed: train again")
             return run.model
         return self.models.get(name or self.model_name)
 
@@ -211,9 +218,9 @@ class Playground:
             kw = self.kwargs(m, strategy, max_new_tokens, temperature, filters, rep, ngram, seed, beams,
                              length_penalty, alpha, ck, amateur, cd_alpha, cd_beta)
             steps = pg.stream_text(m, prompt, max_new_tokens, kw)
-        for pieces, probs, rows, done in throttle(steps):
-            if not done:
-                yield pg.tokens_html(prompt, pieces, probs), gr.skip(), gr.skip(), gr.skip()
+            for pieces, probs, rows, done in throttle(steps):
+                if not done:
+                    yield pg.tokens_html(prompt, pieces, probs), gr.skip(), gr.skip(), gr.skip()
         last = max(len(rows), 2)  # a slider needs minimum < maximum; step_ui clamps
         yield (pg.tokens_html(prompt, pieces, probs), rows,
                gr.Slider(minimum=1, maximum=last, value=1, step=1, interactive=len(rows) > 1),
@@ -243,12 +250,13 @@ class Playground:
                 except ValueError as e:  # e.g. no amateur model: say so in that box, run the others
                     runs.append(str(e))
         texts = ["" if not isinstance(r, str) else f"({r})" for r in runs]
-        for i, run in enumerate(runs):
-            if isinstance(run, str):
-                continue
-            for pieces, *_ in throttle(run):
-                texts[i] = prompt + "".join(pieces)
-                yield texts
+        with user_errors():
+            for i, run in enumerate(runs):
+                if isinstance(run, str):
+                    continue
+                for pieces, *_ in throttle(run):
+                    texts[i] = prompt + "".join(pieces)
+                    yield texts
         yield texts
 
     def finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,
@@ -279,8 +287,8 @@ class Playground:
             m = self.model("", True, request.session_hash)
             kw = pg.generation_kwargs(m, "sampling", 100, 0.8, dict(top_p=0.9), seed=0)
             steps = pg.stream_text(m, prompt, 100, kw, trace=True)
-        for pieces, probs, _, _ in throttle(steps):
-            yield pg.tokens_html(prompt, pieces, probs)
+            for pieces, probs, _, _ in throttle(steps):
+                yield pg.tokens_html(prompt, pieces, probs)
 
     def unload(self, request: gr.Request):
         self.sessions.drop(request.session_hash)  # a closed tab frees its fine-tuned copy

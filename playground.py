@@ -16,6 +16,7 @@ import queue
 import shutil
 import tempfile
 import threading
+import time
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -44,10 +45,23 @@ MAX_BEAMS = 8
 MAX_CONTRASTIVE_K = 16
 MODEL_CACHE_SIZE = 3
 MAX_SESSIONS = 8
+SESSION_IDLE_S = 3600  # a fine-tuned copy unused for an hour is dropped
 TRACE_TOP = 10
 
 STRATEGIES = ["sampling", "beam search", "contrastive search", "contrastive decoding"]
 FILTERS = ["top_k", "top_p", "min_p", "top_a"]  # the order the UI chains them in
+
+
+# torch.cuda.OutOfMemoryError is this class; it exists in CPU builds too, so the handlers can name it
+OutOfMemoryError = torch.OutOfMemoryError
+OOM_MESSAGE = ("out of GPU memory for this request (the machine is busy or the request is big): try again, or ask "
+               "for fewer new tokens, fewer beams, a shorter prompt, a smaller batch or context")
+
+
+def free_memory():
+    """Give the memory cached by a failed request back, so the next one can have it."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def model_path(env: str, default: str) -> str:
@@ -471,8 +485,11 @@ class FineTune:
                                 should_stop=self.stop.is_set)
         except BaseException as e:  # reported to the visitor by the waiting handler
             self.error = e
+            if isinstance(e, OutOfMemoryError):
+                free_memory()
         finally:
             self.model.eval()
+            self.train_ids = None  # the token ids of a 2 MB text are not kept for the session's life
             self.records.put(None)
 
     def run(self, poll: float = 0.25):
@@ -497,35 +514,47 @@ class FineTune:
                     break
             yield self.history
         self.thread.join()
+        if isinstance(self.error, OutOfMemoryError):
+            raise ValueError(f"fine-tuning failed: {OOM_MESSAGE}")
         if self.error is not None:
             raise ValueError(f"fine-tuning failed: {self.error}")
 
 
 class Sessions:
-    """Each visitor's fine-tune by session id, a bounded number kept (oldest dropped)."""
+    """Each visitor's fine-tune by session id. A browser tab's copy is dropped when the tab closes (app.py's
+    unload); API clients never say goodbye, so copies idle for `idle_s` are dropped too, and at most `size` are
+    kept (the least recently used goes first): memory stays bounded whoever comes."""
 
-    def __init__(self, size: int = MAX_SESSIONS):
-        self.size, self.items, self.lock = size, OrderedDict(), threading.Lock()
+    def __init__(self, size: int = MAX_SESSIONS, idle_s: float = SESSION_IDLE_S):
+        self.size, self.idle_s, self.lock = size, idle_s, threading.Lock()
+        self.items: OrderedDict[str, FineTune] = OrderedDict()
+        self.used: dict[str, float] = {}
 
     def put(self, key: str, run: FineTune):
         with self.lock:
-            old = self.items.pop(key, None)
-            if old is not None:
-                old.stop.set()
-            self.items[key] = run
+            self._end(key)
+            self.items[key], self.used[key] = run, time.monotonic()
+            for old in [k for k, t in self.used.items() if time.monotonic() - t > self.idle_s]:
+                self._end(old)
             while len(self.items) > self.size:
-                _, dropped = self.items.popitem(last=False)
-                dropped.stop.set()
+                self._end(next(iter(self.items)))
 
     def get(self, key: str) -> FineTune | None:
         with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                self.used[key] = time.monotonic()
             return self.items.get(key)
 
     def drop(self, key: str):
         with self.lock:
-            run = self.items.pop(key, None)
+            self._end(key)
+
+    def _end(self, key: str):
+        run = self.items.pop(key, None)
+        self.used.pop(key, None)
         if run is not None:
-            run.stop.set()
+            run.stop.set()  # a running fine-tune ends after its current step, then its copy is garbage
 
 
 def model_zip(model, name: str = "axw-finetuned") -> str:
