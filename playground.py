@@ -534,7 +534,7 @@ class Sessions:
         with self.lock:
             self._end(key)
             self.items[key], self.used[key] = run, time.monotonic()
-            for old in [k for k, t in self.used.items() if time.monotonic() - t > self.idle_s]:
+            for old in [k for k, t in self.used.items() if k != key and time.monotonic() - t > self.idle_s]:
                 self._end(old)
             while len(self.items) > self.size:
                 self._end(next(iter(self.items)))
