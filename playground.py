@@ -44,6 +44,7 @@ MAX_BATCH_SIZE = 32
 MAX_BEAMS = 8
 MAX_CONTRASTIVE_K = 16
 MODEL_CACHE_SIZE = 3
+MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in fp16
 MAX_SESSIONS = 8
 SESSION_IDLE_S = 3600  # a fine-tuned copy unused for an hour is dropped
 TRACE_TOP = 10
@@ -106,6 +107,7 @@ class ModelCache:
                                  "or pick a bundled model") from None
             if Path(name).exists():
                 raise ValueError(f"{name!r} names a local path; only the bundled models and Hub repo ids load here")
+            check_hub_size(name)
             source = name
         try:
             model = AutoregressiveWrapper.from_pretrained(source, device=self.device)
@@ -139,6 +141,26 @@ class ModelCache:
                 while len(self.cache) > self.size:
                     self.cache.popitem(last=False)
             return model
+
+
+def check_hub_size(repo_id: str, limit: int = MAX_HUB_MODEL_BYTES):
+    """Refuse, before downloading, a Hub model whose weights are over `limit` bytes: one visitor must not fill
+    the server's memory and disk or hold the loader for minutes. Offline, nothing is downloaded (the cache
+    serves or the load fails), so there is nothing to check."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    try:
+        info = HfApi().model_info(repo_id, files_metadata=True)
+    except Exception as e:  # not found, gated, unreachable: the Hub's reason, without a download
+        raise ValueError(f"cannot load {repo_id!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                         ) from None
+    size = sum(f.size or 0 for f in info.siblings or [] if f.rfilename.endswith(".safetensors"))
+    if size > limit:
+        raise ValueError(f"{repo_id!r} has {size / 1e9:.1f} GB of weights; this playground loads at most "
+                         f"{limit / 1e9:.1f} GB")
 
 
 # --- checks, before any compute ---

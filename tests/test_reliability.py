@@ -370,6 +370,42 @@ def test_an_unreachable_hub_or_missing_repo_leaves_the_model_serving(app, visito
     assert app.models.get(app.model_name) is serving
 
 
+def test_a_hub_model_over_the_size_cap_is_refused_before_download(monkeypatch):
+    import huggingface_hub
+
+    downloads, asked = [], []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+    def download(cls, *args, **kwargs):
+        downloads.append(args)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(AutoregressiveWrapper, "from_pretrained", classmethod(download))
+    files = [SimpleNamespace(rfilename=f"model-0000{i}.safetensors", size=900_000_000) for i in range(3)]
+    files.append(SimpleNamespace(rfilename="pytorch_model.bin", size=10**10))  # never read: not counted
+
+    class RepositoryNotFoundError(Exception):  # the Hub's own needs an HTTP response to build
+        pass
+
+    def model_info(self, repo_id, files_metadata=False):
+        asked.append((repo_id, files_metadata))
+        if repo_id == "nobody/none":
+            raise RepositoryNotFoundError("404 Client Error: Repository Not Found\nmore detail")
+        return SimpleNamespace(siblings=files if repo_id == "big/model" else files[:2])
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+    cache = pg.ModelCache([])
+    with pytest.raises(ValueError, match=r"2\.7 GB of weights; this playground loads at most 2\.0 GB"):
+        cache.get("big/model")
+    with pytest.raises(ValueError, match="cannot load 'nobody/none': RepositoryNotFoundError: 404 Client Error: Repository Not Found$"):
+        cache.get("nobody/none")
+    assert downloads == []
+    with pytest.raises(ValueError, match="no network"):  # 1.8 GB passes the cap and goes on to the download
+        cache.get("small/model")
+    assert downloads == [("small/model",)] and asked[-1] == ("small/model", True)
+
+
 def failing_once(real, calls: list, after_steps: int = 0):
     """`real` that raises CUDA's out-of-memory error once, after `after_steps` steps of its stream."""
 
