@@ -541,7 +541,7 @@ your own copy of the model and returns `{{steps, stopped, loss, losses}}`.
 
 **Caps**: prompt {pg.MAX_PROMPT_CHARS:,} characters; {pg.MAX_NEW_TOKENS} new tokens; {pg.MAX_BEAMS} beams;
 uploads: UTF-8 `.txt`, {pg.MAX_UPLOAD_BYTES // 1_000_000} MB; fine-tunes: {pg.MAX_FINETUNE_STEPS} steps, batch
-{pg.MAX_BATCH_SIZE}.
+{pg.MAX_BATCH_SIZE}; Hub models: {pg.MAX_HUB_MODEL_BYTES // 1_000_000_000} GB of safetensors weights.
 """
 
 

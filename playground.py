@@ -122,6 +122,8 @@ class ModelCache:
         return model.eval()
 
     def get(self, name: str) -> AutoregressiveWrapper:
+        if name is not None and not isinstance(name, str):  # the API lets a client send any JSON value
+            raise ValueError(f"a model is named by a string (a bundled model or a Hub repo id), got {name!r}")
         name = (name or "").strip()
         if not name:
             raise ValueError("choose a model: a bundled one or a Hub repo id")

@@ -148,11 +148,12 @@ def test_sessions_are_bounded_in_count_and_idle_time(app):
 # --- hostile input ---
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
 
 unicode_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=60)  # JSON cannot carry lone surrogates
+any_text = st.text(st.characters(exclude_categories=("Cs",)), min_size=1, max_size=60)
 prompts = st.one_of(
-    unicode_text,
+    any_text,
     st.sampled_from(["", " \n\t", "\x00", "\x1b[31mred\x1b[0m", "\u202e\u200b\ufeff", "x" * (pg.MAX_PROMPT_CHARS + 1),
                      "y" * 300_000, "ab" * (pg.MAX_PROMPT_CHARS // 2), "🦜" * 500]),
     st.none(), st.integers(), st.lists(st.text(max_size=3), max_size=3))
@@ -181,7 +182,7 @@ hostile = st.fixed_dictionaries({}, optional=dict(
     use_finetuned=st.one_of(st.booleans(), wrong)))
 # in-range settings too, so that strange prompts also reach the model
 sane = st.fixed_dictionaries(dict(strategy=st.sampled_from(pg.STRATEGIES), max_new_tokens=st.integers(1, 12)),
-                             optional=dict(temperature=st.floats(0.0, 5.0), top_k=st.integers(0, 400),
+                             optional=dict(temperature=st.floats(0.0, 5.0), top_k=st.integers(0, 300),
                                            top_p=st.floats(0.01, 1.0), min_p=st.floats(0.0, 1.0),
                                            top_a=st.floats(0.0, 1.0), repetition_penalty=st.floats(0.5, 3.0),
                                            no_repeat_ngram_size=st.integers(0, 10), seed=st.integers(0, 2**31 - 1),
@@ -208,8 +209,11 @@ def check_answer(kwargs, out):
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
-@given(prompt=prompts, kwargs=st.one_of(hostile, sane))
-def test_hostile_generate_requests_answer_or_refuse_cleanly(app, visitor, prompt, kwargs):
+@given(case=st.one_of(st.tuples(prompts, hostile), st.tuples(any_text, sane)))
+@example(case=("0", dict(model=True)))  # once a crash: a model named by a boolean
+@example(case=(PROMPT, dict(strategy="contrastive decoding", amateur=[1])))
+def test_hostile_generate_requests_answer_or_refuse_cleanly(app, visitor, case):
+    prompt, kwargs = case
     # a refusal happens before the model runs: count the calls that reach it
     model = app.models.get(app.model_name)
     started = time.monotonic()
