@@ -9,7 +9,6 @@ import json
 import logging
 import math
 import re
-import threading
 import time
 import weakref
 from types import SimpleNamespace
