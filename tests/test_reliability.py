@@ -197,6 +197,16 @@ def visitor(url):
     return new_client(url)
 
 
+@pytest.fixture
+def forwards(app, monkeypatch):
+    """A record of every forward pass of the served expert and amateur: refusals must come before any."""
+    calls = []
+    for name in (app.model_name, app.amateur_name):
+        net = app.models.get(name).net
+        monkeypatch.setattr(net, "forward", lambda *a, _real=net.forward, **k: calls.append(1) or _real(*a, **k))
+    return calls
+
+
 def check_answer(kwargs, out):
     """A successful answer is well formed: text, [token, probability] pairs that spell it, a trace."""
     text, tokens, trace = out
@@ -211,18 +221,19 @@ def check_answer(kwargs, out):
 @given(case=st.one_of(st.tuples(prompts, hostile), st.tuples(any_text, sane)))
 @example(case=("0", dict(model=True)))  # once a crash: a model named by a boolean
 @example(case=(PROMPT, dict(strategy="contrastive decoding", amateur=[1])))
-def test_hostile_generate_requests_answer_or_refuse_cleanly(app, visitor, case):
+def test_hostile_generate_requests_answer_or_refuse_cleanly(app, visitor, forwards, case):
     prompt, kwargs = case
-    # a refusal happens before the model runs: count the calls that reach it
     model = app.models.get(app.model_name)
-    started = time.monotonic()
+    started, computed = time.monotonic(), len(forwards)
     try:
         out = visitor.submit(prompt=prompt, api_name="/generate", **kwargs).result(timeout=TIMEOUT_S)
     except Exception as e:  # noqa: BLE001 - which kind it is, is the point
         assert clean_error(e), (prompt, kwargs, repr(e))
+        assert len(forwards) == computed, ("refused after compute", prompt, kwargs, str(e))
         OUTCOMES.append("refused")
     else:
         check_answer(kwargs, out)
+        assert len(forwards) > computed
         OUTCOMES.append("answered")
     assert time.monotonic() - started < TIMEOUT_S
     assert model is app.models.get(app.model_name)
