@@ -126,7 +126,7 @@ def leave(url: str, session_hash: str):
         next(beat.iter_lines())
 
 
-def finetuner(url: str, deadline: float, text: str, steps: int, tally: Tally):
+def finetuner(url: str, deadline: float, text: str, steps: int, keep_open: bool, tally: Tally):
     from gradio_client import Client
 
     while time.monotonic() < deadline:
@@ -138,7 +138,8 @@ def finetuner(url: str, deadline: float, text: str, steps: int, tally: Tally):
             assert report["steps"] == steps, report
             client.submit(prompt="ROMEO:", use_finetuned=True, max_new_tokens=16,
                           api_name="/generate").result(timeout=REQUEST_TIMEOUT_S)
-            leave(url, client.session_hash)
+            if not keep_open:
+                leave(url, client.session_hash)
         except Exception as e:  # noqa: BLE001
             tally.error("fine-tune", e)
             continue
@@ -174,6 +175,8 @@ def main():
     parser.add_argument("--new", type=int, default=32, help="new tokens per generation")
     parser.add_argument("--finetune-steps", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server")
+    parser.add_argument("--keep-open", action="store_true",
+                        help="fine-tuning sessions never close, as API clients leave them (the session cap frees)")
     args = parser.parse_args()
 
     text = (ROOT / "assets/data/tinyshakespeare.txt").read_text()[:50_000]
@@ -190,8 +193,8 @@ def main():
         deadline = time.monotonic() + args.duration
         workers = [threading.Thread(target=visitor, args=(url, i, deadline, args.new, tally), daemon=True)
                    for i in range(args.sessions)]
-        workers.append(threading.Thread(target=finetuner, args=(url, deadline, text, args.finetune_steps, tally),
-                                        daemon=True))
+        workers.append(threading.Thread(
+            target=finetuner, args=(url, deadline, text, args.finetune_steps, args.keep_open, tally), daemon=True))
         began = time.monotonic()
         for w in workers:
             w.start()
@@ -223,7 +226,8 @@ def main():
     if lat:
         print(f"latency p50 {statistics.median(lat):.2f} s, p95 {percentile(lat, 0.95):.2f} s, "
               f"max {max(lat):.2f} s")
-    print(f"fine-tunes done ({args.finetune_steps} steps, each by a new session, then a generation from it, then the session closes): "
+    print(f"fine-tunes done ({args.finetune_steps} steps, each by a new session, then a generation from it, "
+          f"then the session {'is left open' if args.keep_open else 'closes'}): "
           f"{tally.finetunes}" + (f", median {statistics.median(tally.finetune_s):.1f} s" if tally.finetune_s else ""))
     print(f"fixed-seed requests: {len(tally.texts)} distinct, {len(varied)} gave more than one text")
     if mib:
