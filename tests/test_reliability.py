@@ -84,13 +84,13 @@ def test_fixed_seed_text_is_the_same_before_during_and_after_another_finetune(ap
     while (run := app.sessions.get(trainer.session_hash)) is None or not run.history:
         assert time.monotonic() < deadline and not job.done(), "the fine-tune did not start"
         time.sleep(0.05)
-    during = []
+    during, step_before = [], len(run.history)
     for _ in range(3):
-        step_before = len(run.history)
+        assert run.thread.is_alive()
         during.append(generate(reader, prompt=PROMPT, **SAMPLED)[0])
-        # the fine-tune was training while this text was generated
-        assert run.thread.is_alive() and len(run.history) > step_before
+        assert run.thread.is_alive()  # so the fine-tune was training while this text was generated
     run.stop.set()
+    assert len(run.history) > step_before  # and it was advancing, not stuck
     report = job.result(timeout=TIMEOUT_S)
     assert report["stopped"] and report["steps"] > 0
     after, *_ = generate(reader, prompt=PROMPT, **SAMPLED)
