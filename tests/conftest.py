@@ -1,4 +1,6 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +11,8 @@ from axw import AutoregressiveWrapper, Decoder, TransformerWrapper
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# app.py and playground.py live at the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def tiny_net(num_tokens=97, max_seq_len=64, rotary=False, dim=32, depth=2, heads=4, **decoder_kwargs):
@@ -34,3 +38,47 @@ def model():
 @pytest.fixture
 def rotary_model():
     return tiny_model(rotary=True).eval()
+
+
+# --- the playground, served on localhost (tests/test_app.py, tests/test_browser.py) ---
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def playground_models(folder):
+    """An expert and an amateur with random weights sharing a small byte-level
+    BPE tokenizer, saved as Hub folders: the app loads them as it would the
+    bundled models."""
+    from pathlib import Path
+
+    from axw.data import eos_id, train_tokenizer
+
+    text = (Path(__file__).resolve().parents[1] / "assets/data/tinyshakespeare.txt").read_text()[:40000]
+    tokenizer = train_tokenizer(text, 320)
+    paths = []
+    for name, seed, depth in (("expert", 0, 2), ("amateur", 1, 1)):
+        model = tiny_model(seed=seed, num_tokens=tokenizer.get_vocab_size(), max_seq_len=128, rotary=True,
+                           depth=depth).eval()
+        model.tokenizer, model.eos_token_id = tokenizer, eos_id(tokenizer)
+        paths.append(str(model.save_pretrained(Path(folder) / name)))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def served_app(tmp_path_factory):
+    """(url, demo) of the playground on a free localhost port, on models built here."""
+    pytest.importorskip("gradio")
+    import app
+
+    expert, amateur = playground_models(tmp_path_factory.mktemp("models"))
+    demo = app.build(expert, amateur)
+    port = free_port()
+    app.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/", demo
+    demo.close()
