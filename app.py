@@ -110,12 +110,6 @@ def user_errors():
     except pg.OutOfMemoryError:
         pg.free_memory()
         raise gr.Error(pg.OOM_MESSAGE) from None
-    except RuntimeError as e:
-        # torch.multinomial's words when the settings together ban every token (e.g. contrastive decoding's
-        # plausibility cut at alpha 1 keeps one token and the no-repeat rule bans it): the visitor can fix that
-        if "probability tensor contains" not in str(e):
-            raise
-        raise gr.Error(pg.NO_TOKEN_MESSAGE) from None
 
 
 class Playground:

@@ -58,9 +58,6 @@ OutOfMemoryError = torch.OutOfMemoryError
 OOM_MESSAGE = ("out of GPU memory for this request (the machine is busy or the request is big): try again, or ask "
                "for fewer new tokens, fewer beams, a shorter prompt, a smaller batch or context")
 
-NO_TOKEN_MESSAGE = ("these settings leave no token the model may choose at some step (for example contrastive "
-                    "decoding's alpha near 1 keeps only the likeliest token and the no-repeat rule bans it): lower "
-                    "alpha, the no-repeat n-gram size or the repetition penalty")
 
 
 def free_memory():

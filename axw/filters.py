@@ -162,7 +162,6 @@ class NoRepeatNGram:
             match &= valid.unfold(1, n, 1).all(dim=-1)
         # add, not scatter: one token may end several n-grams, matching or not
         banned = torch.zeros_like(logits).scatter_add_(1, grams[:, :, -1], match.to(logits.dtype)) > 0
-        banned &= ~banned.all(dim=-1, keepdim=True)  # never leave a row with no token at all
         return logits.masked_fill(banned, NEG_INF)
 
 

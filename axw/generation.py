@@ -279,17 +279,18 @@ class Decoding:
         return torch.arange(total, device=device)[None, :] >= start[:, None]
 
     def _process(self, logits, context, valid, trace: StepTrace | None, sampling: bool, filters: bool = True):
-        """Penalties, then (when sampling) the filters and temperature."""
-        for proc in self.penalties:
-            logits = proc(logits, context, valid)
+        """Penalties, then (when sampling) the filters and temperature. A stage
+        that would leave a row no token at all (say no-repeat-n-gram banning
+        the one token contrastive decoding kept) is skipped for that row."""
+        procs = [*self.penalties, *(self.filters if sampling and filters else ())]
+        for proc in procs:
+            out = proc(logits, context, valid)
+            nothing_left = ~torch.isfinite(out).any(dim=-1, keepdim=True)
+            logits = torch.where(nothing_left, logits, out)
             if trace:
                 trace.record(proc.name, logits)
         if not sampling:
             return logits
-        for proc in self.filters if filters else ():
-            logits = proc(logits, context, valid)
-            if trace:
-                trace.record(proc.name, logits)
         # subtract the max first and divide in float64: a tiny temperature then
         # drives the rest to -inf instead of giving inf - inf or 0 / 0 = NaN
         shifted = logits.double() - logits.amax(dim=-1, keepdim=True).double()

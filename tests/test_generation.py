@@ -451,3 +451,14 @@ def test_bad_contrastive_decoding_kwargs(model):
     with pytest.raises(ValueError, match="alpha"):
         model.generate(torch.tensor([[1]]), 2, amateur_model=tiny_model(seed=3),
                        contrastive_decode_kwargs=dict(alpha=0.0, beta=0.5))
+
+
+def test_a_stage_never_leaves_a_row_without_tokens():
+    """Contrastive decoding at alpha 1 keeps only the expert's likeliest token;
+    no-repeat size 1 would then often ban it, leaving nothing. That stage is
+    skipped for the row, so the output is the expert's greedy text."""
+    expert, amateur = tiny_model(seed=0, num_tokens=13), tiny_model(seed=1, num_tokens=13, depth=1)
+    prompt = torch.randint(0, 13, (2, 4))
+    out = expert.generate(prompt, 12, temperature=0.8, amateur_model=amateur, no_repeat_ngram_size=1,
+                          contrastive_decode_kwargs=dict(alpha=1.0, beta=0.5), seed=0)
+    assert torch.equal(out, expert.generate(prompt, 12, temperature=0.0))
