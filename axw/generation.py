@@ -293,8 +293,9 @@ class Decoding:
             return logits
         # subtract the max first and divide in float64: a tiny temperature then
         # drives the rest to -inf instead of giving inf - inf or 0 / 0 = NaN
-        shifted = logits.double() - logits.amax(dim=-1, keepdim=True).double()
-        logits = (shifted / self.temperature).to(logits.dtype)
+        if self.temperature != 1.0:
+            shifted = logits.double() - logits.amax(dim=-1, keepdim=True).double()
+            logits = (shifted / self.temperature).to(logits.dtype)
         if trace:
             trace.record("temperature", logits)
         return logits
