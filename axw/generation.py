@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from .filters import build_filters, build_penalties, identity, top_k
@@ -461,7 +462,7 @@ class Decoding:
                 starts = starts.index_select(0, parents)
             cur += 1
             if trace:
-                trace.beams = state.sequences.view(b, n_beams, total)[:, :, t:cur]
+                trace.beams = rearrange(state.sequences[:, t:cur], "(b beams) n -> b beams n", b=b)
                 trace.beam_scores = state.ranked_scores().view(b, n_beams)
                 trace.beam_finished = state.finished.view(b, n_beams)
             best = state.best(t, cur)

@@ -7,6 +7,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor
 
 from .utils import exists
@@ -109,5 +110,5 @@ class BeamState:
         order = ranked.argsort(dim=-1, descending=True)
         nb = self.scores.shape[1]
         rows = (torch.arange(self.b, device=order.device)[:, None] * nb + order).reshape(-1)
-        seqs = self.sequences.index_select(0, rows).view(self.b, nb, -1).transpose(0, 1)
-        return seqs, ranked.gather(1, order).transpose(0, 1)
+        seqs = rearrange(self.sequences.index_select(0, rows), "(b beams) n -> beams b n", b=self.b)
+        return seqs, rearrange(ranked.gather(1, order), "b beams -> beams b")
