@@ -112,6 +112,15 @@ def user_errors():
         raise gr.Error(pg.OOM_MESSAGE) from None
 
 
+def filter_row(name: str, on: bool, slider: tuple, label: str, info: str):
+    """A filter's on/off checkbox beside its slider (minimum, maximum, default, step)."""
+    low, high, value, step = slider
+    with gr.Row():
+        use = gr.Checkbox(on, label=name, scale=1, min_width=80)
+        setting = gr.Slider(low, high, value, step=step, label=label, scale=4, info=info)
+    return use, setting
+
+
 class Playground:
     def __init__(self, model: str, amateur: str | None):
         self.model_name, self.amateur_name = model, amateur
@@ -356,22 +365,14 @@ def build(model: str, amateur: str | None = None) -> gr.Blocks:
                         temperature = gr.Slider(0, 2, 0.8, step=0.05, label="temperature",
                                                 info="divides the logits: < 1 sharpens, > 1 flattens, 0 = greedy")
                         gr.Markdown("Filters cut unlikely tokens before sampling, applied in this order:")
-                        with gr.Row():
-                            use_k = gr.Checkbox(False, label="top-k", scale=1, min_width=80)
-                            k = gr.Slider(1, 200, 40, step=1, label="k", scale=4,
-                                          info="keep only the k most likely tokens")
-                        with gr.Row():
-                            use_p = gr.Checkbox(True, label="top-p", scale=1, min_width=80)
-                            p = gr.Slider(0.05, 1, 0.9, step=0.01, label="p", scale=4,
-                                          info="keep the fewest top tokens whose probabilities add up to p")
-                        with gr.Row():
-                            use_min = gr.Checkbox(False, label="min-p", scale=1, min_width=80)
-                            minp = gr.Slider(0, 1, 0.1, step=0.01, label="min-p", scale=4,
-                                             info="keep tokens at least min-p times as likely as the top one")
-                        with gr.Row():
-                            use_a = gr.Checkbox(False, label="top-a", scale=1, min_width=80)
-                            a = gr.Slider(0, 1, 0.2, step=0.01, label="top-a ratio", scale=4,
-                                          info="keep tokens with p >= ratio x p_max²: strict when the model is sure")
+                        use_k, k = filter_row("top-k", False, (1, 200, 40, 1), "k",
+                                              "keep only the k most likely tokens")
+                        use_p, p = filter_row("top-p", True, (0.05, 1, 0.9, 0.01), "p",
+                                              "keep the fewest top tokens whose probabilities add up to p")
+                        use_min, minp = filter_row("min-p", False, (0, 1, 0.1, 0.01), "min-p",
+                                                   "keep tokens at least min-p times as likely as the top one")
+                        use_a, a = filter_row("top-a", False, (0, 1, 0.2, 0.01), "top-a ratio",
+                                              "keep tokens with p >= ratio x p_max²: strict when the model is sure")
                     with gr.Group(visible=False) as beam_box:
                         beams = gr.Slider(2, pg.MAX_BEAMS, 4, step=1, label="beams",
                                           info="how many sequences are kept at each step")
