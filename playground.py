@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import html
-import math
 import os
 import queue
 import shutil
@@ -25,6 +24,7 @@ import torch
 
 from axw import AutoregressiveWrapper
 from axw.hub import validate_repo_id
+from axw.utils import check_number
 from axw.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent
@@ -170,15 +170,9 @@ def check_hub_size(repo_id: str, limit: int = MAX_HUB_MODEL_BYTES):
 
 
 def _number(name, value, lo, hi, integer=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if integer:
-        if value != int(value):
-            raise ValueError(f"{name} must be a whole number, got {value}")
-        value = int(value)
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
+    if integer and isinstance(value, float) and value.is_integer():
+        value = int(value)  # sliders and JSON send whole numbers as floats
+    return check_number(value, name, lo, hi, integer=integer)
 
 
 def check_prompt(prompt) -> str:

@@ -286,7 +286,7 @@ def test_nan_and_infinity_are_refused(url, app, index, name, value):
     data = list(DEFAULTS)
     data[index] = value
     event, message = call_raw(url, data)
-    assert event == "error" and f"{name} must be a number" in message
+    assert event == "error" and f"{name} must be" in message and str(value) in message
     assert call_raw(url, DEFAULTS)[0] == "complete"  # and a good request still works
 
 
