@@ -21,7 +21,7 @@ from torch import Tensor
 from . import hub
 from .attention import RotaryEmbedding
 from .transformer import Decoder, TransformerWrapper
-from .utils import default, exists
+from .utils import check_number, default, exists
 
 # transformers' activation names -> axw FeedForward activations
 GPT2_ACTIVATIONS = {
@@ -49,9 +49,7 @@ def _require(config: dict, family: str, key: str, allowed, default_value=None):
 def _positive_int(config: dict, family: str, key: str, default_value=None) -> int:
     value = config.get(key)
     value = default_value if value is None else value  # some configs write null for "the default"
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{family} config needs {key} as a positive integer, got {value!r}")
-    return value
+    return check_number(value, f"{family} config's {key}", 1, integer=True)
 
 
 # --- GPT-2 ---

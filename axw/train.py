@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .utils import exists
+from .utils import check_number, eval_mode, exists
 
 # beside the model files, in a subfolder that model loaders do not read
 TRAINING_DIR = "training"
@@ -60,39 +60,23 @@ class TrainConfig:
 
     def validate(self, model=None):
         """Raise ValueError naming the first bad field and what is allowed."""
-        def positive_int(name):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-        def non_negative_int(name):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-
         for name in ("steps", "batch_size", "eval_batch_size"):
-            positive_int(name)
+            check_number(getattr(self, name), name, 1, integer=True)
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
-            non_negative_int(name)
-        if exists(self.seq_len):
-            positive_int("seq_len")
-        if exists(self.eval_tokens):
-            positive_int("eval_tokens")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if exists(self.min_lr) and not (0 <= self.min_lr <= self.lr):
-            raise ValueError(f"min_lr must be in [0, lr={self.lr}], got {self.min_lr!r}")
+            check_number(getattr(self, name), name, 0, integer=True)
+        for name in ("seq_len", "eval_tokens"):
+            if exists(getattr(self, name)):
+                check_number(getattr(self, name), name, 1, integer=True)
+        check_number(self.lr, "lr", 0, low_open=True)
+        if exists(self.min_lr):
+            check_number(self.min_lr, "min_lr", 0, self.lr, allowed=f"in [0, lr={self.lr}]")
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) cannot exceed steps ({self.steps})")
-        if not 0 <= self.weight_decay < 1:
-            raise ValueError(f"weight_decay must be in [0, 1), got {self.weight_decay!r}")
-        for name in ("beta1", "beta2"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not (math.isfinite(self.grad_clip) and self.grad_clip >= 0):
-            raise ValueError(f"grad_clip must be >= 0 (0 turns clipping off), got {self.grad_clip!r}")
-        if exists(self.mask_prob) and not 0 <= self.mask_prob < 1:
-            raise ValueError(f"mask_prob must be in [0, 1), got {self.mask_prob!r}")
+        for name in ("weight_decay", "beta1", "beta2"):
+            check_number(getattr(self, name), name, 0, 1, high_open=True)
+        check_number(self.grad_clip, "grad_clip", 0, allowed="a finite number >= 0 (0 turns clipping off)")
+        if exists(self.mask_prob):
+            check_number(self.mask_prob, "mask_prob", 0, 1, high_open=True)
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as e:
@@ -153,10 +137,8 @@ def evaluate(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens:
     n = ids.numel() - 1
     if n < 1:
         raise ValueError("need at least 2 held-out tokens to score")
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
+    with eval_mode(model):
         starts = range(0, n, seq_len)
         full = [s for s in starts if s + seq_len + 1 <= ids.numel()]
         groups = [ids[torch.tensor(full[i:i + batch_size])[:, None] + torch.arange(seq_len + 1)]
@@ -171,8 +153,6 @@ def evaluate(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens:
                                   reduction="sum")
             total += nll.item()
             count += windows[:, 1:].numel()
-    finally:
-        model.train(was_training)
     return total, count
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import wraps
+from contextlib import contextmanager
 
 
 def exists(val):
@@ -13,20 +13,18 @@ def default(val, d):
     return val if exists(val) else d
 
 
-def eval_mode(fn):
-    """Run a module method in eval mode and restore the caller's mode after,
-    also when the method raises or is a generator the caller stops early."""
-
-    @wraps(fn)
-    def inner(self, *args, **kwargs):
-        was_training = self.training
-        self.eval()
-        try:
-            return fn(self, *args, **kwargs)
-        finally:
-            self.train(was_training)
-
-    return inner
+@contextmanager
+def eval_mode(*modules):
+    """Eval mode for the duration, then each module's own mode back, also when
+    the body raises or a generator running inside it is closed early."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
 
 def check_number(value, name: str, low=None, high=None, *, integer=False, low_open=False, high_open=False,

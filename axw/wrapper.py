@@ -8,7 +8,6 @@ import os
 import torch
 from torch import Tensor, nn
 
-from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from . import hub
@@ -16,20 +15,7 @@ from .filters import identity, top_k
 from .generation import Decoding, Step
 from .loss import autoregressive_loss
 from .transformer import Decoder, TransformerWrapper
-from .utils import exists
-
-
-@contextmanager
-def _eval(*modules):
-    """Eval mode for the duration, then each module's own mode back."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
+from .utils import eval_mode, exists
 
 
 def _amateurs(amateur_model) -> list:
@@ -151,7 +137,7 @@ class AutoregressiveWrapper(nn.Module):
             contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv, beams=beams,
             penalty_alpha=penalty_alpha, contrastive_k=contrastive_k, **kwargs,
         )
-        with _eval(self, *_amateurs(amateur_model)):
+        with eval_mode(self, *_amateurs(amateur_model)):
             return run.output()
 
     @torch.no_grad()
@@ -180,7 +166,7 @@ class AutoregressiveWrapper(nn.Module):
             stochastic=stochastic, temperature=temperature, filter_logits_fn=filter_logits_fn,
             filter_kwargs=filter_kwargs, **kwargs,
         )
-        with _eval(self):
+        with eval_mode(self):
             if return_beams_and_scores:
                 return run.beams_and_scores()
             return run.output()
@@ -256,5 +242,5 @@ class AutoregressiveWrapper(nn.Module):
 
 @torch.no_grad()
 def _stream(run: Decoding, modules: list) -> Iterator[Step]:
-    with _eval(*modules):
+    with eval_mode(*modules):
         yield from run
