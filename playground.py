@@ -385,7 +385,7 @@ def step_html(row: dict | None, tokenizer) -> str:
                  + "</tr>")
     for rec in step_table(row, tokenizer):
         mark = ' class="axw-chosen"' if rec["chosen"] else ""
-        cells = "".join(f'<td class="axw-cut">cut</td>' if rec["cut"][s] else f"<td>{_bar(rec['probs'][s])}</td>"
+        cells = "".join('<td class="axw-cut">cut</td>' if rec["cut"][s] else f"<td>{_bar(rec['probs'][s])}</td>"
                         for s in stages)
         gone = ' class="axw-gone"' if any(rec["cut"].values()) else ""
         parts.append(f"<tr{mark}><td{gone}><code>{html.escape(rec['token'])}</code></td>{cells}</tr>")

@@ -9,7 +9,6 @@ by-products of this one loop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-from .filters import build_filters, build_penalties, identity, top_k
+from .filters import build_filters, build_penalties, top_k
 from .search import BeamState, contrastive_decode_fn, degeneration_penalty, gumbel_noise
 from .trace import StepTrace, new_trace
 from .utils import check_number, exists
@@ -274,10 +273,18 @@ class Decoding:
             total = min(total, 2 * net.max_seq_len)
         return total
 
-    def _valid(self, b, total, start, device) -> Tensor | None:
+    def _valid(self, total, start, device) -> Tensor | None:
         if start is None:
             return None
         return torch.arange(total, device=device)[None, :] >= start[:, None]
+
+    def _new_output(self) -> Tensor:
+        """(batch, prompt + seq_len): the prompt, then pad_value to be overwritten."""
+        b, t = self.tokens.shape
+        out = torch.full((b, t + self.seq_len), self.pad, dtype=torch.long, device=self.tokens.device)
+        out[:, :t] = self.tokens
+        self._out = out
+        return out
 
     def _process(self, logits, context, valid, trace: StepTrace | None, sampling: bool, filters: bool = True):
         """Penalties, then (when sampling) the filters and temperature. A stage
@@ -311,10 +318,8 @@ class Decoding:
         net, tokens, start = self.net, self.tokens, self.seq_start_pos
         b, t = tokens.shape
         device = tokens.device
-        out = torch.full((b, t + self.seq_len), self.pad, dtype=torch.long, device=device)
-        out[:, :t] = tokens
-        self._out = out
-        valid = self._valid(b, t + self.seq_len, start, device)
+        out = self._new_output()
+        valid = self._valid(t + self.seq_len, start, device)
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         greedy = self.temperature == 0.0
         if self.seq_len == 0:
@@ -327,7 +332,7 @@ class Decoding:
         for step in range(self.seq_len):
             trace = new_trace(step, logits, self.trace_top) if self.trace else None
             model_logits = logits
-            for i, (amateur, (a_logits, _)) in enumerate(zip(self.amateurs, amateur_state)):
+            for i, (a_logits, _) in enumerate(amateur_state):
                 logits = contrastive_decode_fn(logits, a_logits, **self.cd_kwargs[i])
                 if trace:
                     trace.record("contrastive_decoding" if len(self.amateurs) == 1 else f"contrastive_decoding_{i}",
@@ -369,10 +374,8 @@ class Decoding:
         b, t = tokens.shape
         device = tokens.device
         total = t + self.seq_len
-        out = torch.full((b, total), self.pad, dtype=torch.long, device=device)
-        out[:, :t] = tokens
-        self._out = out
-        valid = self._valid(b, total, start, device)
+        out = self._new_output()
+        valid = self._valid(total, start, device)
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         if self.seq_len == 0:
             return
@@ -428,11 +431,8 @@ class Decoding:
         device = tokens.device
         total = t + self.seq_len
         n_beams = self.beams
-        out = torch.full((b, total), self.pad, dtype=torch.long, device=device)
-        out[:, :t] = tokens
+        out = self._new_output()
         state = BeamState(b, n_beams, out, self.pad, self.eos, self.length_penalty)
-        self._state = state
-        self._out = out
         if self.seq_len == 0:
             self._scores = torch.zeros((1, b), device=device)
             self._beam_out = out[None]
@@ -444,7 +444,7 @@ class Decoding:
         cur = t
         for step in range(self.seq_len):
             seqs = state.sequences  # (b * live beams, total)
-            valid = self._valid(seqs.shape[0], total, starts, device)
+            valid = self._valid(total, starts, device)
             ctx_valid = valid[:, :cur] if exists(valid) else None
             trace = new_trace(step, logits, self.trace_top) if self.trace else None
             processed = self._process(logits, seqs[:, :cur], ctx_valid, None, sampling=False)
