@@ -278,9 +278,9 @@ class TransformerWrapper(nn.Module):
 
     @staticmethod
     def _init_weights(module):
-        if isinstance(module, (nn.Linear, Linear, nn.Embedding, TokenEmbedding)):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, (nn.Linear, Linear)) and module.bias is not None:
+        if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
     @property

@@ -121,7 +121,7 @@ def _attention_logsumexp_by_hand(net, x):
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     for blk, normed in zip(net.attn_layers.layers, captured):
         a = blk.attn
-        qkv = normed @ a.to_qkv.weight  # stored (in, out)
+        qkv = normed @ a.to_qkv.weight.t()
         q, k, _ = qkv.split((a.heads * a.dim_head, a.kv_heads * a.dim_head, a.kv_heads * a.dim_head), -1)
         q = q.view(1, n, a.heads, a.dim_head).transpose(1, 2)
         k = k.view(1, n, a.kv_heads, a.dim_head).transpose(1, 2)
@@ -271,21 +271,63 @@ def test_bad_inputs_to_the_loss(model):
         model(torch.tensor([[1, 2, 3]]), lens=torch.tensor([4]))
 
 
-def test_linear_keeps_nn_linear_state_dict_layout():
+@pytest.mark.parametrize("rows", [1, 3, 700])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_matches_float64_reference_with_gradients(rows, dtype):
+    from axw import attention
+
+    torch.manual_seed(0)
+    x = torch.randn(rows, 768, dtype=dtype)
+    w = (torch.randn(1024, 768) * 0.03).to(dtype)
+    b = torch.randn(1024, dtype=dtype)
+    goal = F.linear(x.double(), w.double(), b.double())
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.1, rtol=0.02)
+    with torch.no_grad():
+        torch.testing.assert_close(attention.linear(x, w, b).double(), goal, **tol)
+        # a strided row view, as decoding passes the last position
+        wide = torch.randn(rows, 3, 768, dtype=dtype)
+        torch.testing.assert_close(attention.linear(wide[:, -1], w).double(),
+                                   F.linear(wide[:, -1].double(), w.double()), **tol)
+
+    xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
+    out = attention.linear(xg.view(rows, 1, 768), wg, bg)
+    if attention._ONEDNN_LINEAR is not None:  # the CPU builds we ship on have it
+        assert type(out.grad_fn).__name__ == "_OneDNNLinearBackward"
+    up = torch.randn(rows, 1, 1024, dtype=dtype)
+    out.backward(up)
+    x64, w64, b64 = (t.double().requires_grad_() for t in (x, w, b))
+    F.linear(x64.view(rows, 1, 768), w64, b64).backward(up.double())
+    for ours, ref in ((xg, x64), (wg, w64), (bg, b64)):
+        torch.testing.assert_close(ours.grad.double(), ref.grad, **tol)
+
+
+def test_linear_small_products_and_autocast_take_f_linear(monkeypatch):
+    from axw import attention
+
+    def refuse(*args):
+        raise AssertionError("oneDNN was called")
+
+    monkeypatch.setattr(attention, "_ONEDNN_LINEAR", refuse)
+    x, w = torch.randn(2, 16), torch.randn(8, 16)
+    assert torch.equal(attention.linear(x, w), F.linear(x, w))  # 256 multiply-adds
+    big = torch.randn(4096, 256)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention.linear(torch.randn(600, 256), big).dtype == torch.bfloat16
+    assert attention.linear(x.double(), w.double()).dtype == torch.float64
+    with pytest.raises(AssertionError, match="oneDNN was called"):
+        attention.linear(torch.randn(600, 256), big)
+
+
+def test_linear_and_embedding_keep_torch_layouts():
     from axw.attention import Linear, TokenEmbedding
 
     ref_emb, emb = torch.nn.Embedding(11, 4), TokenEmbedding(11, 4)
     emb.load_state_dict(ref_emb.state_dict())
     ids = torch.randint(0, 11, (3, 5))
-    assert torch.equal(emb(ids), ref_emb(ids)) and emb.weight.shape == (4, 11)
-    assert torch.equal(emb.state_dict()["weight"], ref_emb.weight)
+    assert torch.equal(emb(ids), ref_emb(ids))
     h = torch.randn(2, 4)
     assert torch.allclose(emb.logits(h), h @ ref_emb.weight.t(), atol=1e-6)
-
-    ref = torch.nn.Linear(5, 3)
-    ours = Linear(5, 3)
+    ref, ours = torch.nn.Linear(5, 3), Linear(5, 3)
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(2, 4, 5)
     assert torch.allclose(ours(x), ref(x), atol=1e-6)
-    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), ref.state_dict().values()))
-    assert ours.weight.shape == (5, 3)  # kept transposed in memory
