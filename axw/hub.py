@@ -134,10 +134,17 @@ def axw_config(model) -> dict:
     )
 
 
-def save_pretrained(model, folder: str | os.PathLike, model_card: str | None = None) -> Path:
+SAVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def save_pretrained(model, folder: str | os.PathLike, model_card: str | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    if exists(dtype) and dtype not in SAVE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(map(str, SAVE_DTYPES))}, got {dtype!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous().cpu() for k, v in model.net.state_dict().items()}
+    state = {k: v.detach().to(dtype if exists(dtype) and v.is_floating_point() else v.dtype).contiguous().cpu()
+             for k, v in model.net.state_dict().items()}
     save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
     with open(folder / CONFIG_NAME, "w", encoding="utf-8") as f:
         json.dump(axw_config(model), f, indent=2, sort_keys=True)

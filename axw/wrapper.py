@@ -191,10 +191,13 @@ class AutoregressiveWrapper(nn.Module):
 
     # --- checkpoints ---
 
-    def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None):
+    def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None,
+                        dtype: torch.dtype | None = None):
         """Write `config.json`, `model.safetensors` and `tokenizer.json` (if a
-        tokenizer is attached) in the Hugging Face Hub layout."""
-        return hub.save_pretrained(self, folder, model_card=model_card)
+        tokenizer is attached) in the Hugging Face Hub layout. `dtype`
+        (float32, float16 or bfloat16) stores the weights in that precision;
+        `from_pretrained` loads them into the model's own, float32 unless told."""
+        return hub.save_pretrained(self, folder, model_card=model_card, dtype=dtype)
 
     def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = False,
                     commit_message: str = "Upload axw model", model_card: str | None = None) -> str:

@@ -53,6 +53,23 @@ def test_round_trip_is_bit_exact(saved):
     assert not loaded.training
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_saving_in_half_precision_loads_back_as_float32(saved, tmp_path, dtype):
+    model, folder = saved
+    model.save_pretrained(tmp_path / "half", dtype=dtype)
+    stored = load_file(tmp_path / "half" / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {dtype}
+    full = (folder / "model.safetensors").stat().st_size
+    assert (tmp_path / "half" / "model.safetensors").stat().st_size < 0.55 * full
+    loaded = AutoregressiveWrapper.from_pretrained(tmp_path / "half")
+    for name, weight in model.net.state_dict().items():
+        got = loaded.net.state_dict()[name]
+        assert got.dtype == torch.float32 and torch.equal(got, weight.to(dtype).float()), name
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        model.save_pretrained(tmp_path / "bad", dtype=torch.int8)
+    assert not (tmp_path / "bad").exists()
+
+
 def _hub_cache(root, repo_id, folder, commit="0123456789abcdef0123456789abcdef01234567"):
     """Lay out a repo the way huggingface_hub's cache stores it."""
     repo = root / f"models--{repo_id.replace('/', '--')}"
