@@ -98,6 +98,18 @@ def throttle(items, interval: float = STREAM_INTERVAL_S):
         yield pending
 
 
+def visitor(request: gr.Request | None, trust_proxy: bool) -> str:
+    """Who is asking, for the fair share: the address the request came from, or behind a proxy we trust (a
+    Space) the first address in X-Forwarded-For."""
+    if request is None:
+        return ""
+    if trust_proxy:
+        first = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
+        if first:
+            return first
+    return getattr(getattr(request, "client", None), "host", None) or ""
+
+
 @contextmanager
 def user_errors():
     """Our checks raise ValueError; the visitor sees it as a gr.Error and the app lives on. Running out of GPU
@@ -122,11 +134,28 @@ def filter_row(name: str, on: bool, slider: tuple, label: str, info: str):
 
 
 class Playground:
-    def __init__(self, model: str, amateur: str | None):
+    def __init__(self, model: str, amateur: str | None, visitor_budget_s: float | None = None,
+                 trust_proxy: bool | None = None):
         self.model_name, self.amateur_name = model, amateur
         self.models = pg.ModelCache([model, amateur])
         self.sessions = pg.Sessions()
+        if visitor_budget_s is None:
+            visitor_budget_s = float(os.environ.get("AXW_VISITOR_BUDGET_S", pg.VISITOR_BUDGET_S))
+        self.share = pg.FairShare(visitor_budget_s)
+        if trust_proxy is None:  # Spaces set SPACE_ID and sit behind the Hub's proxy
+            trust_proxy = os.environ.get("AXW_TRUST_PROXY", "1" if os.environ.get("SPACE_ID") else "0") == "1"
+        self.trust_proxy = trust_proxy
         self.models.get(model)  # loaded once at start, onto the GPU when there is one
+
+    @contextmanager
+    def metered(self, request: gr.Request | None):
+        """Refuse a visitor who has used their share (as a gr.Error, before any compute), else count the time
+        spent in the block against it."""
+        key = visitor(request, self.trust_proxy)
+        with user_errors():
+            self.share.check(key)
+        with self.share.charge(key):
+            yield
 
     def model(self, name: str, use_finetuned: bool = False, session: str | None = None):
         if use_finetuned:
@@ -177,7 +206,7 @@ class Playground:
     ) -> tuple[str, list, list]:
         """Continue `prompt`. Returns (generated text, the new tokens as [token, probability], the per-step
         trace). Filters chain top_k -> top_p -> min_p -> top_a; top_k 0, top_p 1, min_p 0 and top_a 0 are off."""
-        with user_errors():
+        with self.metered(request), user_errors():
             pg.check_prompt(prompt)
             filters = {name: value for name, value, off in (("top_k", top_k, 0), ("top_p", top_p, 1.0),
                                                              ("min_p", min_p, 0.0), ("top_a", top_a, 0.0))
@@ -203,7 +232,7 @@ class Playground:
     ) -> dict:
         """Fine-tune a private copy of the model on `text`; returns {steps, loss, losses}. Generate from it with
         /generate and use_finetuned=True (same client session)."""
-        with user_errors():
+        with self.metered(request), user_errors():
             base = self.model(model)
             ids, config = pg.finetune_setup(base, text, steps, learning_rate, batch_size, context_length, mask_prob,
                                             seed)
@@ -219,7 +248,7 @@ class Playground:
     def generate_ui(self, model_name, prompt, strategy, max_new_tokens, temperature, use_k, k, use_p, p, use_min,
                     minp, use_a, a, rep, ngram, seed, beams, length_penalty, alpha, ck, amateur, cd_alpha, cd_beta,
                     use_ft, request: gr.Request):
-        with user_errors():
+        with self.metered(request), user_errors():
             pg.check_prompt(prompt)
             filters = {name: value for name, on, value in (("top_k", use_k, k), ("top_p", use_p, p),
                                                             ("min_p", use_min, minp), ("top_a", use_a, a)) if on}
@@ -243,7 +272,11 @@ class Playground:
         i = min(max(int(step) - 1, 0), len(rows) - 1)
         return pg.step_html(rows[i], m.tokenizer)
 
-    def compare_ui(self, model_name, prompt, seed, max_new_tokens, amateur):
+    def compare_ui(self, model_name, prompt, seed, max_new_tokens, amateur, request: gr.Request = None):
+        with self.metered(request):
+            yield from self._compare_ui(model_name, prompt, seed, max_new_tokens, amateur)
+
+    def _compare_ui(self, model_name, prompt, seed, max_new_tokens, amateur):
         with user_errors():
             pg.check_prompt(prompt)
             m = self.model(model_name)
@@ -270,6 +303,12 @@ class Playground:
 
     def finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,
                     request: gr.Request, progress=gr.Progress()):
+        with self.metered(request):
+            yield from self._finetune_ui(model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,
+                                         request, progress)
+
+    def _finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed, request,
+                     progress):
         with user_errors():
             if upload:
                 text = pg.read_upload(upload)
@@ -291,7 +330,7 @@ class Playground:
 
     def generate_tuned_ui(self, prompt, request: gr.Request):
         """The fine-tune tab's own box: sampling at temperature 0.8 with top-p 0.9 from the visitor's copy."""
-        with user_errors():
+        with self.metered(request), user_errors():
             pg.check_prompt(prompt)
             m = self.model("", True, request.session_hash)
             kw = pg.generation_kwargs(m, "sampling", 100, 0.8, dict(top_p=0.9), seed=0)
@@ -341,8 +380,9 @@ def loss_frame(history: list[dict]) -> pd.DataFrame:
     return pd.DataFrame({"step": [r["step"] for r in history], "loss": [r["loss"] for r in history]})
 
 
-def build(model: str, amateur: str | None = None) -> gr.Blocks:
-    app = Playground(model, amateur)
+def build(model: str, amateur: str | None = None, visitor_budget_s: float | None = None,
+          trust_proxy: bool | None = None) -> gr.Blocks:
+    app = Playground(model, amateur, visitor_budget_s=visitor_budget_s, trust_proxy=trust_proxy)
     # bundled models by name, Hub ids as they are; the value passed on is the path or id
     choices = [(f"{Path(c).name} (bundled)", c) for c in [model, amateur] if c and (pg.ROOT / c).is_dir()]
     choices += [(c, c) for c in [model, amateur] + pg.HUB_EXAMPLES if c and c not in dict(choices).values()]

@@ -17,7 +17,8 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -47,6 +48,9 @@ MODEL_CACHE_SIZE = 3
 MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in fp16
 MAX_SESSIONS = 8
 SESSION_IDLE_S = 3600  # a fine-tuned copy unused for an hour is dropped
+# each visitor's share of the machine: seconds holding a generation or fine-tuning slot per window
+VISITOR_BUDGET_S = 60.0
+VISITOR_WINDOW_S = 120.0
 TRACE_TOP = 10
 
 STRATEGIES = ["sampling", "beam search", "contrastive search", "contrastive decoding"]
@@ -574,6 +578,64 @@ class Sessions:
         self.used.pop(key, None)
         if run is not None:
             run.stop.set()  # a running fine-tune ends after its current step, then its copy is garbage
+
+
+class FairShare:
+    """Seconds each visitor has held a compute slot in the last `window_s`. A visitor who has used `budget_s` is
+    refused (before any compute) until enough of it ages out, so one client sending request after request, from
+    however many sessions, cannot keep everyone else queueing. A request already running always finishes.
+    `budget_s` <= 0 turns the limit off."""
+
+    def __init__(self, budget_s: float = VISITOR_BUDGET_S, window_s: float = VISITOR_WINDOW_S,
+                 clock=time.monotonic):
+        self.budget_s, self.window_s, self.clock = budget_s, window_s, clock
+        self.lock = threading.Lock()
+        self.spans: dict[str, deque] = {}  # visitor -> (end, seconds) of recent requests, oldest first
+
+    def spent(self, key: str) -> float:
+        with self.lock:
+            return self._spent(key, self.clock())
+
+    def _spent(self, key: str, now: float) -> float:
+        spans = self.spans.get(key)
+        while spans and spans[0][0] <= now - self.window_s:
+            spans.popleft()
+        if spans is not None and not spans:
+            del self.spans[key]
+        return sum(s for _, s in spans) if spans else 0.0
+
+    def check(self, key: str):
+        if self.budget_s <= 0:
+            return
+        with self.lock:
+            now = self.clock()
+            spent = self._spent(key, now)
+            if spent < self.budget_s:
+                return
+            # when enough of the oldest spans have aged out to bring the total under budget
+            over, wait = spent - self.budget_s, 0.0
+            for end, seconds in self.spans[key]:
+                over -= seconds
+                wait = end + self.window_s - now
+                if over < 0:
+                    break
+        raise ValueError(f"you have used this machine for {spent:.0f} s in the last {self.window_s:.0f} s, the share "
+                         f"each visitor gets so everyone has a turn; try again in {max(wait, 1):.0f} s")
+
+    @contextmanager
+    def charge(self, key: str):
+        """Count the time spent inside the block against the visitor's share (`check` first)."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            if self.budget_s > 0:
+                with self.lock:
+                    now = self.clock()
+                    self.spans.setdefault(key, deque()).append((now, now - start))
+                    if len(self.spans) > 1024:  # forget visitors who went quiet
+                        for k in list(self.spans):
+                            self._spent(k, now)
 
 
 def model_zip(model, name: str = "axw-finetuned") -> str:

@@ -6,7 +6,9 @@ Starts `python app.py` in its own process, then for `--duration` seconds
 `--sessions` gradio_client sessions generate back to back (each its own mix
 of strategies, fixed seeds), while one more visitor fine-tunes after another
 (a new session each time, then a generation from its copy, then the
-session closes as a browser tab does). Every request has
+session closes as a browser tab does). Each visitor sends its own address
+in X-Forwarded-For (the server trusts it, as on a Space), so the app's
+per-visitor share applies to each as it would to real visitors. Every request has
 a time limit; the run stops by itself.
 
 Reports requests done, errors, p50/p95 latency of /generate, whether each
@@ -26,6 +28,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -63,15 +66,21 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(model: str, amateur: str, port: int, threads: int) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+def start_server(model: str, amateur: str, port: int, threads: int, budget: float | None) -> subprocess.Popen:
+    # each simulated visitor names its own address, as the Hub's proxy does for a Space's visitors
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", AXW_TRUST_PROXY="1")
+    if budget is not None:
+        env["AXW_VISITOR_BUDGET_S"] = str(budget)
     command = [sys.executable, str(ROOT / "app.py"), "--model", model, "--amateur", amateur, "--port", str(port),
                "--threads", str(threads)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # the server's log goes to a file: a pipe nobody reads during the run would fill and stall the server
+    log = tempfile.TemporaryFile("w+")
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
     began = time.monotonic()
     while time.monotonic() - began < 180:
         if proc.poll() is not None:
-            raise SystemExit(f"app.py exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+            log.seek(0)
+            raise SystemExit(f"app.py exited with {proc.returncode}: {log.read()[-2000:]}")
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
             return proc
@@ -89,6 +98,8 @@ class Tally:
         self.texts: dict[tuple, set] = {}
         self.finetunes = 0
         self.finetune_s: list[float] = []
+        self.flood_served = 0
+        self.flood_refused = 0
 
     def error(self, where: str, e: BaseException):
         with self.lock:
@@ -98,7 +109,7 @@ class Tally:
 def visitor(url: str, index: int, deadline: float, new_tokens: int, tally: Tally):
     from gradio_client import Client
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, headers={"X-Forwarded-For": f"198.51.100.{index + 1}"})
     i = index
     while time.monotonic() < deadline:
         strategy, settings = MIX[i % len(MIX)]
@@ -117,6 +128,28 @@ def visitor(url: str, index: int, deadline: float, new_tokens: int, tally: Tally
             tally.texts.setdefault((prompt, strategy, str(settings), seed), set()).add(text)
 
 
+def flooder(url: str, index: int, deadline: float, new_tokens: int, tally: Tally):
+    """One of several sessions of a single client (one address) asking for long generations back to back; a
+    refusal by the per-visitor share is expected, and retried after 0.2 s."""
+    from gradio_client import Client
+
+    client = Client(url, verbose=False, headers={"X-Forwarded-For": "192.0.2.1"})
+    while time.monotonic() < deadline:
+        try:
+            client.submit(prompt=PROMPTS[index % len(PROMPTS)], max_new_tokens=new_tokens, seed=index,
+                          api_name="/generate").result(timeout=REQUEST_TIMEOUT_S * 4)
+        except Exception as e:  # noqa: BLE001 - every failure is counted and reported
+            if "the share each visitor gets" in str(e):
+                with tally.lock:
+                    tally.flood_refused += 1
+                time.sleep(0.2)
+            else:
+                tally.error(f"flood session {index}", e)
+            continue
+        with tally.lock:
+            tally.flood_served += 1
+
+
 def leave(url: str, session_hash: str):
     """End the session as a closed browser tab does: its heartbeat stream opens, then drops; the app's unload
     handler frees the session's fine-tuned copy."""
@@ -129,8 +162,10 @@ def leave(url: str, session_hash: str):
 def finetuner(url: str, deadline: float, text: str, steps: int, keep_open: bool, tally: Tally):
     from gradio_client import Client
 
+    n = 0
     while time.monotonic() < deadline:
-        client = Client(url, verbose=False)  # a new visitor each time: old copies must be let go
+        n += 1  # a new visitor each time: old copies must be let go
+        client = Client(url, verbose=False, headers={"X-Forwarded-For": f"203.0.113.{n % 250 + 1}"})
         began = time.perf_counter()
         try:
             report = client.submit(text=text, steps=steps, learning_rate=1e-3, batch_size=8, context_length=64,
@@ -177,12 +212,17 @@ def main():
     parser.add_argument("--threads", type=int, default=1, help="torch threads in the server")
     parser.add_argument("--keep-open", action="store_true",
                         help="fine-tuning sessions never close, as API clients leave them (the session cap frees)")
+    parser.add_argument("--flood", type=int, default=0,
+                        help="sessions of one more client, all from one address, asking for long generations")
+    parser.add_argument("--flood-tokens", type=int, default=256)
+    parser.add_argument("--budget", type=float, default=None,
+                        help="the server's AXW_VISITOR_BUDGET_S (seconds per visitor per window; 0 = no limit)")
     args = parser.parse_args()
 
     text = (ROOT / "assets/data/tinyshakespeare.txt").read_text()[:50_000]
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    proc = start_server(args.model, args.amateur, port, args.threads)
+    proc = start_server(args.model, args.amateur, port, args.threads, args.budget)
     tally, samples, stop = Tally(), [], threading.Event()
     try:
         from gradio_client import Client
@@ -193,6 +233,8 @@ def main():
         deadline = time.monotonic() + args.duration
         workers = [threading.Thread(target=visitor, args=(url, i, deadline, args.new, tally), daemon=True)
                    for i in range(args.sessions)]
+        workers += [threading.Thread(target=flooder, args=(url, i, deadline, args.flood_tokens, tally), daemon=True)
+                    for i in range(args.flood)]
         workers.append(threading.Thread(
             target=finetuner, args=(url, deadline, text, args.finetune_steps, args.keep_open, tally), daemon=True))
         began = time.monotonic()
@@ -229,6 +271,12 @@ def main():
     print(f"fine-tunes done ({args.finetune_steps} steps, each by a new session, then a generation from it, "
           f"then the session {'is left open' if args.keep_open else 'closes'}): "
           f"{tally.finetunes}" + (f", median {statistics.median(tally.finetune_s):.1f} s" if tally.finetune_s else ""))
+    if args.flood:
+        budget = args.budget if args.budget is not None else os.environ.get("AXW_VISITOR_BUDGET_S",
+                                                                            pg.VISITOR_BUDGET_S)
+        print(f"flooding client ({args.flood} sessions from one address, {args.flood_tokens} new tokens each, "
+              f"visitor budget {budget} s per {pg.VISITOR_WINDOW_S:.0f} s): {tally.flood_served} served, "
+              f"{tally.flood_refused} refused")
     print(f"fixed-seed requests: {len(tally.texts)} distinct, {len(varied)} gave more than one text")
     if mib:
         quarters = [mib[len(mib) * q // 4: len(mib) * (q + 1) // 4] or mib for q in range(4)]

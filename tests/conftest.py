@@ -77,7 +77,8 @@ def served_app(tmp_path_factory):
     import app
 
     expert, amateur = playground_models(tmp_path_factory.mktemp("models"))
-    demo = app.build(expert, amateur)
+    # every test request comes from this machine: the per-visitor share (tested on its own app) is off here
+    demo = app.build(expert, amateur, visitor_budget_s=0)
     port = free_port()
     app.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}/", demo

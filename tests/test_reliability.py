@@ -118,6 +118,103 @@ def test_a_closed_session_frees_its_finetuned_copy(app, url):
     assert copy_ref() is None
 
 
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_fair_share_refuses_a_visitor_over_budget_until_it_ages_out():
+    clock = FakeClock()
+    share = pg.FairShare(budget_s=10, window_s=60, clock=clock)
+
+    def use(key, seconds):
+        share.check(key)
+        with share.charge(key):
+            clock.now += seconds
+
+    use("a", 4)  # ends at 1004
+    clock.now += 6
+    use("a", 5)  # ends at 1015: 9 s used
+    use("b", 30)  # another visitor's use is their own; ends at 1045
+    use("a", 2)  # 9 s used before it, so allowed; now 11 s; ends at 1047
+    assert share.spent("a") == pytest.approx(11)
+    with pytest.raises(ValueError, match=r"used this machine for 11 s in the last 60 s.*try again in 17 s"):
+        share.check("a")  # the 4 s span ending at 1004 leaves at 1064, bringing it to 7 s: 17 s from 1047
+    with pytest.raises(ValueError, match="try again"):
+        share.check("b")
+    clock.now = 1064
+    share.check("a")
+    assert share.spent("a") == pytest.approx(7)
+    clock.now = 1200  # everything aged out; the record of both visitors is forgotten
+    share.check("a")
+    share.check("b")
+    assert share.spent("a") == share.spent("b") == 0 and share.spans == {}
+
+
+def test_fair_share_counts_failed_requests_and_can_be_off():
+    clock = FakeClock()
+    share = pg.FairShare(budget_s=1, window_s=60, clock=clock)
+    with pytest.raises(RuntimeError), share.charge("a"):
+        clock.now += 2
+        raise RuntimeError("the request failed after using the machine")
+    with pytest.raises(ValueError):
+        share.check("a")
+    off = pg.FairShare(budget_s=0, clock=clock)
+    for _ in range(100):
+        off.check("a")
+        with off.charge("a"):
+            clock.now += 10
+    assert off.spans == {}
+
+
+def test_visitor_is_the_address_or_the_trusted_proxy_header():
+    import app as app_module
+
+    request = SimpleNamespace(headers={"x-forwarded-for": "203.0.113.5, 10.0.0.1"}, client=SimpleNamespace(host="10.0.0.2"))
+    assert app_module.visitor(request, trust_proxy=True) == "203.0.113.5"
+    assert app_module.visitor(request, trust_proxy=False) == "10.0.0.2"  # a header anyone can send is ignored
+    bare = SimpleNamespace(headers={}, client=SimpleNamespace(host="198.51.100.7"))
+    assert app_module.visitor(bare, trust_proxy=True) == "198.51.100.7"
+    assert app_module.visitor(None, trust_proxy=True) == ""
+
+
+def test_a_visitor_over_their_share_is_refused_and_others_are_served(tmp_path_factory):
+    import app as app_module
+    from conftest import free_port, playground_models
+
+    expert, amateur = playground_models(tmp_path_factory.mktemp("share-models"))
+    demo = app_module.build(expert, amateur, visitor_budget_s=0.3, trust_proxy=True)
+    port = free_port()
+    app_module.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        heavy = gradio_client.Client(url, verbose=False, headers={"X-Forwarded-For": "203.0.113.5"})
+        refused = None
+        for _ in range(200):
+            try:
+                generate(heavy, prompt=PROMPT, max_new_tokens=64, temperature=0.0)
+            except AppError as e:
+                refused = str(e)
+                break
+        assert refused is not None and "the share each visitor gets" in refused and "try again in" in refused
+        forwards = []
+        net = demo.playground.models.get(expert).net
+        real = net.forward
+        net.forward = lambda *a, **k: forwards.append(1) or real(*a, **k)
+        with pytest.raises(AppError, match="try again"):  # still over: refused before any compute
+            generate(heavy, prompt=PROMPT, max_new_tokens=8)
+        assert forwards == []
+        other = gradio_client.Client(url, verbose=False, headers={"X-Forwarded-For": "198.51.100.7"})
+        text, _, _ = generate(other, prompt=PROMPT, max_new_tokens=8, temperature=0.0)
+        model = AutoregressiveWrapper.from_pretrained(expert)
+        assert text == reference(model, PROMPT, 8, temperature=0.0) and forwards
+    finally:
+        demo.close()
+
+
 def test_sessions_are_bounded_in_count_and_idle_time(app):
     base = app.models.get(app.model_name)
     ids = torch.tensor(base.tokenizer.encode("abc def ghi " * 50).ids)
