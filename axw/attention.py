@@ -10,6 +10,7 @@ the oldest keys slide out, which is what lets decoding run past
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -200,7 +201,7 @@ def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def _find_onednn_linear():
-    if not torch.backends.mkldnn.is_available():
+    if os.environ.get("AXW_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
         return None
     return getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 
@@ -247,7 +248,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     few rows and computes about 2x faster for prompts and training batches,
     gradients included (benchmarks/gpt2_generate.py, benchmarks/train_speed.py).
     Small products, other devices and dtypes, and autocast regions take
-    `F.linear`.
+    `F.linear`; so does everything when the environment sets AXW_ONEDNN=0.
     """
     if (
         _ONEDNN_LINEAR is not None

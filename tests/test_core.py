@@ -331,3 +331,15 @@ def test_linear_and_embedding_keep_torch_layouts():
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(2, 4, 5)
     assert torch.allclose(ours(x), ref(x), atol=1e-6)
+
+
+def test_onednn_can_be_switched_off_from_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    probe = "from axw import attention; print(attention._ONEDNN_LINEAR is None)"
+    for value, off in (("0", "True"), ("1", str(not torch.backends.mkldnn.is_available()))):
+        out = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, AXW_ONEDNN=value),
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == off, value
