@@ -597,6 +597,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=int(os.environ.get("AXW_THREADS", "0")),
                         help="CPU threads for torch (default: torch's choice); 1 is steadiest on a busy machine")
     args = parser.parse_args(argv)
+    if "MALLOC_ARENA_MAX" not in os.environ:  # glibc's own setting wins where one is given
+        pg.limit_malloc_arenas(int(os.environ.get("AXW_MALLOC_ARENAS", "2")))
     if args.threads > 0:
         import torch
 

@@ -9,6 +9,7 @@ the `ValueError`s raised here into `gr.Error` messages.
 from __future__ import annotations
 
 import copy
+import ctypes
 import html
 import os
 import queue
@@ -68,6 +69,20 @@ def free_memory():
     """Give the memory cached by a failed request back, so the next one can have it."""
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas. By default each thread that allocates may get its own, up to 8 per core, and a
+    server whose requests run on many threads keeps growing its resident memory as they do. Returns whether the
+    cap was set (False off glibc, or for `arenas` <= 0)."""
+    if arenas <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_ARENA_MAX = -8
+    return mallopt(M_ARENA_MAX, arenas) == 1
 
 
 def model_path(env: str, default: str) -> str:

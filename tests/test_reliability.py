@@ -215,6 +215,14 @@ def test_a_visitor_over_their_share_is_refused_and_others_are_served(tmp_path_fa
         demo.close()
 
 
+def test_malloc_arenas_are_capped_on_glibc():
+    import platform
+
+    assert pg.limit_malloc_arenas(0) is False
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert pg.limit_malloc_arenas(4) is True
+
+
 def test_sessions_are_bounded_in_count_and_idle_time(app):
     base = app.models.get(app.model_name)
     ids = torch.tensor(base.tokenizer.encode("abc def ghi " * 50).ids)
