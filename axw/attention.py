@@ -15,6 +15,7 @@ import os
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from .utils import default, exists
 
@@ -227,6 +228,7 @@ class _OneDNNLinear(torch.autograd.Function):
         return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
 
     @staticmethod
+    @once_differentiable  # oneDNN's product has no derivative of its own: a second backward is refused
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = grad_bias = None
@@ -255,7 +257,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         and x.device.type == "cpu"
         and x.dtype == weight.dtype
         and x.dtype in _ONEDNN_DTYPES
-        and x.numel() // x.shape[-1] * weight.numel() >= _ONEDNN_MIN_MACS
+        and math.prod(x.shape[:-1]) * weight.numel() >= _ONEDNN_MIN_MACS
         and not torch.is_autocast_enabled("cpu")
     ):
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad

@@ -301,6 +301,19 @@ def test_linear_matches_float64_reference_with_gradients(rows, dtype):
         torch.testing.assert_close(ours.grad.double(), ref.grad, **tol)
 
 
+def test_linear_refuses_a_second_derivative_rather_than_getting_it_wrong():
+    from axw import attention
+
+    if attention._ONEDNN_LINEAR is None:
+        pytest.skip("no oneDNN in this build")
+    x = torch.randn(600, 256, requires_grad=True)
+    w = torch.randn(1024, 256, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(attention.linear(x, w).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        grad_x.sum().backward()
+    assert attention.linear(torch.randn(3, 0), torch.randn(5, 0)).shape == (3, 5)  # empty rows of nothing
+
+
 def test_linear_small_products_and_autocast_take_f_linear(monkeypatch):
     from axw import attention
 
