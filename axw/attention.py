@@ -214,8 +214,9 @@ _ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
 _ONEDNN_MIN_MACS = 1 << 19
 
 
-def _onednn(x: Tensor, weight: Tensor) -> Tensor:
-    return _ONEDNN_LINEAR(x, weight, None, "none", [], "")
+def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias by oneDNN, for any strides of x and weight."""
+    return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -225,7 +226,7 @@ class _OneDNNLinear(torch.autograd.Function):
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+        return _onednn(x, weight, bias)
 
     @staticmethod
     @once_differentiable  # oneDNN's product has no derivative of its own: a second backward is refused
@@ -263,7 +264,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                         or (bias is not None and bias.requires_grad)):
             return _OneDNNLinear.apply(x, weight, bias)
-        return _ONEDNN_LINEAR(x, weight, bias, "none", [], "")
+        return _onednn(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
