@@ -165,7 +165,7 @@ class Playground:
             run = self.sessions.get(session or "")
             if run is None:
                 raise ValueError("you have no fine-tuned model yet: train one in the Fine-tune tab")
-            if run.thread.is_alive():
+            if not run.done.is_set():  # registered but not started yet, or training: the thread owns the copy
                 raise ValueError("your fine-tune is still running: wait for it or press Stop")
             if run.error is not None:  # a half-trained copy is not what the visitor asked for
                 raise ValueError("your last fine-tune failed: train again")

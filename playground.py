@@ -516,6 +516,9 @@ class FineTune:
         self.history: list[dict] = []
         self.result = None
         self.error: BaseException | None = None
+        # set once training has ended (finished, stopped or failed): until then the thread may be about to train
+        # the copy or be training it, and nobody else may use it (not even to flip it into eval mode)
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -529,6 +532,7 @@ class FineTune:
         finally:
             self.model.eval()
             self.train_ids = None  # the token ids of a 2 MB text are not kept for the session's life
+            self.done.set()
             self.records.put(None)
 
     def run(self, poll: float = 0.25):

@@ -118,6 +118,55 @@ def test_a_closed_session_frees_its_finetuned_copy(app, url):
     assert copy_ref() is None
 
 
+def test_a_finetune_is_used_only_once_it_has_finished(app, url, monkeypatch, tmp_path):
+    """/finetune registers the run before its thread starts, and the thread trains the copy in place: from
+    registration until training ends, the copy is refused everywhere it could be used; once done, it is served."""
+    import threading
+    import zipfile
+
+    import gradio as gr
+
+    client = new_client(url)
+    request = SimpleNamespace(session_hash=client.session_hash, headers={}, client=None)
+    base = app.models.get(app.model_name)
+    run = pg.FineTune(base, *pg.finetune_setup(base, "abc def ghi " * 200, 3, 1e-2, 2, 16, 0.0))
+
+    def refused():
+        with pytest.raises(AppError, match="still running") as info:
+            generate(client, prompt=PROMPT, use_finetuned=True, max_new_tokens=4)
+        assert clean_error(info.value)
+        for use in (lambda: app.download_ui(request), lambda: list(app.generate_tuned_ui(PROMPT, request)),
+                    lambda: app.push_ui("someone/model", "hf_token", True, request),
+                    lambda: app.step_ui("", True, [{"step": 0}], 1, request)):
+            with pytest.raises(gr.Error, match="still running"):
+                use()
+
+    app.sessions.put(client.session_hash, run)  # registered, its thread not yet started
+    refused()
+    started, release, real = threading.Event(), threading.Event(), pg.train
+
+    def held(*args, **kwargs):  # training that waits until the test lets it go on
+        started.set()
+        release.wait(TIMEOUT_S)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pg, "train", held)
+    progress = run.run(poll=0.01)
+    next(progress)
+    assert started.wait(TIMEOUT_S)
+    refused()  # training
+    release.set()
+    for _ in progress:
+        pass
+    assert run.result.step == 3 and run.error is None
+    text, *_ = generate(client, prompt=PROMPT, use_finetuned=True, temperature=0.0, max_new_tokens=8)
+    assert text == reference(run.model, PROMPT, 8, temperature=0.0)
+    with zipfile.ZipFile(app.download_ui(request).value["path"]) as z:
+        z.extractall(tmp_path)
+    saved = AutoregressiveWrapper.from_pretrained(tmp_path / "axw-finetuned").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in run.model.state_dict().items())
+
+
 class FakeClock:
     def __init__(self):
         self.now = 1000.0
