@@ -98,15 +98,19 @@ def throttle(items, interval: float = STREAM_INTERVAL_S):
         yield pending
 
 
-def visitor(request: gr.Request | None, trust_proxy: bool) -> str:
-    """Who is asking, for the fair share: the address the request came from, or behind a proxy we trust (a
-    Space) the first address in X-Forwarded-For."""
+def visitor(request: gr.Request | None, trusted_proxies: int) -> str:
+    """Who is asking, for the fair share: the address the request came from, or behind `trusted_proxies` proxies
+    (1 on a Space) the address the outermost of them saw (pg.forwarded_client), never what the client wrote."""
     if request is None:
         return ""
-    if trust_proxy:
-        first = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
-        if first:
-            return first
+    if trusted_proxies > 0:
+        headers = request.headers
+        # a proxy may append its own header line rather than extend the client's: the lines are one list, in order
+        lines = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else [headers.get("x-forwarded-for")]
+        entries = [e.strip() for line in lines if line for e in line.split(",") if e.strip()]
+        client = pg.forwarded_client(entries, trusted_proxies)
+        if client:
+            return client
     return getattr(getattr(request, "client", None), "host", None) or ""
 
 
@@ -135,23 +139,22 @@ def filter_row(name: str, on: bool, slider: tuple, label: str, info: str):
 
 class Playground:
     def __init__(self, model: str, amateur: str | None, visitor_budget_s: float | None = None,
-                 trust_proxy: bool | None = None):
+                 trust_proxy: bool | None = None, trusted_proxies: int | None = None):
         self.model_name, self.amateur_name = model, amateur
         self.models = pg.ModelCache([model, amateur])
         self.sessions = pg.Sessions()
         if visitor_budget_s is None:
             visitor_budget_s = float(os.environ.get("AXW_VISITOR_BUDGET_S", pg.VISITOR_BUDGET_S))
         self.share = pg.FairShare(visitor_budget_s)
-        if trust_proxy is None:  # Spaces set SPACE_ID and sit behind the Hub's proxy
-            trust_proxy = os.environ.get("AXW_TRUST_PROXY", "1" if os.environ.get("SPACE_ID") else "0") == "1"
-        self.trust_proxy = trust_proxy
+        # how many proxies append to X-Forwarded-For (AXW_TRUSTED_PROXIES; 1 on a Space); trust_proxy=True is 1
+        self.trusted_proxies = pg.trusted_proxies(trusted_proxies, trust_proxy)
         self.models.get(model)  # loaded once at start, onto the GPU when there is one
 
     @contextmanager
     def metered(self, request: gr.Request | None):
         """Refuse a visitor who has used their share (as a gr.Error, before any compute), else count the time
         spent in the block against it."""
-        key = visitor(request, self.trust_proxy)
+        key = visitor(request, self.trusted_proxies)
         with user_errors():
             self.share.check(key)
         with self.share.charge(key):
@@ -162,7 +165,7 @@ class Playground:
             run = self.sessions.get(session or "")
             if run is None:
                 raise ValueError("you have no fine-tuned model yet: train one in the Fine-tune tab")
-            if run.thread.is_alive():
+            if not run.done.is_set():  # registered but not started yet, or training: the thread owns the copy
                 raise ValueError("your fine-tune is still running: wait for it or press Stop")
             if run.error is not None:  # a half-trained copy is not what the visitor asked for
                 raise ValueError("your last fine-tune failed: train again")
@@ -381,8 +384,9 @@ def loss_frame(history: list[dict]) -> pd.DataFrame:
 
 
 def build(model: str, amateur: str | None = None, visitor_budget_s: float | None = None,
-          trust_proxy: bool | None = None) -> gr.Blocks:
-    app = Playground(model, amateur, visitor_budget_s=visitor_budget_s, trust_proxy=trust_proxy)
+          trust_proxy: bool | None = None, trusted_proxies: int | None = None) -> gr.Blocks:
+    app = Playground(model, amateur, visitor_budget_s=visitor_budget_s, trust_proxy=trust_proxy,
+                     trusted_proxies=trusted_proxies)
     # bundled models by name, Hub ids as they are; the value passed on is the path or id
     choices = [(f"{Path(c).name} (bundled)", c) for c in [model, amateur] if c and (pg.ROOT / c).is_dir()]
     choices += [(c, c) for c in [model, amateur] + pg.HUB_EXAMPLES if c and c not in dict(choices).values()]

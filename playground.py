@@ -52,6 +52,7 @@ SESSION_IDLE_S = 3600  # a fine-tuned copy unused for an hour is dropped
 # each visitor's share of the machine: seconds holding a generation or fine-tuning slot per window
 VISITOR_BUDGET_S = 60.0
 VISITOR_WINDOW_S = 120.0
+MAX_TRUSTED_PROXIES = 16  # proxies in front of the app that append to X-Forwarded-For
 TRACE_TOP = 10
 
 STRATEGIES = ["sampling", "beam search", "contrastive search", "contrastive decoding"]
@@ -515,6 +516,9 @@ class FineTune:
         self.history: list[dict] = []
         self.result = None
         self.error: BaseException | None = None
+        # set once training has ended (finished, stopped or failed): until then the thread may be about to train
+        # the copy or be training it, and nobody else may use it (not even to flip it into eval mode)
+        self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
@@ -528,6 +532,7 @@ class FineTune:
         finally:
             self.model.eval()
             self.train_ids = None  # the token ids of a 2 MB text are not kept for the session's life
+            self.done.set()
             self.records.put(None)
 
     def run(self, poll: float = 0.25):
@@ -593,6 +598,39 @@ class Sessions:
         self.used.pop(key, None)
         if run is not None:
             run.stop.set()  # a running fine-tune ends after its current step, then its copy is garbage
+
+
+def trusted_proxies(trusted: int | None = None, trust_proxy: bool | None = None, env=os.environ) -> int:
+    """How many proxies in front of the app append to X-Forwarded-For and are trusted to: `trusted` when given
+    (`trust_proxy` True is 1, False 0), else AXW_TRUSTED_PROXIES, else AXW_TRUST_PROXY=1 (one), else one on a Space
+    (SPACE_ID is set: the Hub's proxy), else none (the connection's address is the visitor)."""
+    if trusted is None and trust_proxy is not None:
+        trusted = int(bool(trust_proxy))
+    if trusted is None:
+        raw = env.get("AXW_TRUSTED_PROXIES", "").strip()
+        if raw:
+            try:
+                return check_number(int(raw), "trusted proxies", 0, MAX_TRUSTED_PROXIES, integer=True)
+            except ValueError:
+                raise ValueError(f"AXW_TRUSTED_PROXIES must be how many proxies append to X-Forwarded-For, a whole "
+                                 f"number from 0 (trust no header) to {MAX_TRUSTED_PROXIES}, got {raw!r}") from None
+        else:
+            trusted = int(env.get("AXW_TRUST_PROXY", "1" if env.get("SPACE_ID") else "0") == "1")
+    return check_number(trusted, "trusted proxies", 0, MAX_TRUSTED_PROXIES, integer=True)
+
+
+def forwarded_client(forwarded_for: list[str], trusted: int) -> str | None:
+    """The visitor's address in X-Forwarded-For behind `trusted` proxies, or None to use the connection's.
+
+    Each proxy appends the address it saw, so the entry `trusted` places from the right is the one the outermost
+    trusted proxy added: the client as it saw it. Everything left of it is the client's own writing, free to change
+    on every request. With fewer entries than trusted proxies the request skipped one, and the leftmost entries
+    may again be the client's writing (a flooder reaching an inner proxy with "forged, forged2"): only the rightmost
+    was added by the proxy nearest to us, so that one is the visitor. It may be a proxy's address, shared by
+    everyone who came that way, which can refuse too much but never hands out a new identity per request."""
+    if trusted <= 0 or not forwarded_for:
+        return None
+    return forwarded_for[-trusted] if len(forwarded_for) >= trusted else forwarded_for[-1]
 
 
 class FairShare:

@@ -118,6 +118,55 @@ def test_a_closed_session_frees_its_finetuned_copy(app, url):
     assert copy_ref() is None
 
 
+def test_a_finetune_is_used_only_once_it_has_finished(app, url, monkeypatch, tmp_path):
+    """/finetune registers the run before its thread starts, and the thread trains the copy in place: from
+    registration until training ends, the copy is refused everywhere it could be used; once done, it is served."""
+    import threading
+    import zipfile
+
+    import gradio as gr
+
+    client = new_client(url)
+    request = SimpleNamespace(session_hash=client.session_hash, headers={}, client=None)
+    base = app.models.get(app.model_name)
+    run = pg.FineTune(base, *pg.finetune_setup(base, "abc def ghi " * 200, 3, 1e-2, 2, 16, 0.0))
+
+    def refused():
+        with pytest.raises(AppError, match="still running") as info:
+            generate(client, prompt=PROMPT, use_finetuned=True, max_new_tokens=4)
+        assert clean_error(info.value)
+        for use in (lambda: app.download_ui(request), lambda: list(app.generate_tuned_ui(PROMPT, request)),
+                    lambda: app.push_ui("someone/model", "hf_token", True, request),
+                    lambda: app.step_ui("", True, [{"step": 0}], 1, request)):
+            with pytest.raises(gr.Error, match="still running"):
+                use()
+
+    app.sessions.put(client.session_hash, run)  # registered, its thread not yet started
+    refused()
+    started, release, real = threading.Event(), threading.Event(), pg.train
+
+    def held(*args, **kwargs):  # training that waits until the test lets it go on
+        started.set()
+        release.wait(TIMEOUT_S)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pg, "train", held)
+    progress = run.run(poll=0.01)
+    next(progress)
+    assert started.wait(TIMEOUT_S)
+    refused()  # training
+    release.set()
+    for _ in progress:
+        pass
+    assert run.result.step == 3 and run.error is None
+    text, *_ = generate(client, prompt=PROMPT, use_finetuned=True, temperature=0.0, max_new_tokens=8)
+    assert text == reference(run.model, PROMPT, 8, temperature=0.0)
+    with zipfile.ZipFile(app.download_ui(request).value["path"]) as z:
+        z.extractall(tmp_path)
+    saved = AutoregressiveWrapper.from_pretrained(tmp_path / "axw-finetuned").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in run.model.state_dict().items())
+
+
 class FakeClock:
     def __init__(self):
         self.now = 1000.0
@@ -171,14 +220,58 @@ def test_fair_share_counts_failed_requests_and_can_be_off():
 
 
 def test_visitor_is_the_address_or_the_trusted_proxy_header():
+    """Each proxy appends the address it saw to X-Forwarded-For; what is left of the trusted proxies' entries is
+    the client's own writing."""
     import app as app_module
 
     request = SimpleNamespace(headers={"x-forwarded-for": "203.0.113.5, 10.0.0.1"}, client=SimpleNamespace(host="10.0.0.2"))
-    assert app_module.visitor(request, trust_proxy=True) == "203.0.113.5"
-    assert app_module.visitor(request, trust_proxy=False) == "10.0.0.2"  # a header anyone can send is ignored
+    assert app_module.visitor(request, trusted_proxies=2) == "203.0.113.5"  # the outer proxy saw the client
+    assert app_module.visitor(request, trusted_proxies=1) == "10.0.0.1"  # one proxy: what it saw, not the entry before
+    assert app_module.visitor(request, trusted_proxies=0) == "10.0.0.2"  # a header anyone can send is ignored
     bare = SimpleNamespace(headers={}, client=SimpleNamespace(host="198.51.100.7"))
-    assert app_module.visitor(bare, trust_proxy=True) == "198.51.100.7"
-    assert app_module.visitor(None, trust_proxy=True) == ""
+    assert app_module.visitor(bare, trusted_proxies=1) == "198.51.100.7"
+    assert app_module.visitor(None, trusted_proxies=1) == ""
+
+
+def test_a_forged_x_forwarded_for_cannot_make_a_new_visitor():
+    import app as app_module
+
+    def who(header, hops, host="10.0.0.9"):
+        return app_module.visitor(SimpleNamespace(headers={"x-forwarded-for": header},
+                                                  client=SimpleNamespace(host=host)), trusted_proxies=hops)
+
+    # whatever the client writes before the trusted proxies' entries, it is the same visitor
+    for forged in ("", "1.2.3.4", "1.2.3.4, 5.6.7.8", " , ,", "unknown", "x" * 100):
+        prefix = f"{forged}, " if forged else ""
+        assert who(prefix + "203.0.113.5", 1) == "203.0.113.5"
+        assert who(prefix + "203.0.113.5, 10.0.0.1", 2) == "203.0.113.5"
+    # fewer entries than trusted proxies (the request skipped one): entries on the left may be the client's, so
+    # the visitor is the one the nearest proxy appended
+    assert who("198.51.100.7", 2) == "198.51.100.7"
+    assert who("1.2.3.4, 198.51.100.7", 3) == who("5.6.7.8, 198.51.100.7", 3) == "198.51.100.7"
+    # a proxy may add its entry as a header line of its own: the lines are one list, in order
+    from starlette.datastructures import Headers
+
+    lines = Headers(raw=[(b"x-forwarded-for", b"1.2.3.4"), (b"x-forwarded-for", b"203.0.113.5")])
+    assert app_module.visitor(SimpleNamespace(headers=lines, client=None), trusted_proxies=1) == "203.0.113.5"
+
+
+@pytest.mark.parametrize("env, hops", [({"AXW_TRUST_PROXY": "1"}, 1), ({"AXW_TRUST_PROXY": "0", "SPACE_ID": "a/b"}, 0),
+                                       ({"SPACE_ID": "a/b"}, 1), ({}, 0), ({"AXW_TRUSTED_PROXIES": "2"}, 2),
+                                       ({"AXW_TRUSTED_PROXIES": "0", "SPACE_ID": "a/b"}, 0),
+                                       ({"AXW_TRUSTED_PROXIES": "3", "AXW_TRUST_PROXY": "1"}, 3)])
+def test_trusted_proxies_come_from_the_setting_the_old_switch_or_a_space(env, hops):
+    assert pg.trusted_proxies(env=env) == hops
+    assert pg.trusted_proxies(2, env=env) == 2  # an argument (Playground's, build's) wins
+    assert pg.trusted_proxies(trust_proxy=True, env=env) == 1 and pg.trusted_proxies(trust_proxy=False, env=env) == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "1.5"])
+def test_a_bad_trusted_proxies_setting_is_refused(value):
+    with pytest.raises(ValueError, match="AXW_TRUSTED_PROXIES"):
+        pg.trusted_proxies(env={"AXW_TRUSTED_PROXIES": value})
+    with pytest.raises(ValueError, match="trusted proxies"):
+        pg.trusted_proxies(-1, env={})
 
 
 def test_a_visitor_over_their_share_is_refused_and_others_are_served(tmp_path_factory):
@@ -211,6 +304,45 @@ def test_a_visitor_over_their_share_is_refused_and_others_are_served(tmp_path_fa
         text, _, _ = generate(other, prompt=PROMPT, max_new_tokens=8, temperature=0.0)
         model = AutoregressiveWrapper.from_pretrained(expert)
         assert text == reference(model, PROMPT, 8, temperature=0.0) and forwards
+    finally:
+        demo.close()
+
+
+@pytest.mark.parametrize("setting, entries", [
+    ({"AXW_TRUST_PROXY": "1"}, lambda forged, client: f"{forged}, {client}"),
+    ({"AXW_TRUSTED_PROXIES": "2"}, lambda forged, client: f"{forged}, {client}, 10.0.0.1")])
+def test_a_visitor_forging_x_forwarded_for_is_still_refused(tmp_path_factory, monkeypatch, setting, entries):
+    """A flooding client writes a new first X-Forwarded-For entry on every request; the trusted proxies append the
+    same addresses after it each time. It is still one visitor, refused once over its share."""
+    import app as app_module
+    from conftest import free_port, playground_models
+
+    for name in ("AXW_TRUST_PROXY", "AXW_TRUSTED_PROXIES", "SPACE_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in setting.items():
+        monkeypatch.setenv(name, value)
+    expert, amateur = playground_models(tmp_path_factory.mktemp("forged-models"))
+    demo = app_module.build(expert, amateur, visitor_budget_s=0.3)
+    port = free_port()
+    app_module.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        refused, served = None, 0
+        for i in range(60):
+            heavy = gradio_client.Client(url, verbose=False,
+                                         headers={"X-Forwarded-For": entries(f"198.18.{i // 250}.{i % 250}",
+                                                                             "203.0.113.5")})
+            try:
+                generate(heavy, prompt=PROMPT, max_new_tokens=64, temperature=0.0)
+                served += 1
+            except AppError as e:
+                refused = str(e)
+                break
+        assert refused is not None and "the share each visitor gets" in refused, f"{served} requests served"
+        other = gradio_client.Client(url, verbose=False,
+                                     headers={"X-Forwarded-For": entries("203.0.113.5", "198.51.100.7")})
+        text, _, _ = generate(other, prompt=PROMPT, max_new_tokens=8, temperature=0.0)
+        assert text == reference(AutoregressiveWrapper.from_pretrained(expert), PROMPT, 8, temperature=0.0)
     finally:
         demo.close()
 
