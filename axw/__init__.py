@@ -4,16 +4,30 @@
 """
 
 from .attention import KVCache
-from .filters import FILTER_LOGITS_FN, min_p, top_a, top_k, top_p
+from .filters import (
+    FILTER_LOGITS_FN,
+    epsilon_cutoff,
+    eta_cutoff,
+    min_p,
+    top_a,
+    top_h,
+    top_k,
+    top_n_sigma,
+    top_p,
+    typical_p,
+)
 from .generation import Step
-from .search import contrastive_decode_fn
+from .generation_config import GenerationConfig
+from .processors import contrastive_decode_fn
 from .trace import StepTrace
-from .transformer import Decoder, Intermediates, TransformerWrapper
-from .wrapper import AutoregressiveWrapper
+from .transformer import Decoder, DecoderConfig, Intermediates, TransformerConfig, TransformerWrapper
+from .wrapper import AutoregressiveWrapper, WrapperConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AutoregressiveWrapper", "Decoder", "FILTER_LOGITS_FN", "Intermediates", "KVCache", "Step", "StepTrace",
-    "TransformerWrapper", "contrastive_decode_fn", "min_p", "top_a", "top_k", "top_p",
+    "AutoregressiveWrapper", "Decoder", "DecoderConfig", "FILTER_LOGITS_FN", "GenerationConfig", "Intermediates",
+    "KVCache", "Step", "StepTrace", "TransformerConfig", "TransformerWrapper", "WrapperConfig",
+    "contrastive_decode_fn", "epsilon_cutoff", "eta_cutoff", "min_p", "top_a", "top_h", "top_k", "top_n_sigma",
+    "top_p", "typical_p",
 ]

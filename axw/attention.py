@@ -161,6 +161,30 @@ class KVCache:
         if exists(self.seq_start_pos):
             self.seq_start_pos = self.seq_start_pos.index_select(0, index)
 
+    def rollback(self, n: int):
+        """Forget the last `n` positions (speculative decoding's rejected
+        drafts): their slots are overwritten by the next write. Only positions
+        added since the window last slid can be dropped this way, which is all
+        a verification step ever adds."""
+        if not 0 <= n <= self.length - self.start:
+            raise ValueError(f"cannot roll back {n} of {self.length - self.start} live positions")
+        self.length -= n
+        self.seen -= n
+
+    def fork(self) -> KVCache:
+        """An independent copy holding the same keys, values and positions (a
+        what-if branch continues from it while this one stays as it is). The
+        live slots are copied, nothing is recomputed."""
+        other = KVCache(self.num_layers, window=self.window, capacity=self.reserved)
+        live = slice(self.start, self.length)
+        if self.k is not None:
+            other.k, other.v = self.k[:, :, :, live].clone(), self.v[:, :, :, live].clone()
+        if exists(self.key_mask):
+            other.key_mask = self.key_mask[:, live].clone()
+        other.seq_start_pos = self.seq_start_pos
+        other.length, other.seen = self.length - self.start, self.seen
+        return other
+
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
 

@@ -1,14 +1,10 @@
-"""Logit processors: penalties, sampling filters and temperature.
+"""Sampling filters: pure functions over logits.
 
-Each filter takes logits `(batch, vocab)` and returns them with the removed
-tokens set to -inf; the function signatures are x-transformers'. Processors
-compose in a list, in order (transformers' `LogitsProcessorList` idea).
-
-Order in `generate`: penalties (repetition, no-repeat-n-gram), then the
-filters in the order given, then temperature. As in x-transformers, the
-filters see the untempered distribution, so temperature changes how the kept
-tokens share the probability, never which tokens are kept. (transformers
-applies temperature first, which moves the top-p / min-p / top-a cut.)
+Each takes logits `(batch, vocab)` and returns them with the removed tokens
+set to -inf, always keeping at least the most likely token. The first four
+have x-transformers' signatures; the others are the truncation samplers
+compared in the literature since. Any of them is usable by name in
+`generate(filter_logits_fn=...)`, where a list chains them in order.
 """
 
 from __future__ import annotations
@@ -26,6 +22,11 @@ NEG_INF = -math.inf
 
 def identity(logits: Tensor, **kwargs) -> Tensor:
     return logits
+
+
+def _keep_top1(remove: Tensor, logits: Tensor) -> Tensor:
+    """Never remove the most likely token (or the tokens tied with it)."""
+    return remove & (logits < logits.amax(dim=-1, keepdim=True))
 
 
 def top_k(logits: Tensor, frac_num_tokens: float = 0.1, k: int | None = None) -> Tensor:
@@ -69,121 +70,110 @@ def top_a(logits: Tensor, min_p_pow: float = 2.0, min_p_ratio: float = 0.02) -> 
     return logits.masked_fill(probs < limit, NEG_INF)
 
 
-FILTER_LOGITS_FN: dict[str, Callable] = dict(top_k=top_k, top_p=top_p, min_p=min_p, top_a=top_a)
+def _entropy(log_probs: Tensor) -> Tensor:
+    """Entropy in nats of each row, (b, 1); removed tokens (-inf) add nothing."""
+    probs = log_probs.exp()
+    return -torch.where(probs > 0, probs * log_probs, 0.0).sum(dim=-1, keepdim=True)
 
 
-def _check_filter_kwargs(fn: Callable, kwargs: dict):
+def typical_p(logits: Tensor, mass: float = 0.9) -> Tensor:
+    """Locally typical sampling (Meister et al. 2022, arXiv:2202.00666): rank
+    tokens by how far their surprise -log p is from the entropy H, and keep the
+    closest ones until their probabilities sum to `mass`."""
+    if mass >= 1.0:
+        return logits
+    log_probs = logits.float().log_softmax(dim=-1)
+    distance = (-log_probs - _entropy(log_probs)).abs()
+    sorted_distance, order = distance.sort(dim=-1)
+    cumulative = logits.gather(-1, order).float().softmax(dim=-1).cumsum(dim=-1)
+    # the last kept token is the first whose cumulative mass reaches `mass`
+    last = (cumulative < mass).sum(dim=-1, keepdim=True).clamp(max=logits.shape[-1] - 1)
+    remove_sorted = sorted_distance > sorted_distance.gather(-1, last)
+    remove_sorted[..., 0] = False
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, NEG_INF)
+
+
+def epsilon_cutoff(logits: Tensor, epsilon: float = 3e-4) -> Tensor:
+    """Epsilon sampling (Hewitt et al. 2022, arXiv:2210.15191): keep tokens with
+    p >= epsilon, a fixed floor on probability."""
+    probs = logits.float().softmax(dim=-1)
+    return logits.masked_fill(_keep_top1(probs < epsilon, logits), NEG_INF)
+
+
+def eta_cutoff(logits: Tensor, epsilon: float = 3e-4) -> Tensor:
+    """Eta sampling (Hewitt et al. 2022, arXiv:2210.15191): keep tokens with
+    p >= eta = min(epsilon, sqrt(epsilon) * exp(-H)), a floor that is lower
+    when the distribution is flat (high entropy H)."""
+    log_probs = logits.float().log_softmax(dim=-1)
+    eta = torch.clamp(math.sqrt(epsilon) * torch.exp(-_entropy(log_probs)), max=epsilon)
+    return logits.masked_fill(_keep_top1(log_probs.exp() < eta, logits), NEG_INF)
+
+
+# Top-H looks at the 100 most likely tokens, as transformers' TopHLogitsWarper does
+TOP_H_CANDIDATES = 100
+
+
+def top_h(logits: Tensor, top_h: float = 0.4) -> Tensor:
+    """Top-H sampling (Potraghloo et al. 2025, arXiv:2509.02510): among the
+    100 most likely tokens renormalised (entropy H), keep the most likely ones
+    while the sum of their entropy terms -p log p stays within top_h * H, so
+    the kept set carries a bounded share of the uncertainty."""
+    n = min(TOP_H_CANDIDATES, logits.shape[-1])
+    top_logits, top_ids = logits.topk(n, dim=-1)
+    log_probs = top_logits.float().log_softmax(dim=-1)
+    terms = -(log_probs.exp() * log_probs)
+    limit = top_h * _entropy(log_probs)
+    keep_sorted = terms.cumsum(dim=-1) <= limit
+    keep_sorted[..., 0] = True
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top_ids, keep_sorted)
+    return logits.masked_fill(~keep, NEG_INF)
+
+
+def top_n_sigma(logits: Tensor, n: float = 1.0) -> Tensor:
+    """Top-n-sigma (Tang et al. 2024, arXiv:2411.07641): keep tokens whose
+    logit is within n standard deviations of the largest one (mean and
+    standard deviation over the tokens still possible). Working on logits, the
+    kept set does not change with temperature."""
+    finite = torch.isfinite(logits)
+    count = finite.sum(dim=-1, keepdim=True).clamp(min=1)
+    values = torch.where(finite, logits.float(), 0.0)
+    mean = values.sum(dim=-1, keepdim=True) / count
+    var = torch.where(finite, (values - mean).square(), 0.0).sum(dim=-1, keepdim=True) / count
+    limit = logits.float().amax(dim=-1, keepdim=True) - n * var.sqrt()
+    return logits.masked_fill(logits.float() < limit, NEG_INF)
+
+
+FILTER_LOGITS_FN: dict[str, Callable] = dict(
+    top_k=top_k, top_p=top_p, min_p=min_p, top_a=top_a, typical_p=typical_p, epsilon_cutoff=epsilon_cutoff,
+    eta_cutoff=eta_cutoff, top_h=top_h, top_n_sigma=top_n_sigma,
+)
+
+# each built-in filter's parameters: (low, high, integer, low_open, high_open, default)
+FILTER_PARAMS: dict[Callable, dict[str, tuple]] = {
+    top_k: {"k": (1, None, True, False, False, None), "frac_num_tokens": (0, 1, False, True, False, 0.1)},
+    top_p: {"thres": (0, 1, False, True, False, 0.9)},
+    min_p: {"min_p": (0, 1, False, False, False, 0.1)},
+    top_a: {"min_p_pow": (0, 100, False, True, False, 2.0), "min_p_ratio": (0, 1, False, False, False, 0.02)},
+    typical_p: {"mass": (0, 1, False, True, False, 0.9)},
+    epsilon_cutoff: {"epsilon": (0, 1, False, False, True, 3e-4)},
+    eta_cutoff: {"epsilon": (0, 1, False, False, True, 3e-4)},
+    top_h: {"top_h": (0, 1, False, True, False, 0.4)},
+    top_n_sigma: {"n": (0, 100, False, False, False, 1.0)},
+}
+
+
+def check_filter_kwargs(fn: Callable, kwargs: dict):
     """The ranges each built-in filter accepts; checked before any compute."""
-    allowed = {
-        top_k: {"frac_num_tokens", "k"},
-        top_p: {"thres"},
-        min_p: {"min_p"},
-        top_a: {"min_p_pow", "min_p_ratio"},
-    }.get(fn)
-    if allowed is None:
+    params = FILTER_PARAMS.get(fn)
+    if params is None:
         return
-    unknown = set(kwargs) - allowed
+    unknown = set(kwargs) - set(params)
     if unknown:
-        raise ValueError(f"{fn.__name__} takes {sorted(allowed)}, got unknown {sorted(unknown)}")
-    if fn is top_k:
-        if kwargs.get("k") is not None:
-            check_number(kwargs["k"], "top_k's k", 1, integer=True)
-        check_number(kwargs.get("frac_num_tokens", 0.1), "top_k's frac_num_tokens", 0, 1, low_open=True)
-    elif fn is top_p:
-        check_number(kwargs.get("thres", 0.9), "top_p's thres", 0, 1, low_open=True)
-    elif fn is min_p:
-        check_number(kwargs.get("min_p", 0.1), "min_p", 0, 1)
-    elif fn is top_a:
-        check_number(kwargs.get("min_p_pow", 2.0), "top_a's min_p_pow", 0, 100, low_open=True)
-        check_number(kwargs.get("min_p_ratio", 0.02), "top_a's min_p_ratio", 0, 1)
-
-
-class Filter:
-    """A sampling filter as a processor."""
-
-    def __init__(self, fn: str | Callable, kwargs: dict | None = None):
-        if isinstance(fn, str):
-            if fn not in FILTER_LOGITS_FN:
-                raise ValueError(f"unknown filter {fn!r}: choose from {', '.join(FILTER_LOGITS_FN)} or pass a callable")
-            fn = FILTER_LOGITS_FN[fn]
-        if not callable(fn):
-            raise ValueError(f"a filter must be a name or a callable, got {fn!r}")
-        if kwargs is not None and not isinstance(kwargs, dict):
-            raise ValueError(f"filter_kwargs must be a dict (or a list of dicts), got {kwargs!r}")
-        kwargs = dict(kwargs or {})
-        _check_filter_kwargs(fn, kwargs)
-        self.fn, self.kwargs = fn, kwargs
-        self.name = getattr(fn, "__name__", type(fn).__name__)
-
-    def __call__(self, logits: Tensor, context: Tensor, valid: Tensor | None) -> Tensor:
-        return self.fn(logits, **self.kwargs)
-
-
-class RepetitionPenalty:
-    """CTRL's repetition penalty (Keskar et al. 2019, arXiv:1909.05858): for
-    every token already in the sequence (prompt included), divide a positive
-    logit by `penalty` and multiply a negative one by it."""
-
-    name = "repetition_penalty"
-
-    def __init__(self, penalty: float):
-        self.penalty = check_number(penalty, "repetition_penalty", 0, low_open=True,
-                                    allowed="a finite number > 0 (1 = off)")
-
-    def __call__(self, logits: Tensor, context: Tensor, valid: Tensor | None) -> Tensor:
-        weight = torch.ones_like(context, dtype=logits.dtype) if valid is None else valid.to(logits.dtype)
-        seen = torch.zeros_like(logits).scatter_add_(1, context, weight) > 0
-        penalised = torch.where(logits < 0, logits * self.penalty, logits / self.penalty)
-        # an extreme penalty must not overflow a finite logit to +-inf (NaN later)
-        big = torch.finfo(logits.dtype).max
-        penalised = torch.where(torch.isfinite(logits), penalised.clamp(-big, big), logits)
-        return torch.where(seen, penalised, logits)
-
-
-class NoRepeatNGram:
-    """Forbid any token that would repeat an n-gram already in the sequence
-    (Paulus et al. 2017, arXiv:1705.04304)."""
-
-    name = "no_repeat_ngram"
-
-    def __init__(self, n: int):
-        self.n = check_number(n, "no_repeat_ngram_size", 1, integer=True, allowed="an integer >= 1 (0 = off)")
-
-    def __call__(self, logits: Tensor, context: Tensor, valid: Tensor | None) -> Tensor:
-        n, t = self.n, context.shape[1]
-        if t < n:
-            return logits
-        grams = context.unfold(1, n, 1)  # (b, t - n + 1, n)
-        if n == 1:
-            match = torch.ones(grams.shape[:2], dtype=torch.bool, device=logits.device)
-        else:
-            match = (grams[:, :, :-1] == context[:, None, t - n + 1:]).all(dim=-1)
-        if valid is not None:
-            match &= valid.unfold(1, n, 1).all(dim=-1)
-        # add, not scatter: one token may end several n-grams, matching or not
-        banned = torch.zeros_like(logits).scatter_add_(1, grams[:, :, -1], match.to(logits.dtype)) > 0
-        return logits.masked_fill(banned, NEG_INF)
-
-
-def build_filters(filter_logits_fn, filter_kwargs) -> list[Filter]:
-    """One filter, or a list of filters with a list of kwargs, chained in order."""
-    if filter_logits_fn is None or filter_logits_fn is identity:
-        return []
-    if isinstance(filter_logits_fn, (list, tuple)):
-        fns = list(filter_logits_fn)
-        kwargs = filter_kwargs if isinstance(filter_kwargs, (list, tuple)) else [filter_kwargs or {}] * len(fns)
-        if len(kwargs) != len(fns):
-            raise ValueError(f"got {len(fns)} filters but {len(kwargs)} filter_kwargs")
-        return [f for fn, kw in zip(fns, kwargs) for f in build_filters(fn, kw)]
-    if isinstance(filter_kwargs, (list, tuple)):
-        raise ValueError("a list of filter_kwargs needs a list of filters")
-    return [Filter(filter_logits_fn, filter_kwargs)]
-
-
-def build_penalties(repetition_penalty: float = 1.0, no_repeat_ngram_size: int = 0) -> list:
-    out = []
-    if repetition_penalty is None or repetition_penalty != 1.0:
-        out.append(RepetitionPenalty(repetition_penalty))
-    if no_repeat_ngram_size is None or no_repeat_ngram_size != 0:
-        out.append(NoRepeatNGram(no_repeat_ngram_size))
-    return out
+        raise ValueError(f"{fn.__name__} takes {sorted(params)}, got unknown {sorted(unknown)}")
+    for name, (low, high, integer, low_open, high_open, default_value) in params.items():
+        value = kwargs.get(name, default_value)
+        if value is None and default_value is None:
+            continue
+        label = name if name == fn.__name__ else f"{fn.__name__}'s {name}"
+        check_number(value, label, low, high, integer=integer, low_open=low_open, high_open=high_open)

@@ -1,10 +1,11 @@
-"""The decoding loop behind `AutoregressiveWrapper.generate`, `stream` and
-`beam_search`.
+"""The decoding run behind `AutoregressiveWrapper.generate`, `stream` and
+`beam_search`, and what every strategy shares.
 
-prompt ids -> prefill once -> per step: logits -> processors (penalties,
-filters, temperature) -> choose (sample / argmax / beams / contrastive) ->
-one new position through the KV cache. Streaming and the teaching trace are
-by-products of this one loop.
+prompt ids -> `GenerationConfig` (checked once) -> prefill once -> per step:
+`decode_one_token` through the KV cache -> logits -> the processor pipeline
+-> the strategy chooses -> ids. The strategies live one per module
+(`sampling`, `beam_search`, `contrastive_search`, `speculative`); streaming
+and the teaching trace are by-products of their loops.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
-from .filters import build_filters, build_penalties, top_k
-from .search import BeamState, contrastive_decode_fn, degeneration_penalty, gumbel_noise
+from .generation_config import DRY_BREAKERS, GenerationConfig
+from .processors import Pipeline, build_pipeline
 from .trace import StepTrace, new_trace
 from .utils import check_number, exists
 
@@ -35,6 +34,8 @@ class Step:
         beam for beam search, which may change from step to step).
     finished: (batch,) rows that have emitted EOS.
     trace: the teaching trace of this step, when asked for.
+    probs: beam search: (batch, generated so far) the model's probability of
+        each token of the best beam, given what it saw when the token was chosen.
     """
 
     step: int
@@ -42,9 +43,10 @@ class Step:
     sequences: Tensor
     finished: Tensor
     trace: StepTrace | None = None
+    probs: Tensor | None = None
 
 
-# --- prompts and settings, all checked before any compute ---
+# --- prompts, checked before any compute ---
 
 
 def prepare_prompts(prompts, prompt_lens, pad_value: int, num_tokens: int):
@@ -104,181 +106,237 @@ def prepare_prompts(prompts, prompt_lens, pad_value: int, num_tokens: int):
     return tokens, seq_start_pos, squeeze
 
 
-def _as_net(model):
+def as_net(model):
     return getattr(model, "net", model)
 
 
+# --- the model side: prefill once, then one token at a time ---
+
+
+def prefill(net, tokens: Tensor, cache) -> Tensor:
+    """Run the prompt (b, n) once into an empty cache; its final hidden states."""
+    return net.decode(tokens, cache)
+
+
+def decode_one_token(net, cache, token: Tensor) -> Tensor:
+    """One position per row through the cache: (b,) tokens -> (b, dim) hidden."""
+    return net.decode(token[:, None], cache)[:, 0]
+
+
+def window(x: Tensor, start: Tensor | None, size: int) -> tuple[Tensor, Tensor | None]:
+    """The last `size` tokens of x (and the left padding inside them)."""
+    if x.shape[1] > size:
+        cut = x.shape[1] - size
+        x = x[:, cut:]
+        start = (start - cut).clamp(min=0) if exists(start) else None
+    return x, start
+
+
+class ModelRunner:
+    """One network's side of a run: its KV cache, and how much of the
+    sequence it has read. `hidden(seq, end)` runs only the positions of
+    `seq[:, :end]` it has not seen (x-transformers' cache contract): the whole
+    prompt the first time, then usually one token. Without a cache it
+    recomputes the sequence, restricted to the last max_seq_len tokens."""
+
+    def __init__(self, net, seq_start_pos: Tensor | None, capacity: int, cache_kv: bool, restrict: bool):
+        self.net, self.start, self.restrict = net, seq_start_pos, restrict
+        self.cache = net.new_cache(capacity) if cache_kv else None
+        self.fed = 0  # tokens of the sequence the cache holds
+
+    def _window(self, x: Tensor, start: Tensor | None):
+        return window(x, start, self.net.max_seq_len) if self.restrict else (x, start)
+
+    def hidden(self, seq: Tensor, end: int, last: int = 1) -> Tensor:
+        """Final hidden states (b, last, dim) of positions end - last .. end - 1."""
+        if self.cache is None:
+            x, start = self._window(seq[:, :end], self.start)
+            return self.net(x, seq_start_pos=start, return_embeddings=True)[:, -last:]
+        if self.fed == 0:
+            x, start = self._window(seq[:, :end], self.start)
+            self.cache.seq_start_pos = start
+            hidden = prefill(self.net, x, self.cache)
+        elif end - self.fed == 1:
+            hidden = decode_one_token(self.net, self.cache, seq[:, end - 1])[:, None]
+        else:
+            hidden = self.net.decode(seq[:, self.fed:end], self.cache)
+        self.fed = end
+        return hidden[:, -last:]
+
+    def logits(self, seq: Tensor, end: int) -> Tensor:
+        """Next-token logits (b, vocab) after `seq[:, :end]`."""
+        return self.net.logits(self.hidden(seq, end)[:, -1])
+
+    def rollback(self, n: int):
+        """Forget the last n positions read (rejected drafts)."""
+        if self.cache is not None and n:
+            self.cache.rollback(n)
+        self.fed -= n
+
+    def reorder(self, index: Tensor):
+        """Rows follow `index` (beam search)."""
+        if self.cache is not None:
+            self.cache.reorder(index)
+        if exists(self.start):
+            self.start = self.start.index_select(0, index)
+
+
+def sample(probs_or_logits: Tensor, generator: torch.Generator | None, logits: bool = True) -> Tensor:
+    probs = probs_or_logits.float().softmax(dim=-1) if logits else probs_or_logits
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+# --- one run ---
+
+
+STRATEGIES = ("sample", "beam", "contrastive", "speculative")
+
+
 class Decoding:
-    """One generation run: settings checked at construction, steps yielded by
-    iteration, the full output from `output()` afterwards."""
+    """One generation run: the settings and models, checked at construction;
+    steps yielded by iteration; the full output from `output()` afterwards."""
 
     def __init__(
         self,
         wrapper,
         prompts,
         seq_len: int,
-        eos_token: int | None = None,
-        temperature: float = 1.0,
-        filter_logits_fn=top_k,
-        filter_kwargs: dict | list = None,
-        prompt_lens: Tensor | None = None,
-        restrict_to_max_seq_len: bool = True,
+        config: GenerationConfig,
+        *,
         amateur_model=None,
-        contrastive_decode_kwargs: dict | list | tuple = None,
-        cache_kv: bool = True,
-        beams: int = 1,
-        penalty_alpha: float | None = None,
-        contrastive_k: int = 4,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        length_penalty: float = 0.0,
-        stochastic: bool = False,
-        seed: int | None = None,
+        assistant_model=None,
+        prompt_lens: Tensor | None = None,
         generator: torch.Generator | None = None,
-        trace: bool = False,
-        trace_top: int = 10,
+        strategy: str | None = None,
     ):
-        net = wrapper.net
-        self.wrapper, self.net = wrapper, net
-        self.pad = wrapper.pad_value
+        net = self.net = wrapper.net
+        self.wrapper, self.config, self.pad = wrapper, config, wrapper.pad_value
 
         def need(cond, msg):
             if not cond:
                 raise ValueError(msg)
 
         check_number(seq_len, "seq_len", 0, integer=True)
-        check_number(temperature, "temperature", 0, allowed="a finite number >= 0 (0 = greedy)")
-        check_number(beams, "beams", 1, integer=True)
-        check_number(contrastive_k, "contrastive_k", 1, integer=True)
-        if penalty_alpha is not None:
-            check_number(penalty_alpha, "penalty_alpha", 0, 1, allowed="in [0, 1] (None = off)")
-        if eos_token is not None:
-            check_number(eos_token, "eos_token", 0, net.num_tokens, integer=True, high_open=True,
+        c = config
+        if exists(c.eos_token):
+            check_number(c.eos_token, "eos_token", 0, net.num_tokens, integer=True, high_open=True,
                          allowed=f"a token id in [0, {net.num_tokens})")
-        check_number(length_penalty, "length_penalty")
-        check_number(trace_top, "trace_top", 1, integer=True)
-        if seed is not None:
-            check_number(seed, "seed", 0, 2**63, integer=True, high_open=True)
         need(generator is None or isinstance(generator, torch.Generator), "generator must be a torch.Generator")
-        need(beams <= net.num_tokens, f"beams must be at most the vocabulary size {net.num_tokens}, got {beams}")
-        need(beams == 1 or penalty_alpha is None, "beam search and contrastive search cannot be combined")
-        need(amateur_model is None or (beams == 1 and penalty_alpha is None),
-             "contrastive decoding (amateur_model) combines with sampling or greedy, not beams or contrastive search")
+        need(c.beams <= net.num_tokens, f"beams must be at most the vocabulary size {net.num_tokens}, got {c.beams}")
+        need(c.beams == 1 or c.penalty_alpha is None, "beam search and contrastive search cannot be combined")
+        speculative = exists(assistant_model) or exists(c.prompt_lookup_num_tokens)
+        if strategy is None:
+            strategy = ("beam" if c.beams > 1 else "contrastive" if exists(c.penalty_alpha)
+                        else "speculative" if speculative else "sample")
+        self.strategy = strategy
+        need(amateur_model is None or strategy == "sample",
+             "contrastive decoding (amateur_model) combines with sampling or greedy, not beams, contrastive search "
+             "or speculative decoding")
+        need(not speculative or strategy == "speculative",
+             "speculative decoding (assistant_model / prompt_lookup_num_tokens) combines with sampling or greedy, "
+             "not beam search or contrastive search")
+        need(not (exists(assistant_model) and exists(c.prompt_lookup_num_tokens)),
+             "speculative decoding drafts with an assistant model or by prompt lookup, not both")
+        need(c.mirostat_tau is None or strategy == "sample",
+             "mirostat is a sampler: it combines with sampling, not beam search, contrastive search or "
+             "speculative decoding")
 
-        self.penalties = build_penalties(repetition_penalty, no_repeat_ngram_size)
-        self.filters = build_filters(filter_logits_fn, filter_kwargs if exists(filter_kwargs) else {})
-        self.seq_len, self.eos, self.temperature = seq_len, eos_token, float(temperature)
-        self.beams, self.penalty_alpha, self.contrastive_k = beams, penalty_alpha, contrastive_k
-        self.length_penalty, self.stochastic = float(length_penalty), stochastic
-        self.trace, self.trace_top = trace, trace_top
-        self.restrict = restrict_to_max_seq_len
-
-        self.amateurs, self.cd_kwargs = [], []
-        if exists(amateur_model):
-            amateurs = list(amateur_model) if isinstance(amateur_model, (list, tuple)) else [amateur_model]
-            kwargs = contrastive_decode_kwargs if exists(contrastive_decode_kwargs) else dict(beta=0.5, alpha=0.1)
-            kwargs = list(kwargs) if isinstance(kwargs, (list, tuple)) else [kwargs] * len(amateurs)
-            need(len(kwargs) == len(amateurs), f"got {len(amateurs)} amateur models but {len(kwargs)} kwargs")
-            for amateur, kw in zip(amateurs, kwargs):
-                amateur = _as_net(amateur)
-                need(isinstance(amateur, torch.nn.Module) and getattr(amateur, "num_tokens", None) == net.num_tokens,
-                     f"an amateur model must be an axw model sharing the expert's vocabulary of {net.num_tokens} "
-                     f"tokens, got {getattr(amateur, 'num_tokens', type(amateur).__name__)}")
-                need(isinstance(kw, dict), f"contrastive_decode_kwargs must be a dict of alpha and beta, got {kw!r}")
-                unknown = set(kw) - {"alpha", "beta"}
-                need(not unknown, f"contrastive_decode_kwargs take alpha and beta, got {sorted(unknown)}")
-                alpha, beta = kw.get("alpha", 0.1), kw.get("beta", 0.5)
-                check_number(alpha, "contrastive decoding alpha", 0, 1, low_open=True)
-                check_number(beta, "contrastive decoding beta", 0)
-                self.amateurs.append(amateur)
-                self.cd_kwargs.append(dict(alpha=alpha, beta=beta))
+        self.amateurs, self.cd_kwargs = self._amateurs(amateur_model)
+        self.assistant = self._assistant(assistant_model)
+        self.breakers = self._dry_breakers() if c.dry_multiplier > 0 else None
 
         tokens, seq_start_pos, self.squeeze = prepare_prompts(prompts, prompt_lens, self.pad, net.num_tokens)
-        self.prompt_len = tokens.shape[1]
-        # contrastive search scores candidates through the cache; the rest may recompute
-        self.cache_kv = cache_kv or exists(penalty_alpha)
-        for model in [net, *self.amateurs]:
+        self.tokens, self.seq_start_pos = tokens, seq_start_pos
+        self.prompt_len, self.seq_len = tokens.shape[1], seq_len
+        # contrastive search scores candidates through the cache and speculative
+        # decoding rolls it back; the others may recompute
+        self.cache_kv = c.cache_kv or strategy in ("contrastive", "speculative")
+        for model in [net, *self.amateurs, *([self.assistant] if exists(self.assistant) else [])]:
             self._check_length(model, self.prompt_len, seq_len)
 
         self.generator = generator
-        if exists(seed):
-            self.generator = torch.Generator(device=tokens.device).manual_seed(seed)
-        self.tokens, self.seq_start_pos = tokens, seq_start_pos
+        if exists(c.seed):
+            self.generator = torch.Generator(device=tokens.device).manual_seed(c.seed)
         self._out: Tensor | None = None
         self._scores: Tensor | None = None
+        self._beam_out: Tensor | None = None
+
+    def _amateurs(self, amateur_model):
+        if amateur_model is None:
+            return [], []
+        amateurs = list(amateur_model) if isinstance(amateur_model, (list, tuple)) else [amateur_model]
+        kwargs = self.config.contrastive_decode_kwargs
+        kwargs = list(kwargs) if isinstance(kwargs, list) else [kwargs] * len(amateurs)
+        if len(kwargs) != len(amateurs):
+            raise ValueError(f"got {len(amateurs)} amateur models but {len(kwargs)} kwargs")
+        nets = []
+        for amateur in amateurs:
+            amateur = as_net(amateur)
+            if not (isinstance(amateur, torch.nn.Module) and getattr(amateur, "num_tokens", None) == self.net.num_tokens):
+                raise ValueError(
+                    f"an amateur model must be an axw model sharing the expert's vocabulary of {self.net.num_tokens} "
+                    f"tokens, got {getattr(amateur, 'num_tokens', type(amateur).__name__)}")
+            nets.append(amateur)
+        return nets, [dict(alpha=kw.get("alpha", 0.1), beta=kw.get("beta", 0.5)) for kw in kwargs]
+
+    def _assistant(self, assistant_model):
+        if assistant_model is None:
+            return None
+        draft = as_net(assistant_model)
+        if not (isinstance(draft, torch.nn.Module) and getattr(draft, "num_tokens", None) == self.net.num_tokens):
+            raise ValueError(
+                f"an assistant (draft) model must be an axw model with the target's vocabulary size "
+                f"{self.net.num_tokens}, got {getattr(draft, 'num_tokens', type(draft).__name__)}")
+        return draft
+
+    def _dry_breakers(self) -> Tensor:
+        """DRY's sequence breakers as token ids: ids as given; text through the
+        model's tokenizer, as every token whose text contains it."""
+        breakers, tokenizer = self.config.dry_sequence_breakers, self.wrapper.tokenizer
+        if breakers is None:
+            breakers = list(DRY_BREAKERS) if exists(tokenizer) else []
+        ids = set()
+        texts = [b for b in breakers if isinstance(b, str)]
+        for b in breakers:
+            if isinstance(b, int):
+                check_number(b, "a DRY sequence breaker", 0, self.net.num_tokens, integer=True, high_open=True,
+                             allowed=f"a token id in [0, {self.net.num_tokens}) or text")
+                ids.add(b)
+        if texts:
+            if tokenizer is None:
+                raise ValueError("DRY sequence breakers given as text need the model's tokenizer; give token ids")
+            pieces = tokenizer.decode_batch([[i] for i in range(self.net.num_tokens)])
+            ids |= {i for i, piece in enumerate(pieces) if any(t in piece for t in texts)}
+        return torch.tensor(sorted(ids), dtype=torch.long)
 
     def _check_length(self, net, n: int, seq_len: int):
-        window = net.max_seq_len
-        if n > window and not self.restrict:
-            raise ValueError(f"the prompt has {n} tokens, past max_seq_len={window}; "
+        window_size = net.max_seq_len
+        if n > window_size and not self.config.restrict_to_max_seq_len:
+            raise ValueError(f"the prompt has {n} tokens, past max_seq_len={window_size}; "
                              "allow restrict_to_max_seq_len to keep only the last ones")
         if self.cache_kv and not net.can_cache_kv_outside_max_seq_len and seq_len > 0:
-            last = min(n, window) + seq_len - 1  # positions fed to the net
-            if last > window:
+            last = min(n, window_size) + seq_len - 1  # positions fed to the net
+            if last > window_size:
                 raise ValueError(
-                    f"{min(n, window)} prompt tokens + {seq_len} new ones need {last} positions, past "
-                    f"max_seq_len={window} of a model with absolute positions: shorten them, pass cache_kv=False "
+                    f"{min(n, window_size)} prompt tokens + {seq_len} new ones need {last} positions, past "
+                    f"max_seq_len={window_size} of a model with absolute positions: shorten them, pass cache_kv=False "
                     "(recompute on a sliding window), or use a rotary model"
                 )
 
-    # --- running ---
+    # --- what the strategies share ---
 
-    def __iter__(self) -> Iterator[Step]:
-        if self.beams > 1:
-            return self._beam_steps()
-        if exists(self.penalty_alpha):
-            return self._contrastive_steps()
-        return self._sample_steps()
-
-    def output(self) -> Tensor:
-        """The prompt followed by the generated tokens, (batch, prompt + seq_len)
-        (or 1-D for an unbatched prompt); stopped rows padded with pad_value."""
-        if self._out is None:
-            for _ in self:
-                pass
-        out = self._out
-        return out[0] if self.squeeze else out
-
-    # --- the model ---
-
-    def _window(self, x: Tensor, start: Tensor | None, net) -> tuple[Tensor, Tensor | None]:
-        """Keep the last max_seq_len tokens (and the padding inside them)."""
-        w = net.max_seq_len
-        if self.restrict and x.shape[1] > w:
-            cut = x.shape[1] - w
-            x = x[:, cut:]
-            start = (start - cut).clamp(min=0) if exists(start) else None
-        return x, start
-
-    def _prefill(self, net, tokens, start, capacity, hidden_all=False):
-        """Run the prompt once; returns (last logits, cache, hidden states)."""
-        x, start = self._window(tokens, start, net)
-        cache = net.new_cache(capacity) if self.cache_kv else None
-        hidden = net(x, cache=cache, input_not_include_cache=True, seq_start_pos=start, return_embeddings=True)
-        return net.logits(hidden[:, -1]), cache, (hidden if hidden_all else None)
-
-    def _next_logits(self, net, cache, out, cur, start, last_tokens):
-        """Logits for the position after `out[:, :cur]`: one cached step, or a
-        recompute of the (windowed) sequence."""
-        if exists(cache):
-            hidden = net(last_tokens[:, None], cache=cache, input_not_include_cache=True, return_embeddings=True)
-        else:
-            x, s = self._window(out[:, :cur], start, net)
-            hidden = net(x, seq_start_pos=s, return_embeddings=True)
-        return net.logits(hidden[:, -1])
-
-    def _capacity(self, net) -> int:
+    def runner(self, net, extra: int = 0) -> ModelRunner:
+        """A `ModelRunner` for `net` with room for `extra` positions beyond the run."""
         total = min(self.prompt_len, net.max_seq_len) + self.seq_len
         if net.can_cache_kv_outside_max_seq_len:
             total = min(total, 2 * net.max_seq_len)
-        return total
+        return ModelRunner(net, self.seq_start_pos, total + extra, self.cache_kv,
+                           self.config.restrict_to_max_seq_len)
 
-    def _valid(self, total, start, device) -> Tensor | None:
-        if start is None:
-            return None
-        return torch.arange(total, device=device)[None, :] >= start[:, None]
+    def pipeline(self, amateurs: list = ()) -> Pipeline:
+        return build_pipeline(self.config, amateurs, self.breakers, self.generator)
 
-    def _new_output(self) -> Tensor:
+    def new_output(self) -> Tensor:
         """(batch, prompt + seq_len): the prompt, then pad_value to be overwritten."""
         b, t = self.tokens.shape
         out = torch.full((b, t + self.seq_len), self.pad, dtype=torch.long, device=self.tokens.device)
@@ -286,192 +344,43 @@ class Decoding:
         self._out = out
         return out
 
-    def _process(self, logits, context, valid, trace: StepTrace | None, sampling: bool, filters: bool = True):
-        """Penalties, then (when sampling) the filters and temperature. A stage
-        that would leave a row no token at all (say no-repeat-n-gram banning
-        the one token contrastive decoding kept) is skipped for that row."""
-        procs = [*self.penalties, *(self.filters if sampling and filters else ())]
-        for proc in procs:
-            out = proc(logits, context, valid)
-            nothing_left = ~torch.isfinite(out).any(dim=-1, keepdim=True)
-            logits = torch.where(nothing_left, logits, out)
-            if trace:
-                trace.record(proc.name, logits)
-        if not sampling:
-            return logits
-        # subtract the max first and divide in float64: a tiny temperature then
-        # drives the rest to -inf instead of giving inf - inf or 0 / 0 = NaN
-        if self.temperature != 1.0:
-            shifted = logits.double() - logits.amax(dim=-1, keepdim=True).double()
-            logits = (shifted / self.temperature).to(logits.dtype)
-        if trace:
-            trace.record("temperature", logits)
-        return logits
+    def valid(self, total: int, start: Tensor | None = None) -> Tensor | None:
+        """(b, total) False on left padding, or None when there is none."""
+        start = self.seq_start_pos if start is None else start
+        if start is None:
+            return None
+        return torch.arange(total, device=start.device)[None, :] >= start[:, None]
 
-    def _sample(self, logits: Tensor) -> Tensor:
-        probs = logits.float().softmax(dim=-1)
-        return torch.multinomial(probs, 1, generator=self.generator)[:, 0]
+    @staticmethod
+    def context(seq: Tensor, end: int, valid: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """What the processors see before position `end`: (tokens, valid)."""
+        return seq[:, :end], (valid[:, :end] if exists(valid) else None)
 
-    # --- sampling, greedy and contrastive decoding ---
+    def new_trace(self, step: int, logits: Tensor) -> StepTrace | None:
+        return new_trace(step, logits, self.config.trace_top) if self.config.trace else None
 
-    def _sample_steps(self) -> Iterator[Step]:
-        net, tokens, start = self.net, self.tokens, self.seq_start_pos
-        b, t = tokens.shape
-        device = tokens.device
-        out = self._new_output()
-        valid = self._valid(t + self.seq_len, start, device)
-        finished = torch.zeros(b, dtype=torch.bool, device=device)
-        greedy = self.temperature == 0.0
-        if self.seq_len == 0:
-            return
+    # --- running ---
 
-        logits, cache, _ = self._prefill(net, tokens, start, self._capacity(net))
-        amateur_state = [self._prefill(a, tokens, start, self._capacity(a))[:2] for a in self.amateurs]
+    def __iter__(self) -> Iterator[Step]:
+        from . import beam_search, contrastive_search, sampling, speculative
 
-        cur = t
-        for step in range(self.seq_len):
-            trace = new_trace(step, logits, self.trace_top) if self.trace else None
-            model_logits = logits
-            for i, (a_logits, _) in enumerate(amateur_state):
-                logits = contrastive_decode_fn(logits, a_logits, **self.cd_kwargs[i])
-                if trace:
-                    trace.record("contrastive_decoding" if len(self.amateurs) == 1 else f"contrastive_decoding_{i}",
-                                 logits)
-            context = out[:, :cur]
-            ctx_valid = valid[:, :cur] if exists(valid) else None
-            if greedy:
-                logits = self._process(logits, context, ctx_valid, trace, sampling=False)
-                chosen = logits.argmax(dim=-1)
-            else:
-                # contrastive decoding's plausibility cut replaces the filters (as x-transformers)
-                logits = self._process(logits, context, ctx_valid, trace, sampling=True, filters=not self.amateurs)
-                chosen = self._sample(logits)
-            if exists(self.eos):
-                chosen = chosen.masked_fill(finished, self.pad)
-            if trace:
-                trace.choose(chosen, model_logits, logits)
-            out[:, cur] = chosen
-            cur += 1
-            if exists(self.eos):
-                finished |= chosen == self.eos
-            yield Step(step, chosen, out[:, t:cur], finished.clone(), trace)
-            if step == self.seq_len - 1 or bool(finished.all()):
-                break
-            logits = self._next_logits(net, cache, out, cur, start, chosen)
-            amateur_state = [
-                (self._next_logits(a, c, out, cur, start, chosen), c) for a, (_, c) in zip(self.amateurs, amateur_state)
-            ]
+        return {
+            "sample": sampling.steps,
+            "beam": beam_search.steps,
+            "contrastive": contrastive_search.steps,
+            "speculative": speculative.steps,
+        }[self.strategy](self)
 
-    # --- contrastive search ---
-
-    def _contrastive_steps(self) -> Iterator[Step]:
-        """Contrastive search (Su et al. 2022, arXiv:2202.06417): among the k most
-        likely tokens pick argmax (1 - alpha) * p(v) - alpha * max_j cos(h_v, h_j),
-        h the last layer's hidden states of the context and of the candidate.
-        The k candidates run in one forward on the cache, each attending to the
-        cache and itself; the chosen one's keys and values are kept."""
-        net, tokens, start = self.net, self.tokens, self.seq_start_pos
-        b, t = tokens.shape
-        device = tokens.device
-        total = t + self.seq_len
-        out = self._new_output()
-        valid = self._valid(total, start, device)
-        finished = torch.zeros(b, dtype=torch.bool, device=device)
-        if self.seq_len == 0:
-            return
-        alpha, k = float(self.penalty_alpha), min(self.contrastive_k, net.num_tokens)
-
-        logits, cache, hidden = self._prefill(net, tokens, start, self._capacity(net) + k, hidden_all=True)
-        # unit-norm hidden states of the context; padding never counts
-        context_h = hidden.new_zeros((b, total, hidden.shape[-1]))
-        n_prefill = hidden.shape[1]
-        context_h[:, t - n_prefill:t] = F.normalize(hidden.float(), dim=-1).to(hidden.dtype)
-        context_ok = torch.zeros((b, total), dtype=torch.bool, device=device)
-        context_ok[:, t - n_prefill:t] = True if valid is None else valid[:, t - n_prefill:t]
-        rows = torch.arange(b, device=device)
-
-        cur = t
-        for step in range(self.seq_len):
-            trace = new_trace(step, logits, self.trace_top) if self.trace else None
-            model_logits = logits
-            logits = self._process(logits, out[:, :cur], valid[:, :cur] if exists(valid) else None, trace, False)
-            probs = logits.float().softmax(dim=-1)
-            top_probs, top_ids = probs.topk(k, dim=-1)
-
-            cand_h = net(top_ids, cache=cache, input_not_include_cache=True, parallel=True, return_embeddings=True)
-            penalty = degeneration_penalty(cand_h, context_h[:, :cur], context_ok[:, :cur])
-            score = (1.0 - alpha) * top_probs - alpha * penalty
-            pick = score.argmax(dim=-1)
-            chosen = top_ids[rows, pick]
-            if exists(self.eos):
-                chosen = chosen.masked_fill(finished, self.pad)
-            cache.keep_candidate(pick)
-            context_h[:, cur] = F.normalize(cand_h[rows, pick].float(), dim=-1).to(context_h.dtype)
-            context_ok[:, cur] = True
-            next_logits = net.logits(cand_h[rows, pick])
-
-            if trace:
-                trace.choose(chosen, model_logits, logits)
-                trace.contrastive = dict(tokens=top_ids, confidence=top_probs, degeneration_penalty=penalty,
-                                         score=score)
-            out[:, cur] = chosen
-            cur += 1
-            if exists(self.eos):
-                finished |= chosen == self.eos
-            yield Step(step, chosen, out[:, t:cur], finished.clone(), trace)
-            if bool(finished.all()):
-                break
-            logits = next_logits
-
-    # --- beam search ---
-
-    def _beam_steps(self) -> Iterator[Step]:
-        net, tokens, start = self.net, self.tokens, self.seq_start_pos
-        b, t = tokens.shape
-        device = tokens.device
-        total = t + self.seq_len
-        n_beams = self.beams
-        out = self._new_output()
-        state = BeamState(b, n_beams, out, self.pad, self.eos, self.length_penalty)
-        if self.seq_len == 0:
-            self._scores = torch.zeros((1, b), device=device)
-            self._beam_out = out[None]
-            return
-        sampling = self.stochastic and self.temperature > 0
-
-        logits, cache, _ = self._prefill(net, tokens, start, self._capacity(net))
-        starts = start
-        cur = t
-        for step in range(self.seq_len):
-            seqs = state.sequences  # (b * live beams, total)
-            valid = self._valid(total, starts, device)
-            ctx_valid = valid[:, :cur] if exists(valid) else None
-            trace = new_trace(step, logits, self.trace_top) if self.trace else None
-            processed = self._process(logits, seqs[:, :cur], ctx_valid, None, sampling=False)
-            log_probs = processed.float().log_softmax(dim=-1)
-            keys = None
-            if sampling:
-                # stochastic beam search: per-step Gumbel-top-k over the sampling
-                # distribution (Kool et al. 2019, arXiv:1903.06059)
-                filtered = self._process(logits, seqs[:, :cur], ctx_valid, None, sampling=True)
-                keys = filtered.float().log_softmax(dim=-1) + gumbel_noise(filtered, self.generator)
-            parents = state.advance(log_probs, keys, cur)
-            if exists(cache):
-                cache.reorder(parents)
-            if exists(starts):
-                starts = starts.index_select(0, parents)
-            cur += 1
-            if trace:
-                trace.beams = rearrange(state.sequences[:, t:cur], "(b beams) n -> b beams n", b=b)
-                trace.beam_scores = state.ranked_scores().view(b, n_beams)
-                trace.beam_finished = state.finished.view(b, n_beams)
-            best = state.best(t, cur)
-            yield Step(step, best[:, -1], best, state.finished.view(b, n_beams).all(dim=-1), trace)
-            if step == self.seq_len - 1 or state.all_finished():
-                break
-            logits = self._next_logits(net, cache, state.sequences, cur, starts, state.last_tokens(cur))
-        self._beam_out, self._scores = state.final(t)
-        self._out = self._beam_out[0]
+    def output(self) -> Tensor:
+        """The prompt followed by the generated tokens, (batch, prompt + seq_len)
+        (or 1-D for an unbatched prompt); stopped rows padded with pad_value."""
+        if self._out is None:
+            for _ in self:
+                pass
+        if self._out is None:
+            self.new_output()
+        out = self._out
+        return out[0] if self.squeeze else out
 
     def beams_and_scores(self) -> tuple[Tensor, Tensor]:
         """(beams, batch, prompt + seq_len) best first, and (beams, batch) scores."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -124,14 +125,49 @@ def load_tokenizer(folder: Path):
 
 
 def axw_config(model) -> dict:
+    """config.json: each module's config dataclass, field by field."""
     return dict(
         format=FORMAT,
         format_version=FORMAT_VERSION,
-        net=model.net.config,
-        attn_layers=model.net.attn_layers.config,
-        wrapper=model.config,
+        net=model.net.config.to_dict(),
+        attn_layers=model.net.attn_layers.config.to_dict(),
+        wrapper=model.config.to_dict(),
         eos_token_id=model.eos_token_id,
     )
+
+
+def load_generation_config(folder: Path):
+    """The folder's `generation_config.json` as a GenerationConfig: axw's, or
+    transformers' sampling settings; None when it has none. A transformers
+    file that holds only token ids (most do) says nothing about decoding."""
+    from .generation_config import GENERATION_CONFIG_NAME, GenerationConfig, from_transformers
+
+    path = folder / GENERATION_CONFIG_NAME
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} does not hold a dict of settings")
+    if values.get("format") == FORMAT:
+        return GenerationConfig.from_pretrained(folder)
+    if not set(values) & TRANSFORMERS_DECODING_KEYS:
+        return None
+    try:
+        return GenerationConfig.from_dict(from_transformers(values))
+    except ValueError as e:
+        warnings.warn(f"{path}: its decoding settings are not ones axw can use ({e}); ignoring them")
+        return None
+
+
+# keys of a transformers generation_config.json that are decoding settings
+TRANSFORMERS_DECODING_KEYS = {
+    "do_sample", "temperature", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h",
+    "repetition_penalty", "no_repeat_ngram_size", "num_beams", "penalty_alpha",
+}
 
 
 SAVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -151,6 +187,8 @@ def save_pretrained(model, folder: str | os.PathLike, model_card: str | None = N
         f.write("\n")
     if exists(model.tokenizer):
         model.tokenizer.save(str(folder / TOKENIZER_NAME))
+    if exists(getattr(model, "generation_config", None)):
+        model.generation_config.save_pretrained(folder)
     if exists(model_card):
         (folder / "README.md").write_text(model_card, encoding="utf-8")
     return folder

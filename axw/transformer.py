@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import Attention, KVCache, Linear, RotaryEmbedding, TokenEmbedding
-from .utils import default, exists
+from .utils import ConfigMixin, build_config, check_number, default, exists
 
 ACTIVATIONS = {
     "gelu": nn.GELU,
@@ -88,72 +88,94 @@ class Block(nn.Module):
         self.ff = ff
 
 
+@dataclass
+class DecoderConfig(ConfigMixin):
+    """Every option of `Decoder`: what `save_pretrained` writes and
+    `from_pretrained` reads. Options beyond x-transformers' basic ones exist for
+    imported checkpoints: `attn_bias` (GPT-2), `use_rmsnorm`, `ff_glu` +
+    `ff_swish`, `attn_kv_heads`, `rotary_emb_base` (Llama),
+    `ff_activation='gelu_tanh'` and `norm_bias` (GPT-2)."""
+
+    dim: int
+    depth: int
+    heads: int = 8
+    dim_head: int = 64
+    attn_kv_heads: int | None = None
+    attn_dropout: float = 0.0
+    attn_bias: bool = False
+    ff_mult: float = 4
+    ff_inner_dim: int | None = None  # default int(dim * ff_mult)
+    ff_glu: bool = False
+    ff_swish: bool = False
+    ff_activation: str | None = None  # default silu with ff_swish, else gelu
+    ff_no_bias: bool = False
+    ff_dropout: float = 0.0
+    use_rmsnorm: bool = False
+    norm_bias: bool = False
+    norm_eps: float = 1e-5
+    rotary_pos_emb: bool = False
+    rotary_emb_dim: int | None = None  # default dim_head
+    rotary_emb_base: float = 10000.0
+
+    # x-transformers' names for options axw has under another name, and its
+    # options that change nothing here (attention already runs through
+    # PyTorch's fused SDPA kernels)
+    ALIASES = {"attn_dim_head": "dim_head"}
+    NO_OPS = {"attn_flash": (True, False)}
+
+    def __post_init__(self):
+        for name in ("dim", "depth", "heads", "dim_head"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("attn_dropout", "ff_dropout"):
+            check_number(getattr(self, name), name, 0.0, 1.0, high_open=True)
+        kv_heads = default(self.attn_kv_heads, self.heads)
+        if not isinstance(kv_heads, int) or kv_heads < 1 or self.heads % kv_heads:
+            raise ValueError(f"heads ({self.heads}) must be a multiple of kv_heads ({kv_heads})")
+        self.ff_activation = default(self.ff_activation, "silu" if self.ff_swish else "gelu")
+        if self.ff_activation not in ACTIVATIONS:
+            raise ValueError(f"ff activation must be one of {sorted(ACTIVATIONS)}, got {self.ff_activation!r}")
+        self.ff_inner_dim = default(self.ff_inner_dim, int(self.dim * self.ff_mult))
+        check_number(self.ff_inner_dim, "ff_inner_dim", 1, integer=True)
+        if self.rotary_pos_emb:
+            rot = default(self.rotary_emb_dim, self.dim_head)
+            if rot > self.dim_head:
+                raise ValueError(f"rotary_emb_dim ({rot}) cannot exceed dim_head ({self.dim_head})")
+            if rot % 2:
+                raise ValueError(f"rotary dimension must be even, got {rot}")
+
+
 class Decoder(nn.Module):
     """Pre-norm causal transformer layers with a final norm.
 
-    Arguments beyond x-transformers' basic ones exist for imported
-    checkpoints: `attn_bias` (GPT-2), `use_rmsnorm`, `ff_glu` + `ff_swish`,
-    `attn_kv_heads`, `rotary_emb_base` (Llama), `ff_activation='gelu_tanh'`
-    and `norm_bias` (GPT-2)."""
+    `Decoder(dim=512, depth=6, heads=8)` as in x-transformers, or
+    `Decoder(DecoderConfig(...))`; every option is a `DecoderConfig` field.
+    x-transformers options axw does not implement are refused by name."""
 
-    def __init__(
-        self,
-        dim: int,
-        depth: int,
-        heads: int = 8,
-        dim_head: int = 64,
-        attn_kv_heads: int | None = None,
-        attn_dropout: float = 0.0,
-        attn_bias: bool = False,
-        ff_mult: float = 4,
-        ff_inner_dim: int | None = None,
-        ff_glu: bool = False,
-        ff_swish: bool = False,
-        ff_activation: str | None = None,
-        ff_no_bias: bool = False,
-        ff_dropout: float = 0.0,
-        use_rmsnorm: bool = False,
-        norm_bias: bool = False,
-        norm_eps: float = 1e-5,
-        rotary_pos_emb: bool = False,
-        rotary_emb_dim: int | None = None,
-        rotary_emb_base: float = 10000.0,
-    ):
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        for name, value in (("dim", dim), ("depth", depth), ("heads", heads), ("dim_head", dim_head)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name, value in (("attn_dropout", attn_dropout), ("ff_dropout", ff_dropout)):
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        activation = default(ff_activation, "silu" if ff_swish else "gelu")
-        inner_dim = default(ff_inner_dim, int(dim * ff_mult))
-
-        self.config = dict(
-            dim=dim, depth=depth, heads=heads, dim_head=dim_head, attn_kv_heads=attn_kv_heads,
-            attn_dropout=attn_dropout, attn_bias=attn_bias, ff_inner_dim=inner_dim, ff_glu=ff_glu,
-            ff_activation=activation, ff_no_bias=ff_no_bias, ff_dropout=ff_dropout,
-            use_rmsnorm=use_rmsnorm, norm_bias=norm_bias, norm_eps=norm_eps,
-            rotary_pos_emb=rotary_pos_emb, rotary_emb_dim=rotary_emb_dim, rotary_emb_base=rotary_emb_base,
-        )
-        self.dim, self.depth, self.heads = dim, depth, heads
-        self.kv_heads = default(attn_kv_heads, heads)
-        self.dim_head = dim_head
-        norm_kwargs = dict(rms=use_rmsnorm, bias=norm_bias, eps=norm_eps)
+        config = self.config = build_config(DecoderConfig, args, kwargs, "Decoder")
+        self.dim, self.depth, self.heads = config.dim, config.depth, config.heads
+        self.kv_heads = default(config.attn_kv_heads, config.heads)
+        self.dim_head = config.dim_head
+        norm_kwargs = dict(rms=config.use_rmsnorm, bias=config.norm_bias, eps=config.norm_eps)
 
         self.layers = nn.ModuleList(
             Block(
-                dim,
-                Attention(dim, heads, dim_head, attn_kv_heads, attn_dropout, bias=attn_bias),
-                FeedForward(dim, inner_dim, activation, ff_glu, bias=not ff_no_bias, dropout=ff_dropout),
+                config.dim,
+                Attention(config.dim, config.heads, config.dim_head, config.attn_kv_heads, config.attn_dropout,
+                          bias=config.attn_bias),
+                FeedForward(config.dim, config.ff_inner_dim, config.ff_activation, config.ff_glu,
+                            bias=not config.ff_no_bias, dropout=config.ff_dropout),
                 norm_kwargs,
             )
-            for _ in range(depth)
+            for _ in range(config.depth)
         )
-        self.final_norm = Norm(dim, **norm_kwargs)
-        self.rotary = RotaryEmbedding(default(rotary_emb_dim, dim_head), rotary_emb_base) if rotary_pos_emb else None
-        if exists(self.rotary) and self.rotary.dim > dim_head:
-            raise ValueError(f"rotary_emb_dim ({self.rotary.dim}) cannot exceed dim_head ({dim_head})")
+        self.final_norm = Norm(config.dim, **norm_kwargs)
+        self.rotary = None
+        if config.rotary_pos_emb:
+            self.rotary = RotaryEmbedding(default(config.rotary_emb_dim, config.dim_head), config.rotary_emb_base)
 
     def forward(
         self,
@@ -222,53 +244,58 @@ class Decoder(nn.Module):
         return allowed | (blind & diagonal), False
 
 
+@dataclass
+class TransformerConfig(ConfigMixin):
+    """Every option of `TransformerWrapper` but its `attn_layers`."""
+
+    num_tokens: int
+    max_seq_len: int
+    emb_dropout: float = 0.0
+    tie_embedding: bool = False
+    use_abs_pos_emb: bool = True
+    add_continuous_pred_head: bool = False
+    attn_z_loss_weight: float = 1e-4
+
+    ALIASES = {}
+    NO_OPS = {}
+
+    def __post_init__(self):
+        for name in ("num_tokens", "max_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_number(self.emb_dropout, "emb_dropout", 0.0, 1.0, high_open=True)
+
+
 class TransformerWrapper(nn.Module):
     """Token ids -> logits. `forward(x)` gives (batch, seq, num_tokens) logits;
     `return_intermediates=True` also gives an `Intermediates` holding the KV
-    cache; `cache=intermediates` runs only the positions not yet cached."""
+    cache; `cache=intermediates` runs only the positions not yet cached.
 
-    def __init__(
-        self,
-        *,
-        num_tokens: int,
-        max_seq_len: int,
-        attn_layers: Decoder,
-        emb_dropout: float = 0.0,
-        tie_embedding: bool = False,
-        use_abs_pos_emb: bool = True,
-        add_continuous_pred_head: bool = False,
-        attn_z_loss_weight: float = 1e-4,
-    ):
+    `TransformerWrapper(num_tokens=..., max_seq_len=..., attn_layers=Decoder(...))`
+    as in x-transformers; every other option is a `TransformerConfig` field."""
+
+    def __init__(self, *, attn_layers: Decoder, config: TransformerConfig | None = None, **kwargs):
         super().__init__()
-        if not isinstance(num_tokens, int) or num_tokens < 1:
-            raise ValueError(f"num_tokens must be a positive integer, got {num_tokens!r}")
-        if not isinstance(max_seq_len, int) or max_seq_len < 1:
-            raise ValueError(f"max_seq_len must be a positive integer, got {max_seq_len!r}")
         if not isinstance(attn_layers, Decoder):
             raise ValueError("attn_layers must be an axw Decoder")
-        if not 0.0 <= emb_dropout < 1.0:
-            raise ValueError(f"emb_dropout must be in [0, 1), got {emb_dropout}")
-
-        self.config = dict(
-            num_tokens=num_tokens, max_seq_len=max_seq_len, emb_dropout=emb_dropout,
-            tie_embedding=tie_embedding, use_abs_pos_emb=use_abs_pos_emb,
-            add_continuous_pred_head=add_continuous_pred_head, attn_z_loss_weight=attn_z_loss_weight,
-        )
+        config = self.config = build_config(TransformerConfig, (config,) if exists(config) else (), kwargs,
+                                            "TransformerWrapper")
         dim = attn_layers.dim
-        self.num_tokens, self.max_seq_len = num_tokens, max_seq_len
-        self.attn_z_loss_weight = attn_z_loss_weight
-        self.token_emb = TokenEmbedding(num_tokens, dim)
-        self.pos_emb = nn.Embedding(max_seq_len, dim) if use_abs_pos_emb else None
-        self.emb_dropout = nn.Dropout(emb_dropout)
+        self.num_tokens, self.max_seq_len = config.num_tokens, config.max_seq_len
+        self.attn_z_loss_weight = config.attn_z_loss_weight
+        self.token_emb = TokenEmbedding(config.num_tokens, dim)
+        self.pos_emb = nn.Embedding(config.max_seq_len, dim) if config.use_abs_pos_emb else None
+        self.emb_dropout = nn.Dropout(config.emb_dropout)
         self.attn_layers = attn_layers
-        self.to_logits = None if tie_embedding else Linear(dim, num_tokens, bias=False)
-        self.add_continuous_pred_head = add_continuous_pred_head
-        if add_continuous_pred_head:
+        self.to_logits = None if config.tie_embedding else Linear(dim, config.num_tokens, bias=False)
+        self.add_continuous_pred_head = config.add_continuous_pred_head
+        if config.add_continuous_pred_head:
             self.to_next_embed_pred = nn.Sequential(
                 nn.Linear(dim, dim, bias=False), nn.SiLU(), nn.Linear(dim, dim, bias=False)
             )
         # past max_seq_len, absolute positions have no embedding; rotary ones slide
-        self.can_cache_kv_outside_max_seq_len = not use_abs_pos_emb
+        self.can_cache_kv_outside_max_seq_len = not config.use_abs_pos_emb
         self.can_cache_kv = True
         self.apply(self._init_weights)
         for block in attn_layers.layers:
@@ -288,13 +315,49 @@ class TransformerWrapper(nn.Module):
         return self.attn_layers.dim
 
     def new_cache(self, capacity: int = 0) -> KVCache:
-        window = self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None
-        return KVCache(self.attn_layers.depth, window=window, capacity=capacity)
+        return KVCache(self.attn_layers.depth, window=self._window(), capacity=capacity)
 
     def logits(self, hidden: Tensor) -> Tensor:
         if self.to_logits is None:
             return self.token_emb.logits(hidden)
         return self.to_logits(hidden)
+
+    def _embed(self, x: Tensor, seen: int, seq_start_pos: Tensor | None, parallel: bool = False,
+               key_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Token (+ absolute position) embeddings of new tokens x (b, n) that
+        follow `seen` earlier positions; returns them with their positions and
+        which of them may be attended as keys (left padding may not)."""
+        n = x.shape[1]
+        positions = (torch.full((n,), seen, device=x.device) if parallel
+                     else torch.arange(seen, seen + n, device=x.device))
+        if exists(seq_start_pos):
+            # left padding: positions start at each row's first real token
+            key_mask = _and(key_mask, positions[None, :] >= seq_start_pos[:, None])
+            positions = (positions[None, :] - seq_start_pos[:, None]).clamp(min=0)
+        tokens = self.token_emb(x)
+        if exists(self.pos_emb):
+            last = seen + (0 if parallel else n - 1)
+            if last >= self.max_seq_len:
+                raise ValueError(
+                    f"position {last} is past max_seq_len={self.max_seq_len}: absolute position embeddings stop "
+                    "there; build the model with rotary_pos_emb=True and use_abs_pos_emb=False to decode further"
+                )
+            tokens = tokens + self.pos_emb(positions)
+        return tokens, positions, key_mask
+
+    def decode(self, x: Tensor, cache: KVCache, parallel: bool = False) -> Tensor:
+        """Final hidden states (b, n, dim) of new tokens x (b, n) run through
+        `cache`, which they extend: the decoding loops' path (prefill and
+        `decode_one_token`), free of `forward`'s compatibility flags. Left
+        padding comes from `cache.seq_start_pos`; `parallel`: the tokens are
+        alternatives for one position (contrastive search)."""
+        h, positions, key_mask = self._embed(x, cache.seen, cache.seq_start_pos, parallel)
+        hidden, _ = self.attn_layers(self.emb_dropout(h), positions=positions, cache=cache, key_mask=key_mask,
+                                     parallel=parallel, window=self._window())
+        return hidden
+
+    def _window(self) -> int | None:
+        return self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None
 
     def forward(
         self,
@@ -348,22 +411,7 @@ class TransformerWrapper(nn.Module):
                 kv_cache.seq_start_pos = seq_start_pos
             seq_start_pos = kv_cache.seq_start_pos
 
-        tokens = self.token_emb(x)
-        positions = torch.full((n,), seen, device=device) if parallel else torch.arange(seen, seen + n, device=device)
-        key_mask = _and(mask, self_attn_kv_mask)
-        if exists(seq_start_pos):
-            # left padding: positions start at each row's first real token
-            key_mask = _and(key_mask, positions[None, :] >= seq_start_pos[:, None])
-            positions = (positions[None, :] - seq_start_pos[:, None]).clamp(min=0)
-
-        if exists(self.pos_emb):
-            last = seen + (0 if parallel else n - 1)
-            if last >= self.max_seq_len:
-                raise ValueError(
-                    f"position {last} is past max_seq_len={self.max_seq_len}: absolute position embeddings stop "
-                    "there; build the model with rotary_pos_emb=True and use_abs_pos_emb=False to decode further"
-                )
-            tokens = tokens + self.pos_emb(positions)
+        tokens, positions, key_mask = self._embed(x, seen, seq_start_pos, parallel, key_mask=_and(mask, self_attn_kv_mask))
         initial_embeds = tokens
 
         h = tokens
@@ -379,7 +427,7 @@ class TransformerWrapper(nn.Module):
 
         hidden, lses = self.attn_layers(
             h, positions=positions, cache=kv_cache, key_mask=key_mask, parallel=parallel,
-            window=self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None,
+            window=self._window(),
             return_lse=return_attn_z_loss,
         )
         out = hidden if return_embeddings else self.logits(hidden)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import MISSING, asdict, fields
 
 
 def exists(val):
@@ -55,3 +56,50 @@ def check_number(value, name: str, low=None, high=None, *, integer=False, low_op
                 allowed = f"a finite {what}"
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return value
+
+
+class ConfigMixin:
+    """Read access by key (`config["dim"]`), as the plain dicts configs once were."""
+
+    def __getitem__(self, name: str):
+        if name not in {f.name for f in fields(self)}:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def build_config(cls, args: tuple, kwargs: dict, owner: str):
+    """A `cls` dataclass from a module's arguments: one instance of it, or its
+    fields by position and by name. `cls.ALIASES` maps other libraries' names
+    onto ours and `cls.NO_OPS` lists options accepted and ignored; any other
+    unknown option is refused by name, before anything is built."""
+    names = [f.name for f in fields(cls)]
+    if args and isinstance(args[0], cls):
+        if len(args) > 1 or kwargs:
+            raise ValueError(f"{owner} takes a {cls.__name__} or keyword arguments, not both")
+        return args[0]
+    if len(args) > len(names):
+        raise ValueError(f"{owner} takes at most {len(names)} positional arguments, got {len(args)}")
+    given = dict(zip(names, args))
+    for key, value in kwargs.items():
+        if key in cls.NO_OPS:
+            if value not in cls.NO_OPS[key]:
+                raise ValueError(f"{owner}: {key} must be one of {cls.NO_OPS[key]}, got {value!r}")
+            continue
+        name = cls.ALIASES.get(key, key)
+        if name in given:
+            raise ValueError(f"{owner} got {name} twice" + (f" (as {key})" if key != name else ""))
+        given[name] = value
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise ValueError(
+            f"{owner} does not implement the option{'s' * (len(unknown) > 1)} {', '.join(unknown)}; "
+            f"it takes {', '.join(names + sorted(cls.ALIASES) + sorted(cls.NO_OPS))}"
+        )
+    required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+    missing = [n for n in required if n not in given]
+    if missing:
+        raise ValueError(f"{owner} needs {', '.join(missing)}")
+    return cls(**given)

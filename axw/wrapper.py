@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor, nn
@@ -11,17 +12,41 @@ from torch import Tensor, nn
 from typing import Callable, Iterator
 
 from . import hub
-from .filters import identity, top_k
 from .generation import Decoding, Step
+from .generation_config import GENERATION_CONFIG_NAME, GenerationConfig
 from .loss import autoregressive_loss
 from .transformer import Decoder, TransformerWrapper
-from .utils import eval_mode, exists
+from .utils import ConfigMixin, build_config, check_number, eval_mode, exists
 
 
-def _amateurs(amateur_model) -> list:
-    if amateur_model is None:
-        return []
-    return list(amateur_model) if isinstance(amateur_model, (list, tuple)) else [amateur_model]
+# what generate takes beside the settings: models and inputs
+DECODING_OBJECTS = ("amateur_model", "assistant_model", "prompt_lens", "generator")
+
+
+def _models(run: Decoding) -> list:
+    """The other networks a run uses (amateurs, a draft), for eval mode."""
+    return [*run.amateurs, *([run.assistant] if run.assistant is not None else [])]
+
+
+@dataclass
+class WrapperConfig(ConfigMixin):
+    """Every option of `AutoregressiveWrapper` but its `net`."""
+
+    ignore_index: int = -100
+    pad_value: int = 0
+    mask_prob: float = 0.0
+    add_attn_z_loss: bool = False
+    next_embed_loss_weight: float = 0.1
+
+    ALIASES = {}
+    NO_OPS = {}
+
+    def __post_init__(self):
+        check_number(self.ignore_index, "ignore_index", integer=True)
+        check_number(self.pad_value, "pad_value", 0, integer=True, allowed="a token id >= 0")
+        if not (isinstance(self.mask_prob, (int, float)) and 0.0 <= self.mask_prob < 1.0):
+            raise ValueError(f"mask_prob must be in [0, 1): it is the fraction of keys hidden, got {self.mask_prob}")
+        check_number(self.next_embed_loss_weight, "next_embed_loss_weight", 0)
 
 
 class AutoregressiveWrapper(nn.Module):
@@ -30,44 +55,29 @@ class AutoregressiveWrapper(nn.Module):
 
     `forward(seq)` returns the scalar loss of predicting `seq[:, 1:]` from
     `seq[:, :-1]`; `generate(prompts, seq_len)` returns the prompt followed by
-    `seq_len` new tokens. `tokenizer` (a `tokenizers.Tokenizer`) and
-    `eos_token_id` travel with the checkpoint when set."""
+    `seq_len` new tokens. `tokenizer` (a `tokenizers.Tokenizer`),
+    `eos_token_id` and `generation_config` (the model's default decoding
+    settings) travel with the checkpoint when set. Options: `WrapperConfig`."""
 
-    def __init__(
-        self,
-        net: TransformerWrapper,
-        ignore_index: int = -100,
-        pad_value: int = 0,
-        mask_prob: float = 0.0,
-        add_attn_z_loss: bool = False,
-        next_embed_loss_weight: float = 0.1,
-    ):
+    def __init__(self, net: TransformerWrapper, *args, **kwargs):
         super().__init__()
         if not isinstance(net, TransformerWrapper):
             raise ValueError("net must be an axw TransformerWrapper")
-        if not 0.0 <= mask_prob < 1.0:
-            raise ValueError(f"mask_prob must be in [0, 1): it is the fraction of keys hidden, got {mask_prob}")
-        if next_embed_loss_weight < 0:
-            raise ValueError(f"next_embed_loss_weight must be >= 0, got {next_embed_loss_weight}")
-        if not 0 <= pad_value < net.num_tokens:
-            raise ValueError(f"pad_value must be a token id in [0, {net.num_tokens}), got {pad_value}")
+        config = build_config(WrapperConfig, args, kwargs, "AutoregressiveWrapper")
+        if not config.pad_value < net.num_tokens:
+            raise ValueError(f"pad_value must be a token id in [0, {net.num_tokens}), got {config.pad_value}")
         self.net = net
         self.max_seq_len = net.max_seq_len
-        self.ignore_index = ignore_index
-        self.pad_value = pad_value
-        self.mask_prob = mask_prob
-        self.add_attn_z_loss = add_attn_z_loss
+        for f in fields(WrapperConfig):  # the live values; `config` reads them back
+            setattr(self, f.name, getattr(config, f.name))
         self.add_continuous_pred_head = net.add_continuous_pred_head
-        self.next_embed_loss_weight = next_embed_loss_weight
         self.tokenizer = None
         self.eos_token_id: int | None = None
+        self.generation_config: GenerationConfig | None = None
 
     @property
-    def config(self) -> dict:
-        return dict(
-            ignore_index=self.ignore_index, pad_value=self.pad_value, mask_prob=self.mask_prob,
-            add_attn_z_loss=self.add_attn_z_loss, next_embed_loss_weight=self.next_embed_loss_weight,
-        )
+    def config(self) -> WrapperConfig:
+        return WrapperConfig(**{f.name: getattr(self, f.name) for f in fields(WrapperConfig)})
 
     @property
     def device(self) -> torch.device:
@@ -97,86 +107,68 @@ class AutoregressiveWrapper(nn.Module):
 
     # --- generation ---
 
+    def _decoding(self, prompts, seq_len, generation_config, overrides: dict, strategy: str | None = None,
+                  base: GenerationConfig | None = None) -> Decoding:
+        """Where keyword arguments meet the settings: the config given (else
+        the method's own defaults, else the model's `generation_config.json`,
+        else GenerationConfig's), with the keyword arguments on top; the model
+        objects and inputs go beside it."""
+        if generation_config is not None and not isinstance(generation_config, GenerationConfig):
+            raise ValueError(
+                f"the third argument is a GenerationConfig, got {generation_config!r}: pass other settings by name "
+                "(eos_token=..., temperature=...)")
+        objects = {k: overrides.pop(k) for k in DECODING_OBJECTS if k in overrides}
+        config = generation_config or base or self.generation_config or GenerationConfig()
+        return Decoding(self, prompts, seq_len, config.update(**overrides), strategy=strategy, **objects)
+
     @torch.no_grad()
-    def generate(
-        self,
-        prompts: Tensor | list[Tensor],
-        seq_len: int,
-        eos_token: int | None = None,
-        temperature: float = 1.0,
-        filter_logits_fn: str | Callable | list = top_k,
-        filter_kwargs: dict | list = dict(),
-        prompt_lens: Tensor | None = None,
-        restrict_to_max_seq_len: bool = True,
-        amateur_model=None,
-        contrastive_decode_kwargs: dict | list = dict(beta=0.5, alpha=0.1),
-        cache_kv: bool = True,
-        beams: int = 1,
-        penalty_alpha: float | None = None,
-        contrastive_k: int = 4,
-        **kwargs,
-    ) -> Tensor:
+    def generate(self, prompts: Tensor | list[Tensor], seq_len: int, generation_config: GenerationConfig | None = None,
+                 **kwargs) -> Tensor:
         """The prompt followed by `seq_len` generated tokens: (batch, prompt + seq_len),
         or 1-D for a 1-D prompt. A list of 1-D prompts of different lengths is
         left-padded with `pad_value`; each row continues as its prompt alone would.
 
-        Strategy: sampling at `temperature` (0 = greedy) through
-        `filter_logits_fn` (a name or callable from `axw.filters`, or a list
-        chained in order with a list of `filter_kwargs`); `beams > 1`: beam
-        search; `penalty_alpha` in [0, 1]: contrastive search over
-        `contrastive_k` candidates; `amateur_model`: contrastive decoding.
-
-        More keyword arguments: `repetition_penalty` (1 = off),
-        `no_repeat_ngram_size` (0 = off), `length_penalty` and `stochastic` (beam
-        search), `seed` or `generator` (reproducible sampling). Rows stop at
-        `eos_token`; what follows it is `pad_value`."""
-        run = Decoding(
-            self, prompts, seq_len, eos_token=eos_token, temperature=temperature,
-            filter_logits_fn=filter_logits_fn, filter_kwargs=filter_kwargs, prompt_lens=prompt_lens,
-            restrict_to_max_seq_len=restrict_to_max_seq_len, amateur_model=amateur_model,
-            contrastive_decode_kwargs=contrastive_decode_kwargs, cache_kv=cache_kv, beams=beams,
-            penalty_alpha=penalty_alpha, contrastive_k=contrastive_k, **kwargs,
-        )
-        with eval_mode(self, *_amateurs(amateur_model)):
+        Settings: a `GenerationConfig` and/or its fields as keyword arguments
+        (these win): `temperature` (0 = greedy), `filter_logits_fn` (a name or
+        callable from `axw.filters`, or a list chained in order with a list of
+        `filter_kwargs`), `sampler_order`, `beams` > 1 (beam search),
+        `penalty_alpha` (contrastive search over `contrastive_k` candidates),
+        penalties, `seed`, `eos_token` (rows stop there; what follows is
+        `pad_value`), ... Beside them: `amateur_model` (contrastive decoding),
+        `assistant_model` or `prompt_lookup_num_tokens` (speculative
+        decoding), `prompt_lens`, `generator`."""
+        run = self._decoding(prompts, seq_len, generation_config, kwargs)
+        with eval_mode(self, *_models(run)):
             return run.output()
 
     @torch.no_grad()
-    def beam_search(
-        self,
-        prompts: Tensor | list[Tensor],
-        seq_len: int,
-        beams: int = 4,
-        return_beams_and_scores: bool = False,
-        eos_token: int | None = None,
-        length_penalty: float = 0.0,
-        stochastic: bool = False,
-        temperature: float = 1.0,
-        filter_logits_fn: str | Callable | list = identity,
-        filter_kwargs: dict | list = dict(),
-        **kwargs,
-    ):
+    def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int, beams: int | None = None,
+                    return_beams_and_scores: bool = False, generation_config: GenerationConfig | None = None,
+                    **kwargs):
         """Beam search: the best beam, (batch, prompt + seq_len); with
         `return_beams_and_scores`, all beams best first as (beams, batch, prompt +
         seq_len) and their (beams, batch) scores, summed token log-probs
         (divided by length ** length_penalty when it is not 0). EOS ends a
-        hypothesis. `stochastic=True` picks beams by Gumbel-top-k over the
-        filtered, tempered distribution instead of the top scores."""
-        run = Decoding(
-            self, prompts, seq_len, beams=beams, eos_token=eos_token, length_penalty=length_penalty,
-            stochastic=stochastic, temperature=temperature, filter_logits_fn=filter_logits_fn,
-            filter_kwargs=filter_kwargs, **kwargs,
-        )
+        hypothesis. A beam of one is greedy search. `stochastic=True` is
+        stochastic beam search (Kool et al. 2019) over the filtered, tempered
+        distribution: the beams are a sample without replacement of sequences.
+        Defaults: 4 beams, no filter."""
+        if beams is not None:
+            kwargs["beams"] = beams
+        run = self._decoding(prompts, seq_len, generation_config, kwargs, strategy="beam",
+                             base=GenerationConfig(beams=4, filter_logits_fn=None))
         with eval_mode(self):
             if return_beams_and_scores:
                 return run.beams_and_scores()
             return run.output()
 
-    def stream(self, prompts: Tensor | list[Tensor], seq_len: int, **kwargs) -> Iterator[Step]:
+    def stream(self, prompts: Tensor | list[Tensor], seq_len: int, generation_config: GenerationConfig | None = None,
+               **kwargs) -> Iterator[Step]:
         """Like `generate`, but yields a `Step` as each token is chosen; stop
         early by breaking out of the loop. `trace=True` attaches the teaching
         trace to each step. Arguments are checked here, before the first step."""
-        run = Decoding(self, prompts, seq_len, **kwargs)
-        return _stream(run, [self, *_amateurs(kwargs.get("amateur_model"))])
+        run = self._decoding(prompts, seq_len, generation_config, kwargs)
+        return _stream(run, [self, *_models(run)])
 
     def _check_tokens(self, x, name: str, allow_ignore: bool = False):
         if not isinstance(x, Tensor) or x.dtype not in (torch.long, torch.int, torch.int16, torch.uint8, torch.int8):
@@ -193,8 +185,8 @@ class AutoregressiveWrapper(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None,
                         dtype: torch.dtype | None = None):
-        """Write `config.json`, `model.safetensors` and `tokenizer.json` (if a
-        tokenizer is attached) in the Hugging Face Hub layout. `dtype`
+        """Write `config.json`, `model.safetensors`, and `tokenizer.json` and
+        `generation_config.json` when they are set, in the Hugging Face Hub layout. `dtype`
         (float32, float16 or bfloat16) stores the weights in that precision;
         `from_pretrained` loads them into the model's own, float32 unless told."""
         return hub.save_pretrained(self, folder, model_card=model_card, dtype=dtype)
@@ -213,7 +205,8 @@ class AutoregressiveWrapper(nn.Module):
                         cache_dir: str | os.PathLike | None = None) -> AutoregressiveWrapper:
         """Load a local folder or a Hub repo id (downloaded with huggingface_hub,
         or taken from its cache). The tokenizer, if the checkpoint has one, is
-        attached as `.tokenizer`."""
+        attached as `.tokenizer`; its `generation_config.json`, if it has one,
+        as `.generation_config` (the defaults `generate` and `stream` use)."""
         folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
         config = hub.read_config(folder)
         if config.get("format") == hub.FORMAT:
@@ -225,6 +218,7 @@ class AutoregressiveWrapper(nn.Module):
         else:
             raise ValueError(f"{folder / hub.CONFIG_NAME} is neither an axw nor a transformers config")
         model.tokenizer = hub.load_tokenizer(folder)
+        model.generation_config = hub.load_generation_config(folder)
         if exists(device) or exists(dtype):
             model.to(device=device, dtype=dtype)
         return model.eval()

@@ -294,7 +294,7 @@ def test_a_visitor_over_their_share_is_refused_and_others_are_served(tmp_path_fa
                 break
         assert refused is not None and "the share each visitor gets" in refused and "try again in" in refused
         forwards = []
-        net = demo.playground.models.get(expert).net
+        net = demo.playground.models.get(expert).net.attn_layers  # every forward pass runs through the layers
         real = net.forward
         net.forward = lambda *a, **k: forwards.append(1) or real(*a, **k)
         with pytest.raises(AppError, match="try again"):  # still over: refused before any compute
@@ -439,7 +439,7 @@ def forwards(app, monkeypatch):
     """A record of every forward pass of the served expert and amateur: refusals must come before any."""
     calls = []
     for name in (app.model_name, app.amateur_name):
-        net = app.models.get(name).net
+        net = app.models.get(name).net.attn_layers  # every forward pass runs through the layers
         monkeypatch.setattr(net, "forward", lambda *a, _real=net.forward, **k: calls.append(1) or _real(*a, **k))
     return calls
 

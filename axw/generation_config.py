@@ -1,0 +1,270 @@
+"""`GenerationConfig`: every decoding setting in one object, checked once.
+
+Its field names are `generate`'s keyword arguments, so
+`GenerationConfig(**kwargs)` accepts what `generate(**kwargs)` does (but the
+inputs and model objects: `prompt_lens`, `generator`, `amateur_model`,
+`assistant_model`). It round-trips through JSON (`to_dict` / `from_dict`), is
+what the playground's controls, share links and API produce, and a model
+folder may carry one as `generation_config.json` (`save_pretrained` /
+`from_pretrained`), as transformers models do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from .filters import FILTER_LOGITS_FN, identity
+from .processors import build_filters
+from .utils import check_number
+
+GENERATION_CONFIG_NAME = "generation_config.json"
+SAMPLER_ORDERS = ("filters_first", "temperature_first")
+ASSISTANT_SCHEDULES = ("constant", "heuristic")
+# DRY's default sequence breakers (text-generation-webui's), given as text
+DRY_BREAKERS = ("\n", ":", '"', "*")
+
+
+def _flag(value, name: str) -> bool:
+    if value not in (True, False) or not isinstance(value, (bool, int)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _filter_name(fn):
+    """Built-in filters by name (so the config serialises); others as given."""
+    if fn is identity:
+        return None
+    for name, builtin in FILTER_LOGITS_FN.items():
+        if fn is builtin:
+            return name
+    return fn
+
+
+@dataclass
+class GenerationConfig:
+    """Every decoding setting. The strategy follows from them: `beams` > 1
+    is beam search, `penalty_alpha` contrastive search, an assistant model or
+    `prompt_lookup_num_tokens` speculative decoding, anything else sampling
+    (greedy at temperature 0)."""
+
+    # sampling: filters (names in axw.filters, or callables) chained in order, then temperature
+    temperature: float = 1.0
+    filter_logits_fn: str | Callable | list | None = "top_k"
+    filter_kwargs: dict | list = field(default_factory=dict)
+    sampler_order: str = "filters_first"  # or "temperature_first" (transformers' and llama.cpp's order)
+    # samplers beyond the filters (0 / None = off)
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    mirostat_tau: float | None = None
+    mirostat_eta: float = 0.1
+    # penalties (1 / 0 = off)
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    dry_sequence_breakers: list | None = None  # token ids or text; None: newline, ':', '"', '*' when there is a tokenizer
+    # beam search
+    beams: int = 1
+    length_penalty: float = 0.0
+    stochastic: bool = False
+    # contrastive search and contrastive decoding
+    penalty_alpha: float | None = None
+    contrastive_k: int = 4
+    contrastive_decode_kwargs: dict | list = field(default_factory=lambda: dict(beta=0.5, alpha=0.1))
+    # speculative decoding (with an assistant model, or drafting by prompt lookup)
+    num_assistant_tokens: int = 5
+    num_assistant_tokens_schedule: str = "constant"
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int = 2
+    # stopping, context, randomness, the trace
+    eos_token: int | None = None
+    restrict_to_max_seq_len: bool = True
+    cache_kv: bool = True
+    seed: int | None = None
+    trace: bool = False
+    trace_top: int = 10
+
+    def __post_init__(self):
+        check_number(self.temperature, "temperature", 0, allowed="a finite number >= 0 (0 = greedy)")
+        self._normalise_filters()
+        if self.sampler_order not in SAMPLER_ORDERS:
+            raise ValueError(f"sampler_order must be one of {', '.join(SAMPLER_ORDERS)}, got {self.sampler_order!r}")
+        check_number(self.xtc_probability, "xtc_probability", 0, 1)
+        check_number(self.xtc_threshold, "xtc_threshold", 0, 1)
+        check_number(self.dynatemp_range, "dynatemp_range", 0, allowed="a finite number >= 0 (0 = off)")
+        check_number(self.dynatemp_exponent, "dynatemp_exponent", 0, 100, low_open=True)
+        if self.mirostat_tau is not None:
+            check_number(self.mirostat_tau, "mirostat_tau", 0, 100, low_open=True,
+                         allowed="a target surprise in (0, 100] bits (None = off)")
+        check_number(self.mirostat_eta, "mirostat_eta", 0, 1, low_open=True)
+        check_number(self.repetition_penalty, "repetition_penalty", 0, low_open=True,
+                     allowed="a finite number > 0 (1 = off)")
+        check_number(self.no_repeat_ngram_size, "no_repeat_ngram_size", 0, integer=True,
+                     allowed="an integer >= 1 (0 = off)")
+        check_number(self.dry_multiplier, "dry_multiplier", 0, allowed="a finite number >= 0 (0 = off)")
+        check_number(self.dry_base, "dry_base", 1, 100)
+        check_number(self.dry_allowed_length, "dry_allowed_length", 1, integer=True)
+        if self.dry_sequence_breakers is not None:
+            if not isinstance(self.dry_sequence_breakers, (list, tuple)) or not all(
+                    isinstance(b, str) and b or isinstance(b, int) and not isinstance(b, bool) and b >= 0
+                    for b in self.dry_sequence_breakers):
+                raise ValueError("dry_sequence_breakers must be a list of token ids and non-empty strings, got "
+                                 f"{self.dry_sequence_breakers!r}")
+            self.dry_sequence_breakers = list(self.dry_sequence_breakers)
+        check_number(self.beams, "beams", 1, integer=True)
+        check_number(self.length_penalty, "length_penalty")
+        self.stochastic = _flag(self.stochastic, "stochastic")
+        if self.penalty_alpha is not None:
+            check_number(self.penalty_alpha, "penalty_alpha", 0, 1, allowed="in [0, 1] (None = off)")
+        check_number(self.contrastive_k, "contrastive_k", 1, integer=True)
+        self._normalise_contrastive_decode_kwargs()
+        check_number(self.num_assistant_tokens, "num_assistant_tokens", 1, 128, integer=True)
+        if self.num_assistant_tokens_schedule not in ASSISTANT_SCHEDULES:
+            raise ValueError(f"num_assistant_tokens_schedule must be one of {', '.join(ASSISTANT_SCHEDULES)}, "
+                             f"got {self.num_assistant_tokens_schedule!r}")
+        if self.prompt_lookup_num_tokens is not None:
+            check_number(self.prompt_lookup_num_tokens, "prompt_lookup_num_tokens", 1, 128, integer=True,
+                         allowed="an integer in [1, 128] (None = off)")
+        check_number(self.max_matching_ngram_size, "max_matching_ngram_size", 1, 32, integer=True)
+        if self.eos_token is not None:
+            check_number(self.eos_token, "eos_token", 0, integer=True, allowed="a token id >= 0 (None = none)")
+        self.restrict_to_max_seq_len = _flag(self.restrict_to_max_seq_len, "restrict_to_max_seq_len")
+        self.cache_kv = _flag(self.cache_kv, "cache_kv")
+        if self.seed is not None:
+            check_number(self.seed, "seed", 0, 2**63, integer=True, high_open=True)
+        self.trace = _flag(self.trace, "trace")
+        check_number(self.trace_top, "trace_top", 1, integer=True)
+
+    def _normalise_filters(self):
+        fns, kwargs = self.filter_logits_fn, self.filter_kwargs
+        if isinstance(fns, (list, tuple)):
+            fns = [_filter_name(f) for f in fns]
+            fns = [f for f in fns if f is not None]
+        else:
+            fns = _filter_name(fns)
+        if isinstance(kwargs, (list, tuple)):
+            kwargs = [dict(k) if isinstance(k, dict) else k for k in kwargs]
+        elif isinstance(kwargs, dict):
+            kwargs = dict(kwargs)
+        elif kwargs is None:
+            kwargs = {}
+        build_filters(fns, kwargs)  # names, kinds and ranges, before any compute
+        self.filter_logits_fn, self.filter_kwargs = fns, kwargs
+
+    def _normalise_contrastive_decode_kwargs(self):
+        kwargs = self.contrastive_decode_kwargs
+        many = isinstance(kwargs, (list, tuple))
+        for kw in (kwargs if many else [kwargs]):
+            if not isinstance(kw, dict):
+                raise ValueError(f"contrastive_decode_kwargs must be a dict of alpha and beta, got {kw!r}")
+            unknown = set(kw) - {"alpha", "beta"}
+            if unknown:
+                raise ValueError(f"contrastive_decode_kwargs take alpha and beta, got {sorted(unknown)}")
+            check_number(kw.get("alpha", 0.1), "contrastive decoding alpha", 0, 1, low_open=True)
+            check_number(kw.get("beta", 0.5), "contrastive decoding beta", 0)
+        self.contrastive_decode_kwargs = [dict(kw) for kw in kwargs] if many else dict(kwargs)
+
+    # --- what the strategy is ---
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    # --- overrides, dicts, files ---
+
+    def update(self, **overrides) -> GenerationConfig:
+        """A copy with `overrides` applied and checked (unknown names refused)."""
+        names = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"unknown generation setting{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
+                             f"the settings are {', '.join(sorted(names))}")
+        return replace(self, **overrides) if overrides else self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every setting as JSON-able values (a custom filter callable cannot be)."""
+        fns = self.filter_logits_fn if isinstance(self.filter_logits_fn, list) else [self.filter_logits_fn]
+        custom = [f for f in fns if f is not None and not isinstance(f, str)]
+        if custom:
+            raise ValueError(f"a custom filter ({custom[0]!r}) cannot be written as JSON; use a built-in filter name")
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GenerationConfig:
+        if not isinstance(values, dict):
+            raise ValueError(f"a generation config is a dict of settings, got {type(values).__name__}")
+        return cls().update(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write `generation_config.json` into `folder` (a model folder)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / GENERATION_CONFIG_NAME
+        path.write_text(json.dumps(dict(format="axw", **self.to_dict()), indent=2, sort_keys=True) + "\n",
+                        encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> GenerationConfig:
+        """Read a model folder's `generation_config.json`: one written by axw,
+        or transformers' (its sampling settings mapped onto axw's, with
+        transformers' temperature-first order)."""
+        path = Path(folder) / GENERATION_CONFIG_NAME
+        if not path.is_file():
+            raise ValueError(f"{folder} has no {GENERATION_CONFIG_NAME}")
+        try:
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} does not hold a dict of settings")
+        if values.pop("format", None) == "axw":
+            return cls.from_dict(values)
+        return cls.from_dict(from_transformers(values))
+
+
+# transformers' GenerationConfig fields that are filters here: name -> (filter, its parameter, the value that is off)
+# in the order transformers chains them
+TRANSFORMERS_FILTERS = {
+    "top_h": ("top_h", "top_h", None), "top_k": ("top_k", "k", 0), "top_p": ("top_p", "thres", 1.0),
+    "min_p": ("min_p", "min_p", None), "typical_p": ("typical_p", "mass", 1.0),
+    "epsilon_cutoff": ("epsilon_cutoff", "epsilon", 0.0), "eta_cutoff": ("eta_cutoff", "epsilon", 0.0),
+}
+
+
+def from_transformers(values: dict) -> dict:
+    """axw settings for the sampling settings of a transformers
+    `generation_config.json` (the rest, token ids and lengths, are not
+    decoding strategy and are left to the model's own config)."""
+    out: dict[str, Any] = {"sampler_order": "temperature_first"}
+    sample = values.get("do_sample", False)
+    fns, kwargs = [], []
+    if sample:
+        values = dict(values, top_k=50 if values.get("top_k") is None else values["top_k"])  # its default
+        for key, (name, param, off) in TRANSFORMERS_FILTERS.items():
+            value = values.get(key)
+            if value is not None and value != off:
+                fns.append(name)
+                kwargs.append({param: value})
+        out.update(filter_logits_fn=fns, filter_kwargs=kwargs, temperature=values.get("temperature", 1.0))
+    else:
+        out["temperature"] = 0.0
+    for key, ours in (("repetition_penalty", "repetition_penalty"), ("no_repeat_ngram_size", "no_repeat_ngram_size"),
+                      ("penalty_alpha", "penalty_alpha")):
+        if values.get(key) is not None:
+            out[ours] = values[key]
+    if values.get("penalty_alpha") is not None and values.get("top_k"):
+        out["contrastive_k"] = values["top_k"]
+    if (values.get("num_beams") or 1) > 1:
+        out.update(beams=values["num_beams"], length_penalty=values.get("length_penalty", 1.0))
+    return out
