@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -267,19 +268,23 @@ def build_net(config: dict, state: dict[str, Tensor]) -> TransformerWrapper:
     return net
 
 
-def special_token_ids(folder: Path, config: dict) -> tuple[int | None, int | None]:
+def special_token_ids(folder: Path, config: dict, num_tokens: int) -> tuple[int | None, int | None]:
     """(eos, pad) ids: generation_config.json first (what transformers'
     generate uses), then config.json, then tokenizer_config.json's tokens
-    looked up in tokenizer.json. A list of EOS ids gives its first."""
+    looked up in tokenizer.json. A list of EOS ids gives its first in the
+    vocabulary.
+
+    An id outside the vocabulary is dropped with a warning, as transformers
+    loads such checkpoints with a warning: the model can never produce it
+    (tiny models built with `GPT2Config(vocab_size=...)` keep GPT-2's 50256).
+    An id that is not an integer is a ValueError, as in transformers."""
     sources = [_read_json(folder / "generation_config.json"), config]
     tokenizer_config = _read_json(folder / "tokenizer_config.json")
 
-    def find(name: str) -> int | None:
+    def find(name: str):
         for source in sources:
             value = source.get(f"{name}_token_id")
-            if isinstance(value, list):
-                value = value[0] if value else None
-            if exists(value):
+            if exists(value) and value != []:
                 return value
         token = tokenizer_config.get(f"{name}_token")
         token = token.get("content") if isinstance(token, dict) else token
@@ -288,7 +293,31 @@ def special_token_ids(folder: Path, config: dict) -> tuple[int | None, int | Non
             return tokenizer.token_to_id(token) if exists(tokenizer) else None
         return None
 
-    return find("eos"), find("pad")
+    return (
+        _token_id(folder, "eos_token_id", find("eos"), num_tokens, "generate stops only at an eos_token passed to it"),
+        _token_id(folder, "pad_token_id", find("pad"), num_tokens, "padding uses id 0"),
+    )
+
+
+def _token_id(folder: Path, name: str, value, num_tokens: int, without: str) -> int | None:
+    """The first id of `value` (an id or a list of ids) inside the vocabulary."""
+    ids = value if isinstance(value, list) else [] if value is None else [value]
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int):  # JSON true would otherwise read as id 1
+            raise ValueError(
+                f"{folder}: {name} {value!r} is not an integer token id; allowed: an integer, "
+                "a list of integers, or null"
+            )
+    inside = [i for i in ids if 0 <= i < num_tokens]
+    outside = [i for i in ids if not 0 <= i < num_tokens]
+    if outside:
+        shown = outside[0] if len(outside) == 1 else outside
+        warnings.warn(
+            f"{folder}: {name} {shown} is outside the vocabulary [0, {num_tokens}), so the model can "
+            f"never produce it; axw drops it" + ("" if inside else f" ({without})"),
+            stacklevel=5,  # from_pretrained's caller
+        )
+    return inside[0] if inside else None
 
 
 def _read_json(path: Path) -> dict:
@@ -302,11 +331,7 @@ def from_transformers_folder(cls, folder: Path, config: dict):
     """An `AutoregressiveWrapper` (`cls`) from a folder holding a transformers
     config and safetensors weights."""
     net_args, _ = transformers_arguments(config)  # refuse unsupported configs before reading weights
-    num_tokens = net_args["num_tokens"]
-    eos, pad = special_token_ids(folder, config)
-    for name, value in (("eos_token_id", eos), ("pad_token_id", pad)):
-        if exists(value) and not (isinstance(value, int) and 0 <= value < num_tokens):
-            raise ValueError(f"{folder}: {name} {value!r} is not a token id in [0, {num_tokens})")
+    eos, pad = special_token_ids(folder, config, net_args["num_tokens"])
     net = build_net(config, hub.load_safetensors(folder))
     model = cls(net, pad_value=default(pad, 0))
     model.eos_token_id = eos

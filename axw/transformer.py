@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Attention, KVCache, Linear, RotaryEmbedding, TokenEmbedding
+from .attention import Attention, KVCache, RotaryEmbedding
+from .kernels import Linear, TokenEmbedding
 from .utils import ConfigMixin, build_config, check_number, default, exists
 
 ACTIVATIONS = {

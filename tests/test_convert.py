@@ -291,10 +291,40 @@ def test_special_tokens_from_tokenizer_config(tmp_path):
     assert model.eos_token_id == VOCAB - 2 and model.pad_value == VOCAB - 1
 
 
-def test_eos_outside_vocabulary_refused(tmp_path):
-    folder = save(llama(), tmp_path)
-    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": VOCAB}))
-    with pytest.raises(ValueError, match="eos_token_id 96 is not a token id"):
+def test_ids_outside_the_vocabulary_dropped_with_a_warning(tmp_path):
+    """Tiny models built with GPT2Config(vocab_size=...) keep GPT-2's 50256 as
+    bos and eos. transformers loads them with a warning, and so does axw: the
+    id the model can never produce is dropped, the weights are the same."""
+    torch.manual_seed(0)
+    hf = randomised(GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=64, vocab_size=VOCAB,
+                                               initializer_range=0.3)))
+    assert hf.config.eos_token_id == hf.config.bos_token_id == 50256
+    with pytest.warns(UserWarning, match=r"eos_token_id 50256 is outside the vocabulary \[0, 96\)") as record:
+        model = AutoregressiveWrapper.from_pretrained(save(hf, tmp_path))
+    assert len([w for w in record if "is outside the vocabulary" in str(w.message)]) == 1
+    assert model.eos_token_id is None and model.pad_value == 0
+    assert_same_logits(hf, model)
+
+
+def test_pad_and_listed_eos_outside_the_vocabulary_dropped(tmp_path):
+    hf = llama()
+    folder = save(hf, tmp_path)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [VOCAB, 3], "pad_token_id": -1}))
+    with pytest.warns(UserWarning) as record:
+        model = AutoregressiveWrapper.from_pretrained(folder)
+    messages = [str(w.message) for w in record if "is outside the vocabulary" in str(w.message)]
+    assert len(messages) == 2
+    assert "eos_token_id 96" in messages[0] and "pad_token_id -1" in messages[1] and "padding uses id 0" in messages[1]
+    assert model.eos_token_id == 3 and model.pad_value == 0  # the listed id the model has
+    assert_same_logits(hf, model)
+
+
+@pytest.mark.parametrize("value", ["</s>", 3.0, True, [3, "</s>"]])
+def test_special_id_that_is_not_an_integer_refused(tmp_path, value):
+    """transformers refuses such a config too (its strict config fields); the
+    refusal comes before weights are looked for."""
+    folder = config_only(tmp_path, LlamaConfig(hidden_size=32, num_attention_heads=4), eos_token_id=value)
+    with pytest.raises(ValueError, match=r"eos_token_id .* is not an integer token id"):
         AutoregressiveWrapper.from_pretrained(folder)
 
 

@@ -274,7 +274,7 @@ def test_bad_inputs_to_the_loss(model):
 @pytest.mark.parametrize("rows", [1, 3, 700])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_linear_matches_float64_reference_with_gradients(rows, dtype):
-    from axw import attention
+    from axw import kernels
 
     torch.manual_seed(0)
     x = torch.randn(rows, 768, dtype=dtype)
@@ -283,15 +283,15 @@ def test_linear_matches_float64_reference_with_gradients(rows, dtype):
     goal = F.linear(x.double(), w.double(), b.double())
     tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.1, rtol=0.02)
     with torch.no_grad():
-        torch.testing.assert_close(attention.linear(x, w, b).double(), goal, **tol)
+        torch.testing.assert_close(kernels.linear(x, w, b).double(), goal, **tol)
         # a strided row view, as decoding passes the last position
         wide = torch.randn(rows, 3, 768, dtype=dtype)
-        torch.testing.assert_close(attention.linear(wide[:, -1], w).double(),
+        torch.testing.assert_close(kernels.linear(wide[:, -1], w).double(),
                                    F.linear(wide[:, -1].double(), w.double()), **tol)
 
     xg, wg, bg = (t.clone().requires_grad_() for t in (x, w, b))
-    out = attention.linear(xg.view(rows, 1, 768), wg, bg)
-    if attention._ONEDNN_LINEAR is not None:  # the CPU builds we ship on have it
+    out = kernels.linear(xg.view(rows, 1, 768), wg, bg)
+    if kernels._ONEDNN_LINEAR is not None and dtype in kernels._ONEDNN_DTYPES:  # the CPU builds we ship on have it
         assert type(out.grad_fn).__name__ == "_OneDNNLinearBackward"
     up = torch.randn(rows, 1, 1024, dtype=dtype)
     out.backward(up)
@@ -302,37 +302,37 @@ def test_linear_matches_float64_reference_with_gradients(rows, dtype):
 
 
 def test_linear_refuses_a_second_derivative_rather_than_getting_it_wrong():
-    from axw import attention
+    from axw import kernels
 
-    if attention._ONEDNN_LINEAR is None:
+    if kernels._ONEDNN_LINEAR is None:
         pytest.skip("no oneDNN in this build")
     x = torch.randn(600, 256, requires_grad=True)
     w = torch.randn(1024, 256, requires_grad=True)
-    (grad_x,) = torch.autograd.grad(attention.linear(x, w).square().sum(), x, create_graph=True)
+    (grad_x,) = torch.autograd.grad(kernels.linear(x, w).square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|twice"):
         grad_x.sum().backward()
-    assert attention.linear(torch.randn(3, 0), torch.randn(5, 0)).shape == (3, 5)  # empty rows of nothing
+    assert kernels.linear(torch.randn(3, 0), torch.randn(5, 0)).shape == (3, 5)  # empty rows of nothing
 
 
 def test_linear_small_products_and_autocast_take_f_linear(monkeypatch):
-    from axw import attention
+    from axw import kernels
 
     def refuse(*args):
         raise AssertionError("oneDNN was called")
 
-    monkeypatch.setattr(attention, "_ONEDNN_LINEAR", refuse)
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", refuse)
     x, w = torch.randn(2, 16), torch.randn(8, 16)
-    assert torch.equal(attention.linear(x, w), F.linear(x, w))  # 256 multiply-adds
+    assert torch.equal(kernels.linear(x, w), F.linear(x, w))  # 256 multiply-adds
     big = torch.randn(4096, 256)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert attention.linear(torch.randn(600, 256), big).dtype == torch.bfloat16
-    assert attention.linear(x.double(), w.double()).dtype == torch.float64
+        assert kernels.linear(torch.randn(600, 256), big).dtype == torch.bfloat16
+    assert kernels.linear(x.double(), w.double()).dtype == torch.float64
     with pytest.raises(AssertionError, match="oneDNN was called"):
-        attention.linear(torch.randn(600, 256), big)
+        kernels.linear(torch.randn(600, 256), big)
 
 
 def test_linear_and_embedding_keep_torch_layouts():
-    from axw.attention import Linear, TokenEmbedding
+    from axw.kernels import Linear, TokenEmbedding
 
     ref_emb, emb = torch.nn.Embedding(11, 4), TokenEmbedding(11, 4)
     emb.load_state_dict(ref_emb.state_dict())
@@ -351,8 +351,114 @@ def test_onednn_can_be_switched_off_from_the_environment():
     import subprocess
     import sys
 
-    probe = "from axw import attention; print(attention._ONEDNN_LINEAR is None)"
+    probe = "from axw import kernels; print(kernels._ONEDNN_LINEAR is None)"
     for value, off in (("0", "True"), ("1", str(not torch.backends.mkldnn.is_available()))):
         out = subprocess.run([sys.executable, "-c", probe], env=dict(os.environ, AXW_ONEDNN=value),
                              capture_output=True, text=True, check=True).stdout.strip()
         assert out == off, value
+
+
+def _stand_in_op(calls, fail=lambda: False):
+    """Stands in for torch.ops.mkldnn._linear_pointwise: F.linear's result,
+    or the error a PyTorch with a changed signature would raise."""
+
+    def op(x, weight, bias, *args):
+        calls.append(x.dtype)
+        if fail():
+            raise RuntimeError("_linear_pointwise() expected 7 arguments but got 6")
+        return F.linear(x, weight, bias)
+
+    return op
+
+
+def _onednn_warnings(record):
+    return [w for w in record if "_linear_pointwise" in str(w.message)]
+
+
+@pytest.mark.parametrize("fails_in", ["forward", "backward"])
+def test_linear_falls_back_to_f_linear_for_good_when_onednn_fails(monkeypatch, fails_in):
+    import warnings
+
+    from axw import kernels
+
+    calls = []
+    # the forward is the first call; the backward's products come after
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR",
+                        _stand_in_op(calls, lambda: fails_in == "forward" or len(calls) > 1))
+    torch.manual_seed(0)
+    x, w, b = torch.randn(600, 256), torch.randn(1024, 256) * 0.05, torch.randn(1024)
+    up = torch.randn(600, 1024)
+    ref = [t.clone().requires_grad_() for t in (x, w, b)]
+    F.linear(*ref).backward(up)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            ours = [t.clone().requires_grad_() for t in (x, w, b)]
+            out = kernels.linear(*ours)
+            assert torch.equal(out, F.linear(x, w, b))
+            out.backward(up)
+            for mine, theirs in zip(ours, ref):
+                torch.testing.assert_close(mine.grad, theirs.grad)
+            with torch.no_grad():
+                assert torch.equal(kernels.linear(x, w, b), F.linear(x, w, b))
+    assert len(calls) == (1 if fails_in == "forward" else 2)  # nothing after the failure
+    (warning,) = _onednn_warnings(record)
+    assert "expected 7 arguments" in str(warning.message) and "AXW_ONEDNN=0" in str(warning.message)
+
+
+def test_linear_keeps_onednn_when_the_inputs_are_wrong(monkeypatch):
+    """Inputs F.linear refuses too are the caller's mistake: its error, and
+    oneDNN stays on."""
+    import warnings
+
+    from axw import kernels
+
+    calls = []
+    op = _stand_in_op(calls)
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", op)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        with pytest.raises(RuntimeError, match="cannot be multiplied"):
+            kernels.linear(torch.randn(600, 256), torch.randn(1024, 255))
+    assert calls and kernels._ONEDNN_LINEAR is op and not _onednn_warnings(record)
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration")
+def test_linear_follows_mkldnn_switched_off_at_call_time(monkeypatch):
+    from axw import kernels
+
+    calls = []
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", _stand_in_op(calls))
+    x, w = torch.randn(600, 256), torch.randn(1024, 256)
+    built_before = kernels.linear(x.clone().requires_grad_(), w).sum()
+    calls.clear()
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert torch.equal(kernels.linear(x, w), F.linear(x, w))
+        kernels.linear(x.clone().requires_grad_(), w).sum().backward()
+        built_before.backward()
+    assert calls == []
+    kernels.linear(x, w)  # switched back on, oneDNN serves again
+    assert calls == [torch.float32]
+
+
+def test_linear_sends_bf16_to_onednn_only_where_the_cpu_has_it(monkeypatch):
+    import types
+
+    from axw import kernels
+
+    for supported, dtypes in ((False, (torch.float32,)), (True, (torch.float32, torch.bfloat16))):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: supported)
+        assert kernels._onednn_dtypes() == dtypes
+    with monkeypatch.context() as m:  # a build without the probe
+        m.setattr(torch.ops, "mkldnn", types.SimpleNamespace())
+        assert kernels._onednn_dtypes() == (torch.float32,)
+
+    calls = []
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", _stand_in_op(calls))
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(kernels, "_ONEDNN_DTYPES", kernels._onednn_dtypes())
+    x, w = torch.randn(600, 256, dtype=torch.bfloat16), torch.randn(1024, 256, dtype=torch.bfloat16)
+    assert torch.equal(kernels.linear(x, w), F.linear(x, w))
+    assert calls == []
+    kernels.linear(x.float(), w.float())
+    assert calls == [torch.float32]
