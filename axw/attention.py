@@ -39,6 +39,7 @@ class KVCache:
         self.start = 0
         self.length = 0
         self.seen = 0
+        self.offset = 0  # tokens of the sequence before the first position seen (a prompt cut to the window)
         self._pending = 0
 
     @property
@@ -160,28 +161,36 @@ class KVCache:
         if exists(self.seq_start_pos):
             self.seq_start_pos = self.seq_start_pos.index_select(0, index)
 
-    def rollback(self, n: int):
+    def rollback(self, n: int, exact: bool = True):
         """Forget the last `n` positions (speculative decoding's rejected
-        drafts): their slots are overwritten by the next write. Only positions
-        added since the window last slid can be dropped this way, which is all
-        a verification step ever adds."""
-        if not 0 <= n <= self.length - self.start:
-            raise ValueError(f"cannot roll back {n} of {self.length - self.start} live positions")
-        self.length -= n
-        self.seen -= n
+        drafts, or a what-if branch from an earlier step): their slots are
+        overwritten by the next write, and keys that slid out of the window
+        for them come back into it. Keys a compaction already discarded cannot
+        come back: then rolling back is refused, or with `exact=False` the
+        next query sees fewer than a window of keys (good enough for a draft)."""
+        if not 0 <= n <= self.length:
+            raise ValueError(f"cannot roll back {n} of the {self.length} positions held")
+        length = self.length - n
+        if exists(self.window):
+            first = length - (self.window - 1)  # the oldest slot the next query needs
+            discarded = self.seen - self.length > 0  # positions older than slot 0 existed
+            if first < 0 and discarded and exact:
+                raise ValueError(f"cannot roll back {n} positions exactly: keys the window needs were discarded")
+            self.start = min(self.start, max(0, first))
+        self.length, self.seen = length, self.seen - n
 
     def fork(self) -> KVCache:
         """An independent copy holding the same keys, values and positions (a
-        what-if branch continues from it while this one stays as it is). The
-        live slots are copied, nothing is recomputed."""
+        what-if branch continues from it while this one stays as it is): the
+        slots are copied, nothing is recomputed."""
         other = KVCache(self.num_layers, window=self.window, capacity=self.reserved)
-        live = slice(self.start, self.length)
+        held = slice(0, self.length)
         if self.k is not None:
-            other.k, other.v = self.k[:, :, :, live].clone(), self.v[:, :, :, live].clone()
+            other.k, other.v = self.k[:, :, :, held].clone(), self.v[:, :, :, held].clone()
         if exists(self.key_mask):
-            other.key_mask = self.key_mask[:, live].clone()
-        other.seq_start_pos = self.seq_start_pos
-        other.length, other.seen = self.length - self.start, self.seen
+            other.key_mask = self.key_mask[:, held].clone()
+        other.seq_start_pos, other.offset = self.seq_start_pos, self.offset
+        other.start, other.length, other.seen = self.start, self.length, self.seen
         return other
 
     def memory_bytes(self) -> int:

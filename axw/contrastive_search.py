@@ -72,7 +72,6 @@ def steps(run: Decoding) -> Iterator[Step]:
         if exists(eos):
             chosen = chosen.masked_fill(finished, run.pad)
         model.cache.keep_candidate(pick)
-        model.fed = cur + 1
         context_h[:, cur] = F.normalize(cand_h[rows, pick].float(), dim=-1).to(context_h.dtype)
         context_ok[:, cur] = True
         next_logits = net.logits(cand_h[rows, pick])

@@ -137,12 +137,18 @@ class ModelRunner:
     sequence it has read. `hidden(seq, end)` runs only the positions of
     `seq[:, :end]` it has not seen (x-transformers' cache contract): the whole
     prompt the first time, then usually one token. Without a cache it
-    recomputes the sequence, restricted to the last max_seq_len tokens."""
+    recomputes the sequence, restricted to the last max_seq_len tokens. A
+    cache passed in may already hold the first tokens of the sequence."""
 
-    def __init__(self, net, seq_start_pos: Tensor | None, capacity: int, cache_kv: bool, restrict: bool):
+    def __init__(self, net, seq_start_pos: Tensor | None, capacity: int, cache_kv: bool, restrict: bool,
+                 cache=None):
         self.net, self.start, self.restrict = net, seq_start_pos, restrict
-        self.cache = net.new_cache(capacity) if cache_kv else None
-        self.fed = 0  # tokens of the sequence the cache holds
+        self.cache = cache if exists(cache) else (net.new_cache(capacity) if cache_kv else None)
+
+    @property
+    def fed(self) -> int:
+        """Tokens of the sequence the cache has read."""
+        return self.cache.offset + self.cache.seen if exists(self.cache) else 0
 
     def _window(self, x: Tensor, start: Tensor | None):
         return window(x, start, self.net.max_seq_len) if self.restrict else (x, start)
@@ -152,26 +158,25 @@ class ModelRunner:
         if self.cache is None:
             x, start = self._window(seq[:, :end], self.start)
             return self.net(x, seq_start_pos=start, return_embeddings=True)[:, -last:]
-        if self.fed == 0:
+        fed = self.fed
+        if fed == 0:
             x, start = self._window(seq[:, :end], self.start)
-            self.cache.seq_start_pos = start
+            self.cache.seq_start_pos, self.cache.offset = start, end - x.shape[1]
             hidden = prefill(self.net, x, self.cache)
-        elif end - self.fed == 1:
+        elif end - fed == 1:
             hidden = decode_one_token(self.net, self.cache, seq[:, end - 1])[:, None]
         else:
-            hidden = self.net.decode(seq[:, self.fed:end], self.cache)
-        self.fed = end
+            hidden = self.net.decode(seq[:, fed:end], self.cache)
         return hidden[:, -last:]
 
     def logits(self, seq: Tensor, end: int) -> Tensor:
         """Next-token logits (b, vocab) after `seq[:, :end]`."""
         return self.net.logits(self.hidden(seq, end)[:, -1])
 
-    def rollback(self, n: int):
+    def rollback(self, n: int, exact: bool = True):
         """Forget the last n positions read (rejected drafts)."""
         if self.cache is not None and n:
-            self.cache.rollback(n)
-        self.fed -= n
+            self.cache.rollback(n, exact)
 
     def reorder(self, index: Tensor):
         """Rows follow `index` (beam search)."""
@@ -207,6 +212,7 @@ class Decoding:
         assistant_model=None,
         prompt_lens: Tensor | None = None,
         generator: torch.Generator | None = None,
+        cache=None,
         strategy: str | None = None,
     ):
         net = self.net = wrapper.net
@@ -247,6 +253,7 @@ class Decoding:
 
         tokens, seq_start_pos, self.squeeze = prepare_prompts(prompts, prompt_lens, self.pad, net.num_tokens)
         self.tokens, self.seq_start_pos = tokens, seq_start_pos
+        self.cache = self._given_cache(cache, tokens)
         self.prompt_len, self.seq_len = tokens.shape[1], seq_len
         # contrastive search scores candidates through the cache and speculative
         # decoding rolls it back; the others may recompute
@@ -289,6 +296,28 @@ class Decoding:
                 f"{self.net.num_tokens}, got {getattr(draft, 'num_tokens', type(draft).__name__)}")
         return draft
 
+    def _given_cache(self, cache, tokens: Tensor):
+        """A KV cache to fill, or to continue from: it holds the first tokens
+        of these prompts (a fork of an earlier run's, rolled back to where a
+        branch starts), and only the rest of the prompt runs."""
+        if cache is None:
+            return None
+        from .attention import KVCache
+
+        if not isinstance(cache, KVCache) or cache.num_layers != self.net.attn_layers.depth:
+            raise ValueError(f"cache must be a KVCache of this model ({self.net.attn_layers.depth} layers), "
+                             f"got {cache!r}")
+        if self.strategy == "contrastive":
+            raise ValueError("contrastive search needs the whole prompt's hidden states: it cannot continue from a "
+                             "cache")
+        held = cache.offset + cache.seen
+        if cache.seen and cache.batch != tokens.shape[0]:
+            raise ValueError(f"the cache holds {cache.batch} rows, the prompts {tokens.shape[0]}")
+        if held >= tokens.shape[1]:
+            raise ValueError(f"the cache holds {held} tokens; the prompt ({tokens.shape[1]} tokens) must go on past "
+                             "them by at least one")
+        return cache
+
     def _dry_breakers(self) -> Tensor:
         """DRY's sequence breakers as token ids: ids as given; text through the
         model's tokenizer, as every token whose text contains it."""
@@ -326,12 +355,13 @@ class Decoding:
     # --- what the strategies share ---
 
     def runner(self, net, extra: int = 0) -> ModelRunner:
-        """A `ModelRunner` for `net` with room for `extra` positions beyond the run."""
+        """A `ModelRunner` for `net` with room for `extra` positions beyond
+        the run (the model's runs in the cache given to the run, if any)."""
         total = min(self.prompt_len, net.max_seq_len) + self.seq_len
         if net.can_cache_kv_outside_max_seq_len:
             total = min(total, 2 * net.max_seq_len)
         return ModelRunner(net, self.seq_start_pos, total + extra, self.cache_kv,
-                           self.config.restrict_to_max_seq_len)
+                           self.config.restrict_to_max_seq_len, self.cache if net is self.net else None)
 
     def pipeline(self, amateurs: list = ()) -> Pipeline:
         return build_pipeline(self.config, amateurs, self.breakers, self.generator)

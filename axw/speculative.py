@@ -146,7 +146,7 @@ def steps(run: Decoding) -> Iterator[Step]:
         # --- both caches forget the rejected positions ---
         target.rollback(gamma - n)
         if exists(draft):
-            draft.rollback(max(draft.fed - (cur + n), 0))
+            draft.rollback(max(draft.fed - (cur + n), 0), exact=False)
 
         # --- emit, stopping rows at EOS ---
         round_info = None

@@ -20,7 +20,7 @@ from .utils import ConfigMixin, build_config, check_number, eval_mode, exists
 
 
 # what generate takes beside the settings: models and inputs
-DECODING_OBJECTS = ("amateur_model", "assistant_model", "prompt_lens", "generator")
+DECODING_OBJECTS = ("amateur_model", "assistant_model", "prompt_lens", "generator", "cache")
 
 
 def _models(run: Decoding) -> list:
@@ -136,7 +136,9 @@ class AutoregressiveWrapper(nn.Module):
         penalties, `seed`, `eos_token` (rows stop there; what follows is
         `pad_value`), ... Beside them: `amateur_model` (contrastive decoding),
         `assistant_model` or `prompt_lookup_num_tokens` (speculative
-        decoding), `prompt_lens`, `generator`."""
+        decoding), `prompt_lens`, `generator`, and `cache`: a `KVCache` the
+        run fills (`net.new_cache()`) or continues from (a `fork()` of an
+        earlier run's, rolled back to where a branch starts)."""
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
         with eval_mode(self, *_models(run)):
             return run.output()
