@@ -121,9 +121,13 @@ def top_h(logits: Tensor, top_h: float = 0.4) -> Tensor:
     the kept set carries a bounded share of the uncertainty."""
     n = min(TOP_H_CANDIDATES, logits.shape[-1])
     top_logits, top_ids = logits.topk(n, dim=-1)
-    log_probs = top_logits.float().log_softmax(dim=-1)
-    terms = -(log_probs.exp() * log_probs)
-    limit = top_h * _entropy(log_probs)
+    # computed the way transformers computes them: the last token's
+    # membership at top_h = 1 rests on the rounding of the last sum
+    normalised = top_logits.float() - top_logits.float().logsumexp(dim=-1, keepdim=True)
+    probs = normalised.softmax(dim=-1)
+    terms = -(probs * probs.log())
+    entropy = -(normalised.clamp(min=torch.finfo(normalised.dtype).min) * probs).sum(dim=-1, keepdim=True)
+    limit = top_h * entropy
     keep_sorted = terms.cumsum(dim=-1) <= limit
     keep_sorted[..., 0] = True
     keep = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, top_ids, keep_sorted)

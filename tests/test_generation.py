@@ -462,3 +462,98 @@ def test_a_stage_never_leaves_a_row_without_tokens():
     out = expert.generate(prompt, 12, temperature=0.8, amateur_model=amateur, no_repeat_ngram_size=1,
                           contrastive_decode_kwargs=dict(alpha=1.0, beta=0.5), seed=0)
     assert torch.equal(out, expert.generate(prompt, 12, temperature=0.0))
+
+
+# --- beam search: a beam of one, and stochastic beams against exact enumeration ---
+
+
+def test_a_beam_of_one_is_greedy():
+    model = tiny_model(rotary=True)
+    prompt = torch.randint(0, 97, (3, 5))
+    greedy = model.generate(prompt, 12, temperature=0.0)
+    assert torch.equal(model.beam_search(prompt, 12, beams=1), greedy)
+    assert torch.equal(model.beam_search(prompt, 12, beams=1, seed=1), model.beam_search(prompt, 12, beams=1, seed=2))
+
+
+@torch.no_grad()
+def sequence_probabilities(net, prompt, vocab):
+    """p(a, b | prompt) for every 2-token continuation, by enumeration."""
+    p1 = net(prompt[None])[0, -1].softmax(-1)
+    table = torch.zeros(vocab, vocab)
+    for a in range(vocab):
+        p2 = net(torch.cat([prompt, torch.tensor([a])])[None])[0, -1].softmax(-1)
+        table[a] = p1[a] * p2
+    return table
+
+
+def test_stochastic_beam_search_samples_sequences_without_replacement():
+    """Kool et al. 2019: the first beam is a sample from the sequence
+    distribution, the second a sample from it without the first."""
+    vocab, runs = 4, 20000
+    model = tiny_model(num_tokens=vocab, dim=16, seed=3).eval()
+    with torch.no_grad():  # a sharper, lopsided distribution makes a biased sampler visible
+        model.net.to_logits.weight.mul_(40)
+    prompt = torch.tensor([1, 2])
+    exact = sequence_probabilities(model.net, prompt, vocab).flatten()
+    # rows of a batch are independent runs: one call draws them all
+    beams, _ = model.beam_search(prompt.repeat(runs, 1), 2, beams=2, stochastic=True, seed=0,
+                                 return_beams_and_scores=True)
+    first = torch.bincount(beams[0, :, 2] * vocab + beams[0, :, 3], minlength=vocab * vocab).float()
+    second = torch.bincount(beams[1, :, 2] * vocab + beams[1, :, 3], minlength=vocab * vocab).float()
+    exact_second = torch.stack([(exact * exact[j] / (1 - exact)).sum() - exact[j] * exact[j] / (1 - exact[j])
+                                for j in range(vocab * vocab)])
+    for observed, expected in ((first / runs, exact), (second / runs, exact_second)):
+        # sampling noise stays within 4.5 standard deviations of each cell's frequency
+        bound = 4.5 * (expected * (1 - expected) / runs).sqrt() + 1e-3
+        assert ((observed - expected).abs() <= bound).all(), (observed, expected)
+
+
+# --- contrastive search never takes a banned token ---
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_contrastive_search_never_picks_a_banned_candidate(seed, monkeypatch):
+    """With every earlier token banned (no-repeat size 1) and k as large as the
+    vocabulary, the banned candidates (probability 0) are among those scored.
+    A cosine penalty can be negative; here the least likely candidates get
+    the most negative one, which makes a banned token the best scored. It
+    must still lose."""
+    from axw import contrastive_search
+
+    real = contrastive_search.degeneration_penalty
+
+    def lopsided(candidates, context, ok):
+        penalty = real(candidates, context, ok)
+        k = penalty.shape[-1]
+        return penalty - 2 * torch.arange(k, dtype=penalty.dtype) / k  # the later (less likely), the lower
+
+    monkeypatch.setattr(contrastive_search, "degeneration_penalty", lopsided)
+    model = tiny_model(num_tokens=6, seed=seed, rotary=True)
+    prompt = torch.tensor([[seed % 6]])
+    out = model.generate(prompt, 5, penalty_alpha=0.9, contrastive_k=6, no_repeat_ngram_size=1)
+    assert sorted(out[0].tolist()) == list(range(6))
+
+
+# --- temperature without float64 (Apple's MPS has none) ---
+
+
+class NoFloat64(torch.overrides.TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64:
+                raise AssertionError(f"{func} made a float64 tensor")
+        return out
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1e-30, 1e-300, 1e30, 1e300])
+def test_temperature_needs_no_float64_and_stays_finite(temperature):
+    model = tiny_model(rotary=True)
+    prompt = torch.randint(0, 97, (2, 4))
+    with NoFloat64():
+        steps = list(model.stream(prompt, 6, temperature=temperature, filter_kwargs=dict(k=20), trace=True, seed=0))
+    for step in steps:
+        for probs in step.trace.probs:
+            assert torch.isfinite(probs).all()
+    if temperature < 1e-20:  # as cold as it gets: the filtered argmax, which is greedy
+        assert torch.equal(torch.stack([s.tokens for s in steps], 1), model.generate(prompt, 6, temperature=0.0)[:, 4:])

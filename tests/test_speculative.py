@@ -1,0 +1,186 @@
+"""Speculative decoding: greedy output equal to the model's own greedy output,
+token for token, and sampled output with exactly the model's distribution
+(enumerated on a tiny vocabulary)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_model
+
+from axw import AutoregressiveWrapper, top_k
+
+ASSETS = Path(__file__).resolve().parents[1] / "assets" / "models"
+
+
+def pair(vocab=97, rotary=True, max_seq_len=64):
+    target = tiny_model(seed=0, num_tokens=vocab, rotary=rotary, max_seq_len=max_seq_len)
+    draft = tiny_model(seed=1, num_tokens=vocab, rotary=rotary, max_seq_len=max_seq_len, depth=1, dim=16)
+    return target, draft
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+@pytest.mark.parametrize("n_draft", [1, 4])
+def test_greedy_equals_the_models_own_greedy(rotary, n_draft):
+    target, draft = pair(rotary=rotary)
+    prompts = [torch.randint(1, 97, (n,)) for n in (5, 9, 2)]  # different lengths: left padding
+    plain = target.generate(prompts, 24, temperature=0.0)
+    assert torch.equal(target.generate(prompts, 24, temperature=0.0, assistant_model=draft,
+                                       num_assistant_tokens=n_draft), plain)
+    assert torch.equal(target.generate(prompts, 24, temperature=0.0, prompt_lookup_num_tokens=n_draft), plain)
+    # the target itself as its own draft accepts everything
+    assert torch.equal(target.generate(prompts, 24, temperature=0.0, assistant_model=target,
+                                       num_assistant_tokens=n_draft), plain)
+
+
+def test_greedy_past_the_window_with_penalties_eos_and_the_heuristic_schedule():
+    target, draft = pair(max_seq_len=16)  # rotary: the caches slide past 16 positions
+    prompt = torch.randint(1, 97, (2, 6))
+    kwargs = dict(temperature=0.0, repetition_penalty=1.3, no_repeat_ngram_size=3)
+    plain = target.generate(prompt, 30, **kwargs)
+    for extra in (dict(assistant_model=draft, num_assistant_tokens=4, num_assistant_tokens_schedule="heuristic"),
+                  dict(assistant_model=draft, num_assistant_tokens=2), dict(prompt_lookup_num_tokens=3)):
+        assert torch.equal(target.generate(prompt, 30, **kwargs, **extra), plain), extra
+    eos = int(plain[0, 12])
+    plain = target.generate(prompt, 30, **kwargs, eos_token=eos)
+    assert torch.equal(target.generate(prompt, 30, **kwargs, eos_token=eos, assistant_model=draft), plain)
+    steps = list(target.stream(prompt[:1], 30, **kwargs, eos_token=eos, assistant_model=draft))
+    assert int(steps[-1].tokens[0]) == eos and len(steps) == 7  # ends at EOS, as plain decoding does
+
+
+def bundled(name):
+    path = ASSETS / name
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"{name} is not bundled")
+    return AutoregressiveWrapper.from_pretrained(path)
+
+
+@pytest.mark.parametrize("drafter", ["shakespeare-draft", "shakespeare-tiny", "prompt lookup"])
+def test_greedy_on_the_bundled_models(drafter):
+    expert = bundled("shakespeare")
+    kwargs = dict(prompt_lookup_num_tokens=5) if drafter == "prompt lookup" else dict(
+        assistant_model=bundled(drafter), num_assistant_tokens=4)
+    prompts = [torch.tensor(expert.tokenizer.encode(text).ids) for text in ("ROMEO:\n", "First Citizen:\nWe are")]
+    plain = expert.generate(prompts, 80, temperature=0.0)
+    assert torch.equal(expert.generate(prompts, 80, temperature=0.0, **kwargs), plain)
+
+
+@torch.no_grad()
+def exact_distribution(net, prompt, n, vocab, k, temperature):
+    """p(x1..xn | prompt) of every continuation under softmax(top_k(logits) / T)."""
+    seqs = torch.cartesian_prod(*[torch.arange(vocab)] * n).reshape(-1, n)
+    x = torch.cat([prompt.expand(len(seqs), -1), seqs], 1)
+    logits = net(x[:, :-1])[:, prompt.shape[0] - 1:]
+    probs = (top_k(logits.reshape(-1, vocab), k=k) / temperature).softmax(-1).reshape(len(seqs), n, vocab)
+    return probs.gather(2, seqs[..., None])[..., 0].prod(1)
+
+
+def frequencies(seqs, vocab, n):
+    index = torch.zeros(len(seqs), dtype=torch.long)
+    for i in range(n):
+        index = index * vocab + seqs[:, i]
+    return torch.bincount(index, minlength=vocab ** n).float() / len(seqs)
+
+
+@pytest.mark.parametrize("close", [False, True])
+def test_sampling_has_exactly_the_models_distribution(close):
+    """Thousands of sampled continuations: each sequence's frequency matches
+    its probability under the model (after top-k and temperature) within
+    sampling noise, a bound the draft's own distribution would break. A close
+    draft accepts most tokens (whole rounds and bonus tokens); a distant one
+    rejects most (the residual draws)."""
+    vocab, n, k, temperature = 5, 3, 4, 0.8
+    target = tiny_model(seed=0, num_tokens=vocab, rotary=True, dim=16)
+    draft = tiny_model(seed=5, num_tokens=vocab, rotary=True, dim=16, depth=2 if close else 1)
+    with torch.no_grad():
+        target.net.to_logits.weight.mul_(20)  # far from uniform
+        if close:  # the target with a little noise
+            draft.load_state_dict(target.state_dict())
+            for p in draft.parameters():
+                p.add_(torch.randn_like(p) * 0.1 * p.std())
+        else:
+            draft.net.to_logits.weight.mul_(20)
+    prompt = torch.tensor([1, 3])
+    exact = exact_distribution(target.net, prompt, n, vocab, k, temperature)
+    drafts_own = exact_distribution(draft.net, prompt, n, vocab, k, temperature)
+    kwargs = dict(temperature=temperature, filter_kwargs=dict(k=k), assistant_model=draft, num_assistant_tokens=3)
+    samples = [target.generate(prompt.repeat(rows, 1), n, seed=seed, **kwargs)[:, 2:]
+               for seed, rows in enumerate([16] * 150 + [500] * 4)]  # small batches go deep into rounds
+    observed = frequencies(torch.cat(samples), vocab, n)
+    runs = sum(len(s) for s in samples)
+    bound = 4.5 * (exact * (1 - exact) / runs).sqrt() + 2e-3
+    assert ((observed - exact).abs() <= bound).all(), (observed - exact).abs().max()
+    if not close:  # the bound tells the draft's own distribution from the target's
+        assert ((drafts_own - exact).abs() > 2 * bound).any()
+    # and the acceptance rate behaves: close drafts are mostly accepted
+    run = target._decoding(prompt.repeat(64, 1), n, None, dict(kwargs, seed=0))
+    run.output()
+    rate = run.stats["accepted"] / run.stats["drafted"]
+    assert rate > 0.6 if close else rate < 0.9
+
+
+def test_sampling_with_prompt_lookup_has_the_models_distribution():
+    vocab, n = 4, 3
+    target = tiny_model(seed=2, num_tokens=vocab, rotary=True, dim=16)
+    with torch.no_grad():
+        target.net.to_logits.weight.mul_(20)
+    prompt = torch.tensor([1, 2, 3, 1, 2])  # "1 2" recurs: lookup proposes "3 1 2"
+    exact = exact_distribution(target.net, prompt, n, vocab, vocab, 1.0)
+    samples = torch.cat([target.generate(prompt.repeat(16, 1), n, seed=s, temperature=1.0, filter_logits_fn=None,
+                                         prompt_lookup_num_tokens=3)[:, 5:] for s in range(250)])
+    bound = 4.5 * (exact * (1 - exact) / len(samples)).sqrt() + 2e-3
+    assert ((frequencies(samples, vocab, n) - exact).abs() <= bound).all()
+
+
+def test_seeded_sampling_reproduces():
+    target, draft = pair()
+    prompt = torch.randint(1, 97, (3, 4))
+    a = target.generate(prompt, 20, seed=4, assistant_model=draft, temperature=0.9)
+    assert torch.equal(a, target.generate(prompt, 20, seed=4, assistant_model=draft, temperature=0.9))
+    assert not torch.equal(a, target.generate(prompt, 20, seed=5, assistant_model=draft, temperature=0.9))
+
+
+def test_the_trace_of_each_round():
+    target, draft = pair()
+    prompt = torch.randint(1, 97, (1, 5))
+    steps = list(target.stream(prompt, 24, temperature=0.0, assistant_model=draft, num_assistant_tokens=4,
+                               trace=True))
+    plain = target.generate(prompt, 24, temperature=0.0)[0, 5:]
+    rounds = {}
+    for i, step in enumerate(steps):
+        row = step.trace.row(0)
+        spec = row["speculative"]
+        rounds.setdefault(spec["round"], []).append((spec, int(step.tokens[0])))
+        assert row["chosen"] == int(plain[i]) and row["step"] == i
+        assert row["stages"][0] == "model"
+    for spec_tokens in rounds.values():
+        spec = spec_tokens[0][0]
+        tokens = [t for _, t in spec_tokens]
+        n = spec["n_accepted"]
+        # the accepted drafts come first, then the model's own token
+        assert tokens[:-1] == spec["drafted"][:len(tokens) - 1]
+        assert spec["accepted"][:n] == [True] * n and (n == len(spec["drafted"]) or not spec["accepted"][n])
+        assert tokens[-1] == spec["replacement"] or len(tokens) - 1 < n
+        assert [s["position"] for s, _ in spec_tokens] == list(range(len(tokens)))
+        assert all(0 <= p <= 1 for p in spec["draft_probs"] + spec["model_probs"])
+    assert 0 <= steps[-1].trace.row(0)["speculative"]["acceptance_rate"] <= 1
+
+
+def test_bad_drafts_and_combinations_are_refused_before_compute():
+    target, _ = pair()
+    calls = []
+    hook = target.net.attn_layers.register_forward_hook(lambda *a: calls.append(1))
+    prompt = torch.tensor([[1, 2, 3]])
+    try:
+        for kwargs, match in ((dict(assistant_model=tiny_model(num_tokens=50)), "vocabulary size"),
+                              (dict(assistant_model="draft"), "assistant"),
+                              (dict(assistant_model=target, beams=2), "speculative decoding"),
+                              (dict(prompt_lookup_num_tokens=3, penalty_alpha=0.5), "speculative decoding"),
+                              (dict(prompt_lookup_num_tokens=3, assistant_model=target), "not both"),
+                              (dict(prompt_lookup_num_tokens=0), "prompt_lookup_num_tokens"),
+                              (dict(assistant_model=target, mirostat_tau=3.0), "mirostat")):
+            with pytest.raises(ValueError, match=match):
+                target.generate(prompt, 5, **kwargs)
+        assert not calls
+    finally:
+        hook.remove()
