@@ -187,8 +187,18 @@ class ModelRunner:
 
 
 def sample(probs_or_logits: Tensor, generator: torch.Generator | None, logits: bool = True) -> Tensor:
-    probs = probs_or_logits.float().softmax(dim=-1) if logits else probs_or_logits
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    """One token per row, by inverse transform: the token where the
+    cumulative distribution first passes one uniform draw. Every step of
+    every sampler takes exactly one draw per row, so two runs with the same
+    seed share their random numbers: where their distributions agree they
+    pick the same token (what the Compare view relies on)."""
+    probs = probs_or_logits.float().softmax(dim=-1) if logits else probs_or_logits.float()
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand((probs.shape[0], 1), device=probs.device, generator=generator) * cdf[:, -1:]
+    token = torch.searchsorted(cdf, u, right=True)[:, 0]
+    # rounding can put u at the very top: the last token that has any probability
+    last = probs.shape[-1] - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)
+    return torch.minimum(token, last)
 
 
 # --- one run ---

@@ -65,10 +65,21 @@ class ContrastiveDecoding(Processor):
 
     def __init__(self, amateur, alpha: float, beta: float, name: str = "contrastive_decoding"):
         self.amateur, self.alpha, self.beta, self.name = amateur, alpha, beta, name
+        self.last: tuple[Tensor, Tensor] | None = None  # (expert, amateur) logits of the latest step
 
     def __call__(self, logits, tokens, valid=None):
         amateur_logits = self.amateur.logits(tokens, tokens.shape[1])
+        self.last = (logits, amateur_logits)
         return contrastive_decode_fn(logits, amateur_logits, self.alpha, self.beta)
+
+    def explain(self, candidates: Tensor) -> dict[str, Tensor]:
+        """The latest step over `candidates` (b, n): each model's log-probability,
+        whether the token passed the plausibility cut, and its score."""
+        expert, amateur = self.last
+        score = contrastive_decode_fn(expert, amateur, self.alpha, self.beta)
+        return dict(expert=expert.float().log_softmax(dim=-1).gather(-1, candidates),
+                    amateur=amateur.float().log_softmax(dim=-1).gather(-1, candidates),
+                    plausible=torch.isfinite(score).gather(-1, candidates), score=score.float().gather(-1, candidates))
 
 
 class RepetitionPenalty(Processor):

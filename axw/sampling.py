@@ -9,6 +9,7 @@ from typing import Iterator
 import torch
 
 from .generation import Decoding, Step, sample
+from .processors import ContrastiveDecoding
 from .utils import exists
 
 
@@ -34,6 +35,9 @@ def steps(run: Decoding) -> Iterator[Step]:
             chosen = chosen.masked_fill(finished, run.pad)
         if trace:
             trace.choose(chosen, logits, processed)
+            explained = {proc.name: proc.explain(trace.candidates) for proc in pipeline.scores
+                         if isinstance(proc, ContrastiveDecoding)}
+            trace.contrastive_decoding = explained or None
         out[:, cur] = chosen
         if exists(eos):
             finished = finished | (chosen == eos)

@@ -33,6 +33,7 @@ class StepTrace:
     beam_finished: Tensor | None = None  # (b, beams)
     beam_tree: dict[str, Tensor] | None = None  # beam search: every candidate expanded this step
     contrastive: dict[str, Tensor] | None = None  # contrastive search: per candidate (b, k)
+    contrastive_decoding: dict[str, dict[str, Tensor]] | None = None  # per amateur stage: over the candidates
     speculative: dict | None = None  # speculative decoding: the round this token came from
     _model_probs: Tensor | None = field(default=None, repr=False)
 
@@ -72,6 +73,9 @@ class StepTrace:
             out.update(beam_tree={k: v[i].tolist() for k, v in self.beam_tree.items()})
         if self.contrastive is not None:
             out.update(contrastive={k: v[i].tolist() for k, v in self.contrastive.items()})
+        if self.contrastive_decoding is not None:
+            out.update(contrastive_decoding={name: {k: v[i].tolist() for k, v in d.items()}
+                                             for name, d in self.contrastive_decoding.items()})
         if self.speculative is not None:
             out.update(speculative={k: v[i].tolist() if isinstance(v, Tensor) else v
                                     for k, v in self.speculative.items()})

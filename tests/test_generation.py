@@ -557,3 +557,43 @@ def test_temperature_needs_no_float64_and_stays_finite(temperature):
             assert torch.isfinite(probs).all()
     if temperature < 1e-20:  # as cold as it gets: the filtered argmax, which is greedy
         assert torch.equal(torch.stack([s.tokens for s in steps], 1), model.generate(prompt, 6, temperature=0.0)[:, 4:])
+
+
+def test_contrastive_decoding_trace_by_hand():
+    expert, amateur = tiny_model(seed=0, rotary=True), tiny_model(seed=1, rotary=True, depth=1)
+    prompt = torch.randint(0, 97, (1, 5))
+    step = next(iter(expert.stream(prompt, 1, temperature=0.0, amateur_model=amateur, trace=True,
+                                   contrastive_decode_kwargs=dict(alpha=0.2, beta=0.7))))
+    row = step.trace.row(0)
+    cd = row["contrastive_decoding"]["contrastive_decoding"]
+    with torch.no_grad():
+        e, a = expert.net(prompt)[0, -1], amateur.net(prompt)[0, -1]
+    cands = torch.tensor(row["candidates"])
+    assert torch.allclose(torch.tensor(cd["expert"]), e.log_softmax(-1)[cands], atol=1e-5)
+    assert torch.allclose(torch.tensor(cd["amateur"]), a.log_softmax(-1)[cands], atol=1e-5)
+    plausible = e.softmax(-1) >= 0.2 * e.softmax(-1).max()
+    assert cd["plausible"] == plausible[cands].tolist()
+    score = 1.7 * e - 0.7 * a
+    for i, token in enumerate(row["candidates"]):
+        if cd["plausible"][i]:
+            assert math.isclose(cd["score"][i], float(score[token]), rel_tol=1e-5)
+    best = max((s, t) for s, t, ok in zip(cd["score"], row["candidates"], cd["plausible"]) if ok)[1]
+    assert row["chosen"] == best
+
+
+def test_one_uniform_draw_per_row_and_step():
+    """Sampling takes exactly one uniform per row and step, by inverse
+    transform, so runs with one seed share their random numbers."""
+    from axw.generation import sample
+
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    u = torch.rand((2, 1), generator=torch.Generator().manual_seed(3))
+    expected = torch.searchsorted(probs.cumsum(-1), u, right=True)[:, 0]
+    assert torch.equal(sample(probs, torch.Generator().manual_seed(3), logits=False), expected)
+    draws = sample(probs[:1].repeat(20000, 1), torch.Generator().manual_seed(0), logits=False)
+    assert torch.allclose(torch.bincount(draws, minlength=4).float() / 20000, probs[0], atol=0.012)
+    # a filter that removes nothing leaves the sampled text unchanged under the same seed
+    model = tiny_model(rotary=True)
+    prompt = torch.randint(0, 97, (2, 4))
+    assert torch.equal(model.generate(prompt, 12, filter_logits_fn=None, seed=5),
+                       model.generate(prompt, 12, filter_logits_fn="top_k", filter_kwargs=dict(k=97), seed=5))
