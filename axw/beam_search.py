@@ -203,7 +203,7 @@ def steps(run: Decoding) -> Iterator[Step]:
         best = state.best_rows()
         yield Step(step, state.sequences[best, cur], state.sequences[best, t:cur + 1],
                    state.finished.view(b, n_beams).all(dim=-1), trace, state.token_logp[best, t:cur + 1].exp())
-        if step == run.seq_len - 1 or state.all_finished():
+        if step == run.seq_len - 1 or (exists(c.eos_token) and state.all_finished()):
             break
         logits = model.logits(state.sequences, cur + 1)
     run._beam_out, run._scores = state.final(t)

@@ -79,18 +79,19 @@ def steps(run: Decoding) -> Iterator[Step]:
         # never draft past the end: the last emitted token comes from the model
         gamma = min(n_draft, run.seq_len - step - 1)
 
-        # --- draft gamma tokens, with the draft's processed distribution q at each ---
-        q = []
+        # --- draft gamma tokens (and, to sample or trace, the draft's processed distribution q at each) ---
+        need_q = not greedy or c.trace
+        q = [None] * gamma
         if lookup:
             drafts = lookup_drafts(out, cur, valid, gamma, c.max_matching_ngram_size, run.pad)
-            q = [None] * gamma
         else:
             drafts = torch.empty((b, gamma), dtype=torch.long, device=out.device)
             for j in range(gamma):
                 logits = draft.logits(out, cur + j)
                 processed = draft_pipeline(logits, *run.context(out, cur + j, valid), sampling=not greedy)
                 token = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
-                q.append(processed.float().softmax(dim=-1))
+                if need_q:
+                    q[j] = processed.float().softmax(dim=-1)
                 drafts[:, j] = token
                 out[:, cur + j] = token
         out[:, cur:cur + gamma] = drafts
@@ -99,21 +100,22 @@ def steps(run: Decoding) -> Iterator[Step]:
         hidden = target.hidden(out, cur + gamma, last=gamma + 1)
         model_logits = run.net.logits(hidden)  # (b, gamma + 1, vocab): position cur + j for j = 0..gamma
         stats["target_forwards"] += 1
-        p, traces, processed_all = [], [], []
-        for j in range(gamma + 1):
-            trace = run.new_trace(step + j, model_logits[:, j])
-            processed = pipeline(model_logits[:, j], *run.context(out, cur + j, valid), trace, sampling=not greedy)
-            processed_all.append(processed)
-            p.append(processed.float().softmax(dim=-1))
-            traces.append(trace)
+        traces = [run.new_trace(step + j, model_logits[:, j]) for j in range(gamma + 1)]
+        if greedy and not pipeline.scores and not c.trace:
+            processed_all = model_logits.unbind(1)  # no stage changes greedy scores
+        else:
+            processed_all = [pipeline(model_logits[:, j], *run.context(out, cur + j, valid), traces[j],
+                                      sampling=not greedy) for j in range(gamma + 1)]
+        p = [pr.float().softmax(dim=-1) for pr in processed_all] if need_q else [None] * (gamma + 1)
 
         # --- accept or reject each drafted token ---
         accepted = torch.ones((b, gamma), dtype=torch.bool, device=out.device)
         model_p = draft_p = torch.ones((b, gamma), device=out.device)
         if gamma:
-            model_p = torch.stack([p[j][rows, drafts[:, j]] for j in range(gamma)], dim=1)
-            if not lookup:  # prompt lookup proposes each token with certainty: q(d) = 1
-                draft_p = torch.stack([q[j][rows, drafts[:, j]] for j in range(gamma)], dim=1)
+            if need_q:
+                model_p = torch.stack([p[j][rows, drafts[:, j]] for j in range(gamma)], dim=1)
+                if not lookup:  # prompt lookup proposes each token with certainty: q(d) = 1
+                    draft_p = torch.stack([q[j][rows, drafts[:, j]] for j in range(gamma)], dim=1)
             if greedy:
                 accepted = drafts == torch.stack([pr.argmax(dim=-1) for pr in processed_all[:gamma]], dim=1)
             else:
@@ -129,8 +131,7 @@ def steps(run: Decoding) -> Iterator[Step]:
             replacement = final.argmax(dim=-1)
         elif n < gamma:
             proposal = F.one_hot(drafts[:, n], p[n].shape[-1]).float() if lookup else q[n]
-            residual = p[n] - proposal
-            residual = residual.clamp(min=0)
+            residual = (p[n] - proposal).clamp(min=0)
             empty = residual.sum(dim=-1, keepdim=True) <= 0
             residual = torch.where(empty, p[n], residual)
             replacement = sample(residual / residual.sum(dim=-1, keepdim=True), run.generator, logits=False)
