@@ -209,14 +209,26 @@ class RotaryEmbedding(nn.Module):
         self.base = base
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self._cos: Tensor | None = None  # (positions, dim) tables
+        self._sin: Tensor | None = None
 
-    def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """positions (n,) or (b, n) -> cos, sin broadcastable to (b, heads, n, dim)."""
-        freqs = positions.float()[..., None] * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        if emb.ndim == 3:
-            emb = emb[:, None]
-        return emb.cos(), emb.sin()
+    def forward(self, positions: Tensor, dtype: torch.dtype | None = None,
+                limit: int | None = None) -> tuple[Tensor, Tensor]:
+        """positions (n,) or (b, n) -> cos, sin broadcastable to (b, heads, n, dim),
+        looked up in a table that grows with the largest position seen
+        (`limit`, when the caller knows a bound, saves reading it)."""
+        needed = limit if limit is not None else (int(positions.max()) + 1 if positions.numel() else 1)
+        if self._cos is None or self._cos.shape[0] < needed or self._cos.device != positions.device:
+            size = max(needed, 2 * (self._cos.shape[0] if self._cos is not None else 256))
+            freqs = torch.arange(size, device=positions.device, dtype=torch.float32)[:, None] * self.inv_freq
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._cos, self._sin = emb.cos(), emb.sin()
+        cos, sin = self._cos[positions], self._sin[positions]
+        if cos.ndim == 3:
+            cos, sin = cos[:, None], sin[:, None]
+        if dtype is not None:
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        return cos, sin
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -270,14 +282,11 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         h, kvh, d = self.heads, self.kv_heads, self.dim_head
 
-        q, k, v = self.to_qkv(x).split((h * d, kvh * d, kvh * d), dim=-1)
-        q = q.view(b, n, h, d).transpose(1, 2)
-        k = k.view(b, n, kvh, d).transpose(1, 2)
-        v = v.view(b, n, kvh, d).transpose(1, 2)
-
+        qkv = self.to_qkv(x).view(b, n, h + 2 * kvh, d).transpose(1, 2)
+        qk, v = qkv[:, :h + kvh], qkv[:, h + kvh:]
         if exists(rotary):
-            cos, sin = rotary
-            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+            qk = apply_rotary(qk, *rotary)  # queries and keys in one pass
+        q, k = qk[:, :h], qk[:, h:]
 
         if exists(cache):
             k, v = cache.write(layer, k, v)

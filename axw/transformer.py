@@ -77,7 +77,7 @@ class FeedForward(nn.Module):
             x = self.act(gate) * up
         else:
             x = self.act(x)
-        return self.proj_out(self.dropout(x))
+        return self.proj_out(self.dropout(x) if self.training else x)
 
 
 class Block(nn.Module):
@@ -188,13 +188,18 @@ class Decoder(nn.Module):
         parallel: bool = False,
         window: int | None = None,
         return_lse: bool = False,
+        max_position: int | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """x (b, n, dim) at `positions` ((n,) or (b, n)); `key_mask` (b, n)
         marks which new positions may be attended as keys; with `window`, each
-        query sees at most that many keys, itself included (sliding window)."""
+        query sees at most that many keys, itself included (sliding window);
+        `max_position`, a bound on the positions when the caller knows one."""
         n = x.shape[1]
         attn_mask, is_causal = self._attention_mask(x, n, cache, key_mask, parallel, window)
-        rotary = self.rotary(positions) if exists(self.rotary) else None
+        rotary = None
+        if exists(self.rotary):
+            limit = max_position + 1 if exists(max_position) else None
+            rotary = self.rotary(positions, x.dtype, limit)
 
         lses = []
         for i, block in enumerate(self.layers):
@@ -353,8 +358,10 @@ class TransformerWrapper(nn.Module):
         padding comes from `cache.seq_start_pos`; `parallel`: the tokens are
         alternatives for one position (contrastive search)."""
         h, positions, key_mask = self._embed(x, cache.seen, cache.seq_start_pos, parallel)
-        hidden, _ = self.attn_layers(self.emb_dropout(h), positions=positions, cache=cache, key_mask=key_mask,
-                                     parallel=parallel, window=self._window())
+        if self.training:
+            h = self.emb_dropout(h)
+        hidden, _ = self.attn_layers(h, positions=positions, cache=cache, key_mask=key_mask, parallel=parallel,
+                                     window=self._window(), max_position=cache.seen + x.shape[1] - 1)
         return hidden
 
     def _window(self) -> int | None:
