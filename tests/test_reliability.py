@@ -131,26 +131,29 @@ def test_a_finetune_is_used_only_once_it_has_finished(app, url, monkeypatch, tmp
     base = app.models.get(app.model_name)
     run = pg.FineTune(base, *pg.finetune_setup(base, "abc def ghi " * 200, 3, 1e-2, 2, 16, 0.0))
 
+    tree = pg.Tree()  # a run from the fine-tuned copy, open in the step view
+    tree.add(pg.Run(pg.Settings(use_finetuned=True), PROMPT, [1], rows=[{"step": 0}], session=client.session_hash))
+
     def refused():
         with pytest.raises(AppError, match="still running") as info:
             generate(client, prompt=PROMPT, use_finetuned=True, max_new_tokens=4)
         assert clean_error(info.value)
         for use in (lambda: app.download_ui(request), lambda: list(app.generate_tuned_ui(PROMPT, request)),
                     lambda: app.push_ui("someone/model", "hf_token", True, request),
-                    lambda: app.step_ui("", True, [{"step": 0}], 1, request)):
+                    lambda: app.step_ui(tree, 0, request)):
             with pytest.raises(gr.Error, match="still running"):
                 use()
 
     app.sessions.put(client.session_hash, run)  # registered, its thread not yet started
     refused()
-    started, release, real = threading.Event(), threading.Event(), pg.train
+    started, release, real = threading.Event(), threading.Event(), pg.finetune.train
 
     def held(*args, **kwargs):  # training that waits until the test lets it go on
         started.set()
         release.wait(TIMEOUT_S)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pg, "train", held)
+    monkeypatch.setattr(pg.finetune, "train", held)
     progress = run.run(poll=0.01)
     next(progress)
     assert started.wait(TIMEOUT_S)
@@ -529,7 +532,7 @@ def test_nan_and_infinity_are_refused(url, app, index, name, value):
 
 def test_finetune_caps_are_enforced_before_training(app, url, monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(pg, "train", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(pg.finetune, "train", lambda *a, **k: calls.append(1))
     client = new_client(url)
     text = "abc def " * 300
     for kwargs in (dict(steps=pg.MAX_FINETUNE_STEPS + 1), dict(batch_size=pg.MAX_BATCH_SIZE + 1),
@@ -696,7 +699,7 @@ def test_out_of_memory_while_generating_is_reported_and_the_next_request_succeed
     model = app.models.get(app.model_name)
     calls, freed = [], []
     monkeypatch.setattr(model, "stream", failing_once(model.stream, calls, after_steps=3))
-    monkeypatch.setattr(pg, "free_memory", lambda: freed.append(1))
+    monkeypatch.setattr(pg.models, "free_memory", lambda: freed.append(1))
     client = new_client(url)
     if endpoint == "/generate":
         run = lambda: generate(client, prompt=PROMPT, temperature=0.0, max_new_tokens=12)[0]  # noqa: E731
@@ -716,7 +719,7 @@ def test_out_of_memory_while_generating_is_reported_and_the_next_request_succeed
 
 
 def test_out_of_memory_while_finetuning_is_reported_and_the_next_finetune_succeeds(app, url, monkeypatch):
-    real, calls, freed = pg.train, [], []
+    real, calls, freed = pg.finetune.train, [], []
 
     def train_failing_once(*args, **kwargs):
         calls.append(1)
@@ -724,8 +727,8 @@ def test_out_of_memory_while_finetuning_is_reported_and_the_next_finetune_succee
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pg, "train", train_failing_once)
-    monkeypatch.setattr(pg, "free_memory", lambda: freed.append(1))
+    monkeypatch.setattr(pg.finetune, "train", train_failing_once)
+    monkeypatch.setattr(pg.models, "free_memory", lambda: freed.append(1))
     client = new_client(url)
     ask = dict(text="abc def ghi " * 200, steps=3, batch_size=2, context_length=16, api_name="/finetune")
     with pytest.raises(Exception, match="out of GPU memory") as info:
