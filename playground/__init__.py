@@ -19,4 +19,5 @@ from .models import (DEFAULT_AMATEUR, DEFAULT_MODEL, HUB_EXAMPLES, OOM_MESSAGE, 
 from .render import (prob_colour, show_token, stage_numbers, step_html, step_table, tokens_html)  # noqa: F401
 from .runs import Detokenizer, Run, Tree, branch, draw, encode_prompt, stream_text, timeline, token_pieces  # noqa: F401
 from .sessions import FairShare, KVStore, Sessions, forwarded_client, trusted_proxies, visitor  # noqa: F401
-from .settings import Settings, check_prompt, from_generation_config, from_query, number, to_query  # noqa: F401
+from .settings import (Settings, check_prompt, from_generation_config, from_query, number,  # noqa: F401
+                       settings_from_dict, to_query)  # noqa: F401

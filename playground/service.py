@@ -24,7 +24,7 @@ from .models import ModelCache
 from .render import forks_html, side_by_side, step_html, tokens_html
 from .sessions import FairShare, KVStore, Sessions, visitor
 from .sessions import trusted_proxies as proxy_count
-from .settings import Settings, check_prompt, from_generation_config
+from .settings import Settings, check_prompt, from_generation_config, settings_from_dict
 
 STREAM_INTERVAL_S = 0.03
 
@@ -178,40 +178,15 @@ class Playground:
                 pass
         return "".join(run.pieces), [[p, q] for p, q in zip(run.pieces, run.probs)], run.rows
 
-    def branch_api(
-        self,
-        prompt: str,
-        step: int = 0,
-        token: int = 0,
-        strategy: str = "sampling",
-        max_new_tokens: int = 64,
-        temperature: float = 0.8,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        top_a: float = 0.0,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        seed: int = 0,
-        beams: int = 4,
-        length_penalty: float = 0.0,
-        penalty_alpha: float = 0.6,
-        contrastive_k: int = 4,
-        amateur: str = "",
-        cd_alpha: float = 0.1,
-        cd_beta: float = 0.5,
-        model: str = "",
-        use_finetuned: bool = False,
-        request: gr.Request = None,
-    ) -> tuple[str, list, list]:
-        """What /generate with the same settings would have given had it taken `token` (an id, e.g. one of the
-        trace's candidates) at `step` (0-based) and gone on from there with the same settings and seed. Returns
-        (text, tokens, trace) of the whole branch, the forced step's trace row marked "forced"."""
-        settings = Settings(strategy, max_new_tokens, temperature, top_k, top_p, min_p, top_a, repetition_penalty,
-                            no_repeat_ngram_size, seed, beams, length_penalty, penalty_alpha, contrastive_k, amateur,
-                            cd_alpha, cd_beta, model, use_finetuned)
+    def branch_api(self, prompt: str, step: int = 0, token: int = 0, settings: dict | None = None,
+                   request: gr.Request = None) -> tuple[str, list, list]:
+        """What /generate with `settings` (a dict of its parameters by name; those left out take its defaults)
+        would have given had it taken token id `token` (one of the trace's candidates, say) at `step` (0-based)
+        and gone on from there with the same settings and seed. Returns (text, tokens, trace) of the whole
+        branch, like /generate, the forced step's trace row marked "forced"."""
         session = session_of(request)
         with self.metered(request), user_errors():
+            settings = settings_from_dict(settings)
             check_prompt(prompt)
             m, _, _ = self.prepare(settings, session)
             step = R.number("step", step, 0, settings.check().max_new_tokens - 1, integer=True)
@@ -221,7 +196,7 @@ class Playground:
                                                  keep_cache=True)
             for root in updates:
                 pass
-            root.settings = replace(root.settings, max_new_tokens=settings.check().max_new_tokens)
+            root.settings = settings.check()
             if step >= len(root.rows):
                 raise ValueError(f"the text ended after {len(root.rows)} steps, before step {step}")
             _, run, updates, _ = self.branch(root, step, token, session, kept=cache)

@@ -127,6 +127,18 @@ PARAMS = [f.name for f in fields(Settings)]
 DEFAULTS = Settings()
 
 
+def settings_from_dict(values) -> Settings:
+    """Settings from a dict of /generate's parameters by name (those left out take its defaults)."""
+    if values is None:
+        return DEFAULTS
+    if not isinstance(values, dict):
+        raise ValueError(f"settings are a dict of /generate's parameters by name, got {type(values).__name__}")
+    unknown = sorted(str(k) for k in values if k not in PARAMS)
+    if unknown:
+        raise ValueError(f"unknown settings {', '.join(unknown)}: /generate's parameters are {', '.join(PARAMS)}")
+    return Settings(**values)
+
+
 # --- share links: the query holds the prompt and the settings under /generate's names ---
 
 LINK_EXCLUDED = {"use_finetuned"}  # a visitor's own fine-tuned copy cannot travel in a link

@@ -17,9 +17,8 @@ client = Client("http://127.0.0.1:7860")          # or "owner/space-name" on Hug
 text, tokens, trace = client.predict(prompt="ROMEO:", api_name="/generate")
 text, *_ = client.predict(prompt="ROMEO:", strategy="beam search", beams=4, max_new_tokens=40,
                           api_name="/generate")
-# what if step 3 had taken another candidate? the same settings, and the token id to force there
-text, tokens, trace = client.predict(prompt="ROMEO:", step=3, token=trace[3]["candidates"][1],
-                                     api_name="/branch")
+# what if step 3 had taken another candidate? the prompt, the step, the token id, the same settings
+text, tokens, trace = client.predict("ROMEO:", 3, trace[3]["candidates"][1], {{"seed": 0}}, api_name="/branch")
 report = client.predict(text=open("my.txt").read(), steps=20, api_name="/finetune")
 text, *_ = client.predict(prompt="ROMEO:", use_finetuned=True, api_name="/generate")   # same client
 ```
@@ -33,9 +32,10 @@ token with its rank and probability. `strategy`: {", ".join(f"`{s}`" for s in ST
 Contrastive decoding: `amateur`, `cd_alpha`, `cd_beta`. All: `max_new_tokens`, `repetition_penalty`,
 `no_repeat_ngram_size`, `model` (a Hub repo id; empty = the default model), `use_finetuned`.
 
-**/branch** (`prompt`, `step`, `token`, then /generate's parameters) is the what-if branch: what /generate would
-have given had it taken token id `token` at `step` (0-based) and gone on with the same settings and seed. It
-returns the whole branch like /generate, the forced step's trace row marked `forced`.
+**/branch** (`prompt`, `step`, `token`, `settings`; called with these four in order) is the what-if branch: what
+/generate with `settings` (a dict of its parameters by name, the others at their defaults) would have given had
+it taken token id `token` at `step` (0-based) and gone on with the same settings and seed. It returns the whole
+branch like /generate, the forced step's trace row marked `forced`.
 
 **/finetune** (`text`, `steps`, `learning_rate`, `batch_size`, `context_length`, `mask_prob`, `seed`) trains
 your own copy of the model and returns `{{steps, stopped, loss, losses}}`.

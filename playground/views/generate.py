@@ -63,13 +63,16 @@ def build(app, gpu, model_box, choices, concurrency: int):
         return place(app.open_ui(tree, run_id, request))
 
     gen = dict(concurrency_limit=concurrency, concurrency_id="gen")
+    # the controls' values reach the handler as sent (preprocess=False), so a bad one, from the page or a client
+    # calling these endpoints, gets our message rather than a component's conversion error
+    raw = dict(gen, preprocess=False)
     inputs = controls.inputs() + [tree]
     run = go.click(gpu(generate_ui), inputs, outputs, api_name="generate_stream", api_visibility="undocumented",
-                   **gen)
-    submitted = controls["prompt"].submit(gpu(generate_ui), inputs, outputs, api_visibility="private", **gen)
+                   **raw)
+    submitted = controls["prompt"].submit(gpu(generate_ui), inputs, outputs, api_visibility="private", **raw)
     branched = chart.click(gpu(branch_ui), [tree], outputs, api_visibility="private", **gen)
     branch_go.click(gpu(branch_stream), [tree, branch_step, branch_token], outputs, api_name="branch_stream",
-                    api_visibility="undocumented", **gen)
+                    api_visibility="undocumented", **raw)
     stop.click(None, cancels=[run, submitted, branched])
     quick = dict(api_visibility="private", show_progress="hidden")
     out.click(select_step, [tree], outputs, **quick)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import gradio as gr
 import pandas as pd
 
-from ..caps import MAX_DRAWS
+from ..caps import MAX_DRAWS, MAX_NEW_TOKENS
+from ..service import user_errors
+from ..settings import number
 from . import View
 
 CSS = ".axw-draws td, .axw-draws th { text-align: right; } .axw-draws td:first-child { text-align: left; }"
@@ -53,11 +55,14 @@ def build(app, tree, slider) -> View:
         table = gr.HTML("", elem_id="sample-table")
 
     def sample_ui(tree, step, n, request: gr.Request = None):
-        row, labels, exact, counts = app.sample_ui(tree, int(step) - 1 if step else 0, n, request)
+        with user_errors():
+            step = number("step", step, 1, MAX_NEW_TOKENS, integer=True)
+        row, labels, exact, counts = app.sample_ui(tree, step - 1, n, request)
         exact_frame, drawn, text = frames(labels, exact, counts)
         return exact_frame, drawn, text
 
-    go.click(sample_ui, [tree, slider, n], [exact_plot, drawn_plot, table], api_visibility="private")
+    go.click(sample_ui, [tree, slider, n], [exact_plot, drawn_plot, table], api_visibility="private",
+             preprocess=False)
 
     def place(shown: dict) -> list:
         if "step" not in shown:
