@@ -86,7 +86,7 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
         demo.unload(app.unload)
         gr.api(gpu(app.finetune_api, duration=300), api_name="finetune", concurrency_limit=1, concurrency_id="train")
     demo.queue(max_size=64, default_concurrency_limit=CONCURRENCY)
-    demo.playground = app
+    demo.playground, demo.controls = app, controls
     CSS = css
     return demo
 

@@ -215,10 +215,11 @@ def shared_length(a: list[int], b: list[int]) -> int:
 
 
 def side_by_side(a, b, tokenizer) -> tuple[str, str]:
-    """Two runs' texts, the prefix they share dimmed, each from where it differs in full colour."""
+    """Two runs' texts, the prefix they share dimmed, each from where it differs in full colour, the first token
+    that differs underlined."""
     if a is None or b is None:
         empty = '<p class="axw-note">Pick two runs to compare.</p>'
         return empty, empty
-    shared = shared_length(a.new_ids, b.new_ids)
-    return (tokens_html(a.prompt, a.pieces, a.probs, forced=a.step, shared=shared),
-            tokens_html(b.prompt, b.pieces, b.probs, forced=b.step, shared=shared))
+    shared = shared_length(a.new_ids, b.new_ids)  # where they part: marked on both sides
+    return (tokens_html(a.prompt, a.pieces, a.probs, forced=shared, shared=shared),
+            tokens_html(b.prompt, b.pieces, b.probs, forced=shared, shared=shared))

@@ -12,8 +12,9 @@ CSS = ".axw-forks td { vertical-align: top; }"
 
 
 def build(app, tree) -> tuple[gr.Dropdown, View]:
-    gr.Markdown("### What-if branches\nIn the step view, click a candidate to force it at that step: the text "
-                "goes on from there with the same settings and seed, reusing what the model already read.")
+    gr.Markdown("### What-if branches\nIn the step view, click a candidate to force it at that step: the text goes "
+                "on from there with the same settings and seed, reusing what the model already read.",
+                elem_id="forks-title")
     forks = gr.HTML(forks_html([], None), elem_id="forks")
     with gr.Row():
         opened = gr.Dropdown([], label="open", info="show this run in the output, step view and timeline",

@@ -21,7 +21,7 @@ def build(app, gpu, model_box, choices, concurrency: int):
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop = gr.Button("Stop")
-            _, load_link = share.build(app, controls)
+            refresh_link, load_link = share.build(app, controls)
         with gr.Column(scale=3):
             out, output_view = output.build()
             _, _, bridge, timeline_view = timeline.build()
@@ -74,6 +74,8 @@ def build(app, gpu, model_box, choices, concurrency: int):
     branch_go.click(gpu(branch_stream), [tree, branch_step, branch_token], outputs, api_name="branch_stream",
                     api_visibility="undocumented", **raw)
     stop.click(None, cancels=[run, submitted, branched])
+    for event in (run, submitted):
+        refresh_link(event)
     quick = dict(api_visibility="private", show_progress="hidden")
     out.click(select_step, [tree], outputs, **quick)
     bridge.click(select_step, [tree], outputs, **quick)

@@ -10,7 +10,9 @@ from ..settings import from_query, to_query
 from ..service import user_errors
 from .settings import UI_INPUTS, fill, settings_from_ui
 
-# the link is the page's own address with the query the server wrote; the address bar shows it too
+# the link is the page's own address with the query the server wrote
+LINK = """(query) => query ? window.location.origin + window.location.pathname + '?' + query : query"""
+# the button copies it, and the address bar shows it too
 COPY = """(query) => {
   if (!query) return query;
   const url = window.location.origin + window.location.pathname + '?' + query;
@@ -20,7 +22,9 @@ COPY = """(query) => {
 }"""
 
 
-def build(app, controls) -> None:
+def build(app, controls):
+    """The link box and its button; returns (refresh(event): the box follows a generation, the page's load
+    handler that fills the controls from a link)."""
     with gr.Row():
         link = gr.Textbox(label="share link", interactive=False, scale=4, elem_id="share-link", buttons=["copy"],
                           info="the prompt, model, settings and seed: opening it fills every control",
@@ -47,4 +51,9 @@ def build(app, controls) -> None:
             app.models.get(model)  # a link to a model that does not load says so now, not at Generate
         return fill(prompt, settings, model, amateur)
 
-    return link, load_link
+    def refresh(event):
+        """After `event` (a generation) the box holds the link of what was generated (not copied)."""
+        event.success(share_query, controls.inputs(), link, api_visibility="private", queue=False).then(
+            None, link, link, js=LINK)
+
+    return refresh, load_link
