@@ -45,11 +45,8 @@ def build(app, controls):
             prompt, settings = from_query(params)
         if settings is None:
             return [gr.skip()] * len(UI_INPUTS)
-        model = settings.model if settings.model else None
-        amateur = settings.amateur if settings.amateur else None
-        if model:
-            app.models.get(model)  # a link to a model that does not load says so now, not at Generate
-        return fill(prompt, settings, model, amateur)
+        # a model the link names is loaded by Generate (its compute charged to the visitor), not by opening it
+        return fill(prompt, settings, settings.model or None, settings.amateur or None)
 
     def refresh(event):
         """After `event` (a generation) the box holds the link of what was generated (not copied)."""
