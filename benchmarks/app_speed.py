@@ -129,7 +129,8 @@ def main():
     parser.add_argument("--amateur", default=pg.model_path("AXW_AMATEUR", pg.DEFAULT_AMATEUR))
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--new", type=int, default=32, help="tokens per generation")
-    parser.add_argument("--branch-new", type=int, default=256, help="tokens of the text a branch leaves (at its middle)")
+    parser.add_argument("--branch-new", type=int, default=256,
+                        help="tokens of the text a branch leaves (at its middle step)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads, in the server and here (0: default)")
     args = parser.parse_args()
 

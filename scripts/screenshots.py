@@ -28,7 +28,8 @@ def region(page, path, top: str, bottom: str, pad: int = 12):
     scrolled = page.evaluate("window.scrollY")  # boxes are in the viewport, the clip in the page
     a, b = dict(a, y=a["y"] + scrolled), dict(b, y=b["y"] + scrolled)
     y0 = max(0, a["y"] - pad)
-    page.screenshot(path=path, full_page=True, clip=dict(x=0, y=y0, width=WIDTH, height=b["y"] + b["height"] + pad - y0))
+    height = b["y"] + b["height"] + pad - y0
+    page.screenshot(path=path, full_page=True, clip=dict(x=0, y=y0, width=WIDTH, height=height))
 
 
 def main():
