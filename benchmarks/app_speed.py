@@ -49,7 +49,8 @@ def free_port() -> int:
 
 
 def start_server(model: str, amateur: str, port: int, threads: int) -> tuple[subprocess.Popen, float]:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    # one client asking again and again: the per-visitor share would refuse it part way
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", AXW_VISITOR_BUDGET_S="0")
     began = time.perf_counter()
     command = [sys.executable, str(ROOT / "app.py"), "--model", model, "--amateur", amateur, "--port", str(port),
                "--threads", str(threads)]
