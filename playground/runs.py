@@ -7,6 +7,8 @@ tokenized again.
 from __future__ import annotations
 
 import itertools
+import math
+from array import array
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -114,7 +116,7 @@ class Run:
     step: int | None = None
     taken: int | None = None
     forced: int | None = None
-    beam_probs: list | None = None  # beam search: the best beam's probabilities after each step
+    beam_probs: list | None = None  # beam search: the best beam's probabilities after each step (float32 arrays)
     ended: str = ""  # "eos", "length", or "" while it runs or when it was stopped
     done: bool = False
     session: str = ""  # whose it is (a fine-tuned model's run needs its visitor's copy)
@@ -138,11 +140,16 @@ class Run:
         if step == 0:
             return []
         if self.beam_probs is not None and step - 1 < len(self.beam_probs) and "beams" in self.rows[step - 1]:
-            return list(self.beam_probs[step - 1])
+            return [None if math.isnan(p) else p for p in self.beam_probs[step - 1]]
         return self.probs[:step]
 
     def label(self) -> str:
         return "generated" if self.parent is None else f"branch {self.id}"
+
+
+def floats(values: list) -> array:
+    """Probabilities as float32 (None, a token with no traced probability, as NaN)."""
+    return array("f", [math.nan if v is None else v for v in values])
 
 
 def _add_step(run: Run, step, detok: Detokenizer, eos: int | None) -> bool:
@@ -154,7 +161,7 @@ def _add_step(run: Run, step, detok: Detokenizer, eos: int | None) -> bool:
         new = step.sequences[0].tolist()
         probs = step.probs[0].tolist()
         if run.beam_probs is not None:
-            run.beam_probs.append(probs)
+            run.beam_probs.append(floats(probs))  # 4 bytes a number: a list for each step adds up
         if eos is not None and eos in new:
             cut = new.index(eos)
             new, probs = new[:cut], probs[:cut]
@@ -281,7 +288,7 @@ def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept
               probs=parent.prefix_probs(step) + [forced_prob], rows=parent.rows[:step] + [row], parent=parent.id,
               step=step, taken=taken(parent, step), forced=token)
     if parent.beam:
-        run.beam_probs = [list(p) for p in (parent.beam_probs or [])[:step]] + [run.probs]
+        run.beam_probs = (parent.beam_probs or [])[:step] + [floats(run.probs)]
     detok = Detokenizer(model.tokenizer)
     for t in base:
         detok.push(t)
@@ -318,7 +325,7 @@ def _grow_branch(model, run: Run, steps, detok: Detokenizer, base: list[int], at
             run.rows.append(row)
         if step.probs is not None:
             new, probs = step.sequences[0].tolist(), step.probs[0].tolist()
-            run.beam_probs.append(head_probs + probs)
+            run.beam_probs.append(floats(head_probs + probs))
             if eos is not None and eos in new:
                 cut = new.index(eos)
                 new, probs = new[:cut], probs[:cut]

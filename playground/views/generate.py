@@ -8,8 +8,6 @@ import gradio as gr
 
 from . import View, event_data, forks, output, sample, settings, share, step, timeline
 
-CSS = ""
-
 
 def build(app, gpu, model_box, choices, concurrency: int):
     """The tab; returns (the settings panel, the share link's load handler, the views' CSS)."""

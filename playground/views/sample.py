@@ -3,6 +3,8 @@ exact probabilities (gr.BarPlot), so a learner sees that sampling follows the nu
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 import pandas as pd
 
@@ -19,17 +21,11 @@ def frames(labels: list[str], exact: list[float], counts: list[int]) -> tuple[pd
     n = sum(counts)
     exact_frame = pd.DataFrame(dict(token=labels, probability=exact))
     drawn = pd.DataFrame(dict(token=labels, share=[c / n for c in counts], count=counts))
-    rows = "".join(f"<tr><td><code>{gr_escape(t)}</code></td><td>{p:.4f}</td><td>{c:,}</td><td>{c / n:.4f}</td></tr>"
+    rows = "".join(f"<tr><td><code>{html.escape(t)}</code></td><td>{p:.4f}</td><td>{c:,}</td><td>{c / n:.4f}</td></tr>"
                    for t, p, c in zip(labels, exact, counts))
     table = (f'<table class="axw-table axw-draws"><tr><th>token</th><th>exact p</th><th>drawn</th>'
              f'<th>share of {n:,}</th></tr>{rows}</table>')
     return exact_frame, drawn, table
-
-
-def gr_escape(s: str) -> str:
-    import html
-
-    return html.escape(s)
 
 
 def empty():
