@@ -212,6 +212,18 @@ def test_beam_search_branches_from_the_leading_beam(app, model):
     seq = root.prompt_ids + run.new_ids
     assert run.probs == pytest.approx([probs[i - 1, seq[i]].item() for i in range(len(root.prompt_ids), len(seq))],
                                       abs=1e-4)
+    # a branch of the branch, past its forced step: it continues the branch's own leading beam
+    step2 = step + 3
+    leader2 = run.rows[step2 - 1]["beams"][0]
+    assert leader2[: step + 1] == leader + [forced]
+    forced2 = run.rows[step2]["candidates"][2]
+    _, nested, updates, _ = app.branch(run, step2, forced2, "")
+    for nested in updates:
+        pass
+    prefix2 = root.prompt_ids + leader2
+    rest2 = until_eos(model, model.generate(torch.tensor(prefix2 + [forced2]), n - step2 - 1, beams=3,
+                                            eos_token=model.eos_token_id)[len(prefix2) + 1:].tolist())
+    assert nested.new_ids == leader2 + [forced2] + rest2
 
 
 def test_branch_stream_endpoint_continues_the_sessions_own_text(served_app, model):

@@ -488,6 +488,7 @@ BRANCHES = []  # "answered" / "refused" per /branch example
        config=st.one_of(hostile, sane, st.none(), wrong, st.dictionaries(unicode_text, st.integers(), max_size=2)))
 @example(prompt=PROMPT, step=3, token=5, config=dict(max_new_tokens=4))
 @example(prompt=PROMPT, step=2, token=5, config=dict(strategy="beam search", max_new_tokens=6))
+@example(prompt=PROMPT, step=2, token=7, config=dict(strategy="beam search", max_new_tokens=6))  # not a candidate
 def test_hostile_branch_requests_answer_or_refuse_cleanly(app, visitor, forwards, prompt, step, token, config):
     """/branch checks everything before any compute; only a step past where the text ended (EOS) is found by
     computing the text up to it."""
