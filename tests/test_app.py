@@ -312,8 +312,8 @@ def test_picker_loads_a_transformers_gpt2_folder(models, tmp_path):
     tokenizer.save(str(tmp_path / "tokenizer.json"))
     cache = pg.ModelCache([str(tmp_path)])
     model = cache.get(str(tmp_path))
-    kw = pg.generation_kwargs(model, "sampling", 12, 0.0, {})
-    *_, (pieces, *_rest) = pg.stream_text(model, PROMPT, 12, kw)
+    config = pg.Settings(temperature=0.0, max_new_tokens=12).config(model)
+    *_, (pieces, *_rest) = pg.stream_text(model, PROMPT, 12, config)
     ids = torch.tensor([tokenizer.encode(PROMPT).ids])
     out = peer.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=0, pad_token_id=0)[0, ids.shape[1]:]
     out = out.tolist()

@@ -100,7 +100,8 @@ def test_deploy_uploads_the_checkout_and_removes_stale_files(hub, tmp_path):
 def test_deploy_plan_for_this_repository(hub):
     deploy_space.deploy("someone/playground")
     added = [op.path_in_repo for op in hub[-1][2] if isinstance(op, huggingface_hub.CommitOperationAdd)]
-    for needed in ("app.py", "playground.py", "README.md", "requirements.txt", "axw/__init__.py",
+    for needed in ("app.py", "playground/__init__.py", "playground/views/generate.py", "README.md", "requirements.txt",
+                   "axw/__init__.py",
                    "assets/models/shakespeare/model.safetensors", "assets/models/shakespeare/tokenizer.json",
                    "assets/models/shakespeare-tiny/model.safetensors"):
         assert needed in added

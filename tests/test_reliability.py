@@ -131,26 +131,29 @@ def test_a_finetune_is_used_only_once_it_has_finished(app, url, monkeypatch, tmp
     base = app.models.get(app.model_name)
     run = pg.FineTune(base, *pg.finetune_setup(base, "abc def ghi " * 200, 3, 1e-2, 2, 16, 0.0))
 
+    tree = pg.Tree()  # a run from the fine-tuned copy, open in the step view
+    tree.add(pg.Run(pg.Settings(use_finetuned=True), PROMPT, [1], rows=[{"step": 0}], session=client.session_hash))
+
     def refused():
         with pytest.raises(AppError, match="still running") as info:
             generate(client, prompt=PROMPT, use_finetuned=True, max_new_tokens=4)
         assert clean_error(info.value)
         for use in (lambda: app.download_ui(request), lambda: list(app.generate_tuned_ui(PROMPT, request)),
                     lambda: app.push_ui("someone/model", "hf_token", True, request),
-                    lambda: app.step_ui("", True, [{"step": 0}], 1, request)):
+                    lambda: app.step_ui(tree, 0, request)):
             with pytest.raises(gr.Error, match="still running"):
                 use()
 
     app.sessions.put(client.session_hash, run)  # registered, its thread not yet started
     refused()
-    started, release, real = threading.Event(), threading.Event(), pg.train
+    started, release, real = threading.Event(), threading.Event(), pg.finetune.train
 
     def held(*args, **kwargs):  # training that waits until the test lets it go on
         started.set()
         release.wait(TIMEOUT_S)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pg, "train", held)
+    monkeypatch.setattr(pg.finetune, "train", held)
     progress = run.run(poll=0.01)
     next(progress)
     assert started.wait(TIMEOUT_S)
@@ -476,6 +479,99 @@ def test_hostile_generate_requests_answer_or_refuse_cleanly(app, visitor, forwar
     assert model is app.models.get(app.model_name)
 
 
+# the what-if branch (/branch and the page's /branch_stream), the controls (/generate_stream) and share links
+BRANCHES = []  # "answered" / "refused" per /branch example
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(prompt=st.one_of(st.just(PROMPT), prompts), step=numbers(0, 11), token=numbers(0, 319),
+       config=st.one_of(hostile, sane, st.none(), wrong, st.dictionaries(unicode_text, st.integers(), max_size=2)))
+@example(prompt=PROMPT, step=3, token=5, config=dict(max_new_tokens=4))
+@example(prompt=PROMPT, step=2, token=5, config=dict(strategy="beam search", max_new_tokens=6))
+@example(prompt=PROMPT, step=2, token=7, config=dict(strategy="beam search", max_new_tokens=6))  # not a candidate
+def test_hostile_branch_requests_answer_or_refuse_cleanly(app, visitor, forwards, prompt, step, token, config):
+    """/branch checks everything before any compute; only a step past where the text ended (EOS) is found by
+    computing the text up to it."""
+    computed = len(forwards)
+    try:
+        out = visitor.submit(prompt, step, token, config, api_name="/branch").result(timeout=TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001
+        assert clean_error(e), (prompt, step, token, config, repr(e))
+        assert len(forwards) == computed or "the text ended" in str(e), ("refused after compute", str(e))
+        BRANCHES.append("refused")
+    else:
+        check_answer(config, out)
+        text, tokens, trace = out
+        assert trace[int(step)]["forced"] and trace[int(step)]["chosen"] == int(token)
+        BRANCHES.append("answered")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(step=st.one_of(numbers(0, 8), st.integers(-5, 40)), token=numbers(0, 319), first=st.booleans())
+def test_hostile_branch_stream_requests_answer_or_refuse_cleanly(url, expert, forwards, step, token, first):
+    """The page's own branch event, called directly: refused before any compute without a text to branch, or
+    for a step or token out of range."""
+    client = new_client(url)
+    if first:
+        client.submit("", PROMPT, "sampling", 8, 0.0, False, 40, False, 0.9, False, 0.1, False, 0.2, 1.0, 0, 0, 4,
+                      0.0, 0.6, 4, "", 0.1, 0.5, False, api_name="/generate_stream").result(timeout=TIMEOUT_S)
+    computed = len(forwards)
+    try:
+        client.submit(step, token, api_name="/branch_stream").result(timeout=TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001
+        assert clean_error(e), (step, token, repr(e))
+        assert len(forwards) == computed, ("refused after compute", str(e))
+    else:
+        assert first and 0 <= step < 8 and 0 <= token < 320
+        # the model runs, unless the forced token is the last (step 7 of 8) or ends the text (EOS)
+        assert len(forwards) > computed or int(step) == 7 or int(token) == expert.eos_token_id
+
+
+ui_values = st.fixed_dictionaries(dict(
+    model=st.one_of(st.just(""), wrong), prompt=prompts, strategy=st.one_of(st.sampled_from(pg.STRATEGIES), wrong),
+    max_new_tokens=st.one_of(st.integers(-1, 10), wrong), temperature=numbers(0.0, 2.0), use_k=st.one_of(st.booleans(), wrong),
+    k=numbers(1, 200), use_p=st.booleans(), p=numbers(0.05, 1.0), use_min=st.booleans(), minp=numbers(0.0, 1.0),
+    use_a=st.booleans(), a=numbers(0.0, 1.0), rep=numbers(0.5, 2.0), ngram=numbers(0, 6), seed=numbers(0, 2**31 - 1),
+    beams=numbers(2, pg.MAX_BEAMS), length_penalty=numbers(-1.0, 2.0), alpha=numbers(0.0, 1.0),
+    ck=numbers(1, pg.MAX_CONTRASTIVE_K), amateur=st.one_of(st.just(""), wrong), cd_alpha=numbers(0.01, 1.0),
+    cd_beta=numbers(0.0, 2.0), use_ft=st.one_of(st.just(False), wrong)))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(values=ui_values)
+def test_hostile_control_values_answer_or_refuse_cleanly(visitor, forwards, values):
+    """What the Generate button sends (the controls, as /generate_stream takes them), hostile."""
+    computed = len(forwards)
+    try:
+        visitor.submit(*values.values(), api_name="/generate_stream").result(timeout=TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001
+        assert clean_error(e), (values, repr(e))
+        assert len(forwards) == computed, ("refused after compute", values, str(e))
+    else:
+        assert len(forwards) > computed
+
+
+@settings(max_examples=300, deadline=None)
+@given(query=st.dictionaries(st.one_of(st.sampled_from(pg.settings.PARAMS + ["prompt"]), unicode_text),
+                             st.one_of(unicode_text, st.from_regex(r"-?[0-9]{1,4}(\.[0-9]{1,3})?([eE][0-9]{1,3})?",
+                                                                   fullmatch=True),
+                                       st.sampled_from(["nan", "inf", "-inf", "true", "false", "1e999"])),
+                             max_size=6))
+def test_any_share_link_is_read_or_refused_with_a_message(query):
+    try:
+        prompt, settings = pg.from_query(query)
+    except ValueError as e:
+        assert str(e)
+    else:
+        if settings is not None:  # what a link fills in, /generate accepts
+            assert settings.check() == settings and (prompt is None or pg.check_prompt(prompt))
+
+
+def test_branches_were_both_answered_and_refused():
+    if BRANCHES:
+        assert BRANCHES.count("answered") >= 3 and BRANCHES.count("refused") >= 10, BRANCHES
+
+
 def test_settings_that_ban_every_token_still_generate(app, visitor, expert):
     """alpha 1 keeps only the expert's likeliest token; no-repeat size 1 bans every token already in the text:
     the library then skips the ban for that step rather than leave nothing to choose (once a server error)."""
@@ -529,7 +625,7 @@ def test_nan_and_infinity_are_refused(url, app, index, name, value):
 
 def test_finetune_caps_are_enforced_before_training(app, url, monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(pg, "train", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(pg.finetune, "train", lambda *a, **k: calls.append(1))
     client = new_client(url)
     text = "abc def " * 300
     for kwargs in (dict(steps=pg.MAX_FINETUNE_STEPS + 1), dict(batch_size=pg.MAX_BATCH_SIZE + 1),
@@ -696,7 +792,7 @@ def test_out_of_memory_while_generating_is_reported_and_the_next_request_succeed
     model = app.models.get(app.model_name)
     calls, freed = [], []
     monkeypatch.setattr(model, "stream", failing_once(model.stream, calls, after_steps=3))
-    monkeypatch.setattr(pg, "free_memory", lambda: freed.append(1))
+    monkeypatch.setattr(pg.models, "free_memory", lambda: freed.append(1))
     client = new_client(url)
     if endpoint == "/generate":
         run = lambda: generate(client, prompt=PROMPT, temperature=0.0, max_new_tokens=12)[0]  # noqa: E731
@@ -716,7 +812,7 @@ def test_out_of_memory_while_generating_is_reported_and_the_next_request_succeed
 
 
 def test_out_of_memory_while_finetuning_is_reported_and_the_next_finetune_succeeds(app, url, monkeypatch):
-    real, calls, freed = pg.train, [], []
+    real, calls, freed = pg.finetune.train, [], []
 
     def train_failing_once(*args, **kwargs):
         calls.append(1)
@@ -724,8 +820,8 @@ def test_out_of_memory_while_finetuning_is_reported_and_the_next_finetune_succee
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pg, "train", train_failing_once)
-    monkeypatch.setattr(pg, "free_memory", lambda: freed.append(1))
+    monkeypatch.setattr(pg.finetune, "train", train_failing_once)
+    monkeypatch.setattr(pg.models, "free_memory", lambda: freed.append(1))
     client = new_client(url)
     ask = dict(text="abc def ghi " * 200, steps=3, batch_size=2, context_length=16, api_name="/finetune")
     with pytest.raises(Exception, match="out of GPU memory") as info:

@@ -1,0 +1,23 @@
+"""What the playground (app.py) does, by concern. The modules imported here are free of gradio, so tests and
+benchmarks use them directly; the views (`playground.views`) and the request handlers (`playground.service`)
+import gradio and turn the `ValueError`s raised here into `gr.Error` messages.
+
+    caps       what one request may ask for
+    models     models by name, loaded once; the device; memory
+    settings   a request's settings, as /generate's parameters, checked; share links; a model's own settings
+    runs       generations as token ids, streamed; what-if branches from a kept KV cache; the numbers views draw
+    render     the HTML of the text, a step, the branches
+    sessions   who is asking, the fair share, what each visitor holds (fine-tuned copy, KV caches)
+    finetune   a visitor's fine-tune in a worker thread
+"""
+
+from . import finetune, models, render, runs, sessions, settings  # noqa: F401
+from .caps import *  # noqa: F401,F403
+from .finetune import FineTune, finetune_setup, model_zip, read_upload  # noqa: F401
+from .models import (DEFAULT_AMATEUR, DEFAULT_MODEL, HUB_EXAMPLES, OOM_MESSAGE, ROOT, ModelCache,  # noqa: F401
+                     OutOfMemoryError, check_hub_size, free_memory, limit_malloc_arenas, model_path, pick_device)
+from .render import (prob_colour, show_token, stage_numbers, step_html, step_table, tokens_html)  # noqa: F401
+from .runs import Detokenizer, Run, Tree, branch, draw, encode_prompt, stream_text, timeline, token_pieces  # noqa: F401
+from .sessions import FairShare, KVStore, Sessions, forwarded_client, trusted_proxies, visitor  # noqa: F401
+from .settings import (Settings, check_prompt, from_generation_config, from_query, number,  # noqa: F401
+                       settings_from_dict, to_query)  # noqa: F401

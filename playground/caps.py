@@ -1,0 +1,25 @@
+"""What one request may ask for, so one visitor cannot hold the machine, and the strategies offered."""
+
+MAX_NEW_TOKENS = 512
+MAX_PROMPT_CHARS = 4000
+MAX_UPLOAD_BYTES = 2_000_000
+MAX_TRAIN_CHARS = 2_000_000
+MAX_FINETUNE_STEPS = 500
+MAX_BATCH_SIZE = 32
+MAX_BEAMS = 8
+MAX_CONTRASTIVE_K = 16
+MODEL_CACHE_SIZE = 3
+MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in fp16
+MAX_SESSIONS = 8
+SESSION_IDLE_S = 3600  # a fine-tuned copy unused for an hour is dropped
+# each visitor's share of the machine: seconds holding a generation or fine-tuning slot per window
+VISITOR_BUDGET_S = 60.0
+VISITOR_WINDOW_S = 120.0
+MAX_TRUSTED_PROXIES = 16  # proxies in front of the app that append to X-Forwarded-For
+TRACE_TOP = 10  # candidates traced per step: the step view's rows, the what-if choices
+MAX_FORKS = 16  # what-if branches kept per visitor (the oldest goes first)
+KV_STORE_BYTES = 256_000_000  # KV caches kept for branching, all visitors together (least recently used go)
+MAX_DRAWS = 100_000  # "sample this step N times"
+
+STRATEGIES = ["sampling", "beam search", "contrastive search", "contrastive decoding"]
+FILTERS = ["top_k", "top_p", "min_p", "top_a"]  # the order the UI chains them in

@@ -1,0 +1,145 @@
+"""Models by name, loaded once and kept; the device; memory after a failure."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+from axw import AutoregressiveWrapper
+from axw.hub import validate_repo_id
+
+from .caps import MAX_HUB_MODEL_BYTES, MODEL_CACHE_SIZE
+
+ROOT = Path(__file__).resolve().parents[1]
+# the bundled models; AXW_MODEL / AXW_AMATEUR (or app.py's --model / --amateur) point elsewhere
+DEFAULT_MODEL = "assets/models/shakespeare"
+DEFAULT_AMATEUR = "assets/models/shakespeare-tiny"
+# Hub ids offered in the picker beside the bundled models (an axw repo or an imported family)
+HUB_EXAMPLES = ["openai-community/gpt2", "HuggingFaceTB/SmolLM2-135M"]
+
+# torch.cuda.OutOfMemoryError is this class; it exists in CPU builds too, so the handlers can name it
+OutOfMemoryError = torch.OutOfMemoryError
+OOM_MESSAGE = ("out of GPU memory for this request (the machine is busy or the request is big): try again, or ask "
+               "for fewer new tokens, fewer beams, a shorter prompt, a smaller batch or context")
+
+
+def free_memory():
+    """Give the memory cached by a failed request back, so the next one can have it."""
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Cap glibc's malloc arenas. By default each thread that allocates may get its own, up to 8 per core, and a
+    server whose requests run on many threads keeps growing its resident memory as they do. Returns whether the
+    cap was set (False off glibc, or for `arenas` <= 0)."""
+    if arenas <= 0:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_ARENA_MAX = -8
+    return mallopt(M_ARENA_MAX, arenas) == 1
+
+
+def model_path(env: str, default: str) -> str:
+    return os.environ.get(env) or default
+
+
+def pick_device() -> tuple[torch.device, torch.dtype]:
+    """CUDA in bf16 where the GPU has it (fp32 otherwise), else the CPU in fp32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32)
+    return torch.device("cpu"), torch.float32
+
+
+class ModelCache:
+    """Models by name, loaded once and kept in a bounded LRU cache. The local
+    folders it was built with (the bundled models) are pinned; any other name
+    must be a Hub repo id, so a visitor cannot read arbitrary server folders."""
+
+    def __init__(self, local: list[str], size: int = MODEL_CACHE_SIZE, device=None, dtype=None):
+        default_device, default_dtype = pick_device()
+        self.device, self.dtype = device or default_device, dtype or default_dtype
+        self.local = [str(p) for p in local if p]
+        self.size = size
+        self.pinned: dict[str, AutoregressiveWrapper] = {}
+        self.cache: OrderedDict[str, AutoregressiveWrapper] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def _load(self, name: str) -> AutoregressiveWrapper:
+        if name in self.local:
+            path = Path(name) if Path(name).is_absolute() else ROOT / name
+            if not path.is_dir():
+                raise ValueError(f"the model folder {name} is missing: train it (docs/training.md) or point AXW_MODEL / --model at a model")
+            source = str(path)
+        else:
+            try:
+                validate_repo_id(name)
+            except ValueError:
+                raise ValueError(f"{name!r} is not a Hub repo id: use 'owner/name' (letters, digits, '.', '_', '-') "
+                                 "or pick a bundled model") from None
+            if Path(name).exists():
+                raise ValueError(f"{name!r} names a local path; only the bundled models and Hub repo ids load here")
+            check_hub_size(name)
+            source = name
+        try:
+            model = AutoregressiveWrapper.from_pretrained(source, device=self.device)
+        except ImportError as e:
+            raise ValueError(f"cannot load {name!r}: this axw cannot import its architecture ({e})") from None
+        except (OSError, ValueError, KeyError) as e:
+            raise ValueError(f"cannot load {name!r}: {e}") from None
+        if model.tokenizer is None:
+            raise ValueError(f"{name!r} has no tokenizer.json, so the playground cannot turn text into tokens")
+        if self.dtype != torch.float32:
+            model.to(self.dtype)
+        return model.eval()
+
+    def get(self, name: str) -> AutoregressiveWrapper:
+        if name is not None and not isinstance(name, str):  # the API lets a client send any JSON value
+            raise ValueError(f"a model is named by a string (a bundled model or a Hub repo id), got {name!r}")
+        name = (name or "").strip()
+        if not name:
+            raise ValueError("choose a model: a bundled one or a Hub repo id")
+        if name in self.pinned:  # the bundled models never wait behind a Hub download
+            return self.pinned[name]
+        with self.lock:  # one load at a time; a second visitor asking for the same model waits for it
+            if name in self.pinned:
+                return self.pinned[name]
+            if name in self.cache:
+                self.cache.move_to_end(name)
+                return self.cache[name]
+            model = self._load(name)
+            if name in self.local:
+                self.pinned[name] = model
+            else:
+                self.cache[name] = model
+                while len(self.cache) > self.size:
+                    self.cache.popitem(last=False)
+            return model
+
+
+def check_hub_size(repo_id: str, limit: int = MAX_HUB_MODEL_BYTES):
+    """Refuse, before downloading, a Hub model whose weights are over `limit` bytes: one visitor must not fill
+    the server's memory and disk or hold the loader for minutes. Offline, nothing is downloaded (the cache
+    serves or the load fails), so there is nothing to check."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.constants import HF_HUB_OFFLINE
+
+    if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return
+    try:
+        info = HfApi().model_info(repo_id, files_metadata=True)
+    except Exception as e:  # not found, gated, unreachable: the Hub's reason, without a download
+        raise ValueError(f"cannot load {repo_id!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                         ) from None
+    size = sum(f.size or 0 for f in info.siblings or [] if f.rfilename.endswith(".safetensors"))
+    if size > limit:
+        raise ValueError(f"{repo_id!r} has {size / 1e9:.1f} GB of weights; this playground loads at most "
+                         f"{limit / 1e9:.1f} GB")

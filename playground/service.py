@@ -1,0 +1,443 @@
+"""The playground's request handlers: the API (/generate, /branch, /finetune) and the work behind the views.
+
+Every handler checks its input before any compute (ValueError, shown as gr.Error), charges compute to the
+visitor's fair share, and streams long work from a generator. The views (`playground.views`) place components
+and wire them to these methods.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+import gradio as gr
+
+from . import models as model_store
+from . import runs as R
+from .caps import VISITOR_BUDGET_S
+from .finetune import FineTune, finetune_setup, model_zip, read_upload
+from .models import ModelCache
+from .render import forks_html, side_by_side, step_html, tokens_html
+from .sessions import FairShare, KVStore, Sessions, visitor
+from .sessions import trusted_proxies as proxy_count
+from .settings import Settings, check_prompt, from_generation_config, settings_from_dict
+
+STREAM_INTERVAL_S = 0.03
+
+try:  # ZeroGPU on Spaces: borrow a GPU per call (imported before torch, as it asks); elsewhere a no-op
+    import spaces
+except ImportError:
+    spaces = None
+
+
+def gpu(fn, duration: int = 60):
+    """Run `fn` on a ZeroGPU GPU for up to `duration` seconds per call, when on ZeroGPU."""
+    return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+
+
+def throttle(items, interval: float = STREAM_INTERVAL_S):
+    """The first item, then at most one every `interval` seconds, and always the
+    last: a long text is not re-sent to the browser for every token."""
+    shown, pending = 0.0, None
+    for item in items:
+        pending = item
+        if time.perf_counter() - shown > interval:
+            yield item
+            shown, pending = time.perf_counter(), None
+    if pending is not None:
+        yield pending
+
+
+@contextmanager
+def user_errors():
+    """Our checks raise ValueError; the visitor sees it as a gr.Error and the app lives on. Running out of GPU
+    memory is one visitor's request being too big for the moment, not a fault of the app: free what the failed
+    request held and say so."""
+    try:
+        yield
+    except ValueError as e:
+        raise gr.Error(str(e)) from None
+    except model_store.OutOfMemoryError:
+        model_store.free_memory()
+        raise gr.Error(model_store.OOM_MESSAGE) from None
+
+
+def session_of(request) -> str:
+    return getattr(request, "session_hash", None) or ""
+
+
+class Playground:
+    """What the app serves: the models, each visitor's fine-tune, KV caches and fair share, and the handlers."""
+
+    def __init__(self, model: str, amateur: str | None, visitor_budget_s: float | None = None,
+                 trust_proxy: bool | None = None, trusted_proxies: int | None = None):
+        self.model_name, self.amateur_name = model, amateur
+        self.models = ModelCache([model, amateur])
+        self.sessions = Sessions()
+        self.caches = KVStore()
+        if visitor_budget_s is None:
+            visitor_budget_s = float(os.environ.get("AXW_VISITOR_BUDGET_S", VISITOR_BUDGET_S))
+        self.share = FairShare(visitor_budget_s)
+        # how many proxies append to X-Forwarded-For (AXW_TRUSTED_PROXIES; 1 on a Space); trust_proxy=True is 1
+        self.trusted_proxies = proxy_count(trusted_proxies, trust_proxy)
+        self.models.get(model)  # loaded once at start, onto the GPU when there is one
+
+    @contextmanager
+    def metered(self, request):
+        """Refuse a visitor who has used their share (as a gr.Error, before any compute), else count the time
+        spent in the block against it."""
+        key = visitor(request, self.trusted_proxies)
+        with user_errors():
+            self.share.check(key)
+        with self.share.charge(key):
+            yield
+
+    def model(self, name: str, use_finetuned: bool = False, session: str | None = None):
+        if use_finetuned:
+            run = self.sessions.get(session or "")
+            if run is None:
+                raise ValueError("you have no fine-tuned model yet: train one in the Fine-tune tab")
+            if not run.done.is_set():  # registered but not started yet, or training: the thread owns the copy
+                raise ValueError("your fine-tune is still running: wait for it or press Stop")
+            if run.error is not None:  # a half-trained copy is not what the visitor asked for
+                raise ValueError("your last fine-tune failed: train again")
+            return run.model
+        return self.models.get(name or self.model_name)
+
+    def starting_settings(self, name: str | None = None) -> tuple[Settings | None, list[str]]:
+        """A model's own settings (its generation_config.json) for the controls, or None when it has none."""
+        config = self.models.get(name or self.model_name).generation_config
+        return from_generation_config(config) if config is not None else (None, [])
+
+    def prepare(self, settings: Settings, session: str | None, trace: bool = True):
+        """(model, amateur or None, GenerationConfig) for `settings`, all checked: nothing has run yet."""
+        settings = settings.check()
+        m = self.model(settings.model, settings.use_finetuned, session)
+        config = settings.config(m, trace=trace)
+        amateur = None
+        if settings.strategy == "contrastive decoding":
+            # the amateur comes from the same cache, so it sits on the expert's device
+            amateur = self.models.get(settings.amateur or self.amateur_name or "")
+            if amateur.net.num_tokens != m.net.num_tokens or amateur.tokenizer.get_vocab() != m.tokenizer.get_vocab():
+                raise ValueError("the amateur model must share the expert's tokenizer (same vocabulary)")
+        return m, amateur, config
+
+    def start(self, prompt, settings: Settings, session: str | None, keep_cache: bool = False, trace: bool = True):
+        """(model, run, its updates, its KV cache or None) for a new generation, checked before any compute."""
+        check_prompt(prompt)
+        m, amateur, config = self.prepare(settings, session, trace)
+        settings = settings.check()
+        cache = m.net.new_cache() if keep_cache and R.uses_cache(settings) else None
+        run, updates = R.start(m, prompt, settings, config, amateur, cache)
+        return m, run, updates, cache
+
+    def branch(self, parent: R.Run, step, token, session: str, kept=None):
+        """(model, branch run, its updates, its KV cache or None), checked before any compute."""
+        m, amateur, config = self.prepare(parent.settings, session)
+        step, token = R.check_fork(parent, step, token, m.net.num_tokens, m.eos_token_id)
+        return (m, *R.branch(m, parent, step, token, config, amateur, kept))
+
+    # --- the API: /generate, /branch and /finetune ---
+
+    def generate_api(
+        self,
+        prompt: str,
+        strategy: str = "sampling",
+        max_new_tokens: int = 64,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        top_a: float = 0.0,
+        repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        seed: int = 0,
+        beams: int = 4,
+        length_penalty: float = 0.0,
+        penalty_alpha: float = 0.6,
+        contrastive_k: int = 4,
+        amateur: str = "",
+        cd_alpha: float = 0.1,
+        cd_beta: float = 0.5,
+        model: str = "",
+        use_finetuned: bool = False,
+        request: gr.Request = None,
+    ) -> tuple[str, list, list]:
+        """Continue `prompt`. Returns (generated text, the new tokens as [token, probability], the per-step
+        trace). Filters chain top_k -> top_p -> min_p -> top_a; top_k 0, top_p 1, min_p 0 and top_a 0 are off."""
+        settings = Settings(strategy, max_new_tokens, temperature, top_k, top_p, min_p, top_a, repetition_penalty,
+                            no_repeat_ngram_size, seed, beams, length_penalty, penalty_alpha, contrastive_k, amateur,
+                            cd_alpha, cd_beta, model, use_finetuned)
+        with self.metered(request), user_errors():
+            _, run, updates, _ = self.start(prompt, settings, session_of(request))
+            for run in updates:
+                pass
+        return "".join(run.pieces), [[p, q] for p, q in zip(run.pieces, run.probs)], run.rows
+
+    def branch_api(self, prompt: str, step: int = 0, token: int = 0, settings: dict | None = None,
+                   request: gr.Request = None) -> tuple[str, list, list]:
+        """What /generate with `settings` (a dict of its parameters by name; those left out take its defaults)
+        would have given had it taken token id `token` (one of the trace's candidates, say) at `step` (0-based)
+        and gone on from there with the same settings and seed. Returns (text, tokens, trace) of the whole
+        branch, like /generate, the forced step's trace row marked "forced"."""
+        session = session_of(request)
+        with self.metered(request), user_errors():
+            settings = settings_from_dict(settings)
+            check_prompt(prompt)
+            m, _, _ = self.prepare(settings, session)
+            step = R.number("step", step, 0, settings.check().max_new_tokens - 1, integer=True)
+            R.number("token", token, 0, m.net.num_tokens - 1, integer=True)
+            # the text up to the step, and the cache that read it
+            _, root, updates, cache = self.start(prompt, replace(settings, max_new_tokens=step + 1), session,
+                                                 keep_cache=True)
+            for root in updates:
+                pass
+            root.settings = settings.check()
+            if step >= len(root.rows):
+                raise ValueError(f"the text ended after {len(root.rows)} steps, before step {step}")
+            _, run, updates, _ = self.branch(root, step, token, session, kept=cache)
+            for run in updates:
+                pass
+        return "".join(run.pieces), [[p, q] for p, q in zip(run.pieces, run.probs)], run.rows
+
+    def finetune_api(
+        self,
+        text: str,
+        steps: int = 20,
+        learning_rate: float = 3e-4,
+        batch_size: int = 8,
+        context_length: int = 64,
+        mask_prob: float = 0.0,
+        seed: int = 0,
+        model: str = "",
+        request: gr.Request = None,
+    ) -> dict:
+        """Fine-tune a private copy of the model on `text`; returns {steps, loss, losses}. Generate from it with
+        /generate and use_finetuned=True (same client session)."""
+        with self.metered(request), user_errors():
+            base = self.model(model)
+            ids, config = finetune_setup(base, text, steps, learning_rate, batch_size, context_length, mask_prob,
+                                         seed)
+            run = FineTune(base, ids, config)
+            self.sessions.put(session_of(request), run)
+            for _ in run.run():
+                pass
+        return dict(steps=run.result.step, stopped=run.result.stopped, loss=run.result.loss,
+                    losses=[r["loss"] for r in run.history])
+
+    # --- the Generate tab: a run, its steps, its branches ---
+
+    def show(self, tree: R.Tree, run: R.Run, step: int | None = 0, full: bool = True) -> dict:
+        """What the views draw of `run` with `step` (0-based) open, by name: the output with that token
+        highlighted, the step view; with `full`, also the timeline and the branches. Each view places what it
+        needs (views.generate)."""
+        m = self._tokenizer_model(run)
+        selected = None if step is None or not run.rows else min(max(int(step), 0), len(run.rows) - 1)
+        shown = dict(tree=tree, run=run, selected=selected, steps=len(run.rows), tokenizer=m.tokenizer,
+                     output=tokens_html(run.prompt, run.pieces, run.probs, selected=selected, forced=run.step),
+                     step=step_html(run.rows[selected] if selected is not None else None, m.tokenizer, run.settings))
+        if full:
+            shown.update(timeline=R.timeline(run), forks=forks_html(list(tree.runs.values()), m.tokenizer, run.id),
+                         choices=tree.choices(m.tokenizer), current=run.id)
+        return shown
+
+    def _tokenizer_model(self, run: R.Run, session: str | None = None):
+        return self.model(run.settings.model, run.settings.use_finetuned, session or run.session)
+
+    def generate_ui(self, *values, request: gr.Request = None):
+        """The Generate button. `values`: the controls (views.settings.UI_INPUTS order), then the visitor's tree.
+        Yields what the views show: the output while it streams, then everything."""
+        from .views.settings import settings_from_ui
+
+        *controls, tree = values
+        session = session_of(request)
+        with self.metered(request), user_errors():
+            prompt, settings = settings_from_ui(*controls)
+            m, run, updates, cache = self.start(prompt, settings, session, keep_cache=True)
+            for run in throttle(updates):
+                if not run.done:
+                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs))
+            tree = tree if isinstance(tree, R.Tree) else R.Tree()
+            run.session = session
+            tree.add(run)
+            self.caches.drop(session)
+            self.caches.put(session, run.id, cache)
+            yield self.show(tree, run, 0)
+
+    def branch_ui(self, tree, step, token, request: gr.Request = None):
+        """A candidate was clicked in the step view: branch the open run at `step` (0-based) with `token`, and
+        open the branch. Yields like generate_ui."""
+        session = session_of(request)
+        parent = tree.get() if isinstance(tree, R.Tree) else None
+        with self.metered(request), user_errors():
+            if parent is None:
+                raise ValueError("generate some text first: a branch starts from one of its steps")
+            m, run, updates, cache = self.branch(parent, step, token, session, kept=self.caches.get(session, parent.id))
+            for run in throttle(updates):
+                if not run.done:
+                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, forced=run.step))
+            run.session = session
+            tree.add(run)
+            self.caches.drop(session, keep=set(tree.runs))
+            self.caches.put(session, run.id, cache)
+            yield self.show(tree, run, run.step)
+
+    def step_ui(self, tree, step, request: gr.Request = None):
+        """Open `step` (0-based) of the open run: the step view, and the output with that token highlighted."""
+        with user_errors():
+            run = tree.get() if isinstance(tree, R.Tree) else None
+            if run is None or not run.rows:
+                return {}
+            step = R.number("step", step, 0, len(run.rows) - 1, integer=True)
+            return self.show(tree, run, step, full=False)
+
+    def open_ui(self, tree, run_id, request: gr.Request = None):
+        """Open another run of the tree (the generated text or a branch), at its branch step."""
+        with user_errors():
+            run = tree.get(run_id) if isinstance(tree, R.Tree) else None
+            if run is None:
+                raise ValueError("that run is gone: generate again, or pick another")
+            tree.current = run.id
+            return self.show(tree, run, run.step if run.step is not None else 0)
+
+    def side_by_side_ui(self, tree, a, b, request: gr.Request = None):
+        with user_errors():
+            runs = [tree.get(i) if isinstance(tree, R.Tree) else None for i in (a, b)]
+            ref = next((r for r in runs if r is not None), None)
+            if ref is None:
+                return side_by_side(None, None, None)
+            return side_by_side(*runs, self._tokenizer_model(ref).tokenizer)
+
+    def sample_ui(self, tree, step, n, request: gr.Request = None):
+        """Draw `n` tokens from the final distribution of `step` (0-based) of the open run: (its trace row, the
+        labels, the exact probabilities, the counts), the last of each for all other tokens together."""
+        run = tree.get() if isinstance(tree, R.Tree) else None
+        with user_errors():
+            if run is None or not run.rows:
+                raise ValueError("generate some text and open a step first")
+            step = R.number("step", step, 0, len(run.rows) - 1, integer=True)
+            row = run.rows[step]
+            exact, counts = R.draw(row, n, run.settings.seed)
+            tokenizer = self._tokenizer_model(run).tokenizer
+        from .render import show_token
+
+        # numbered so that the plots, which order their bars by label, keep the candidates' order
+        labels = [f"{i + 1:02d} {show_token(tokenizer, t)}" for i, t in enumerate(row["candidates"])]
+        labels.append(f"{len(labels) + 1:02d} all others")
+        return row, labels, exact, counts
+
+    # --- the other tabs ---
+
+    def compare_ui(self, model_name, prompt, seed, max_new_tokens, amateur, request: gr.Request = None):
+        with self.metered(request):
+            yield from self._compare_ui(model_name, prompt, seed, max_new_tokens, amateur, session_of(request))
+
+    def _compare_ui(self, model_name, prompt, seed, max_new_tokens, amateur, session):
+        from .views.compare import COMPARE, settings_of
+
+        with user_errors():
+            check_prompt(prompt)
+            self.model(model_name)
+            runs = []
+            for label, strategy, values in COMPARE:
+                settings = replace(settings_of(strategy, values), model=model_name or "", amateur=amateur or "",
+                                   seed=seed, max_new_tokens=max_new_tokens)
+                try:
+                    runs.append(self.start(prompt, settings, session, trace=False)[2])
+                except ValueError as e:  # e.g. no amateur model: say so in that box, run the others
+                    runs.append(str(e))
+        texts = ["" if not isinstance(r, str) else f"({r})" for r in runs]
+        with user_errors():
+            for i, run in enumerate(runs):
+                if isinstance(run, str):
+                    continue
+                for update in throttle(run):
+                    texts[i] = prompt + "".join(update.pieces)
+                    yield texts
+        yield texts
+
+    def finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,
+                    request: gr.Request, progress=gr.Progress()):
+        with self.metered(request):
+            yield from self._finetune_ui(model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,
+                                         request, progress)
+
+    def _finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed, request,
+                     progress):
+        from .views.finetune import loss_frame
+
+        with user_errors():
+            if upload:
+                text = read_upload(upload)
+            base = self.model(model_name)
+            ids, config = finetune_setup(base, text, steps, lr, batch_size, context, mask_prob, seed)
+            run = FineTune(base, ids, config)
+            self.sessions.put(request.session_hash, run)
+        progress(0, desc="starting")
+        with user_errors():
+            for history in run.run():
+                if history:
+                    r = history[-1]
+                    progress((r["step"], r["steps"]), desc=f"loss {r['loss']:.3f}")
+                yield loss_frame(history), gr.skip()
+        r = run.result
+        word = "stopped" if r.stopped else "done"
+        yield loss_frame(run.history), (f"**{word}** after {r.step} steps in {r.seconds:.1f} s, last loss "
+                                        f"{r.loss:.3f}. Generate from it below or in the Generate tab.")
+
+    def generate_tuned_ui(self, prompt, request: gr.Request):
+        """The fine-tune tab's own box: sampling at temperature 0.8 with top-p 0.9 from the visitor's copy."""
+        settings = Settings(max_new_tokens=100, temperature=0.8, top_p=0.9, seed=0, use_finetuned=True)
+        with self.metered(request), user_errors():
+            _, _, updates, _ = self.start(prompt, settings, request.session_hash)
+            for run in throttle(updates):
+                yield tokens_html(run.prompt, run.pieces, run.probs)
+
+    def unload(self, request: gr.Request):
+        self.sessions.drop(request.session_hash)  # a closed tab frees its fine-tuned copy
+        self.caches.drop(request.session_hash)  # and the KV caches its branches would continue from
+
+    def stop_ui(self, request: gr.Request):
+        run = self.sessions.get(request.session_hash)
+        if run is not None:
+            run.stop.set()
+
+    def download_ui(self, request: gr.Request):
+        with user_errors():
+            m = self.model("", True, request.session_hash)
+            path = model_zip(m)
+            out = gr.File(path, visible=True)
+            if out.value and out.value["path"] != path:  # gradio keeps its own copy: drop ours
+                shutil.rmtree(Path(path).parent, ignore_errors=True)
+            return out
+
+    def push_ui(self, repo_id, token, private, request: gr.Request):
+        with user_errors():
+            m = self.model("", True, request.session_hash)
+            if not (repo_id or "").strip():
+                raise ValueError("give a Hub repo id such as your-name/my-model")
+            if not (token or "").strip():
+                raise ValueError("paste a Hugging Face write token (used for this upload only)")
+            try:
+                url = m.push_to_hub(repo_id.strip(), token=token.strip(), private=bool(private))
+            except Exception as e:  # Hub errors: report them without ever repeating the token
+                raise ValueError(f"push failed: {str(e).replace(token.strip(), '***')}") from None
+        return f"pushed: {url}", ""  # the token box is cleared
+
+    def info(self, name):
+        with user_errors():
+            m = self.model(name)
+        params = sum(p.numel() for p in m.parameters())
+        text = (f"{params / 1e6:.2f}M parameters, vocabulary {m.net.num_tokens}, context {m.max_seq_len} tokens, "
+                f"on {m.device} ({next(m.parameters()).dtype})")
+        if m.generation_config is not None:
+            _, unsupported = from_generation_config(m.generation_config)
+            text += "; its generation_config.json gives the starting settings"
+            if unsupported:
+                text += f" (without {', '.join(unsupported)}: no control here)"
+        return text
+

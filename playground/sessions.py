@@ -1,0 +1,202 @@
+"""Who is asking and what each visitor holds: their fine-tuned copy, the KV caches their what-if branches
+continue from, and their fair share of the machine. Everything here is bounded, whoever comes."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict, deque
+from contextlib import contextmanager
+
+from axw.utils import check_number
+
+from .caps import (KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS, MAX_TRUSTED_PROXIES, SESSION_IDLE_S, VISITOR_BUDGET_S,
+                   VISITOR_WINDOW_S)
+
+
+class Sessions:
+    """Each visitor's fine-tune by session id. A browser tab's copy is dropped when the tab closes (app.py's
+    unload); API clients never say goodbye, so copies idle for `idle_s` are dropped too, and at most `size` are
+    kept (the least recently used goes first): memory stays bounded whoever comes."""
+
+    def __init__(self, size: int = MAX_SESSIONS, idle_s: float = SESSION_IDLE_S):
+        self.size, self.idle_s, self.lock = size, idle_s, threading.Lock()
+        self.items: OrderedDict[str, object] = OrderedDict()
+        self.used: dict[str, float] = {}
+
+    def put(self, key: str, run):
+        with self.lock:
+            self._end(key)
+            self.items[key], self.used[key] = run, time.monotonic()
+            for old in [k for k, t in self.used.items() if k != key and time.monotonic() - t > self.idle_s]:
+                self._end(old)
+            while len(self.items) > self.size:
+                self._end(next(iter(self.items)))
+
+    def get(self, key: str):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                self.used[key] = time.monotonic()
+            return self.items.get(key)
+
+    def drop(self, key: str):
+        with self.lock:
+            self._end(key)
+
+    def _end(self, key: str):
+        run = self.items.pop(key, None)
+        self.used.pop(key, None)
+        if run is not None:
+            run.stop.set()  # a running fine-tune ends after its current step, then its copy is garbage
+
+
+class KVStore:
+    """The KV caches what-if branches continue from, by (session, run id): at most `per_session` per visitor and
+    `max_bytes` in all, the least recently used dropped first. A dropped cache only costs speed: a branch whose
+    cache is gone reads its prefix again."""
+
+    def __init__(self, max_bytes: int = KV_STORE_BYTES, per_session: int = MAX_FORKS + 1):
+        self.max_bytes, self.per_session = max_bytes, per_session
+        self.items: OrderedDict[tuple[str, int], object] = OrderedDict()
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def size(cache) -> int:
+        return cache.memory_bytes() if cache is not None else 0
+
+    def put(self, session: str, run_id: int, cache):
+        if cache is None or self.size(cache) > self.max_bytes:
+            return
+        with self.lock:
+            self.items.pop((session, run_id), None)
+            self.items[(session, run_id)] = cache
+            mine = [k for k in self.items if k[0] == session]
+            for key in mine[: max(0, len(mine) - self.per_session)]:
+                del self.items[key]
+            while self.total() > self.max_bytes:
+                self.items.popitem(last=False)
+
+    def get(self, session: str, run_id: int):
+        with self.lock:
+            cache = self.items.get((session, run_id))
+            if cache is not None:
+                self.items.move_to_end((session, run_id))
+            return cache
+
+    def drop(self, session: str, keep: set[int] | None = None):
+        """Forget a session's caches (all, or those not in `keep`)."""
+        with self.lock:
+            for key in [k for k in self.items if k[0] == session and (keep is None or k[1] not in keep)]:
+                del self.items[key]
+
+    def total(self) -> int:
+        return sum(self.size(c) for c in self.items.values())
+
+
+def trusted_proxies(trusted: int | None = None, trust_proxy: bool | None = None, env=os.environ) -> int:
+    """How many proxies in front of the app append to X-Forwarded-For and are trusted to: `trusted` when given
+    (`trust_proxy` True is 1, False 0), else AXW_TRUSTED_PROXIES, else AXW_TRUST_PROXY=1 (one), else one on a Space
+    (SPACE_ID is set: the Hub's proxy), else none (the connection's address is the visitor)."""
+    if trusted is None and trust_proxy is not None:
+        trusted = int(bool(trust_proxy))
+    if trusted is None:
+        raw = env.get("AXW_TRUSTED_PROXIES", "").strip()
+        if raw:
+            try:
+                return check_number(int(raw), "trusted proxies", 0, MAX_TRUSTED_PROXIES, integer=True)
+            except ValueError:
+                raise ValueError(f"AXW_TRUSTED_PROXIES must be how many proxies append to X-Forwarded-For, a whole "
+                                 f"number from 0 (trust no header) to {MAX_TRUSTED_PROXIES}, got {raw!r}") from None
+        else:
+            trusted = int(env.get("AXW_TRUST_PROXY", "1" if env.get("SPACE_ID") else "0") == "1")
+    return check_number(trusted, "trusted proxies", 0, MAX_TRUSTED_PROXIES, integer=True)
+
+
+def forwarded_client(forwarded_for: list[str], trusted: int) -> str | None:
+    """The visitor's address in X-Forwarded-For behind `trusted` proxies, or None to use the connection's.
+
+    Each proxy appends the address it saw, so the entry `trusted` places from the right is the one the outermost
+    trusted proxy added: the client as it saw it. Everything left of it is the client's own writing, free to change
+    on every request. With fewer entries than trusted proxies the request skipped one, and the leftmost entries
+    may again be the client's writing (a flooder reaching an inner proxy with "forged, forged2"): only the rightmost
+    was added by the proxy nearest to us, so that one is the visitor. It may be a proxy's address, shared by
+    everyone who came that way, which can refuse too much but never hands out a new identity per request."""
+    if trusted <= 0 or not forwarded_for:
+        return None
+    return forwarded_for[-trusted] if len(forwarded_for) >= trusted else forwarded_for[-1]
+
+
+def visitor(request, trusted_proxies: int) -> str:
+    """Who is asking, for the fair share: the address the request came from, or behind `trusted_proxies` proxies
+    (1 on a Space) the address the outermost of them saw (forwarded_client), never what the client wrote."""
+    if request is None:
+        return ""
+    if trusted_proxies > 0:
+        headers = request.headers
+        # a proxy may append its own header line rather than extend the client's: the lines are one list, in order
+        lines = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else [headers.get("x-forwarded-for")]
+        entries = [e.strip() for line in lines if line for e in line.split(",") if e.strip()]
+        client = forwarded_client(entries, trusted_proxies)
+        if client:
+            return client
+    return getattr(getattr(request, "client", None), "host", None) or ""
+
+
+class FairShare:
+    """Seconds each visitor has held a compute slot in the last `window_s`. A visitor who has used `budget_s` is
+    refused (before any compute) until enough of it ages out, so one client sending request after request, from
+    however many sessions, cannot keep everyone else queueing. A request already running always finishes.
+    `budget_s` <= 0 turns the limit off."""
+
+    def __init__(self, budget_s: float = VISITOR_BUDGET_S, window_s: float = VISITOR_WINDOW_S,
+                 clock=time.monotonic):
+        self.budget_s, self.window_s, self.clock = budget_s, window_s, clock
+        self.lock = threading.Lock()
+        self.spans: dict[str, deque] = {}  # visitor -> (end, seconds) of recent requests, oldest first
+
+    def spent(self, key: str) -> float:
+        with self.lock:
+            return self._spent(key, self.clock())
+
+    def _spent(self, key: str, now: float) -> float:
+        spans = self.spans.get(key)
+        while spans and spans[0][0] <= now - self.window_s:
+            spans.popleft()
+        if spans is not None and not spans:
+            del self.spans[key]
+        return sum(s for _, s in spans) if spans else 0.0
+
+    def check(self, key: str):
+        if self.budget_s <= 0:
+            return
+        with self.lock:
+            now = self.clock()
+            spent = self._spent(key, now)
+            if spent < self.budget_s:
+                return
+            # when enough of the oldest spans have aged out to bring the total under budget
+            over, wait = spent - self.budget_s, 0.0
+            for end, seconds in self.spans[key]:
+                over -= seconds
+                wait = end + self.window_s - now
+                if over < 0:
+                    break
+        raise ValueError(f"you have used this machine for {spent:.0f} s in the last {self.window_s:.0f} s, the share "
+                         f"each visitor gets so everyone has a turn; try again in {max(wait, 1):.0f} s")
+
+    @contextmanager
+    def charge(self, key: str):
+        """Count the time spent inside the block against the visitor's share (`check` first)."""
+        start = self.clock()
+        try:
+            yield
+        finally:
+            if self.budget_s > 0:
+                with self.lock:
+                    now = self.clock()
+                    self.spans.setdefault(key, deque()).append((now, now - start))
+                    if len(self.spans) > 1024:  # forget visitors who went quiet
+                        for k in list(self.spans):
+                            self._spent(k, now)

@@ -1,0 +1,83 @@
+"""The Generate tab: the settings panel and share link on the left; on the right the text (click a token), the
+timeline (click a point), the step view (click a candidate to branch) and sampling a step N times; the
+what-if branches below. The visitor's runs live in a gr.State (a `runs.Tree`)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from . import View, event_data, forks, output, sample, settings, share, step, timeline
+
+
+def build(app, gpu, model_box, choices, concurrency: int):
+    """The tab; returns (the settings panel, the share link's load handler, the views' CSS)."""
+    start, _ = app.starting_settings()
+    tree = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=2):
+            controls = settings.build(model_box, choices, app.amateur_name, settings.starting(start))
+            with gr.Row():
+                go = gr.Button("Generate", variant="primary", elem_id="generate")
+                stop = gr.Button("Stop")
+            refresh_link, load_link = share.build(app, controls)
+        with gr.Column(scale=3):
+            out, output_view = output.build()
+            _, _, bridge, timeline_view = timeline.build()
+            slider, chart, step_view = step.build()
+            sample_view = sample.build(app, tree, slider)
+    opened, forks_view = forks.build(app, tree)
+    # the what-if branch as an endpoint of this page (benchmarks call it; the browser clicks a candidate)
+    with gr.Row(visible=False):
+        branch_step, branch_token = gr.Number(0, precision=0), gr.Number(0, precision=0)
+        branch_go = gr.Button("branch")
+
+    views = [output_view, step_view, timeline_view, sample_view, forks_view,
+             View([tree], lambda shown: [shown["tree"]] if "tree" in shown else [gr.skip()])]
+    outputs = [c for v in views for c in v.outputs]
+
+    def place(shown: dict) -> list:
+        return [u for v in views for u in v.place(shown)]
+
+    # the handlers: each runs the service and places what it shows; the names are what ZeroGPU reports
+    def generate_ui(*values, request: gr.Request = None):
+        for shown in app.generate_ui(*values, request=request):
+            yield place(shown)
+
+    def branch_ui(tree, evt: gr.EventData, request: gr.Request = None):
+        data = event_data(evt)
+        yield from branch_stream(tree, data.get("step"), data.get("token"), request)
+
+    def branch_stream(tree, step, token, request: gr.Request = None):
+        for shown in app.branch_ui(tree, step, token, request=request):
+            yield place(shown)
+
+    def select_step(tree, evt: gr.EventData, request: gr.Request = None):
+        return place(app.step_ui(tree, event_data(evt).get("step"), request))
+
+    def slide_step(tree, value, request: gr.Request = None):
+        return place(app.step_ui(tree, int(value or 1) - 1, request))
+
+    def open_run(tree, run_id, request: gr.Request = None):
+        return place(app.open_ui(tree, run_id, request))
+
+    gen = dict(concurrency_limit=concurrency, concurrency_id="gen")
+    # the controls' values reach the handler as sent (preprocess=False), so a bad one, from the page or a client
+    # calling these endpoints, gets our message rather than a component's conversion error
+    raw = dict(gen, preprocess=False)
+    inputs = controls.inputs() + [tree]
+    run = go.click(gpu(generate_ui), inputs, outputs, api_name="generate_stream", api_visibility="undocumented",
+                   **raw)
+    submitted = controls["prompt"].submit(gpu(generate_ui), inputs, outputs, api_visibility="private", **raw)
+    branched = chart.click(gpu(branch_ui), [tree], outputs, api_visibility="private", **gen)
+    branch_go.click(gpu(branch_stream), [tree, branch_step, branch_token], outputs, api_name="branch_stream",
+                    api_visibility="undocumented", **raw)
+    stop.click(None, cancels=[run, submitted, branched])
+    for event in (run, submitted):
+        refresh_link(event)
+    quick = dict(api_visibility="private", show_progress="hidden")
+    out.click(select_step, [tree], outputs, **quick)
+    bridge.click(select_step, [tree], outputs, **quick)
+    slider.input(slide_step, [tree, slider], outputs, **quick)
+    opened.input(open_run, [tree, opened], outputs, **quick)
+    css = "\n".join(v.css for v in views)
+    return controls, load_link, css

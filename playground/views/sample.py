@@ -1,0 +1,68 @@
+"""Sample this step N times: N tokens drawn from the open step's final distribution, their histogram beside the
+exact probabilities (gr.BarPlot), so a learner sees that sampling follows the numbers."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+import pandas as pd
+
+from ..caps import MAX_DRAWS, MAX_NEW_TOKENS
+from ..service import user_errors
+from ..settings import number
+from . import View
+
+CSS = ".axw-draws td, .axw-draws th { text-align: right; } .axw-draws td:first-child { text-align: left; }"
+
+
+def frames(labels: list[str], exact: list[float], counts: list[int]) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """(exact probabilities, shares of the draws, a table of both) for the plots."""
+    n = sum(counts)
+    exact_frame = pd.DataFrame(dict(token=labels, probability=exact))
+    drawn = pd.DataFrame(dict(token=labels, share=[c / n for c in counts], count=counts))
+    rows = "".join(f"<tr><td><code>{html.escape(t)}</code></td><td>{p:.4f}</td><td>{c:,}</td><td>{c / n:.4f}</td></tr>"
+                   for t, p, c in zip(labels, exact, counts))
+    table = (f'<table class="axw-table axw-draws"><tr><th>token</th><th>exact p</th><th>drawn</th>'
+             f'<th>share of {n:,}</th></tr>{rows}</table>')
+    return exact_frame, drawn, table
+
+
+def empty():
+    return (pd.DataFrame(dict(token=[], probability=[])).astype(dict(token="str", probability="float64")),
+            pd.DataFrame(dict(token=[], share=[], count=[])).astype(dict(token="str", share="float64", count="int64")),
+            "")
+
+
+def build(app, tree, slider) -> View:
+    with gr.Accordion("sample this step N times", open=False, elem_id="sample"):
+        gr.Markdown("Draw N tokens from this step's final distribution (after the last stage), as the sampler "
+                    "does once per step: the traced candidates, and all other tokens as one bar. Greedy, beam "
+                    "search and contrastive search take the best token instead of drawing.")
+        with gr.Row():
+            n = gr.Number(1000, precision=0, minimum=1, maximum=MAX_DRAWS, label="N", scale=1, elem_id="draws")
+            go = gr.Button("Sample this step", scale=1, elem_id="sample-go")
+        with gr.Row():
+            exact_plot = gr.BarPlot(empty()[0], x="token", y="probability", title="exact probability", height=260,
+                                    elem_id="sample-exact", x_label_angle=-35)
+            drawn_plot = gr.BarPlot(empty()[1], x="token", y="share", title="share of the N draws", height=260,
+                                    elem_id="sample-drawn", tooltip=["token", "share", "count"],
+                                    x_label_angle=-35)
+        table = gr.HTML("", elem_id="sample-table")
+
+    def sample_ui(tree, step, n, request: gr.Request = None):
+        with user_errors():
+            step = number("step", step, 1, MAX_NEW_TOKENS, integer=True)
+        row, labels, exact, counts = app.sample_ui(tree, step - 1, n, request)
+        exact_frame, drawn, text = frames(labels, exact, counts)
+        return exact_frame, drawn, text
+
+    go.click(sample_ui, [tree, slider, n], [exact_plot, drawn_plot, table], api_visibility="private",
+             preprocess=False)
+
+    def place(shown: dict) -> list:
+        if "step" not in shown:
+            return [gr.skip()] * 3
+        return list(empty())  # another step or run: its draws are not these
+
+    return View([exact_plot, drawn_plot, table], place, CSS)

@@ -1,0 +1,54 @@
+"""The step view: what happened to the distribution at one step (the numbers after each stage, the strategy's
+panels, the candidates); the slider is the keyboard path to it. A click on a candidate forces that token at
+this step and continues from there: a what-if branch (views.generate wires it)."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..render import step_html
+from . import View, skip
+
+CSS = """
+.axw-table { border-collapse: collapse; font-size: 13px; width: 100%; }
+.axw-table th, .axw-table td { border-bottom: 1px solid var(--border-color-primary); padding: 3px 6px;
+                               text-align: left; }
+.axw-table tr.axw-chosen { background: rgba(99, 102, 241, 0.15); font-weight: 600; }
+.axw-table td.axw-cut { color: #b91c1c; font-style: italic; }
+.axw-table td.axw-gone { opacity: 0.45; }
+.axw-table tr.axw-cand { cursor: pointer; }
+.axw-table tr.axw-cand:hover { background: rgba(245, 158, 11, 0.18); }
+.axw-table td.axw-whatif { color: #4f46e5; font-size: 12px; white-space: nowrap; }
+.axw-bar { position: relative; min-width: 90px; height: 18px; background: rgba(128,128,128,0.12); border-radius: 3px; }
+.axw-bar div { position: absolute; left: 0; top: 0; bottom: 0; background: #818cf8; border-radius: 3px; }
+.axw-bar span { position: relative; padding-left: 4px; font-size: 12px; }
+.axw-beam { font-family: ui-monospace, monospace; white-space: pre-wrap; }
+.axw-stages { margin: 6px 0 8px 1.2em; padding: 0; font-size: 13px; }
+.axw-stages li { margin: 1px 0; }
+.axw-forced-note { color: #4f46e5; }
+"""
+
+# a click on a candidate row sends the step and the token to force there
+CANDIDATE_CLICK = """element.addEventListener('click', (e) => {
+  const row = e.target.closest('tr[data-token]');
+  const step = e.target.closest('[data-step]');
+  if (!row || !step) return;
+  row.classList.add('axw-chosen');
+  trigger('click', {step: Number(step.dataset.step), token: Number(row.dataset.token)});
+});"""
+
+
+def build() -> tuple[gr.Slider, gr.HTML, View]:
+    slider = gr.Slider(1, 2, 1, step=1, label="step", interactive=False, elem_id="step",
+                       info="pick a step (or click a token) to see how the distribution was shaped")
+    chart = gr.HTML(step_html(None, None), elem_id="step-chart", js_on_load=CANDIDATE_CLICK)
+
+    def place(shown: dict) -> list:
+        if "step" not in shown:
+            return skip(2)
+        steps, selected = shown["steps"], shown["selected"]
+        # a slider needs minimum < maximum
+        return [gr.Slider(minimum=1, maximum=max(steps, 2), value=(selected or 0) + 1, step=1,
+                          interactive=steps > 1), shown["step"]]
+
+    return slider, chart, View([slider, chart], place, CSS)
