@@ -56,6 +56,10 @@ class TrainConfig:
     out_dir: str | None = None
     seed: int = 0
     device: str = "cpu"
+    # distillation (with a teacher): loss = alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * cross-entropy
+    distill_temperature: float = 1.0
+    distill_alpha: float = 1.0
+    generated_fraction: float = 0.0  # share of each batch cut from `generated` windows (teacher continuations)
 
     def validate(self, model=None):
         """Raise ValueError naming the first bad field and what is allowed."""
@@ -76,6 +80,9 @@ class TrainConfig:
         check_number(self.grad_clip, "grad_clip", 0, allowed="a finite number >= 0 (0 turns clipping off)")
         if exists(self.mask_prob):
             check_number(self.mask_prob, "mask_prob", 0, 1, high_open=True)
+        check_number(self.distill_temperature, "distill_temperature", 0, low_open=True)
+        check_number(self.distill_alpha, "distill_alpha", 0, 1)
+        check_number(self.generated_fraction, "generated_fraction", 0, 1)
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as e:
@@ -124,19 +131,27 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@torch.no_grad()
 def evaluate(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens: int | None = None,
              device: str | torch.device | None = None) -> tuple[float, int]:
     """(total NLL in nats, tokens scored) of `ids`, cut into consecutive
     windows of seq_len + 1 that overlap by one token, so every token after the
     first is predicted exactly once from up to `seq_len` tokens before it."""
+    total, count, _ = score(model, ids, seq_len, batch_size, max_tokens, device)
+    return total, count
+
+
+@torch.no_grad()
+def score(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens: int | None = None,
+          device: str | torch.device | None = None, argmax: bool = False) -> tuple[float, int, Tensor | None]:
+    """`evaluate`'s (total NLL, count), and with `argmax` the model's top-1
+    prediction for each scored token, in order (1-D, `count` long)."""
     device = torch.device(device) if exists(device) else model.device
     if exists(max_tokens):
         ids = ids[: max_tokens + 1]
     n = ids.numel() - 1
     if n < 1:
         raise ValueError("need at least 2 held-out tokens to score")
-    total, count = 0.0, 0
+    total, count, tops = 0.0, 0, []
     with eval_mode(model):
         starts = range(0, n, seq_len)
         full = [s for s in starts if s + seq_len + 1 <= ids.numel()]
@@ -152,7 +167,44 @@ def evaluate(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens:
                                   reduction="sum")
             total += nll.item()
             count += windows[:, 1:].numel()
-    return total, count
+            if argmax:
+                tops.append(logits.argmax(dim=-1).reshape(-1).cpu())
+    return total, count, torch.cat(tops) if argmax else None
+
+
+def distillation_loss(logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean over positions of T^2 * KL(p_teacher || p_student), both softmaxes
+    of the logits divided by T (Hinton et al. 2015, arXiv:1503.02531: the
+    T^2 keeps the gradients' scale as T changes)."""
+    t = temperature
+    student = F.log_softmax(logits.float() / t, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(dim=-1)
+    return kl.mean() * t * t
+
+
+def check_teacher(model, teacher, seq_len: int):
+    """ValueError unless `teacher` can score what `model` trains on: the same
+    vocabulary (the same tokenizer, where both carry one) and a context of
+    at least `seq_len`."""
+    if not hasattr(teacher, "net") or not hasattr(teacher.net, "num_tokens"):
+        raise ValueError("teacher must be an AutoregressiveWrapper")
+    if teacher.net.num_tokens != model.net.num_tokens:
+        raise ValueError(f"the teacher's vocabulary ({teacher.net.num_tokens} tokens) differs from the student's "
+                         f"({model.net.num_tokens}): distillation needs the teacher's tokenizer")
+    tokenizers = (getattr(model, "tokenizer", None), getattr(teacher, "tokenizer", None))
+    if all(exists(t) for t in tokenizers) and tokenizers[0].get_vocab() != tokenizers[1].get_vocab():
+        raise ValueError("the student's tokenizer differs from the teacher's: distillation needs the same token ids")
+    if seq_len > teacher.max_seq_len:
+        raise ValueError(f"seq_len ({seq_len}) exceeds the teacher's max_seq_len ({teacher.max_seq_len})")
+
+
+def generated_windows(generated: Tensor, count: int, length: int, generator: torch.Generator) -> Tensor:
+    """`count` windows of `length` tokens from random rows of `generated`
+    (rows, row_length), at random offsets when rows are longer."""
+    rows = torch.randint(0, generated.shape[0], (count,), generator=generator)
+    offsets = torch.randint(0, generated.shape[1] - length + 1, (count,), generator=generator)
+    return generated[rows[:, None], offsets[:, None] + torch.arange(length)]
 
 
 @dataclass
@@ -164,6 +216,7 @@ class TrainResult:
     heldout_nats_per_char: float | None
     seconds: float  # wall time of this call
     history: list  # every progress record passed to callback
+    heldout_agreement: float | None = None  # with a teacher: share of held-out tokens where both argmaxes agree
 
 
 def param_groups(model, weight_decay: float):
@@ -416,6 +469,8 @@ def train(
     heldout_chars: int | None = None,
     model_card: Callable[[dict], str] | None = None,
     extra_state: dict | None = None,
+    teacher=None,
+    generated: Tensor | None = None,
 ) -> TrainResult:
     """Train `model` (an AutoregressiveWrapper) in place on 1-D `train_ids`.
 
@@ -426,14 +481,24 @@ def train(
     each step; True ends the run (with a checkpoint if `config.out_dir`).
     `resume` names a checkpoint folder to continue from. `model_card(record)`
     writes the README.md of saved checkpoints; `extra_state` (JSON) is stored
-    in their training/state.json."""
+    in their training/state.json.
+
+    Distillation: with a `teacher` (an AutoregressiveWrapper on the same
+    vocabulary, moved to the device, run in eval mode without gradients), the
+    loss is `distill_alpha` times `distillation_loss` of the teacher's logits
+    plus 1 - `distill_alpha` times the usual cross-entropy; records then
+    carry `kl` and, on evaluation steps, `heldout_agreement`, the share of
+    held-out tokens where the model's argmax is the teacher's. `generated`
+    (rows, length) token windows, say the teacher's continuations of
+    training prompts, make up `config.generated_fraction` of each batch."""
     config.validate(model)
     seq_len = config.seq_len or model.max_seq_len
-    for name, ids in (("train_ids", train_ids), ("heldout_ids", heldout_ids)):
-        if ids is None and name == "heldout_ids":
+    for name, ids in (("train_ids", train_ids), ("heldout_ids", heldout_ids), ("generated", generated)):
+        if ids is None and name != "train_ids":
             continue
-        if not isinstance(ids, Tensor) or ids.ndim != 1 or ids.dtype != torch.long:
-            raise ValueError(f"{name} must be a 1-D long tensor of token ids")
+        ndim = 2 if name == "generated" else 1
+        if not isinstance(ids, Tensor) or ids.ndim != ndim or ids.dtype != torch.long:
+            raise ValueError(f"{name} must be a {ndim}-D long tensor of token ids")
         if ids.numel() and (ids.min() < 0 or ids.max() >= model.net.num_tokens):
             raise ValueError(f"{name} holds ids outside the vocabulary [0, {model.net.num_tokens})")
     train_ids = train_ids.cpu()  # windows are cut on the CPU, then moved
@@ -441,6 +506,17 @@ def train(
         raise ValueError(f"train_ids has {train_ids.numel()} tokens; a window needs seq_len + 1 = {seq_len + 1}")
     if exists(heldout_ids) and heldout_ids.numel() < 2:
         raise ValueError("heldout_ids needs at least 2 tokens")
+    if exists(generated) != (config.generated_fraction > 0):
+        raise ValueError("generated windows and a generated_fraction > 0 go together: give both or neither")
+    if exists(generated):
+        if generated.shape[0] < 1 or generated.shape[1] < seq_len + 1:
+            raise ValueError(f"generated must hold rows of at least seq_len + 1 = {seq_len + 1} tokens, "
+                             f"got shape {tuple(generated.shape)}")
+        generated = generated.cpu()
+    if exists(teacher):
+        check_teacher(model, teacher, seq_len)
+    elif config.distill_alpha != 1.0 or config.distill_temperature != 1.0:
+        raise ValueError("distill_alpha and distill_temperature need a teacher")
     if exists(resume):
         done = read_trainer_state(resume)["step"]
         if done >= config.steps:
@@ -451,6 +527,8 @@ def train(
 
     device = torch.device(config.device)
     model.to(device).train()
+    if exists(teacher):
+        teacher.to(device)
     if exists(config.mask_prob):
         model.mask_prob = config.mask_prob
     optimizer = make_optimizer(model, config)
@@ -458,16 +536,24 @@ def train(
     if exists(resume):
         state = load_checkpoint(resume, model, optimizer)
         start_step, history = state["step"], state["history"]
+    n_generated = round(config.batch_size * config.generated_fraction) if exists(generated) else 0
+    teacher_top1 = None  # the teacher's held-out argmax, computed at the first evaluation
 
     def heldout_record():
+        nonlocal teacher_top1
         if heldout_ids is None:
             return {}
-        total, count = evaluate(model, heldout_ids, seq_len, config.eval_batch_size, config.eval_tokens, device)
+        args = (heldout_ids, seq_len, config.eval_batch_size, config.eval_tokens, device)
+        total, count, top1 = score(model, *args, argmax=exists(teacher))
         record = {"heldout_loss": total / count}
         if exists(heldout_chars):
             # a capped evaluation covers about count / all tokens of the characters
             chars = heldout_chars * count / (heldout_ids.numel() - 1)
             record["heldout_nats_per_char"] = total / chars
+        if exists(teacher):
+            if teacher_top1 is None:
+                teacher_top1 = score(teacher, *args, argmax=True)[2]
+            record["heldout_agreement"] = (top1 == teacher_top1).float().mean().item()
         return record
 
     def checkpoint(step, record):
@@ -478,48 +564,64 @@ def train(
     began = time.perf_counter()
     tokens_seen, loss_value, record, stopped = 0, None, {}, False
     step = start_step
-    while step < config.steps:
-        if exists(should_stop) and should_stop():
-            stopped = True
-            break
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = random_windows(train_ids, config.batch_size, seq_len + 1, step_generator(config.seed, step, 0))
-        batch = batch.to(device)
-        with _autocast(device):
-            loss = model(batch, generator=step_generator(config.seed, step, 1, device))
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+    with eval_mode(*([teacher] if exists(teacher) else [])):
+        while step < config.steps:
+            if exists(should_stop) and should_stop():
+                stopped = True
+                break
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            windows = step_generator(config.seed, step, 0)
+            batch = random_windows(train_ids, config.batch_size - n_generated, seq_len + 1, windows)
+            if n_generated:  # drawn after the text windows, so runs without them draw what they always did
+                batch = torch.cat((batch, generated_windows(generated, n_generated, seq_len + 1, windows)))
+            batch = batch.to(device)
+            kl = None
+            with _autocast(device):
+                if exists(teacher):
+                    loss, (logits, _) = model(batch, return_outputs=True,
+                                              generator=step_generator(config.seed, step, 1, device))
+                    with torch.no_grad():
+                        teacher_logits = teacher.net(batch[:, :-1])
+                    kl = distillation_loss(logits, teacher_logits, config.distill_temperature)
+                    loss = config.distill_alpha * kl + (1 - config.distill_alpha) * loss
+                else:
+                    loss = model(batch, generator=step_generator(config.seed, step, 1, device))
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
 
-        loss_value = loss.item()
-        tokens_seen += batch.shape[0] * seq_len
-        elapsed = time.perf_counter() - began
-        record = dict(step=step, steps=config.steps, loss=loss_value, lr=lr,
-                      tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed, start_step=start_step)
-        is_last = step == config.steps
-        if (config.eval_every and step % config.eval_every == 0) or is_last:
-            record.update(heldout_record())
+            loss_value = loss.item()
+            tokens_seen += batch.shape[0] * seq_len
+            elapsed = time.perf_counter() - began
+            record = dict(step=step, steps=config.steps, loss=loss_value, lr=lr,
+                          tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed, start_step=start_step)
+            if exists(kl):
+                record["kl"] = kl.item()
+            is_last = step == config.steps
+            if (config.eval_every and step % config.eval_every == 0) or is_last:
+                record.update(heldout_record())
+                history.append(record)
+            if exists(callback):
+                callback(record)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and not is_last:
+                checkpoint(step, record)
+
+        if stopped and "heldout_loss" not in record and step > start_step:
+            record = dict(record, **heldout_record())
             history.append(record)
-        if exists(callback):
-            callback(record)
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and not is_last:
-            checkpoint(step, record)
-
-    if stopped and "heldout_loss" not in record and step > start_step:
-        record = dict(record, **heldout_record())
-        history.append(record)
-        if exists(callback):
-            callback(record)
+            if exists(callback):
+                callback(record)
     if step > start_step or not exists(resume):
         checkpoint(step, record)
     return TrainResult(step=step, stopped=stopped, loss=loss_value, heldout_loss=record.get("heldout_loss"),
                        heldout_nats_per_char=record.get("heldout_nats_per_char"),
-                       seconds=time.perf_counter() - began, history=history)
+                       seconds=time.perf_counter() - began, history=history,
+                       heldout_agreement=record.get("heldout_agreement"))
 
 
 # --- command line ---
@@ -543,12 +645,17 @@ class ProgressLine:
             line += f" | held-out {r['heldout_loss']:.4f}/token"
             if "heldout_nats_per_char" in r:
                 line += f" {r['heldout_nats_per_char']:.4f}/char"
+            if "heldout_agreement" in r:
+                line += f" agreement {r['heldout_agreement']:.3f}"
         if self.tty:
             end = "\n" if "heldout_loss" in r or r["step"] == r["steps"] else ""
             self.stream.write("\r" + line.ljust(120) + end)
         elif "heldout_loss" in r or r["step"] % self.every == 0:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+
+DEFAULT_VOCAB_SIZE = 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -559,7 +666,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     tok = p.add_argument_group("tokenizer")
     tok.add_argument("--tokenizer", help="tokenizer.json to use (default: train one on the training split)")
-    tok.add_argument("--vocab-size", type=int, default=1024, help="byte-level BPE vocabulary when training one")
+    tok.add_argument("--vocab-size", type=int, default=None,
+                     help=f"byte-level BPE vocabulary when training one (default {DEFAULT_VOCAB_SIZE})")
+    dist = p.add_argument_group("distillation")
+    dist.add_argument("--teacher", help="model folder whose logits the model learns (its tokenizer is used)")
+    dist.add_argument("--generated-data",
+                      help="safetensors file of token windows ('ids', rows x length), e.g. the teacher's "
+                           "continuations from scripts/teacher_continuations.py; with --generated-fraction")
     net = p.add_argument_group("model")
     net.add_argument("--dim", type=int, default=256)
     net.add_argument("--depth", type=int, default=4)
@@ -582,6 +695,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_generated(path) -> Tensor:
+    """The `ids` tensor (rows x length) of a safetensors file of token windows."""
+    if not Path(path).is_file():
+        raise ValueError(f"--generated-data {path} is not a file")
+    tensors = load_file(path)
+    if "ids" not in tensors:
+        raise ValueError(f"{path} has no 'ids' tensor (rows x length token windows)")
+    return tensors["ids"].long()
+
+
+def load_teacher(path):
+    from .wrapper import AutoregressiveWrapper
+
+    if not Path(path).is_dir():
+        raise ValueError(f"--teacher {path} is not a model folder")
+    teacher = AutoregressiveWrapper.from_pretrained(path)
+    if teacher.tokenizer is None:
+        raise ValueError(f"--teacher {path} has no tokenizer.json; the student must share the teacher's tokenizer")
+    return teacher
+
+
 def main(argv: list[str] | None = None) -> TrainResult:
     from .data import encode_split, eos_id, read_text, split_text, train_tokenizer
     from .transformer import Decoder, TransformerWrapper
@@ -602,6 +736,12 @@ def main(argv: list[str] | None = None) -> TrainResult:
     if args.resume and state["step"] >= config.steps:
         raise ValueError(f"{args.out} has already finished {state['step']} of {config.steps} steps; "
                          "raise --steps to train further")
+    teacher_path = args.teacher or state.get("teacher")
+    generated_path = args.generated_data or state.get("generated_data")
+    if not exists(teacher_path) and (config.distill_alpha != 1.0 or config.distill_temperature != 1.0):
+        raise ValueError("--distill-alpha and --distill-temperature need a --teacher")
+    if exists(generated_path) != (config.generated_fraction > 0):
+        raise ValueError("--generated-data and --generated-fraction (> 0) go together: give both or neither")
     if exists(args.threads):
         if args.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {args.threads}")
@@ -610,7 +750,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
     if not args.resume:
         if exists(args.tokenizer) and not Path(args.tokenizer).is_file():
             raise ValueError(f"--tokenizer {args.tokenizer} is not a file")
-        if not exists(args.tokenizer) and args.vocab_size < 257:
+        if exists(args.vocab_size) and args.vocab_size < 257:
             raise ValueError(f"vocab_size must be >= 257 (256 bytes + end-of-text), got {args.vocab_size}")
         if args.dim % args.heads and args.dim_head is None:
             raise ValueError(f"dim ({args.dim}) must be divisible by heads ({args.heads}), or pass --dim-head")
@@ -619,6 +759,19 @@ def main(argv: list[str] | None = None) -> TrainResult:
         decoder = Decoder(dim=args.dim, depth=args.depth, heads=args.heads,
                           dim_head=args.dim_head or args.dim // args.heads, ff_mult=args.ff_mult,
                           attn_dropout=args.dropout, ff_dropout=args.dropout, rotary_pos_emb=not args.abs_pos_emb)
+    generated = load_generated(generated_path) if exists(generated_path) else None
+    teacher = load_teacher(teacher_path) if exists(teacher_path) else None
+    if exists(teacher) and not args.resume:
+        vocab = teacher.tokenizer.get_vocab_size()
+        if exists(args.vocab_size) and args.vocab_size != vocab:
+            raise ValueError(f"--vocab-size {args.vocab_size} differs from the teacher's vocabulary ({vocab}); "
+                             "with --teacher the model uses the teacher's tokenizer")
+        if exists(args.tokenizer):
+            from tokenizers import Tokenizer
+
+            if Tokenizer.from_file(args.tokenizer).get_vocab() != teacher.tokenizer.get_vocab():
+                raise ValueError(f"--tokenizer {args.tokenizer} differs from the teacher's tokenizer; "
+                                 "distillation needs the same token ids")
 
     torch.manual_seed(config.seed)
     if args.resume:
@@ -626,33 +779,47 @@ def main(argv: list[str] | None = None) -> TrainResult:
         tokenizer = model.tokenizer
         config.validate(model)
     else:
-        if exists(args.tokenizer):
+        if exists(teacher):
+            tokenizer = teacher.tokenizer
+        elif exists(args.tokenizer):
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_file(args.tokenizer)
         else:
-            tokenizer = train_tokenizer(split_text(text)[0], args.vocab_size)
+            tokenizer = train_tokenizer(split_text(text)[0], args.vocab_size or DEFAULT_VOCAB_SIZE)
         net = TransformerWrapper(num_tokens=tokenizer.get_vocab_size(), max_seq_len=args.max_seq_len,
                                  attn_layers=decoder, emb_dropout=args.dropout, use_abs_pos_emb=args.abs_pos_emb)
         model = AutoregressiveWrapper(net)
         model.tokenizer = tokenizer
         model.eos_token_id = eos_id(tokenizer)
         config.validate(model)
+    if exists(teacher):
+        check_teacher(model, teacher, config.seq_len or model.max_seq_len)
     train_ids, heldout_ids, heldout_text = encode_split(text, tokenizer)
     params = sum(p.numel() for p in model.parameters())
     print(f"{params / 1e6:.2f}M parameters, vocabulary {tokenizer.get_vocab_size()}, "
           f"{train_ids.numel():,} training / {heldout_ids.numel():,} held-out tokens "
           f"({len(heldout_text) / (heldout_ids.numel() - 1):.2f} characters per token), "
-          f"{torch.get_num_threads()} threads on {config.device}", flush=True)
+          f"{torch.get_num_threads()} threads on {config.device}"
+          + (f", teacher {teacher_path}" if exists(teacher) else "")
+          + (f", {generated.shape[0]:,} generated windows of {generated.shape[1]}" if exists(generated) else ""),
+          flush=True)
 
     commands = state.get("commands", []) + ["python -m axw.train " + " ".join(argv)]
+    extra = {"commands": commands}
+    # the teacher and generated data are re-read from these paths on --resume
+    if exists(teacher_path):
+        extra["teacher"] = teacher_path
+    if exists(generated_path):
+        extra["generated_data"] = generated_path
     # wall time of earlier invocations, so a resumed run's card reports the whole run
     previous_seconds = next((r["total_seconds"] for r in reversed(state.get("history", []))
                              if "total_seconds" in r), 0.0)
     began = time.perf_counter()
 
     def card(record: dict) -> str:
-        return model_card(model, config, commands, record, params, time.perf_counter() - began + previous_seconds)
+        return model_card(model, config, commands, record, params, time.perf_counter() - began + previous_seconds,
+                          teacher=teacher_path)
 
     progress = ProgressLine()
 
@@ -661,21 +828,31 @@ def main(argv: list[str] | None = None) -> TrainResult:
         progress(record)
 
     result = train(model, train_ids, heldout_ids, config, callback=on_progress, resume=args.out if args.resume else None,
-                   heldout_chars=len(heldout_text), model_card=card, extra_state={"commands": commands})
+                   heldout_chars=len(heldout_text), model_card=card, extra_state=extra, teacher=teacher,
+                   generated=generated)
     line = f"done: {result.step} steps in {result.seconds:.0f} s"
     if exists(result.heldout_loss):
         line += f", held-out {result.heldout_loss:.4f} nats/token, {result.heldout_nats_per_char:.4f} nats/char"
+    if exists(result.heldout_agreement):
+        line += f", agreement with the teacher {result.heldout_agreement:.4f}"
     print(f"{line}; saved to {args.out}")
     return result
 
 
-def model_card(model, config: TrainConfig, commands: list[str], record: dict, params: int, seconds: float) -> str:
+def model_card(model, config: TrainConfig, commands: list[str], record: dict, params: int, seconds: float,
+               teacher: str | None = None) -> str:
     net, layers = model.net.config, model.net.attn_layers.config
     heldout = ""
     if "heldout_nats_per_char" in record:
         heldout = (f"Held-out loss (last 10% of the characters, never trained on): "
                    f"**{record['heldout_nats_per_char']:.4f} nats per character** "
                    f"({record['heldout_loss']:.4f} nats per token) after step {record['step']}.\n\n")
+    if exists(teacher):
+        heldout += (f"Distilled from `{teacher}` (KL at temperature {config.distill_temperature}, weight "
+                    f"{config.distill_alpha}; cross-entropy weight {1 - config.distill_alpha:g}).\n\n")
+    if "heldout_agreement" in record:
+        heldout += (f"Its argmax is the teacher's on {record['heldout_agreement']:.2%} of the held-out tokens "
+                    "(teacher-forced).\n\n")
     cpu = platform.processor() or platform.machine()
     threads = torch.get_num_threads()
     device = config.device if config.device != "cpu" else f"CPU ({cpu}, {threads} thread{'s' * (threads > 1)})"
