@@ -84,7 +84,7 @@ def test_the_teacher_runs_in_eval_mode_without_gradients_and_is_left_as_it_was()
     teacher.train()
     weights = {k: v.clone() for k, v in teacher.net.state_dict().items()}
     modes = []
-    teacher.net.register_forward_hook(lambda module, args, out: modes.append((module.training, torch.is_grad_enabled())))
+    teacher.net.register_forward_hook(lambda net, args, out: modes.append((net.training, torch.is_grad_enabled())))
     train(tiny_model(), periodic_ids(), None, quick_config(steps=3, warmup_steps=1), teacher=teacher)
     assert modes == [(False, False)] * 3
     assert teacher.training and all(p.grad is None for p in teacher.parameters())

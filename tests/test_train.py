@@ -323,7 +323,8 @@ def test_train_refuses_an_out_folder_it_did_not_write_before_its_first_step(tmp_
     weights = model.net.token_emb.weight.clone()
     steps = []
     with pytest.raises(ValueError, match="not empty and is not an axw training checkpoint"):
-        train(model, periodic_ids(), None, quick_config(steps=2, warmup_steps=1, out_dir=str(mine)), callback=steps.append)
+        train(model, periodic_ids(), None, quick_config(steps=2, warmup_steps=1, out_dir=str(mine)),
+              callback=steps.append)
     assert steps == [] and torch.equal(model.net.token_emb.weight, weights)
     assert snapshot(mine) == {"notes.txt": b"a year of notes"}
 
