@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from axw import AutoregressiveWrapper, Decoder, TransformerWrapper  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SHAPES = [  # (dim, depth, heads)
-    (64, 2, 2), (128, 1, 2), (128, 2, 2), (128, 2, 4), (192, 1, 3), (192, 2, 3), (256, 1, 4), (256, 2, 4),
+SHAPES = [  # (dim, depth, heads); (64, 2, 2) is the amateur's shape
+    (64, 2, 2), (128, 1, 2), (192, 1, 3), (256, 1, 4), (320, 1, 5), (384, 1, 6), (128, 2, 2), (192, 2, 3),
+    (256, 2, 4),
 ]
 
 
