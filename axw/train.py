@@ -8,6 +8,9 @@ gradient clipping, reports progress through `callback` and stops when
 `should_stop()` says so. Checkpoints are a Hub model folder
 (`save_pretrained`) plus `training/optimizer.safetensors` and `training/state.json`:
 nothing is pickled, and a resumed run continues exactly where it left off.
+Each checkpoint replaces the last by renames, and the trainer writes only
+into a new or empty folder or one of its own checkpoints. With a `teacher`
+it distils: the teacher's logits become the target.
 """
 
 from __future__ import annotations
