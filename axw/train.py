@@ -8,6 +8,9 @@ gradient clipping, reports progress through `callback` and stops when
 `should_stop()` says so. Checkpoints are a Hub model folder
 (`save_pretrained`) plus `training/optimizer.safetensors` and `training/state.json`:
 nothing is pickled, and a resumed run continues exactly where it left off.
+Each checkpoint replaces the last by renames, and the trainer writes only
+into a new or empty folder or one of its own checkpoints. With a `teacher`
+it distils: the teacher's logits become the target.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -57,6 +59,10 @@ class TrainConfig:
     out_dir: str | None = None
     seed: int = 0
     device: str = "cpu"
+    # distillation (with a teacher): loss = alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * cross-entropy
+    distill_temperature: float = 1.0
+    distill_alpha: float = 1.0
+    generated_fraction: float = 0.0  # share of each batch cut from `generated` windows (teacher continuations)
 
     def validate(self, model=None):
         """Raise ValueError naming the first bad field and what is allowed."""
@@ -77,6 +83,9 @@ class TrainConfig:
         check_number(self.grad_clip, "grad_clip", 0, allowed="a finite number >= 0 (0 turns clipping off)")
         if exists(self.mask_prob):
             check_number(self.mask_prob, "mask_prob", 0, 1, high_open=True)
+        check_number(self.distill_temperature, "distill_temperature", 0, low_open=True)
+        check_number(self.distill_alpha, "distill_alpha", 0, 1)
+        check_number(self.generated_fraction, "generated_fraction", 0, 1)
         try:
             device = torch.device(self.device)
         except (RuntimeError, TypeError) as e:
@@ -125,19 +134,27 @@ def _autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-@torch.no_grad()
 def evaluate(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens: int | None = None,
              device: str | torch.device | None = None) -> tuple[float, int]:
     """(total NLL in nats, tokens scored) of `ids`, cut into consecutive
     windows of seq_len + 1 that overlap by one token, so every token after the
     first is predicted exactly once from up to `seq_len` tokens before it."""
+    total, count, _ = score(model, ids, seq_len, batch_size, max_tokens, device)
+    return total, count
+
+
+@torch.no_grad()
+def score(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens: int | None = None,
+          device: str | torch.device | None = None, argmax: bool = False) -> tuple[float, int, Tensor | None]:
+    """`evaluate`'s (total NLL, count), and with `argmax` the model's top-1
+    prediction for each scored token, in order (1-D, `count` long)."""
     device = torch.device(device) if exists(device) else model.device
     if exists(max_tokens):
         ids = ids[: max_tokens + 1]
     n = ids.numel() - 1
     if n < 1:
         raise ValueError("need at least 2 held-out tokens to score")
-    total, count = 0.0, 0
+    total, count, tops = 0.0, 0, []
     with eval_mode(model):
         starts = range(0, n, seq_len)
         full = [s for s in starts if s + seq_len + 1 <= ids.numel()]
@@ -153,7 +170,44 @@ def evaluate(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens:
                                   reduction="sum")
             total += nll.item()
             count += windows[:, 1:].numel()
-    return total, count
+            if argmax:
+                tops.append(logits.argmax(dim=-1).reshape(-1).cpu())
+    return total, count, torch.cat(tops) if argmax else None
+
+
+def distillation_loss(logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean over positions of T^2 * KL(p_teacher || p_student), both softmaxes
+    of the logits divided by T (Hinton et al. 2015, arXiv:1503.02531: the
+    T^2 keeps the gradients' scale as T changes)."""
+    t = temperature
+    student = F.log_softmax(logits.float() / t, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(dim=-1)
+    return kl.mean() * t * t
+
+
+def check_teacher(model, teacher, seq_len: int):
+    """ValueError unless `teacher` can score what `model` trains on: the same
+    vocabulary (the same tokenizer, where both carry one) and a context of
+    at least `seq_len`."""
+    if not hasattr(teacher, "net") or not hasattr(teacher.net, "num_tokens"):
+        raise ValueError("teacher must be an AutoregressiveWrapper")
+    if teacher.net.num_tokens != model.net.num_tokens:
+        raise ValueError(f"the teacher's vocabulary ({teacher.net.num_tokens} tokens) differs from the student's "
+                         f"({model.net.num_tokens}): distillation needs the teacher's tokenizer")
+    tokenizers = (getattr(model, "tokenizer", None), getattr(teacher, "tokenizer", None))
+    if all(exists(t) for t in tokenizers) and tokenizers[0].get_vocab() != tokenizers[1].get_vocab():
+        raise ValueError("the student's tokenizer differs from the teacher's: distillation needs the same token ids")
+    if seq_len > teacher.max_seq_len:
+        raise ValueError(f"seq_len ({seq_len}) exceeds the teacher's max_seq_len ({teacher.max_seq_len})")
+
+
+def generated_windows(generated: Tensor, count: int, length: int, generator: torch.Generator) -> Tensor:
+    """`count` windows of `length` tokens from random rows of `generated`
+    (rows, row_length), at random offsets when rows are longer."""
+    rows = torch.randint(0, generated.shape[0], (count,), generator=generator)
+    offsets = torch.randint(0, generated.shape[1] - length + 1, (count,), generator=generator)
+    return generated[rows[:, None], offsets[:, None] + torch.arange(length)]
 
 
 @dataclass
@@ -165,6 +219,7 @@ class TrainResult:
     heldout_nats_per_char: float | None
     seconds: float  # wall time of this call
     history: list  # every progress record passed to callback
+    heldout_agreement: float | None = None  # with a teacher: share of held-out tokens where both argmaxes agree
 
 
 def param_groups(model, weight_decay: float):
@@ -180,15 +235,170 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
                              betas=(config.beta1, config.beta2))
 
 
+# --- checkpoints: written beside, swapped in by renames, never over what we did not write ---
+
+MARKER_NAME = "checkpoint.json"  # in training/, written first: says the folder is ours and for which name
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "README.md")  # what save_pretrained writes
+PARTIAL_STATE = STATE_NAME + ".partial"
+
+
+def _siblings(folder) -> tuple[Path, Path, Path]:
+    """(folder, its temp, its old): the new checkpoint is written into the
+    temp, the current one is renamed to old while the temp takes its name."""
+    folder = Path(folder)
+    return folder, folder.with_name(folder.name + ".tmp"), folder.with_name(folder.name + ".old")
+
+
+def is_checkpoint(folder) -> bool:
+    """A whole checkpoint: its state.json is written last, so its presence means the rest is there."""
+    return (Path(folder) / TRAINING_DIR / STATE_NAME).is_file()
+
+
+def _marker_text(name: str) -> str:
+    return json.dumps({"folder": name}) + "\n"
+
+
+def _read_marker(side: Path) -> str | None:
+    try:
+        return (side / TRAINING_DIR / MARKER_NAME).read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return None
+
+
+def _marked_for(side: Path, name: str) -> bool:
+    return _read_marker(side) == _marker_text(name)
+
+
+def _holds_nothing(side: Path, name: str) -> bool:
+    """Nothing but an empty training/, or one holding only a marker cut
+    short: a save killed before its marker was whole, or a removal near its end."""
+    entries = list(side.iterdir())
+    if not entries:
+        return True
+    training = side / TRAINING_DIR
+    if len(entries) > 1 or entries[0] != training or not training.is_dir() or training.is_symlink():
+        return False
+    inside = list(training.iterdir())
+    if not inside:
+        return True
+    marker = _read_marker(side)
+    cut_short = exists(marker) and _marker_text(name).startswith(marker)
+    return len(inside) == 1 and inside[0].name == MARKER_NAME and cut_short
+
+
+def _is_ours(side: Path, name: str) -> bool:
+    """Whether sibling `side` (temp or old) of checkpoint `name` was written by this trainer."""
+    return side.is_dir() and not side.is_symlink() and (_marked_for(side, name) or _holds_nothing(side, name))
+
+
+def _strangers(folder: Path) -> list[str]:
+    """Entries of a checkpoint folder that the trainer does not write."""
+    ours = {*MODEL_FILES, TRAINING_DIR}
+    found = [p.name for p in folder.iterdir() if p.name not in ours]
+    training = folder / TRAINING_DIR
+    if training.is_dir():
+        ours = {OPTIMIZER_NAME, STATE_NAME, MARKER_NAME}
+        found += [f"{TRAINING_DIR}/{p.name}" for p in training.iterdir() if p.name not in ours]
+    elif training.exists():
+        found.append(TRAINING_DIR)
+    return sorted(found)
+
+
+def _remove_ours(side: Path):
+    """Remove a temp or old checkpoint file by file, only the names the
+    trainer writes, state and marker last, so a removal cut short still
+    reads as ours; anything else found there stops it."""
+    training = side / TRAINING_DIR
+    for path in [*(side / n for n in MODEL_FILES), training / OPTIMIZER_NAME, training / PARTIAL_STATE,
+                 training / STATE_NAME, training / MARKER_NAME]:
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    if training.is_dir():
+        _rmdir(training)
+    _rmdir(side)
+
+
+def _rmdir(path: Path):
+    try:
+        path.rmdir()
+    except OSError as e:
+        left = ", ".join(sorted(p.name for p in path.iterdir())) if path.is_dir() else "?"
+        raise ValueError(f"{path} holds {left}, which axw.train did not write; it left them in place: "
+                         "move them out and run again") from e
+
+
+def _fsync(path: Path):
+    # on disk before the renames that publish it, so a power cut cannot leave a renamed but empty file
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some systems
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def recover_checkpoint(folder) -> Path:
+    """Finish or undo a save that was cut short. If `folder` is missing, the
+    whole new checkpoint (temp) or else the whole old one takes its name;
+    then leftover temp and old folders are removed. Touches only folders the
+    trainer wrote (see `check_out_dir`)."""
+    folder, tmp, old = _siblings(folder)
+    if not folder.exists():
+        for side in (tmp, old):  # the temp is the newer one
+            if _is_ours(side, folder.name) and is_checkpoint(side):
+                os.replace(side, folder)
+                _fsync(folder.parent)
+                break
+    for side in (tmp, old):
+        if side.exists() and _is_ours(side, folder.name):
+            _remove_ours(side)
+    return folder
+
+
+def check_out_dir(folder) -> Path:
+    """Raise ValueError unless the trainer may write checkpoints to `folder`:
+    absent, an empty folder, or an axw training checkpoint holding only files
+    the trainer writes; its `.tmp` and `.old` siblings, if any, must be ours
+    too. Then finish any save that was cut short (`recover_checkpoint`)."""
+    folder, tmp, old = _siblings(folder)
+    for side in (tmp, old):
+        if (side.exists() or side.is_symlink()) and not _is_ours(side, folder.name):
+            raise ValueError(f"{side} exists and was not written by axw.train for {folder}; the trainer saves "
+                             f"{folder}'s checkpoints through it: move or rename it")
+    recover_checkpoint(folder)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise ValueError(f"{folder} is not a folder; give a new folder, an empty one or a training checkpoint")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not is_checkpoint(folder):
+            raise ValueError(f"{folder} is not empty and is not an axw training checkpoint (it has no "
+                             f"{TRAINING_DIR}/{STATE_NAME}); the trainer never overwrites what it did not write: "
+                             "give a new folder, an empty one or a training checkpoint")
+        strangers = _strangers(folder)
+        if strangers:
+            raise ValueError(f"{folder} holds {', '.join(strangers)}, which axw.train did not write; a new "
+                             "checkpoint replaces the folder, so move them out first")
+    return folder
+
+
 def save_checkpoint(folder, model, optimizer, step: int, config: TrainConfig, history: list,
                     model_card: str | None = None, extra_state: dict | None = None) -> Path:
     """A Hub model folder plus the optimizer moments and RNG state (safetensors)
-    and the step, config and history (JSON). Written beside and moved into
-    place, so a run killed mid-save leaves the previous checkpoint whole."""
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    and the step, config and history (JSON).
+
+    Written whole into `folder.tmp` (state.json last), then swapped in by
+    renames: folder -> folder.old, folder.tmp -> folder, then folder.old is
+    removed. A run killed at any moment leaves the old or the new checkpoint
+    whole; `recover_checkpoint` (run by `check_out_dir`, the next save and
+    `load_checkpoint`) puts it back in place. Raises ValueError, before
+    writing anything, where `check_out_dir` would."""
+    folder = check_out_dir(folder)
+    _, tmp, old = _siblings(folder)
+    (tmp / TRAINING_DIR).mkdir(parents=True)
+    (tmp / TRAINING_DIR / MARKER_NAME).write_text(_marker_text(folder.name), encoding="utf-8")
     model.save_pretrained(tmp, model_card=model_card)
     names = {id(p): n for n, p in model.net.named_parameters()}
     tensors = {}
@@ -199,21 +409,36 @@ def save_checkpoint(folder, model, optimizer, step: int, config: TrainConfig, hi
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    (tmp / TRAINING_DIR).mkdir()
     save_file(tensors, tmp / TRAINING_DIR / OPTIMIZER_NAME)
     state = dict(step=step, config=asdict(config), history=history, **(extra_state or {}))
-    (tmp / TRAINING_DIR / STATE_NAME).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
-    if folder.exists():
-        shutil.rmtree(folder)
+    partial = tmp / TRAINING_DIR / PARTIAL_STATE
+    partial.write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
+    for path in [*tmp.iterdir(), *(tmp / TRAINING_DIR).iterdir(), tmp / TRAINING_DIR]:
+        _fsync(path)
+    os.replace(partial, tmp / TRAINING_DIR / STATE_NAME)  # from here on the temp is a whole checkpoint
+    _fsync(tmp / TRAINING_DIR)
+    if folder.is_dir():
+        if any(folder.iterdir()):
+            # the marker makes the old folder recognisably ours (checkpoints saved before it had none)
+            if not _marked_for(folder, folder.name):
+                (folder / TRAINING_DIR / MARKER_NAME).write_text(_marker_text(folder.name), encoding="utf-8")
+            os.replace(folder, old)
+        else:
+            folder.rmdir()  # the empty folder the caller gave
     os.replace(tmp, folder)
+    _fsync(folder.parent)
+    if old.exists():
+        _remove_ours(old)
     return folder
 
 
 def read_trainer_state(folder) -> dict:
-    path = Path(folder) / TRAINING_DIR / STATE_NAME
-    if not path.is_file():
+    """The step, config and history of a checkpoint, after finishing a save
+    of it that was cut short (`recover_checkpoint`)."""
+    folder = recover_checkpoint(folder)
+    if not is_checkpoint(folder):
         raise ValueError(f"{folder} has no {TRAINING_DIR}/{STATE_NAME}: not a training checkpoint")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads((folder / TRAINING_DIR / STATE_NAME).read_text(encoding="utf-8"))
 
 
 def load_checkpoint(folder, model, optimizer) -> dict:
@@ -221,8 +446,8 @@ def load_checkpoint(folder, model, optimizer) -> dict:
     `save_checkpoint` into `model` and `optimizer`; returns the trainer state."""
     from .hub import load_safetensors
 
-    folder = Path(folder)
     state = read_trainer_state(folder)
+    folder = Path(folder)
     model.net.load_state_dict(load_safetensors(folder, device=model.device))
     tensors = load_file(folder / TRAINING_DIR / OPTIMIZER_NAME)
     for name, p in model.net.named_parameters():
@@ -247,6 +472,8 @@ def train(
     heldout_chars: int | None = None,
     model_card: Callable[[dict], str] | None = None,
     extra_state: dict | None = None,
+    teacher=None,
+    generated: Tensor | None = None,
 ) -> TrainResult:
     """Train `model` (an AutoregressiveWrapper) in place on 1-D `train_ids`.
 
@@ -257,14 +484,24 @@ def train(
     each step; True ends the run (with a checkpoint if `config.out_dir`).
     `resume` names a checkpoint folder to continue from. `model_card(record)`
     writes the README.md of saved checkpoints; `extra_state` (JSON) is stored
-    in their training/state.json."""
+    in their training/state.json.
+
+    Distillation: with a `teacher` (an AutoregressiveWrapper on the same
+    vocabulary, moved to the device, run in eval mode without gradients), the
+    loss is `distill_alpha` times `distillation_loss` of the teacher's logits
+    plus 1 - `distill_alpha` times the usual cross-entropy; records then
+    carry `kl` and, on evaluation steps, `heldout_agreement`, the share of
+    held-out tokens where the model's argmax is the teacher's. `generated`
+    (rows, length) token windows, say the teacher's continuations of
+    training prompts, make up `config.generated_fraction` of each batch."""
     config.validate(model)
     seq_len = config.seq_len or model.max_seq_len
-    for name, ids in (("train_ids", train_ids), ("heldout_ids", heldout_ids)):
-        if ids is None and name == "heldout_ids":
+    for name, ids in (("train_ids", train_ids), ("heldout_ids", heldout_ids), ("generated", generated)):
+        if ids is None and name != "train_ids":
             continue
-        if not isinstance(ids, Tensor) or ids.ndim != 1 or ids.dtype != torch.long:
-            raise ValueError(f"{name} must be a 1-D long tensor of token ids")
+        ndim = 2 if name == "generated" else 1
+        if not isinstance(ids, Tensor) or ids.ndim != ndim or ids.dtype != torch.long:
+            raise ValueError(f"{name} must be a {ndim}-D long tensor of token ids")
         if ids.numel() and (ids.min() < 0 or ids.max() >= model.net.num_tokens):
             raise ValueError(f"{name} holds ids outside the vocabulary [0, {model.net.num_tokens})")
     train_ids = train_ids.cpu()  # windows are cut on the CPU, then moved
@@ -272,9 +509,29 @@ def train(
         raise ValueError(f"train_ids has {train_ids.numel()} tokens; a window needs seq_len + 1 = {seq_len + 1}")
     if exists(heldout_ids) and heldout_ids.numel() < 2:
         raise ValueError("heldout_ids needs at least 2 tokens")
+    if exists(generated) != (config.generated_fraction > 0):
+        raise ValueError("generated windows and a generated_fraction > 0 go together: give both or neither")
+    if exists(generated):
+        if generated.shape[0] < 1 or generated.shape[1] < seq_len + 1:
+            raise ValueError(f"generated must hold rows of at least seq_len + 1 = {seq_len + 1} tokens, "
+                             f"got shape {tuple(generated.shape)}")
+        generated = generated.cpu()
+    if exists(teacher):
+        check_teacher(model, teacher, seq_len)
+    elif config.distill_alpha != 1.0 or config.distill_temperature != 1.0:
+        raise ValueError("distill_alpha and distill_temperature need a teacher")
+    if exists(resume):
+        done = read_trainer_state(resume)["step"]
+        if done >= config.steps:
+            raise ValueError(f"{resume} has already finished {done} of {config.steps} steps; "
+                             "raise steps to train further")
+    if exists(config.out_dir):
+        check_out_dir(config.out_dir)
 
     device = torch.device(config.device)
     model.to(device).train()
+    if exists(teacher):
+        teacher.to(device)
     if exists(config.mask_prob):
         model.mask_prob = config.mask_prob
     optimizer = make_optimizer(model, config)
@@ -282,16 +539,24 @@ def train(
     if exists(resume):
         state = load_checkpoint(resume, model, optimizer)
         start_step, history = state["step"], state["history"]
+    n_generated = round(config.batch_size * config.generated_fraction) if exists(generated) else 0
+    teacher_top1 = None  # the teacher's held-out argmax, computed at the first evaluation
 
     def heldout_record():
+        nonlocal teacher_top1
         if heldout_ids is None:
             return {}
-        total, count = evaluate(model, heldout_ids, seq_len, config.eval_batch_size, config.eval_tokens, device)
+        args = (heldout_ids, seq_len, config.eval_batch_size, config.eval_tokens, device)
+        total, count, top1 = score(model, *args, argmax=exists(teacher))
         record = {"heldout_loss": total / count}
         if exists(heldout_chars):
             # a capped evaluation covers about count / all tokens of the characters
             chars = heldout_chars * count / (heldout_ids.numel() - 1)
             record["heldout_nats_per_char"] = total / chars
+        if exists(teacher):
+            if teacher_top1 is None:
+                teacher_top1 = score(teacher, *args, argmax=True)[2]
+            record["heldout_agreement"] = (top1 == teacher_top1).float().mean().item()
         return record
 
     def checkpoint(step, record):
@@ -302,48 +567,64 @@ def train(
     began = time.perf_counter()
     tokens_seen, loss_value, record, stopped = 0, None, {}, False
     step = start_step
-    while step < config.steps:
-        if exists(should_stop) and should_stop():
-            stopped = True
-            break
-        lr = lr_at(step, config)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = random_windows(train_ids, config.batch_size, seq_len + 1, step_generator(config.seed, step, 0))
-        batch = batch.to(device)
-        with _autocast(device):
-            loss = model(batch, generator=step_generator(config.seed, step, 1, device))
-        loss.backward()
-        if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
+    with eval_mode(*([teacher] if exists(teacher) else [])):
+        while step < config.steps:
+            if exists(should_stop) and should_stop():
+                stopped = True
+                break
+            lr = lr_at(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            windows = step_generator(config.seed, step, 0)
+            batch = random_windows(train_ids, config.batch_size - n_generated, seq_len + 1, windows)
+            if n_generated:  # drawn after the text windows, so runs without them draw what they always did
+                batch = torch.cat((batch, generated_windows(generated, n_generated, seq_len + 1, windows)))
+            batch = batch.to(device)
+            kl = None
+            with _autocast(device):
+                if exists(teacher):
+                    loss, (logits, _) = model(batch, return_outputs=True,
+                                              generator=step_generator(config.seed, step, 1, device))
+                    with torch.no_grad():
+                        teacher_logits = teacher.net(batch[:, :-1])
+                    kl = distillation_loss(logits, teacher_logits, config.distill_temperature)
+                    loss = config.distill_alpha * kl + (1 - config.distill_alpha) * loss
+                else:
+                    loss = model(batch, generator=step_generator(config.seed, step, 1, device))
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
 
-        loss_value = loss.item()
-        tokens_seen += batch.shape[0] * seq_len
-        elapsed = time.perf_counter() - began
-        record = dict(step=step, steps=config.steps, loss=loss_value, lr=lr,
-                      tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed, start_step=start_step)
-        is_last = step == config.steps
-        if (config.eval_every and step % config.eval_every == 0) or is_last:
-            record.update(heldout_record())
+            loss_value = loss.item()
+            tokens_seen += batch.shape[0] * seq_len
+            elapsed = time.perf_counter() - began
+            record = dict(step=step, steps=config.steps, loss=loss_value, lr=lr,
+                          tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed, start_step=start_step)
+            if exists(kl):
+                record["kl"] = kl.item()
+            is_last = step == config.steps
+            if (config.eval_every and step % config.eval_every == 0) or is_last:
+                record.update(heldout_record())
+                history.append(record)
+            if exists(callback):
+                callback(record)
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and not is_last:
+                checkpoint(step, record)
+
+        if stopped and "heldout_loss" not in record and step > start_step:
+            record = dict(record, **heldout_record())
             history.append(record)
-        if exists(callback):
-            callback(record)
-        if config.checkpoint_every and step % config.checkpoint_every == 0 and not is_last:
-            checkpoint(step, record)
-
-    if stopped and "heldout_loss" not in record and step > start_step:
-        record = dict(record, **heldout_record())
-        history.append(record)
-        if exists(callback):
-            callback(record)
+            if exists(callback):
+                callback(record)
     if step > start_step or not exists(resume):
         checkpoint(step, record)
     return TrainResult(step=step, stopped=stopped, loss=loss_value, heldout_loss=record.get("heldout_loss"),
                        heldout_nats_per_char=record.get("heldout_nats_per_char"),
-                       seconds=time.perf_counter() - began, history=history)
+                       seconds=time.perf_counter() - began, history=history,
+                       heldout_agreement=record.get("heldout_agreement"))
 
 
 # --- command line ---
@@ -367,6 +648,8 @@ class ProgressLine:
             line += f" | held-out {r['heldout_loss']:.4f}/token"
             if "heldout_nats_per_char" in r:
                 line += f" {r['heldout_nats_per_char']:.4f}/char"
+            if "heldout_agreement" in r:
+                line += f" agreement {r['heldout_agreement']:.3f}"
         if self.tty:
             end = "\n" if "heldout_loss" in r or r["step"] == r["steps"] else ""
             self.stream.write("\r" + line.ljust(120) + end)
@@ -375,14 +658,24 @@ class ProgressLine:
         self.stream.flush()
 
 
+DEFAULT_VOCAB_SIZE = 1024
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m axw.train", description="Train an axw language model on a text file.")
     p.add_argument("--data", required=True, help="UTF-8 text file; its last 10%% is held out")
-    p.add_argument("--out", required=True, help="folder for the checkpoint (a Hub model folder)")
+    p.add_argument("--out", required=True,
+                   help="folder for the checkpoint (a Hub model folder): new, empty, or a checkpoint of this trainer")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     tok = p.add_argument_group("tokenizer")
     tok.add_argument("--tokenizer", help="tokenizer.json to use (default: train one on the training split)")
-    tok.add_argument("--vocab-size", type=int, default=1024, help="byte-level BPE vocabulary when training one")
+    tok.add_argument("--vocab-size", type=int, default=None,
+                     help=f"byte-level BPE vocabulary when training one (default {DEFAULT_VOCAB_SIZE})")
+    dist = p.add_argument_group("distillation")
+    dist.add_argument("--teacher", help="model folder whose logits the model learns (its tokenizer is used)")
+    dist.add_argument("--generated-data",
+                      help="safetensors file of token windows ('ids', rows x length), e.g. the teacher's "
+                           "continuations from scripts/teacher_continuations.py; with --generated-fraction")
     net = p.add_argument_group("model")
     net.add_argument("--dim", type=int, default=256)
     net.add_argument("--depth", type=int, default=4)
@@ -405,6 +698,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def load_generated(path) -> Tensor:
+    """The `ids` tensor (rows x length) of a safetensors file of token windows."""
+    if not Path(path).is_file():
+        raise ValueError(f"--generated-data {path} is not a file")
+    tensors = load_file(path)
+    if "ids" not in tensors:
+        raise ValueError(f"{path} has no 'ids' tensor (rows x length token windows)")
+    return tensors["ids"].long()
+
+
+def load_teacher(path):
+    from .wrapper import AutoregressiveWrapper
+
+    if not Path(path).is_dir():
+        raise ValueError(f"--teacher {path} is not a model folder")
+    teacher = AutoregressiveWrapper.from_pretrained(path)
+    if teacher.tokenizer is None:
+        raise ValueError(f"--teacher {path} has no tokenizer.json; the student must share the teacher's tokenizer")
+    return teacher
+
+
 def main(argv: list[str] | None = None) -> TrainResult:
     from .data import encode_split, eos_id, read_text, split_text, train_tokenizer
     from .transformer import Decoder, TransformerWrapper
@@ -414,12 +728,23 @@ def main(argv: list[str] | None = None) -> TrainResult:
     args = build_parser().parse_args(argv)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if f.name != "out_dir" and getattr(args, f.name) is not None}
+    # resume only reads a checkpoint: anything else is refused here
     state = read_trainer_state(args.out) if args.resume else {}
     saved = {k: v for k, v in state.get("config", {}).items() if k != "out_dir"}
     # a resumed run keeps its saved settings unless a flag overrides one
     config = TrainConfig(**{**saved, **given}, out_dir=args.out)
     # every argument is checked before any tokenizer or model work
     config.validate()
+    check_out_dir(args.out)
+    if args.resume and state["step"] >= config.steps:
+        raise ValueError(f"{args.out} has already finished {state['step']} of {config.steps} steps; "
+                         "raise --steps to train further")
+    teacher_path = args.teacher or state.get("teacher")
+    generated_path = args.generated_data or state.get("generated_data")
+    if not exists(teacher_path) and (config.distill_alpha != 1.0 or config.distill_temperature != 1.0):
+        raise ValueError("--distill-alpha and --distill-temperature need a --teacher")
+    if exists(generated_path) != (config.generated_fraction > 0):
+        raise ValueError("--generated-data and --generated-fraction (> 0) go together: give both or neither")
     if exists(args.threads):
         if args.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {args.threads}")
@@ -428,7 +753,7 @@ def main(argv: list[str] | None = None) -> TrainResult:
     if not args.resume:
         if exists(args.tokenizer) and not Path(args.tokenizer).is_file():
             raise ValueError(f"--tokenizer {args.tokenizer} is not a file")
-        if not exists(args.tokenizer) and args.vocab_size < 257:
+        if exists(args.vocab_size) and args.vocab_size < 257:
             raise ValueError(f"vocab_size must be >= 257 (256 bytes + end-of-text), got {args.vocab_size}")
         if args.dim % args.heads and args.dim_head is None:
             raise ValueError(f"dim ({args.dim}) must be divisible by heads ({args.heads}), or pass --dim-head")
@@ -437,6 +762,19 @@ def main(argv: list[str] | None = None) -> TrainResult:
         decoder = Decoder(dim=args.dim, depth=args.depth, heads=args.heads,
                           dim_head=args.dim_head or args.dim // args.heads, ff_mult=args.ff_mult,
                           attn_dropout=args.dropout, ff_dropout=args.dropout, rotary_pos_emb=not args.abs_pos_emb)
+    generated = load_generated(generated_path) if exists(generated_path) else None
+    teacher = load_teacher(teacher_path) if exists(teacher_path) else None
+    if exists(teacher) and not args.resume:
+        vocab = teacher.tokenizer.get_vocab_size()
+        if exists(args.vocab_size) and args.vocab_size != vocab:
+            raise ValueError(f"--vocab-size {args.vocab_size} differs from the teacher's vocabulary ({vocab}); "
+                             "with --teacher the model uses the teacher's tokenizer")
+        if exists(args.tokenizer):
+            from tokenizers import Tokenizer
+
+            if Tokenizer.from_file(args.tokenizer).get_vocab() != teacher.tokenizer.get_vocab():
+                raise ValueError(f"--tokenizer {args.tokenizer} differs from the teacher's tokenizer; "
+                                 "distillation needs the same token ids")
 
     torch.manual_seed(config.seed)
     if args.resume:
@@ -444,33 +782,47 @@ def main(argv: list[str] | None = None) -> TrainResult:
         tokenizer = model.tokenizer
         config.validate(model)
     else:
-        if exists(args.tokenizer):
+        if exists(teacher):
+            tokenizer = teacher.tokenizer
+        elif exists(args.tokenizer):
             from tokenizers import Tokenizer
 
             tokenizer = Tokenizer.from_file(args.tokenizer)
         else:
-            tokenizer = train_tokenizer(split_text(text)[0], args.vocab_size)
+            tokenizer = train_tokenizer(split_text(text)[0], args.vocab_size or DEFAULT_VOCAB_SIZE)
         net = TransformerWrapper(num_tokens=tokenizer.get_vocab_size(), max_seq_len=args.max_seq_len,
                                  attn_layers=decoder, emb_dropout=args.dropout, use_abs_pos_emb=args.abs_pos_emb)
         model = AutoregressiveWrapper(net)
         model.tokenizer = tokenizer
         model.eos_token_id = eos_id(tokenizer)
         config.validate(model)
+    if exists(teacher):
+        check_teacher(model, teacher, config.seq_len or model.max_seq_len)
     train_ids, heldout_ids, heldout_text = encode_split(text, tokenizer)
     params = sum(p.numel() for p in model.parameters())
     print(f"{params / 1e6:.2f}M parameters, vocabulary {tokenizer.get_vocab_size()}, "
           f"{train_ids.numel():,} training / {heldout_ids.numel():,} held-out tokens "
           f"({len(heldout_text) / (heldout_ids.numel() - 1):.2f} characters per token), "
-          f"{torch.get_num_threads()} threads on {config.device}", flush=True)
+          f"{torch.get_num_threads()} threads on {config.device}"
+          + (f", teacher {teacher_path}" if exists(teacher) else "")
+          + (f", {generated.shape[0]:,} generated windows of {generated.shape[1]}" if exists(generated) else ""),
+          flush=True)
 
     commands = state.get("commands", []) + ["python -m axw.train " + " ".join(argv)]
+    extra = {"commands": commands}
+    # the teacher and generated data are re-read from these paths on --resume
+    if exists(teacher_path):
+        extra["teacher"] = teacher_path
+    if exists(generated_path):
+        extra["generated_data"] = generated_path
     # wall time of earlier invocations, so a resumed run's card reports the whole run
     previous_seconds = next((r["total_seconds"] for r in reversed(state.get("history", []))
                              if "total_seconds" in r), 0.0)
     began = time.perf_counter()
 
     def card(record: dict) -> str:
-        return model_card(model, config, commands, record, params, time.perf_counter() - began + previous_seconds)
+        return model_card(model, config, commands, record, params, time.perf_counter() - began + previous_seconds,
+                          teacher=teacher_path)
 
     progress = ProgressLine()
 
@@ -479,19 +831,31 @@ def main(argv: list[str] | None = None) -> TrainResult:
         progress(record)
 
     result = train(model, train_ids, heldout_ids, config, callback=on_progress, resume=args.out if args.resume else None,
-                   heldout_chars=len(heldout_text), model_card=card, extra_state={"commands": commands})
-    print(f"done: {result.step} steps in {result.seconds:.0f} s, held-out {result.heldout_loss:.4f} nats/token, "
-          f"{result.heldout_nats_per_char:.4f} nats/char; saved to {args.out}")
+                   heldout_chars=len(heldout_text), model_card=card, extra_state=extra, teacher=teacher,
+                   generated=generated)
+    line = f"done: {result.step} steps in {result.seconds:.0f} s"
+    if exists(result.heldout_loss):
+        line += f", held-out {result.heldout_loss:.4f} nats/token, {result.heldout_nats_per_char:.4f} nats/char"
+    if exists(result.heldout_agreement):
+        line += f", agreement with the teacher {result.heldout_agreement:.4f}"
+    print(f"{line}; saved to {args.out}")
     return result
 
 
-def model_card(model, config: TrainConfig, commands: list[str], record: dict, params: int, seconds: float) -> str:
+def model_card(model, config: TrainConfig, commands: list[str], record: dict, params: int, seconds: float,
+               teacher: str | None = None) -> str:
     net, layers = model.net.config, model.net.attn_layers.config
     heldout = ""
     if "heldout_nats_per_char" in record:
         heldout = (f"Held-out loss (last 10% of the characters, never trained on): "
                    f"**{record['heldout_nats_per_char']:.4f} nats per character** "
                    f"({record['heldout_loss']:.4f} nats per token) after step {record['step']}.\n\n")
+    if exists(teacher):
+        heldout += (f"Distilled from `{teacher}` (KL at temperature {config.distill_temperature}, weight "
+                    f"{config.distill_alpha}; cross-entropy weight {1 - config.distill_alpha:g}).\n\n")
+    if "heldout_agreement" in record:
+        heldout += (f"Its argmax is the teacher's on {record['heldout_agreement']:.2%} of the held-out tokens "
+                    "(teacher-forced).\n\n")
     cpu = platform.processor() or platform.machine()
     threads = torch.get_num_threads()
     device = config.device if config.device != "cpu" else f"CPU ({cpu}, {threads} thread{'s' * (threads > 1)})"

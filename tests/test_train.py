@@ -268,3 +268,267 @@ def test_cli_resume_goes_on_from_the_checkpoint(tmp_path):
     assert len(state["commands"]) == 2 and "--resume" in state["commands"][1]
     card = (out / "README.md").read_text()
     assert "--dim 32" in card and "--resume --steps 7" in card
+
+
+# --- the trainer never destroys what it did not write ---
+
+
+def cli_args(data, out, *extra):
+    return ["--data", str(data), "--out", str(out), "--vocab-size", "280", "--dim", "32", "--depth", "1",
+            "--heads", "2", "--max-seq-len", "16", "--steps", "2", "--warmup-steps", "1", "--batch-size", "2",
+            "--threads", "1", *extra]
+
+
+def small_data(tmp_path):
+    data = tmp_path / "t.txt"
+    data.write_text("to be or not to be, that is the question.\n" * 100, encoding="utf-8")
+    return data
+
+
+def snapshot(folder):
+    """Every file under `folder` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_cli_refuses_an_out_folder_it_did_not_write(tmp_path, monkeypatch):
+    import axw.data
+
+    def no_tokenizer_training(*args, **kwargs):
+        raise AssertionError("the tokenizer was trained before the folder was checked")
+
+    monkeypatch.setattr(axw.data, "train_tokenizer", no_tokenizer_training)
+    data = small_data(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a year of notes", encoding="utf-8")
+    # a model folder (no training state) is not a checkpoint either
+    model_folder = tiny_model().save_pretrained(tmp_path / "model")
+    for out in (mine, model_folder):
+        before = snapshot(out)
+        with pytest.raises(ValueError, match="not empty and is not an axw training checkpoint"):
+            main(cli_args(data, out))
+        assert snapshot(out) == before
+    # a file, not a folder
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    with pytest.raises(ValueError, match="not a folder"):
+        main(cli_args(data, tmp_path / "file"))
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_train_refuses_an_out_folder_it_did_not_write_before_its_first_step(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a year of notes", encoding="utf-8")
+    model = tiny_model()
+    weights = model.net.token_emb.weight.clone()
+    steps = []
+    with pytest.raises(ValueError, match="not empty and is not an axw training checkpoint"):
+        train(model, periodic_ids(), None, quick_config(steps=2, warmup_steps=1, out_dir=str(mine)),
+              callback=steps.append)
+    assert steps == [] and torch.equal(model.net.token_emb.weight, weights)
+    assert snapshot(mine) == {"notes.txt": b"a year of notes"}
+
+
+def test_a_checkpoint_holding_other_files_is_refused(tmp_path):
+    out = tmp_path / "m"
+    train(tiny_model(), periodic_ids(), None, quick_config(steps=2, warmup_steps=1, out_dir=str(out)))
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "training" / "plot.png").write_bytes(b"png")
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="notes.txt, training/plot.png, which axw.train did not write"):
+        train(tiny_model(), periodic_ids(), None, quick_config(steps=2, warmup_steps=1, out_dir=str(out)))
+    assert snapshot(out) == before
+
+
+def test_an_empty_out_folder_and_a_checkpoint_are_accepted(tmp_path):
+    out = tmp_path / "m"
+    out.mkdir()
+    train(tiny_model(), periodic_ids(), None, quick_config(steps=2, warmup_steps=1, out_dir=str(out)))
+    assert json.loads((out / "training" / "state.json").read_text())["step"] == 2
+    # a fresh run may replace a checkpoint (something the trainer wrote)
+    train(tiny_model(seed=1), periodic_ids(), None, quick_config(steps=3, warmup_steps=1, out_dir=str(out)))
+    assert json.loads((out / "training" / "state.json").read_text())["step"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp or old folder left behind
+
+
+def test_a_sibling_named_like_the_temp_folder_is_not_the_trainers(tmp_path):
+    out = tmp_path / "m"
+    for name in ("m.tmp", "m.old"):
+        side = tmp_path / name
+        side.mkdir()
+        (side / "data.csv").write_text("1,2,3", encoding="utf-8")
+        with pytest.raises(ValueError, match=f"{name} exists and was not written by axw.train"):
+            train(tiny_model(), periodic_ids(), None, quick_config(steps=2, warmup_steps=1, out_dir=str(out)))
+        assert snapshot(side) == {"data.csv": b"1,2,3"} and not out.exists()
+        side.rename(tmp_path / (name + "-kept"))
+    # another run's checkpoint that happens to be called m.tmp is not m's temp folder either
+    train(tiny_model(), periodic_ids(), None, quick_config(steps=2, warmup_steps=1, out_dir=str(tmp_path / "m.tmp")))
+    before = snapshot(tmp_path / "m.tmp")
+    with pytest.raises(ValueError, match="m.tmp exists and was not written by axw.train for"):
+        train(tiny_model(), periodic_ids(), None, quick_config(steps=2, warmup_steps=1, out_dir=str(out)))
+    assert snapshot(tmp_path / "m.tmp") == before
+
+
+def test_resume_reads_only_checkpoints(tmp_path):
+    data = small_data(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("notes", encoding="utf-8")
+    model_folder = tiny_model().save_pretrained(tmp_path / "model")
+    for folder in (mine, model_folder, tmp_path / "missing"):
+        before = snapshot(folder) if folder.exists() else None
+        with pytest.raises(ValueError, match="not a training checkpoint"):
+            main(cli_args(data, folder, "--resume"))
+        with pytest.raises(ValueError, match="not a training checkpoint"):
+            train(tiny_model(), periodic_ids(), None, quick_config(), resume=folder)
+        assert (snapshot(folder) if folder.exists() else None) == before
+
+
+def test_resume_of_a_finished_run_says_so(tmp_path):
+    data = small_data(tmp_path)
+    out = tmp_path / "m"
+    main(cli_args(data, out))
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="already finished 2 of 2 steps; raise --steps to train further"):
+        main(["--data", str(data), "--out", str(out), "--resume"])
+    with pytest.raises(ValueError, match="already finished 2 of 1 steps"):
+        main(["--data", str(data), "--out", str(out), "--resume", "--steps", "1"])
+    model = AutoregressiveWrapper.from_pretrained(out)
+    with pytest.raises(ValueError, match="already finished 2 of 2 steps"):
+        train(model, periodic_ids(vocab=280), None, quick_config(steps=2, warmup_steps=1, seq_len=16), resume=out)
+    assert snapshot(out) == before
+    assert main(["--data", str(data), "--out", str(out), "--resume", "--steps", "3"]).step == 3
+
+
+class Killed(BaseException):
+    """A kill: no `except Exception` in the code under test catches it."""
+
+
+def kill_at(monkeypatch, k):
+    """From here on, count every file-system change (make a folder, open a
+    file for writing, write a safetensors file, rename, remove) and die at
+    the k-th: before a rename or removal, after a file was created empty.
+    Returns the counter list, one name per change seen."""
+    import builtins
+    import io
+    import os
+    import shutil
+
+    import axw.hub
+    import axw.train
+
+    seen = []
+
+    def tick(name):
+        seen.append(name)
+        return len(seen) - 1 == k
+
+    def before(name, fn):
+        def wrapped(*args, **kwargs):
+            if tick(name):
+                raise Killed(name)
+            return fn(*args, **kwargs)
+        return wrapped
+
+    def opening(fn):
+        def wrapped(file, mode="r", *args, **kwargs):
+            if any(c in mode for c in "wax+"):
+                if tick(f"open {Path(file).name}"):
+                    fn(file, mode, *args, **kwargs).close()  # created or truncated, nothing written
+                    raise Killed("open")
+            return fn(file, mode, *args, **kwargs)
+        return wrapped
+
+    def saving(fn):
+        def wrapped(tensors, filename, *args, **kwargs):
+            if tick(f"save_file {Path(filename).name}"):
+                Path(filename).write_bytes(b"\0" * 10)  # a torn write
+                raise Killed("save_file")
+            return fn(tensors, filename, *args, **kwargs)
+        return wrapped
+
+    for module, name in ((os, "mkdir"), (os, "replace"), (os, "rename"), (os, "unlink"), (os, "remove"),
+                         (os, "rmdir"), (shutil, "rmtree")):
+        monkeypatch.setattr(module, name, before(name, getattr(module, name)))
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", opening(real_open))
+    monkeypatch.setattr(io, "open", opening(real_open))
+    monkeypatch.setattr(axw.hub, "save_file", saving(axw.hub.save_file))
+    monkeypatch.setattr(axw.train, "save_file", saving(axw.train.save_file))
+    return seen
+
+
+@pytest.mark.parametrize("old_has_marker", [True, False])
+def test_a_save_killed_at_any_change_leaves_a_whole_checkpoint(tmp_path, old_has_marker):
+    import shutil
+
+    from axw.train import load_checkpoint, make_optimizer, read_trainer_state, save_checkpoint
+
+    config = quick_config()
+
+    def stepped(model, optimizer, steps):
+        for s in range(steps):
+            loss = model(periodic_ids(length=40, seed=s)[None])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+
+    def state_of(model, optimizer):
+        moments = [{k: v.clone() for k, v in optimizer.state[p].items()} for p in model.net.parameters()]
+        return {k: v.clone() for k, v in model.net.state_dict().items()}, moments
+
+    model = tiny_model()
+    optimizer = make_optimizer(model, config)
+    stepped(model, optimizer, 1)
+    template = tmp_path / "template" / "ckpt"
+    save_checkpoint(template, model, optimizer, 1, config, [{"step": 1}])
+    if not old_has_marker:  # as checkpoints written before the marker existed
+        (template / "training" / "checkpoint.json").unlink()
+    expect = {1: state_of(model, optimizer)}
+    stepped(model, optimizer, 1)
+    expect[2] = state_of(model, optimizer)
+
+    def check(folder):
+        fresh = tiny_model(seed=5)
+        fresh_optimizer = make_optimizer(fresh, config)
+        state = load_checkpoint(folder, fresh, fresh_optimizer)
+        weights, moments = expect[state["step"]]
+        for name, value in fresh.net.state_dict().items():
+            assert torch.equal(value, weights[name]), name
+        for p, m in zip(fresh.net.parameters(), moments):
+            assert set(fresh_optimizer.state[p]) == set(m)
+            assert all(torch.equal(fresh_optimizer.state[p][k], v) for k, v in m.items())
+        assert state["history"] == [{"step": s} for s in range(1, state["step"] + 1)]
+        return state["step"]
+
+    k, outcomes = 0, []
+    while True:
+        case = tmp_path / f"case{k}"
+        folder = case / "ckpt"
+        shutil.copytree(template.parent, case)
+        with pytest.MonkeyPatch.context() as mp:
+            seen = kill_at(mp, k)
+            try:
+                save_checkpoint(folder, model, optimizer, 2, config, [{"step": 1}, {"step": 2}])
+                finished = True
+            except Killed:
+                finished = False
+        # a kill while recovering from the kill must not lose it either
+        j = 0
+        while True:
+            with pytest.MonkeyPatch.context() as mp:
+                kill_at(mp, j)
+                try:
+                    read_trainer_state(folder)
+                    break
+                except Killed:
+                    j += 1
+        outcomes.append(check(folder))
+        assert sorted(p.name for p in case.iterdir()) == ["ckpt"], seen
+        if finished:
+            break
+        k += 1
+    # every change was a place to die; the old checkpoint survives the early ones, the new one the late ones
+    assert k == len(seen) >= 10
+    assert outcomes[0] == 1 and outcomes[-1] == 2 and outcomes == sorted(outcomes)
+    assert any(name.startswith("save_file") for name in seen) and seen.count("replace") >= 2
