@@ -238,7 +238,8 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
 # --- checkpoints: written beside, swapped in by renames, never over what we did not write ---
 
 MARKER_NAME = "checkpoint.json"  # in training/, written first: says the folder is ours and for which name
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "README.md")  # what save_pretrained writes
+# what save_pretrained writes
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md")
 PARTIAL_STATE = STATE_NAME + ".partial"
 
 
