@@ -90,3 +90,14 @@ def autoregressive_loss(
     if not return_outputs:
         return loss
     return loss, (logits, inter)
+
+
+def distillation_loss(logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """Mean over positions of T^2 * KL(p_teacher || p_student), both softmaxes
+    of the logits divided by T (Hinton et al. 2015, arXiv:1503.02531: the
+    T^2 keeps the gradients' scale as T changes)."""
+    t = temperature
+    student = F.log_softmax(logits.float() / t, dim=-1)
+    teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(dim=-1)
+    return kl.mean() * t * t

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from .loss import distillation_loss
 from .utils import check_number, eval_mode, exists
 
 # beside the model files, in a subfolder that model loaders do not read
@@ -173,17 +174,6 @@ def score(model, ids: Tensor, seq_len: int, batch_size: int = 16, max_tokens: in
             if argmax:
                 tops.append(logits.argmax(dim=-1).reshape(-1).cpu())
     return total, count, torch.cat(tops) if argmax else None
-
-
-def distillation_loss(logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """Mean over positions of T^2 * KL(p_teacher || p_student), both softmaxes
-    of the logits divided by T (Hinton et al. 2015, arXiv:1503.02531: the
-    T^2 keeps the gradients' scale as T changes)."""
-    t = temperature
-    student = F.log_softmax(logits.float() / t, dim=-1)
-    teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    kl = F.kl_div(student, teacher, log_target=True, reduction="none").sum(dim=-1)
-    return kl.mean() * t * t
 
 
 def check_teacher(model, teacher, seq_len: int):

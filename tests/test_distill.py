@@ -14,7 +14,8 @@ from test_train import Recorder, periodic_ids, quick_config, snapshot
 
 from axw import AutoregressiveWrapper
 from axw.data import eos_id, train_tokenizer
-from axw.train import distillation_loss, main, random_windows, step_generator, train
+from axw.loss import distillation_loss
+from axw.train import main, random_windows, step_generator, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
