@@ -81,6 +81,7 @@ class GenerationConfig:
     # speculative decoding (with an assistant model, or drafting by prompt lookup)
     num_assistant_tokens: int = 5
     num_assistant_tokens_schedule: str = "constant"
+    assistant_confidence_threshold: float = 0.0  # stop drafting below this draft probability (0 = off)
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int = 2
     # stopping, context, randomness, the trace
@@ -129,6 +130,7 @@ class GenerationConfig:
         if self.num_assistant_tokens_schedule not in ASSISTANT_SCHEDULES:
             raise ValueError(f"num_assistant_tokens_schedule must be one of {', '.join(ASSISTANT_SCHEDULES)}, "
                              f"got {self.num_assistant_tokens_schedule!r}")
+        check_number(self.assistant_confidence_threshold, "assistant_confidence_threshold", 0, 1, high_open=True)
         if self.prompt_lookup_num_tokens is not None:
             check_number(self.prompt_lookup_num_tokens, "prompt_lookup_num_tokens", 1, 128, integer=True,
                          allowed="an integer in [1, 128] (None = off)")

@@ -86,14 +86,19 @@ def steps(run: Decoding) -> Iterator[Step]:
             drafts = lookup_drafts(out, cur, valid, gamma, c.max_matching_ngram_size, run.pad)
         else:
             drafts = torch.empty((b, gamma), dtype=torch.long, device=out.device)
+            threshold = c.assistant_confidence_threshold
             for j in range(gamma):
                 logits = draft.logits(out, cur + j)
                 processed = draft_pipeline(logits, *run.context(out, cur + j, valid), sampling=not greedy)
                 token = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
-                if need_q:
+                if need_q or threshold > 0:
                     q[j] = processed.float().softmax(dim=-1)
                 drafts[:, j] = token
                 out[:, cur + j] = token
+                # the draft stops once it is unsure of what it proposed (transformers' assistant confidence)
+                if threshold > 0 and j < gamma - 1 and bool((q[j][rows, token] < threshold).any()):
+                    gamma, drafts, q = j + 1, drafts[:, :j + 1], q[:j + 1]
+                    break
         out[:, cur:cur + gamma] = drafts
 
         # --- one forward of the model over the last token and the drafts ---

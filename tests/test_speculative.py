@@ -39,6 +39,7 @@ def test_greedy_past_the_window_with_penalties_eos_and_the_heuristic_schedule():
     kwargs = dict(temperature=0.0, repetition_penalty=1.3, no_repeat_ngram_size=3)
     plain = target.generate(prompt, 30, **kwargs)
     for extra in (dict(assistant_model=draft, num_assistant_tokens=4, num_assistant_tokens_schedule="heuristic"),
+                  dict(assistant_model=draft, num_assistant_tokens=6, assistant_confidence_threshold=0.5),
                   dict(assistant_model=draft, num_assistant_tokens=2), dict(prompt_lookup_num_tokens=3)):
         assert torch.equal(target.generate(prompt, 30, **kwargs, **extra), plain), extra
     eos = int(plain[0, 12])
@@ -184,3 +185,23 @@ def test_bad_drafts_and_combinations_are_refused_before_compute():
         assert not calls
     finally:
         hook.remove()
+
+
+def test_the_draft_stops_when_it_is_unsure():
+    """assistant_confidence_threshold (transformers' name): a round's drafting
+    ends at the first drafted token the draft gave less than the threshold."""
+    target, draft = pair()
+    prompt = torch.randint(1, 97, (1, 5))
+    steps = list(target.stream(prompt, 30, temperature=0.0, assistant_model=draft, num_assistant_tokens=6,
+                               assistant_confidence_threshold=0.3, trace=True))
+    seen = set()
+    for step in steps:
+        spec = step.trace.row(0)["speculative"]
+        if spec["round"] in seen or not spec["drafted"]:  # the last round may draft nothing
+            continue
+        seen.add(spec["round"])
+        probs = spec["draft_probs"]
+        # every drafted token but the last was proposed with at least the threshold
+        assert all(p >= 0.3 for p in probs[:-1]), probs
+        assert len(probs) == 6 or probs[-1] < 0.3 or len(probs) == 30 - step.step - 1
+    assert any(len(step.trace.row(0)["speculative"]["drafted"]) < 6 for step in steps)
