@@ -160,11 +160,11 @@ class Playground:
         m, _, _ = self.prepare(settings, session)  # every setting, force_token against the vocabulary included
         settings = settings.check()
         step = settings.force_step - 1
-        _, root, updates, cache = self.start(prompt, replace(settings.unforced(), max_new_tokens=step + 1), session,
-                                             keep_cache=True)
+        # the run as /generate runs it, up to the step (speculative decoding drafts as it would have)
+        _, root, updates, cache = self.start(prompt, settings.unforced(), session, keep_cache=True)
         for root in updates:
-            pass
-        root.settings = settings.unforced()
+            if len(root.rows) > step:
+                break
         if step >= len(root.rows):
             raise ValueError(f"the text ended after {len(root.rows)} steps, before step {step + 1}")
         _, run, updates, kept = self.branch(root, step, settings.force_token, session, kept=cache)
