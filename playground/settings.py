@@ -197,7 +197,9 @@ class Settings:
             kw.update(s.sampling())
             if s.xtc_probability:
                 kw.update(xtc_probability=s.xtc_probability, xtc_threshold=s.xtc_threshold)
-            if s.mirostat_tau:
+            # greedy skips the sampling stages, mirostat among them (and the library's mirostat would then
+            # update a target it never set)
+            if s.mirostat_tau and s.temperature > 0:
                 kw.update(mirostat_tau=s.mirostat_tau, mirostat_eta=s.mirostat_eta)
         elif s.strategy == "beam search":
             kw.update(beams=s.beams, length_penalty=s.length_penalty)

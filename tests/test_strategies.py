@@ -120,6 +120,15 @@ def test_speculative_decoding_at_temperature_0_is_exactly_greedy(client, models)
         assert all("speculative" in row for row in trace)
 
 
+def test_samplers_at_temperature_0_are_greedy(client, models):
+    """Greedy decoding skips the sampling stages; mirostat at temperature 0 once crashed the library's update of a
+    target it never set (hypothesis found it), so the app leaves mirostat out of greedy decoding."""
+    greedy = models[0].tokenizer.decode(library(models[0], 12, temperature=0.0))
+    for kwargs in (dict(mirostat_tau=3.0), dict(xtc_probability=1.0), dict(dynatemp_range=1.0, top_n_sigma=0.5)):
+        assert client.predict(prompt=PROMPT, temperature=0.0, max_new_tokens=12, api_name="/generate",
+                              **kwargs)[0] == greedy, kwargs
+
+
 def test_the_new_settings_off_are_the_old_settings(models):
     """Each new setting at its default (or sent at its neutral value) leaves the library's settings as they were,
     so calls made before these settings existed give the same text."""
