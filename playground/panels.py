@@ -84,7 +84,7 @@ def beam_tree_svg(rows: list[dict], tokenizer, prompt: str = "", selected: int |
             text = "▪ (ended)" if n["status"] == "ended" else mark + _label(tokenizer, n["token"])
             score = n["key"] if n["key"] is not None else n["ranked"]
             kind = "returned" if n["returned"] else n["status"]
-            out.append(f'<g class="axw-node axw-node-{kind}" data-step="{t}"><title>'
+            out.append(f'<g class="axw-node axw-node-{kind}" data-step="{t}" data-token="{n["token"]}"><title>'
                        f'{_esc(_node_title(n, tokenizer, length_penalty))}</title>'
                        f'<text x="{x}" y="{y:.1f}">{_esc(text)}</text>'
                        f'<text x="{x + SCORE_X}" y="{y:.1f}" class="axw-score">{score:.2f}</text></g>')
