@@ -35,8 +35,9 @@ CONCURRENCY = int(os.environ.get("AXW_CONCURRENCY", "2"))
 
 INTRO = """# axw decoding playground
 A language model gives a probability to every possible next token; a **decoding strategy** decides which one to
-take. Pick a strategy and generate; then click any token to see what happened to the probabilities at that step,
-click a candidate to see where the text would have gone instead, and share a link to exactly what you found.
+take. Pick a strategy and generate, and it shows how it decided (beam search its tree, speculative decoding its
+rounds); click any token to see what happened to the probabilities at that step, click a candidate to see where
+the text would have gone instead, and share a link to exactly what you found.
 """
 
 CSS = ""  # gathered from the views at build

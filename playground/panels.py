@@ -242,8 +242,6 @@ def alpha_chart(row: dict, tokenizer, alpha: float | None = None) -> str:
         name = _esc(show_token(tokenizer, c["tokens"][i]))
         out.append(f'<line x1="{px(0):.1f}" y1="{py(start):.1f}" x2="{px(1):.1f}" y2="{py(end):.1f}" class="{cls}">'
                    f'<title>{name}: confidence {start:.3f}, penalty {-end:.3f}</title></line>')
-        if i in winners:
-            out.append(f'<text x="{px(0) - 3:.0f}" y="{py(start) + 3:.1f}" text-anchor="end">{name}</text>')
         out.append(f'<text x="{px(1) + 3:.0f}" y="{py(end) + 3:.1f}" class="{"axw-win" if i in winners else ""}">'
                    f'{name}</text>')
     if alpha is not None:
