@@ -34,7 +34,8 @@ def client(served_app):
 @pytest.fixture(scope="module")
 def models(app):
     """The app's expert and amateur (the test app's drafter) loaded again: the reference side."""
-    return AutoregressiveWrapper.from_pretrained(app.model_name), AutoregressiveWrapper.from_pretrained(app.amateur_name)
+    return (AutoregressiveWrapper.from_pretrained(app.model_name),
+            AutoregressiveWrapper.from_pretrained(app.amateur_name))
 
 
 def ids_of(model, prompt=PROMPT) -> list[int]:
@@ -389,7 +390,8 @@ def test_compare_marks_where_each_column_departs_from_greedy(app, models):
         grams = list(zip(ids, ids[1:]))
         assert row["distinct-2"] == pytest.approx(len(set(grams)) / len(grams), abs=1e-3)
         assert row["tokens/s"] > 0
-    assert frame.set_index("column").loc["speculative decoding (greedy, draft model)", "departs from greedy at"] == "–"
+    spec = frame.set_index("column").loc["speculative decoding (greedy, draft model)"]
+    assert spec["departs from greedy at"] == "–"
     # the mean log-probability under the model, token by token (a forward per prefix)
     prompt = ids_of(model)
     stepwise = [log_probs(model, prompt + greedy[:i])[-1, greedy[i]].item() for i in range(len(greedy))]
