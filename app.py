@@ -3,7 +3,7 @@ fine-tune the model on your own text. Built on the library in axw/; the
 app's logic lives in the playground/ package (views in playground/views/).
 
     python app.py                       # the bundled model, http://127.0.0.1:7860
-    python app.py --model runs/m --amateur runs/m-tiny --port 7861
+    python app.py --model runs/m --amateur runs/m-tiny --draft runs/m-draft --port 7861
     AXW_MODEL=runs/m python app.py      # the same through the environment
 
 The same file runs on Hugging Face Spaces (README.md front matter).
@@ -12,6 +12,7 @@ The same file runs on Hugging Face Spaces (README.md front matter).
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 from pathlib import Path
 
@@ -34,18 +35,19 @@ CONCURRENCY = int(os.environ.get("AXW_CONCURRENCY", "2"))
 
 INTRO = """# axw decoding playground
 A language model gives a probability to every possible next token; a **decoding strategy** decides which one to
-take. Pick a strategy and generate; then click any token to see what happened to the probabilities at that step,
-click a candidate to see where the text would have gone instead, and share a link to exactly what you found.
+take. Pick a strategy and generate, and it shows how it decided (beam search its tree, speculative decoding its
+rounds); click any token to see what happened to the probabilities at that step, click a candidate to see where
+the text would have gone instead, and share a link to exactly what you found.
 """
 
 CSS = ""  # gathered from the views at build
 
 
 def build(model: str, amateur: str | None = None, visitor_budget_s: float | None = None,
-          trust_proxy: bool | None = None, trusted_proxies: int | None = None) -> gr.Blocks:
+          trust_proxy: bool | None = None, trusted_proxies: int | None = None, draft: str | None = None) -> gr.Blocks:
     global CSS
     app = Playground(model, amateur, visitor_budget_s=visitor_budget_s, trust_proxy=trust_proxy,
-                     trusted_proxies=trusted_proxies)
+                     trusted_proxies=trusted_proxies, draft=draft)
     # bundled models by name, Hub ids as they are; the value passed on is the path or id
     choices = [(f"{Path(c).name} (bundled)", c) for c in [model, amateur] if c and (pg.ROOT / c).is_dir()]
     choices += [(c, c) for c in [model, amateur] + pg.HUB_EXAMPLES if c and c not in dict(choices).values()]
@@ -61,7 +63,7 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
         with gr.Tab("Generate"):
             controls, load_link, css = generate.build(app, gpu, model_box, choices, CONCURRENCY)
         with gr.Tab("Compare"):
-            compare.build(app, gpu, model_box, controls["amateur"], CONCURRENCY)
+            compare_css = compare.build(app, gpu, model_box, controls["amateur"], CONCURRENCY)
         with gr.Tab("Fine-tune"):
             ft_ctx = finetune.build(app, gpu, model_box, CONCURRENCY)
         with gr.Tab("API"):
@@ -85,10 +87,29 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
                concurrency_id="gen")
         demo.unload(app.unload)
         gr.api(gpu(app.finetune_api, duration=300), api_name="finetune", concurrency_limit=1, concurrency_id="train")
+    keep_old_calls(demo, "generate", app.generate_api)
     demo.queue(max_size=64, default_concurrency_limit=CONCURRENCY)
     demo.playground, demo.controls = app, controls
-    CSS = css
+    CSS = css + compare_css
     return demo
+
+
+def keep_old_calls(demo: gr.Blocks, api_name: str, fn):
+    """Let a call that sends only the first values of endpoint `api_name` (as a client written before its later
+    parameters did) mean what it always meant: the values it leaves out take `fn`'s defaults. gradio_client fills
+    them itself; a plain HTTP call (POST /gradio_api/call/generate with a list) would otherwise be refused by
+    gradio for the missing ones."""
+    params = [p for p in inspect.signature(fn).parameters.values() if p.name != "request"]
+    required = sum(p.default is inspect.Parameter.empty for p in params)
+    defaults = [p.default for p in params]
+    validate = demo.validate_inputs
+
+    def padded(block_fn, inputs):
+        if block_fn.api_name == api_name and required <= len(inputs) < len(defaults):
+            inputs.extend(defaults[len(inputs):])  # in place: gradio goes on with this list
+        return validate(block_fn, inputs)
+
+    demo.validate_inputs = padded
 
 
 def main(argv=None):
@@ -97,6 +118,9 @@ def main(argv=None):
                         help="model folder or Hub repo id (default $AXW_MODEL or the bundled model)")
     parser.add_argument("--amateur", default=pg.model_path("AXW_AMATEUR", pg.DEFAULT_AMATEUR),
                         help="amateur model for contrastive decoding (default $AXW_AMATEUR or the bundled tiny one)")
+    parser.add_argument("--draft", default=os.environ.get("AXW_DRAFT") or None,
+                        help="draft model for speculative decoding (default $AXW_DRAFT, else the bundled draft with "
+                             "the bundled model, else the amateur)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("AXW_THREADS", "0")),
@@ -109,7 +133,7 @@ def main(argv=None):
 
         torch.set_num_threads(args.threads)
     try:
-        demo = build(args.model, args.amateur)
+        demo = build(args.model, args.amateur, draft=args.draft)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
     launch(demo, server_name=args.host, server_port=args.port)

@@ -69,9 +69,15 @@ def start_server(model: str, amateur: str, port: int, threads: int) -> tuple[sub
 
 
 def controls(n_new: int) -> list:
-    """The Generate button's values: sampling, temperature 0.8, top-p 0.9, seed 0."""
+    """The Generate button's values (its event, /generate_controls, takes every control): sampling, temperature
+    0.8, top-p 0.9, seed 0, the later controls at the panel's defaults."""
+    import inspect
+
+    from playground.views.settings import FIRST_INPUTS, UI_INPUTS, settings_from_ui
+
+    defaults = inspect.signature(settings_from_ui).parameters
     return ["", PROMPT, "sampling", n_new, 0.8, False, 40, True, 0.9, False, 0.1, False, 0.2, 1.0, 0, 0, 4, 0.0,
-            0.6, 4, "", 0.1, 0.5, False]
+            0.6, 4, "", 0.1, 0.5, False] + [defaults[name].default for name in UI_INPUTS[FIRST_INPUTS:]]
 
 
 def first_update(job) -> float:
@@ -126,17 +132,17 @@ class Browser:
 
 
 def first_token_sse(browser: Browser, n_new: int) -> float:
-    return browser.run("generate_stream", controls(n_new))[0]
+    return browser.run("generate_controls", controls(n_new))[0]
 
 
 def branch_first_token_sse(browser: Browser, n_new: int, token: int) -> float:
-    browser.run("generate_stream", controls(n_new))
+    browser.run("generate_controls", controls(n_new))
     return browser.run("branch_stream", [n_new // 2, token])[0]
 
 
 def first_token_http(client, n_new: int) -> float:
     began = time.perf_counter()
-    job = client.submit(*controls(n_new), api_name="/generate_stream")
+    job = client.submit(*controls(n_new), api_name="/generate_controls")
     first = first_update(job) - began
     job.result()
     return first
@@ -144,7 +150,7 @@ def first_token_http(client, n_new: int) -> float:
 
 def branch_first_token_http(client, n_new: int, token: int) -> float:
     """A generation of n_new tokens in this client's session, then its branch at the middle step."""
-    client.submit(*controls(n_new), api_name="/generate_stream").result()
+    client.submit(*controls(n_new), api_name="/generate_controls").result()
     began = time.perf_counter()
     job = client.submit(n_new // 2, token, api_name="/branch_stream")
     first = first_update(job) - began

@@ -7,17 +7,21 @@ import gradio and turn the `ValueError`s raised here into `gr.Error` messages.
     settings   a request's settings, as /generate's parameters, checked; share links; a model's own settings
     runs       generations as token ids, streamed; what-if branches from a kept KV cache; the numbers views draw
     render     the HTML of the text, a step, the branches
+    panels     the strategies' own drawings: the beam tree, speculative rounds, contrastive search and decoding
+    lessons    each strategy's explanation and the share links that show its characteristic behaviour
     sessions   who is asking, the fair share, what each visitor holds (fine-tuned copy, KV caches)
     finetune   a visitor's fine-tune in a worker thread
 """
 
-from . import finetune, models, render, runs, sessions, settings  # noqa: F401
+from . import finetune, lessons, models, panels, render, runs, sessions, settings  # noqa: F401
 from .caps import *  # noqa: F401,F403
 from .finetune import FineTune, finetune_setup, model_zip, read_upload  # noqa: F401
-from .models import (DEFAULT_AMATEUR, DEFAULT_MODEL, HUB_EXAMPLES, OOM_MESSAGE, ROOT, ModelCache,  # noqa: F401
-                     OutOfMemoryError, check_hub_size, free_memory, limit_malloc_arenas, model_path, pick_device)
+from .models import (DEFAULT_AMATEUR, DEFAULT_DRAFT, DEFAULT_MODEL, HUB_EXAMPLES, OOM_MESSAGE, ROOT,  # noqa: F401
+                     ModelCache, OutOfMemoryError, check_hub_size, default_draft, free_memory, limit_malloc_arenas,
+                     model_path, pick_device)
 from .render import (prob_colour, show_token, stage_numbers, step_html, step_table, tokens_html)  # noqa: F401
-from .runs import Detokenizer, Run, Tree, branch, draw, encode_prompt, stream_text, timeline, token_pieces  # noqa: F401
+from .runs import (Detokenizer, Run, Tree, alpha_sweep, beam_tree, branch, draw, encode_prompt,  # noqa: F401
+                   speculative_rounds, stream_text, timeline, token_pieces)
 from .sessions import FairShare, KVStore, Sessions, forwarded_client, trusted_proxies, visitor  # noqa: F401
 from .settings import (Settings, check_prompt, from_generation_config, from_query, number,  # noqa: F401
                        settings_from_dict, to_query)  # noqa: F401

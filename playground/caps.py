@@ -21,5 +21,12 @@ MAX_FORKS = 16  # what-if branches kept per visitor (the oldest goes first)
 KV_STORE_BYTES = 256_000_000  # KV caches kept for branching, all visitors together (least recently used go)
 MAX_DRAWS = 100_000  # "sample this step N times"
 
-STRATEGIES = ["sampling", "beam search", "contrastive search", "contrastive decoding"]
-FILTERS = ["top_k", "top_p", "min_p", "top_a"]  # the order the UI chains them in
+MAX_DRAFT_TOKENS = 16  # speculative decoding: tokens drafted per round
+MAX_COMPARE_COLUMNS = 12
+
+STRATEGIES = ["sampling", "beam search", "contrastive search", "contrastive decoding", "speculative decoding"]
+# the filters in the order the UI chains them: x-transformers' four, then the truncation samplers since
+FILTERS = ["top_k", "top_p", "min_p", "top_a", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "top_n_sigma"]
+SAMPLER_ORDERS = ["filters_first", "temperature_first"]
+DRAFTERS = ["draft model", "amateur", "prompt lookup"]  # speculative decoding's drafters
+ASSISTANT_SCHEDULES = ["constant", "heuristic"]

@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # the bundled models; AXW_MODEL / AXW_AMATEUR (or app.py's --model / --amateur) point elsewhere
 DEFAULT_MODEL = "assets/models/shakespeare"
 DEFAULT_AMATEUR = "assets/models/shakespeare-tiny"
+# speculative decoding's drafter: a small model distilled from the bundled one (its tokenizer); where the folder is
+# missing, or the app serves another model, the amateur drafts instead
+DEFAULT_DRAFT = "assets/models/shakespeare-draft"
 # Hub ids offered in the picker beside the bundled models (an axw repo or an imported family)
 HUB_EXAMPLES = ["openai-community/gpt2", "HuggingFaceTB/SmolLM2-135M"]
 
@@ -50,6 +53,16 @@ def limit_malloc_arenas(arenas: int) -> bool:
 
 def model_path(env: str, default: str) -> str:
     return os.environ.get(env) or default
+
+
+def default_draft(model: str, amateur: str | None) -> str | None:
+    """The drafter for `model`: the bundled draft when `model` is the bundled model and the draft's folder is
+    there ($AXW_DRAFT wins), else the amateur."""
+    if os.environ.get("AXW_DRAFT"):
+        return os.environ["AXW_DRAFT"]
+    if model == DEFAULT_MODEL and (ROOT / DEFAULT_DRAFT).is_dir():
+        return DEFAULT_DRAFT
+    return amateur
 
 
 def pick_device() -> tuple[torch.device, torch.dtype]:

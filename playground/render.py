@@ -57,9 +57,18 @@ def stage_setting(stage: str, settings: Settings | None) -> str:
     """The setting a stage ran with, e.g. 'top_p 0.9', for its label."""
     if settings is None:
         return stage
-    values = dict(top_k=settings.top_k, top_p=settings.top_p, min_p=settings.min_p, top_a=settings.top_a,
-                  temperature=settings.temperature, repetition_penalty=settings.repetition_penalty,
-                  no_repeat_ngram=settings.no_repeat_ngram_size)
+    s = settings
+    values = dict(top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, top_a=s.top_a, typical_p=s.typical_p,
+                  epsilon_cutoff=s.epsilon_cutoff, eta_cutoff=s.eta_cutoff, top_h=s.top_h, top_n_sigma=s.top_n_sigma,
+                  temperature=s.temperature, repetition_penalty=s.repetition_penalty,
+                  no_repeat_ngram=s.no_repeat_ngram_size)
+    described = dict(xtc=f"xtc (probability {s.xtc_probability:g}, threshold {s.xtc_threshold:g})",
+                     dynamic_temperature=f"dynamic temperature {s.temperature:g} ± {s.dynatemp_range:g}",
+                     mirostat=f"mirostat (tau {s.mirostat_tau:g} bits)",
+                     dry=f"dry (x{s.dry_multiplier:g}, base {s.dry_base:g}, allowed {s.dry_allowed_length})",
+                     contrastive_decoding=f"contrastive decoding (alpha {s.cd_alpha:g}, beta {s.cd_beta:g})")
+    if stage in described:
+        return described[stage]
     value = values.get(stage)
     return f"{stage} {value:g}" if isinstance(value, (int, float)) else stage
 
@@ -99,7 +108,7 @@ def _bar(p: float) -> str:
             f'<span>{p:.3f}</span></div>')
 
 
-def contrastive_panel(row: dict, tokenizer) -> str:
+def contrastive_panel(row: dict, tokenizer, settings: Settings | None = None, previous: dict | None = None) -> str:
     if "contrastive" not in row:
         return ""
     c = row["contrastive"]
@@ -117,7 +126,7 @@ def contrastive_panel(row: dict, tokenizer) -> str:
     return "".join(parts)
 
 
-def beams_panel(row: dict, tokenizer) -> str:
+def beams_panel(row: dict, tokenizer, settings: Settings | None = None, previous: dict | None = None) -> str:
     if "beams" not in row:
         return ""
     parts = ["<p>The live beams after this step, best first (score = summed log-probability"
@@ -131,7 +140,8 @@ def beams_panel(row: dict, tokenizer) -> str:
     return "".join(parts)
 
 
-# strategy panels drawn above the candidates, in order: a strategy's own view adds its function here
+# strategy panels drawn above the candidates, in order: a strategy's own view adds its function here, called as
+# panel(row, tokenizer, settings=the run's Settings or None, previous=the step before's trace row or None)
 STEP_PANELS = [contrastive_panel, beams_panel]
 
 
@@ -160,9 +170,11 @@ def candidates_html(row: dict, tokenizer, branching: bool = True) -> str:
     return "".join(parts)
 
 
-def step_html(row: dict | None, tokenizer, settings: Settings | None = None, branching: bool = True) -> str:
+def step_html(row: dict | None, tokenizer, settings: Settings | None = None, branching: bool = True,
+              previous: dict | None = None) -> str:
     """One step of the trace: what was chosen, the numbers after each stage, the strategy's panels, and the
-    candidates with their probability after each stage (each one a what-if branch when `branching`)."""
+    candidates with their probability after each stage (each one a what-if branch when `branching`).
+    `previous`: the step before's row (beam search: the beams the candidates extend)."""
     if not row:
         return '<p class="axw-note">Generate some text, then click a token or pick a step.</p>'
     parts = [f'<div class="axw-step" data-step="{row["step"]}"><b>step {row["step"] + 1}</b>']
@@ -176,7 +188,7 @@ def step_html(row: dict | None, tokenizer, settings: Settings | None = None, bra
         if row.get("forced"):
             parts.append(' &middot; <span class="axw-forced-note">a what-if branch: you forced this token</span>')
     parts.append(stages_html(row, settings))
-    parts.extend(panel(row, tokenizer) for panel in STEP_PANELS)
+    parts.extend(panel(row, tokenizer, settings=settings, previous=previous) for panel in STEP_PANELS)
     parts.append(candidates_html(row, tokenizer, branching))
     parts.append("</div>")
     return "".join(parts)

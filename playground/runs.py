@@ -200,11 +200,13 @@ def uses_cache(settings: Settings) -> bool:
     return settings.strategy in ("sampling", "contrastive decoding")
 
 
-def start(model, prompt: str, settings: Settings, config, amateur=None, cache=None):
-    """(run, its stream of updates) for a new generation; everything is checked before the first step runs."""
+def start(model, prompt: str, settings: Settings, config, amateur=None, cache=None, assistant=None):
+    """(run, its stream of updates) for a new generation; everything is checked before the first step runs.
+    `amateur`: contrastive decoding's amateur model; `assistant`: speculative decoding's draft model."""
     ids = encode_prompt(model, prompt)
     run = Run(settings, prompt, ids.tolist(), beam_probs=[] if settings.strategy == "beam search" else None)
-    steps = model.stream(ids, settings.max_new_tokens, config, amateur_model=amateur, cache=cache)
+    steps = model.stream(ids, settings.max_new_tokens, config, amateur_model=amateur, assistant_model=assistant,
+                         cache=cache)
     return run, follow(model, run, steps)
 
 
@@ -274,7 +276,7 @@ def forced_row(row: dict, token: int) -> dict:
     return out
 
 
-def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept=None):
+def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept=None, assistant=None):
     """(run, its stream of updates, its KV cache) of the branch of `parent` that takes `token` at `step` and
     goes on for the rest of the parent's length with the same settings and seed. The prefix is the parent's token
     ids; its KV cache is `kept` (the parent's) forked, so only the forced token and what follows run."""
@@ -304,9 +306,12 @@ def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept
         run.pieces, run.done, run.ended = detok.finish(), True, "eos" if token == eos else "length"
         return run, iter([run]), None
     strategy = settings.strategy
-    cache = None if strategy == "contrastive search" else prefix_cache(model, prefix, len(parent.prompt_ids), kept)
+    # contrastive search cannot continue from a cache; speculative decoding's caches (the model's and the
+    # draft's) are its own, rolled back round by round
+    fresh = strategy in ("contrastive search", "speculative decoding")
+    cache = None if fresh else prefix_cache(model, prefix, len(parent.prompt_ids), kept)
     ids = torch.tensor(prefix + [token], dtype=torch.long, device=model.device)
-    steps = model.stream(ids, remaining, config, amateur_model=amateur, cache=cache)
+    steps = model.stream(ids, remaining, config, amateur_model=amateur, assistant_model=assistant, cache=cache)
     return run, _grow_branch(model, run, steps, detok, base, step), cache if uses_cache(settings) else None
 
 
@@ -429,3 +434,134 @@ def draw(row: dict, n, seed: int = 0) -> tuple[list[float], list[int]]:
     generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(row["step"]))
     picks = torch.multinomial(weights, n, replacement=True, generator=generator)
     return exact, torch.bincount(picks, minlength=len(exact)).tolist()
+
+
+# --- the strategies' own numbers: the beam tree, speculative rounds, contrastive search's alpha ---
+
+
+def beam_tree(rows: list[dict]) -> list[list[dict]]:
+    """Every candidate beam search expanded, step by step: per step a list of nodes, each with its `parent` (the
+    index of a node of the step before; None for the prompt), `token`, `score` (summed log-probability),
+    `ranked` (the score with the length penalty, what beams are ranked by), `key` (stochastic beams: the
+    perturbed key they are ranked by instead, else None), `status` ("kept", "finished": kept and ended with EOS,
+    "pruned", or "ended": the carried-over continuation of a beam that had finished), `beam` (the index among
+    the step's kept beams, or None) and `returned` (on the path to the beam returned). Impossible candidates
+    (no probability) are left out."""
+    steps, kept_at = [], {}  # kept_at: beam index of the step before -> node index there
+    for t, row in enumerate(rows):
+        tree = row.get("beam_tree")
+        if tree is None:
+            break
+        nodes, kept_now = [], {}
+        for i, token in enumerate(tree["token"]):
+            if not tree["possible"][i]:
+                continue
+            beam = tree["kept_as"][i] if tree["kept_as"][i] >= 0 else None
+            if tree["parent_finished"][i]:
+                status = "ended"
+            elif beam is None:
+                status = "pruned"
+            else:
+                status = "finished" if tree["eos"][i] else "kept"
+            node = dict(step=t, parent=kept_at.get(tree["parent"][i]) if t else None, parent_beam=tree["parent"][i],
+                        token=token, score=tree["score"][i], ranked=tree["ranked_score"][i],
+                        key=tree["key"][i] if "key" in tree else None, status=status, beam=beam, returned=False)
+            if beam is not None:
+                kept_now[beam] = len(nodes)
+            nodes.append(node)
+        steps.append(nodes)
+        kept_at = kept_now
+    # the returned beam: the best kept one after the last step, followed back to the prompt
+    if steps:
+        index = next((i for i, n in enumerate(steps[-1]) if n["beam"] == 0), None)
+        for t in range(len(steps) - 1, -1, -1):
+            if index is None:
+                break
+            steps[t][index]["returned"] = True
+            index = steps[t][index]["parent"]
+    return steps
+
+
+def speculative_rounds(rows: list[dict]) -> list[dict]:
+    """Speculative decoding's rounds, from the trace: per round the `drafted` tokens with the draft's and the
+    model's probability of each (`draft_probs`, `model_probs`), which were `accepted`, how many in a row were
+    (`n_accepted`), the `replacement` (the model's token in place of the first rejected draft, or after all of
+    them), the steps it emitted (`steps`, 0-based), and the running `acceptance_rate` and `tokens_per_forward`
+    after it."""
+    rounds = []
+    for i, row in enumerate(rows):
+        spec = row.get("speculative")
+        if spec is None:
+            continue
+        if not rounds or rounds[-1]["round"] != spec["round"]:
+            rounds.append(dict(round=spec["round"], drafted=spec["drafted"], draft_probs=spec["draft_probs"],
+                               model_probs=spec["model_probs"], accepted=spec["accepted"],
+                               n_accepted=spec["n_accepted"], replacement=spec["replacement"], steps=[],
+                               drafter=spec["drafter"]))
+        rounds[-1]["steps"].append(i)
+        rounds[-1].update(acceptance_rate=spec["acceptance_rate"], tokens_per_forward=spec["tokens_per_forward"])
+    return rounds
+
+
+SWEEP_ALPHAS = [i / 10 for i in range(11)]
+
+
+def alpha_sweep(row: dict, alphas: list[float] = SWEEP_ALPHAS) -> list[dict]:
+    """Contrastive search's choice at this step for each alpha, recomputed from the traced confidence and
+    degeneration penalty (no forward needed: neither depends on alpha): per alpha the scores
+    (1 - alpha) confidence - alpha penalty (a candidate with no probability never wins) and the `winner`'s
+    index among the candidates and its `token`."""
+    c = row["contrastive"]
+    out = []
+    for alpha in alphas:
+        scores = [(1 - alpha) * p - alpha * d if p > 0 else -math.inf
+                  for p, d in zip(c["confidence"], c["degeneration_penalty"])]
+        best = max(range(len(scores)), key=scores.__getitem__)
+        out.append(dict(alpha=alpha, scores=scores, winner=best, token=c["tokens"][best]))
+    return out
+
+
+# --- comparing texts: where they part, how varied, how likely ---
+
+
+def departure(ids: list[int], reference: list[int]) -> int | None:
+    """The first step (0-based) where `ids` differs from `reference` (where one ends before the other counts),
+    or None when they are the same."""
+    for i, (a, b) in enumerate(zip(ids, reference)):
+        if a != b:
+            return i
+    return None if len(ids) == len(reference) else min(len(ids), len(reference))
+
+
+def distinct_n(ids: list[int], n: int = 2) -> float | None:
+    """Distinct-n (Li et al. 2016, arXiv:1510.03055): the share of the text's n-grams that are different, or
+    None when it has none."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def repeated_ngram_share(ids: list[int], n: int = 4) -> float | None:
+    """The share of the text's n-grams that already occurred earlier in it (a loop repeats nearly all of them),
+    or None when it has none."""
+    seen, repeated, total = set(), 0, 0
+    for i in range(len(ids) - n + 1):
+        gram = tuple(ids[i:i + n])
+        repeated += gram in seen
+        total += 1
+        seen.add(gram)
+    return repeated / total if total else None
+
+
+@torch.no_grad()
+def mean_logprob(model, prompt_ids: list[int], new_ids: list[int]) -> float | None:
+    """The mean log-probability the model gives the new tokens, each given what precedes it, from one forward
+    pass over the prompt and the text (past the model's context, over its last max_seq_len tokens)."""
+    if not new_ids:
+        return None
+    seq = (prompt_ids + new_ids)[-(model.max_seq_len + 1):]
+    n = min(len(new_ids), len(seq) - 1)
+    x = torch.tensor([seq[:-1]], dtype=torch.long, device=model.device)
+    logp = model.net(x)[0].float().log_softmax(-1)
+    targets = torch.tensor(seq[1:], device=logp.device)
+    picked = logp[torch.arange(len(seq) - 1, device=logp.device), targets]
+    return float(picked[-n:].mean())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from . import runs as R
 from .caps import VISITOR_BUDGET_S
 from .finetune import FineTune, finetune_setup, model_zip, read_upload
 from .models import ModelCache
+from .panels import beam_tree_svg, speculative_html
 from .render import forks_html, side_by_side, step_html, tokens_html
 from .sessions import FairShare, KVStore, Sessions, visitor
 from .sessions import trusted_proxies as proxy_count
@@ -74,9 +75,10 @@ class Playground:
     """What the app serves: the models, each visitor's fine-tune, KV caches and fair share, and the handlers."""
 
     def __init__(self, model: str, amateur: str | None, visitor_budget_s: float | None = None,
-                 trust_proxy: bool | None = None, trusted_proxies: int | None = None):
+                 trust_proxy: bool | None = None, trusted_proxies: int | None = None, draft: str | None = None):
         self.model_name, self.amateur_name = model, amateur
-        self.models = ModelCache([model, amateur])
+        self.draft_name = draft or model_store.default_draft(model, amateur)
+        self.models = ModelCache([model, amateur, self.draft_name])
         self.sessions = Sessions()
         self.caches = KVStore()
         if visitor_budget_s is None:
@@ -114,32 +116,59 @@ class Playground:
         return from_generation_config(config) if config is not None else (None, [])
 
     def prepare(self, settings: Settings, session: str | None, trace: bool = True):
-        """(model, amateur or None, GenerationConfig) for `settings`, all checked: nothing has run yet."""
+        """(model, the models beside it by `start`'s names, GenerationConfig) for `settings`, all checked: nothing
+        has run yet. Beside it: contrastive decoding's amateur, speculative decoding's draft model."""
         settings = settings.check()
         m = self.model(settings.model, settings.use_finetuned, session)
         config = settings.config(m, trace=trace)
-        amateur = None
+        helpers = {}
         if settings.strategy == "contrastive decoding":
-            # the amateur comes from the same cache, so it sits on the expert's device
-            amateur = self.models.get(settings.amateur or self.amateur_name or "")
-            if amateur.net.num_tokens != m.net.num_tokens or amateur.tokenizer.get_vocab() != m.tokenizer.get_vocab():
-                raise ValueError("the amateur model must share the expert's tokenizer (same vocabulary)")
-        return m, amateur, config
+            helpers["amateur"] = self._same_vocab(m, settings.amateur or self.amateur_name or "", "amateur model")
+        elif settings.strategy == "speculative decoding" and settings.drafter != "prompt lookup":
+            name = settings.amateur or self.amateur_name if settings.drafter == "amateur" else self.draft_name
+            helpers["assistant"] = self._same_vocab(m, name or "", "draft model")
+        return m, helpers, config
+
+    def _same_vocab(self, m, name: str, role: str):
+        # from the same cache as the expert, so it sits on the expert's device
+        other = self.models.get(name)
+        if other.net.num_tokens != m.net.num_tokens or other.tokenizer.get_vocab() != m.tokenizer.get_vocab():
+            raise ValueError(f"the {role} must share the model's tokenizer (same vocabulary)")
+        return other
 
     def start(self, prompt, settings: Settings, session: str | None, keep_cache: bool = False, trace: bool = True):
         """(model, run, its updates, its KV cache or None) for a new generation, checked before any compute."""
         check_prompt(prompt)
-        m, amateur, config = self.prepare(settings, session, trace)
+        m, helpers, config = self.prepare(settings, session, trace)
         settings = settings.check()
         cache = m.net.new_cache() if keep_cache and R.uses_cache(settings) else None
-        run, updates = R.start(m, prompt, settings, config, amateur, cache)
+        run, updates = R.start(m, prompt, settings, config, cache=cache, **helpers)
         return m, run, updates, cache
 
     def branch(self, parent: R.Run, step, token, session: str, kept=None):
         """(model, branch run, its updates, its KV cache or None), checked before any compute."""
-        m, amateur, config = self.prepare(parent.settings, session)
+        m, helpers, config = self.prepare(parent.settings, session)
         step, token = R.check_fork(parent, step, token, m.net.num_tokens, m.eos_token_id)
-        return (m, *R.branch(m, parent, step, token, config, amateur, kept))
+        return (m, *R.branch(m, parent, step, token, config, kept=kept, **helpers))
+
+    def forced(self, prompt, settings: Settings, session: str, keep_cache: bool = False):
+        """(model, the run as generated, the branch that forces `settings.force_token` at `settings.force_step`,
+        its updates, its KV cache): the run is generated up to that step with the same settings and seed (its KV
+        cache kept), then the branch forces the token and goes on. Checked before any compute; only a step past
+        where the text ended is found by generating up to it."""
+        check_prompt(prompt)
+        m, _, _ = self.prepare(settings, session)  # every setting, force_token against the vocabulary included
+        settings = settings.check()
+        step = settings.force_step - 1
+        # the run as /generate runs it, up to the step (speculative decoding drafts as it would have)
+        _, root, updates, cache = self.start(prompt, settings.unforced(), session, keep_cache=True)
+        for root in updates:
+            if len(root.rows) > step:
+                break
+        if step >= len(root.rows):
+            raise ValueError(f"the text ended after {len(root.rows)} steps, before step {step + 1}")
+        _, run, updates, kept = self.branch(root, step, settings.force_token, session, kept=cache)
+        return m, root, run, updates, kept if keep_cache else None
 
     # --- the API: /generate, /branch and /finetune ---
 
@@ -165,15 +194,46 @@ class Playground:
         cd_beta: float = 0.5,
         model: str = "",
         use_finetuned: bool = False,
+        sampler_order: str = "filters_first",
+        typical_p: float = 1.0,
+        epsilon_cutoff: float = 0.0,
+        eta_cutoff: float = 0.0,
+        top_h: float = 0.0,
+        top_n_sigma: float = 0.0,
+        xtc_probability: float = 0.0,
+        xtc_threshold: float = 0.1,
+        dynatemp_range: float = 0.0,
+        dynatemp_exponent: float = 1.0,
+        mirostat_tau: float = 0.0,
+        mirostat_eta: float = 0.1,
+        dry_multiplier: float = 0.0,
+        dry_base: float = 1.75,
+        dry_allowed_length: int = 2,
+        stochastic: bool = False,
+        drafter: str = "draft model",
+        num_assistant_tokens: int = 5,
+        num_assistant_tokens_schedule: str = "constant",
+        force_step: int = 0,
+        force_token: int = 0,
         request: gr.Request = None,
     ) -> tuple[str, list, list]:
         """Continue `prompt`. Returns (generated text, the new tokens as [token, probability], the per-step
-        trace). Filters chain top_k -> top_p -> min_p -> top_a; top_k 0, top_p 1, min_p 0 and top_a 0 are off."""
-        settings = Settings(strategy, max_new_tokens, temperature, top_k, top_p, min_p, top_a, repetition_penalty,
-                            no_repeat_ngram_size, seed, beams, length_penalty, penalty_alpha, contrastive_k, amateur,
-                            cd_alpha, cd_beta, model, use_finetuned)
+        trace). Filters chain top_k -> top_p -> min_p -> top_a -> typical_p -> epsilon_cutoff -> eta_cutoff ->
+        top_h -> top_n_sigma, each off at its neutral value (top_k 0, top_p 1, min_p 0, top_a 0, typical_p 1,
+        the others 0); sampler_order "temperature_first" puts temperature before them. xtc_probability,
+        dynatemp_range, mirostat_tau and dry_multiplier are off at 0. strategy "speculative decoding" drafts
+        num_assistant_tokens a round with the drafter ("draft model", "amateur" or "prompt lookup"). force_step
+        (1-based; 0 = none) with force_token (a token id) is a what-if branch: the same run with that token
+        forced at that step, continued with the same settings and seed."""
+        values = dict(locals())
+        del values["self"], values["prompt"], values["request"]
+        settings = Settings(**values)
+        session = session_of(request)
         with self.metered(request), user_errors():
-            _, run, updates, _ = self.start(prompt, settings, session_of(request))
+            if settings.check().force_step:
+                *_, updates, _ = self.forced(prompt, settings, session)
+            else:
+                _, run, updates, _ = self.start(prompt, settings, session)
             for run in updates:
                 pass
         return "".join(run.pieces), [[p, q] for p, q in zip(run.pieces, run.probs)], run.rows
@@ -183,23 +243,17 @@ class Playground:
         """What /generate with `settings` (a dict of its parameters by name; those left out take its defaults)
         would have given had it taken token id `token` (one of the trace's candidates, say) at `step` (0-based)
         and gone on from there with the same settings and seed. Returns (text, tokens, trace) of the whole
-        branch, like /generate, the forced step's trace row marked "forced"."""
+        branch, like /generate, the forced step's trace row marked "forced". (/generate's force_step and
+        force_token do the same, 1-based, under its own names.)"""
         session = session_of(request)
         with self.metered(request), user_errors():
             settings = settings_from_dict(settings)
             check_prompt(prompt)
+            limit = settings.check().max_new_tokens
+            step = R.number("step", step, 0, limit - 1, integer=True)
             m, _, _ = self.prepare(settings, session)
-            step = R.number("step", step, 0, settings.check().max_new_tokens - 1, integer=True)
-            R.number("token", token, 0, m.net.num_tokens - 1, integer=True)
-            # the text up to the step, and the cache that read it
-            _, root, updates, cache = self.start(prompt, replace(settings, max_new_tokens=step + 1), session,
-                                                 keep_cache=True)
-            for root in updates:
-                pass
-            root.settings = settings.check()
-            if step >= len(root.rows):
-                raise ValueError(f"the text ended after {len(root.rows)} steps, before step {step}")
-            _, run, updates, _ = self.branch(root, step, token, session, kept=cache)
+            token = R.number("token", token, 0, m.net.num_tokens - 1, integer=True)
+            *_, updates, _ = self.forced(prompt, replace(settings, force_step=step + 1, force_token=token), session)
             for run in updates:
                 pass
         return "".join(run.pieces), [[p, q] for p, q in zip(run.pieces, run.probs)], run.rows
@@ -233,31 +287,50 @@ class Playground:
 
     def show(self, tree: R.Tree, run: R.Run, step: int | None = 0, full: bool = True) -> dict:
         """What the views draw of `run` with `step` (0-based) open, by name: the output with that token
-        highlighted, the step view; with `full`, also the timeline and the branches. Each view places what it
-        needs (views.generate)."""
+        highlighted, the step view, the strategy's own view (the beam tree, speculative rounds) with the step
+        marked; with `full`, also the timeline and the branches. Each view places what it needs
+        (views.generate)."""
         m = self._tokenizer_model(run)
         selected = None if step is None or not run.rows else min(max(int(step), 0), len(run.rows) - 1)
+        row = run.rows[selected] if selected is not None else None
+        previous = run.rows[selected - 1] if selected else None
+        strategy = run.settings.strategy
         shown = dict(tree=tree, run=run, selected=selected, steps=len(run.rows), tokenizer=m.tokenizer,
                      output=tokens_html(run.prompt, run.pieces, run.probs, selected=selected, forced=run.step),
-                     step=step_html(run.rows[selected] if selected is not None else None, m.tokenizer, run.settings))
+                     step=step_html(row, m.tokenizer, run.settings, previous=previous),
+                     beam_tree=beam_tree_svg(run.rows, m.tokenizer, run.prompt, selected, run.settings.length_penalty)
+                     if strategy == "beam search" else None,
+                     speculative=speculative_html(run.rows, m.tokenizer, selected, self.drafter_label(run.settings))
+                     if strategy == "speculative decoding" else None)
         if full:
             shown.update(timeline=R.timeline(run), forks=forks_html(list(tree.runs.values()), m.tokenizer, run.id),
                          choices=tree.choices(m.tokenizer), current=run.id)
         return shown
+
+    def drafter_label(self, settings: Settings) -> str:
+        """The drafter as the rounds view names it: which model drafts."""
+        if settings.drafter == "prompt lookup":
+            return "prompt lookup"
+        name = settings.amateur or self.amateur_name if settings.drafter == "amateur" else self.draft_name
+        return f"{settings.drafter} ({Path(name or '').name or name})"
 
     def _tokenizer_model(self, run: R.Run, session: str | None = None):
         return self.model(run.settings.model, run.settings.use_finetuned, session or run.session)
 
     def generate_ui(self, *values, request: gr.Request = None):
         """The Generate button. `values`: the controls (views.settings.UI_INPUTS order), then the visitor's tree.
-        Yields what the views show: the output while it streams, then everything."""
+        Yields what the views show: the output while it streams, then everything. A share link's what-if branch
+        (force_step) is generated after its text, and opened."""
         from .views.settings import settings_from_ui
 
         *controls, tree = values
         session = session_of(request)
         with self.metered(request), user_errors():
             prompt, settings = settings_from_ui(*controls)
-            m, run, updates, cache = self.start(prompt, settings, session, keep_cache=True)
+            force = settings.check().force_step
+            m, run, updates, cache = self.start(prompt, settings.unforced(), session, keep_cache=True)
+            if force:  # refused before any compute when the forced token is not a token of this model
+                R.number("force_token (a token id)", settings.force_token, 0, m.net.num_tokens - 1, integer=True)
             for run in throttle(updates):
                 if not run.done:
                     yield dict(output=tokens_html(run.prompt, run.pieces, run.probs))
@@ -267,13 +340,15 @@ class Playground:
             self.caches.drop(session)
             self.caches.put(session, run.id, cache)
             yield self.show(tree, run, 0)
+            if force:
+                yield from self.branch_ui(tree, force - 1, settings.force_token, request, metered=False)
 
-    def branch_ui(self, tree, step, token, request: gr.Request = None):
+    def branch_ui(self, tree, step, token, request: gr.Request = None, metered: bool = True):
         """A candidate was clicked in the step view: branch the open run at `step` (0-based) with `token`, and
         open the branch. Yields like generate_ui."""
         session = session_of(request)
         parent = tree.get() if isinstance(tree, R.Tree) else None
-        with self.metered(request), user_errors():
+        with (self.metered(request) if metered else nullcontext()), user_errors():
             if parent is None:
                 raise ValueError("generate some text first: a branch starts from one of its steps")
             m, run, updates, cache = self.branch(parent, step, token, session, kept=self.caches.get(session, parent.id))
@@ -333,32 +408,78 @@ class Playground:
     # --- the other tabs ---
 
     def compare_ui(self, model_name, prompt, seed, max_new_tokens, amateur, request: gr.Request = None):
-        with self.metered(request):
-            yield from self._compare_ui(model_name, prompt, seed, max_new_tokens, amateur, session_of(request))
+        """The five classic columns' texts (prompt included) as they stream."""
+        from .views.compare import COMPARE
 
-    def _compare_ui(self, model_name, prompt, seed, max_new_tokens, amateur, session):
-        from .views.compare import COMPARE, settings_of
+        labels = [label for label, *_ in COMPARE]
+        with self.metered(request):
+            for cols in self._compare(model_name, prompt, seed, max_new_tokens, amateur, labels, session_of(request),
+                                      reference=False):
+                yield [f"({c['error']})" if c.get("error") else prompt + "".join(c["run"].pieces) if "run" in c
+                       else "" for c in cols]
+
+    def compare_view_ui(self, model_name, prompt, seed, max_new_tokens, amateur, columns,
+                        request: gr.Request = None):
+        """The Compare tab: (the columns' HTML, their numbers) as they stream."""
+        from .views.compare import grid_html, metrics_frame
+
+        with self.metered(request):
+            tokenizer = None
+            for cols in self._compare(model_name, prompt, seed, max_new_tokens, amateur, columns, session_of(request)):
+                if tokenizer is None:
+                    with user_errors():
+                        tokenizer = self.model(model_name).tokenizer
+                yield grid_html(cols, tokenizer), metrics_frame(cols)
+
+    def _compare(self, model_name, prompt, seed, max_new_tokens, amateur, labels, session, reference=True):
+        """Yields the columns (dicts: label, run or error, and once done its numbers) as they stream, greedy first
+        (with `reference`, whether picked or not: the others are measured against it). Everything is checked
+        before the first column runs; a column that cannot run (no amateur, say) says why in its place."""
+        from .caps import MAX_COMPARE_COLUMNS
+        from .views.compare import COLUMNS, COMPARE, LABELS, settings_of
 
         with user_errors():
             check_prompt(prompt)
-            self.model(model_name)
-            runs = []
-            for label, strategy, values in COMPARE:
+            m = self.model(model_name)
+            common = Settings(seed=seed, max_new_tokens=max_new_tokens).check()
+            if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) and x in LABELS for x in labels):
+                raise ValueError(f"columns must be a list of these: {', '.join(LABELS)}")
+            if len(labels) > MAX_COMPARE_COLUMNS:
+                raise ValueError(f"at most {MAX_COMPARE_COLUMNS} columns at a time")
+            greedy = COMPARE[0][0]
+            if reference and greedy not in labels:
+                labels = [greedy, *labels]
+            chosen = [c for c in COLUMNS if c[0] in labels]
+            cols = []
+            for label, strategy, values in chosen:
                 settings = replace(settings_of(strategy, values), model=model_name or "", amateur=amateur or "",
-                                   seed=seed, max_new_tokens=max_new_tokens)
+                                   seed=common.seed, max_new_tokens=common.max_new_tokens)
                 try:
-                    runs.append(self.start(prompt, settings, session, trace=False)[2])
-                except ValueError as e:  # e.g. no amateur model: say so in that box, run the others
-                    runs.append(str(e))
-        texts = ["" if not isinstance(r, str) else f"({r})" for r in runs]
+                    cols.append(dict(label=label, updates=self.start(prompt, settings, session, trace=False)[2]))
+                except ValueError as e:  # e.g. no amateur model: say so in that column, run the others
+                    cols.append(dict(label=label, error=str(e)))
+        reference_ids = None
         with user_errors():
-            for i, run in enumerate(runs):
-                if isinstance(run, str):
+            for col in cols:
+                if "updates" not in col:
                     continue
-                for update in throttle(run):
-                    texts[i] = prompt + "".join(update.pieces)
-                    yield texts
-        yield texts
+                seconds, updates = 0.0, throttle(col.pop("updates"))
+                while True:  # the time spent generating, not showing
+                    began = time.perf_counter()
+                    run = next(updates, None)
+                    seconds += time.perf_counter() - began
+                    if run is None:
+                        break
+                    col["run"] = run
+                    yield cols
+                run = col["run"]
+                if col["label"] == COMPARE[0][0]:
+                    reference_ids = run.new_ids
+                col.update(done=True, speed=len(run.new_ids) / seconds if seconds > 0 else None,
+                           departs=R.departure(run.new_ids, reference_ids) if reference_ids is not None else None,
+                           distinct2=R.distinct_n(run.new_ids, 2), repeated4=R.repeated_ngram_share(run.new_ids, 4),
+                           logprob=R.mean_logprob(m, run.prompt_ids, run.new_ids) if reference else None)
+        yield cols
 
     def finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,
                     request: gr.Request, progress=gr.Progress()):
@@ -438,6 +559,6 @@ class Playground:
             _, unsupported = from_generation_config(m.generation_config)
             text += "; its generation_config.json gives the starting settings"
             if unsupported:
-                text += f" (without {', '.join(unsupported)}: no control here)"
+                text += f" (without {', '.join(unsupported)}: set those by hand)"
         return text
 

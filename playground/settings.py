@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from axw import GenerationConfig
 from axw.utils import check_number
 
-from .caps import (FILTERS, MAX_BEAMS, MAX_CONTRASTIVE_K, MAX_NEW_TOKENS, MAX_PROMPT_CHARS, STRATEGIES, TRACE_TOP)
+from .caps import (ASSISTANT_SCHEDULES, DRAFTERS, FILTERS, MAX_BEAMS, MAX_CONTRASTIVE_K, MAX_DRAFT_TOKENS,
+                   MAX_NEW_TOKENS, MAX_PROMPT_CHARS, SAMPLER_ORDERS, STRATEGIES, TRACE_TOP)
 
 
 def number(name, value, lo, hi, integer=False):
@@ -37,13 +38,53 @@ def check_prompt(prompt) -> str:
 # parameter name, and the value that means off in /generate
 FILTER_SPECS = dict(top_k=("top-k", 1, None, True, "k", 0), top_p=("top-p", 0.01, 1.0, False, "thres", 1.0),
                     min_p=("min-p", 0.0, 1.0, False, "min_p", 0.0),
-                    top_a=("top-a", 0.0, 1.0, False, "min_p_ratio", 0.0))
+                    top_a=("top-a", 0.0, 1.0, False, "min_p_ratio", 0.0),
+                    typical_p=("typical-p", 0.01, 1.0, False, "mass", 1.0),
+                    epsilon_cutoff=("epsilon cutoff", 0.0, 0.5, False, "epsilon", 0.0),
+                    eta_cutoff=("eta cutoff", 0.0, 0.5, False, "epsilon", 0.0),
+                    top_h=("top-H", 0.0, 1.0, False, "top_h", 0.0),
+                    top_n_sigma=("top-n-sigma", 0.0, 10.0, False, "n", 0.0))
+# the other settings with a range: label in messages, low, high, integer
+RANGES = dict(
+    repetition_penalty=("repetition penalty", 0.5, 3.0, False),
+    no_repeat_ngram_size=("no-repeat n-gram size", 0, 10, True),
+    max_new_tokens=("max new tokens", 1, MAX_NEW_TOKENS, True), seed=("seed", 0, 2**31 - 1, True),
+    temperature=("temperature", 0.0, 5.0, False), beams=("beams", 2, MAX_BEAMS, True),
+    length_penalty=("length penalty", -2.0, 2.0, False), penalty_alpha=("penalty alpha", 0.0, 1.0, False),
+    contrastive_k=("contrastive k", 1, MAX_CONTRASTIVE_K, True),
+    cd_alpha=("contrastive decoding alpha", 0.001, 1.0, False), cd_beta=("contrastive decoding beta", 0.0, 5.0, False),
+    xtc_probability=("XTC probability", 0.0, 1.0, False), xtc_threshold=("XTC threshold", 0.0, 1.0, False),
+    dynatemp_range=("dynamic temperature range", 0.0, 5.0, False),
+    dynatemp_exponent=("dynamic temperature exponent", 0.01, 10.0, False),
+    mirostat_tau=("mirostat tau", 0.0, 20.0, False), mirostat_eta=("mirostat eta", 0.001, 1.0, False),
+    dry_multiplier=("DRY multiplier", 0.0, 5.0, False), dry_base=("DRY base", 1.0, 4.0, False),
+    dry_allowed_length=("DRY allowed length", 1, 20, True),
+    num_assistant_tokens=("draft tokens per round", 1, MAX_DRAFT_TOKENS, True))
+# the choices: label in messages, allowed values
+CHOICES = dict(sampler_order=("sampler order", SAMPLER_ORDERS), drafter=("drafter", DRAFTERS),
+               num_assistant_tokens_schedule=("draft schedule", ASSISTANT_SCHEDULES))
+# which settings each strategy reads (besides those every strategy reads); the others are not checked
+SAMPLING = ["temperature", "sampler_order", *FILTERS]
+USES = {
+    "sampling": [*SAMPLING, "xtc_probability", "xtc_threshold", "dynatemp_range", "dynatemp_exponent", "mirostat_tau",
+                 "mirostat_eta"],
+    "beam search": ["beams", "length_penalty", "stochastic"],
+    "contrastive search": ["penalty_alpha", "contrastive_k"],
+    "contrastive decoding": ["temperature", "cd_alpha", "cd_beta"],
+    "speculative decoding": [*SAMPLING, "dynatemp_range", "dynatemp_exponent", "drafter", "num_assistant_tokens",
+                             "num_assistant_tokens_schedule"],
+}
+EVERY_STRATEGY = ["max_new_tokens", "seed", "repetition_penalty", "no_repeat_ngram_size", "dry_multiplier", "dry_base",
+                  "dry_allowed_length", "force_step", "force_token"]
 
 
 @dataclass(frozen=True)
 class Settings:
     """Every setting of one generation, as /generate's parameters with its defaults. `check` refuses what is
-    outside the caps (ValueError saying what is allowed); `config` is the library's GenerationConfig."""
+    outside the caps (ValueError saying what is allowed); `config` is the library's GenerationConfig. Every
+    sampler is off at its default (its neutral value), so a request that leaves it out means what it always did.
+    `force_step` > 0 asks for a what-if branch: the same run with token `force_token` forced at that step
+    (1-based) and continued from there."""
 
     strategy: str = "sampling"
     max_new_tokens: int = 64
@@ -64,60 +105,120 @@ class Settings:
     cd_beta: float = 0.5
     model: str = ""
     use_finetuned: bool = False
+    # the samplers since x-transformers' four, and their order (all off by default)
+    sampler_order: str = "filters_first"
+    typical_p: float = 1.0
+    epsilon_cutoff: float = 0.0
+    eta_cutoff: float = 0.0
+    top_h: float = 0.0
+    top_n_sigma: float = 0.0  # 0 = off (the filter itself at n = 0 would keep only the top token)
+    xtc_probability: float = 0.0
+    xtc_threshold: float = 0.1
+    dynatemp_range: float = 0.0
+    dynatemp_exponent: float = 1.0
+    mirostat_tau: float = 0.0  # 0 = off
+    mirostat_eta: float = 0.1
+    dry_multiplier: float = 0.0
+    dry_base: float = 1.75
+    dry_allowed_length: int = 2
+    # stochastic beam search; speculative decoding
+    stochastic: bool = False
+    drafter: str = "draft model"
+    num_assistant_tokens: int = 5
+    num_assistant_tokens_schedule: str = "constant"
+    # a what-if branch: force token `force_token` at step `force_step` (1-based; 0 = none)
+    force_step: int = 0
+    force_token: int = 0
 
     # --- checks, before any compute ---
 
+    def reads(self) -> list[str]:
+        """The settings this strategy reads (stochastic beam search reads the sampling settings too)."""
+        uses = EVERY_STRATEGY + USES[self.strategy]
+        if self.strategy == "beam search" and self.stochastic is True:
+            uses += SAMPLING
+        return uses
+
     def check(self, vocab: int | None = None) -> Settings:
         """A copy with whole numbers as ints, or ValueError. Settings the strategy does not use are not checked
-        (as /generate always did); `vocab` bounds top_k when known."""
+        (as /generate always did); `vocab` bounds top_k and force_token when known."""
         if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        s = dict(
-            repetition_penalty=number("repetition penalty", self.repetition_penalty, 0.5, 3.0),
-            no_repeat_ngram_size=number("no-repeat n-gram size", self.no_repeat_ngram_size, 0, 10, integer=True),
-            max_new_tokens=number("max new tokens", self.max_new_tokens, 1, MAX_NEW_TOKENS, integer=True),
-            seed=number("seed", self.seed, 0, 2**31 - 1, integer=True))
-        if self.strategy in ("sampling", "contrastive decoding"):
-            s["temperature"] = number("temperature", self.temperature, 0.0, 5.0)
-        if self.strategy == "sampling":
-            for name, (label, lo, hi, integer, _, off) in FILTER_SPECS.items():
-                value = getattr(self, name)
+        s = {}
+        for name in self.reads():
+            value = getattr(self, name)
+            if name in FILTER_SPECS:
+                label, lo, hi, integer, _, off = FILTER_SPECS[name]
                 if value != off or not isinstance(value, (int, float)) or isinstance(value, bool):
                     top = vocab if hi is None else hi
                     s[name] = number(label, value, lo, top if top is not None else math.inf, integer)
-        elif self.strategy == "beam search":
-            s.update(beams=number("beams", self.beams, 2, MAX_BEAMS, integer=True),
-                     length_penalty=number("length penalty", self.length_penalty, -2.0, 2.0))
-        elif self.strategy == "contrastive search":
-            s.update(penalty_alpha=number("penalty alpha", self.penalty_alpha, 0.0, 1.0),
-                     contrastive_k=number("contrastive k", self.contrastive_k, 1, MAX_CONTRASTIVE_K, integer=True))
-        else:
-            s.update(cd_alpha=number("contrastive decoding alpha", self.cd_alpha, 0.001, 1.0),
-                     cd_beta=number("contrastive decoding beta", self.cd_beta, 0.0, 5.0))
+            elif name in RANGES:
+                label, lo, hi, integer = RANGES[name]
+                s[name] = number(label, value, lo, hi, integer)
+            elif name == "stochastic":
+                if not isinstance(value, bool):
+                    raise ValueError(f"stochastic must be true or false, got {value!r}")
+            elif name in CHOICES:
+                label, allowed = CHOICES[name]
+                if not isinstance(value, str) or value not in allowed:
+                    raise ValueError(f"{label} must be one of {', '.join(allowed)}, got {value!r}")
+        s["force_step"] = number("force_step", self.force_step, 0, s["max_new_tokens"], integer=True)
+        if s["force_step"]:
+            top = vocab - 1 if vocab is not None else math.inf
+            s["force_token"] = number("force_token (a token id)", self.force_token, 0, top, integer=True)
         return replace(self, **s)
 
     def filters(self) -> dict:
         """The switched-on filters by name and value, in the order they chain."""
         return {name: getattr(self, name) for name in FILTERS if getattr(self, name) != FILTER_SPECS[name][5]}
 
+    def sampling(self) -> dict:
+        """GenerationConfig's sampling settings: temperature, the filters chained, their order."""
+        chosen = self.filters()
+        kw = dict(temperature=self.temperature, filter_logits_fn=list(chosen),
+                  filter_kwargs=[{FILTER_SPECS[n][4]: v} for n, v in chosen.items()])
+        if self.sampler_order != "filters_first":
+            kw["sampler_order"] = self.sampler_order
+        if self.dynatemp_range and self.strategy != "beam search":
+            kw.update(dynatemp_range=self.dynatemp_range, dynatemp_exponent=self.dynatemp_exponent)
+        return kw
+
     def config(self, model, trace: bool = True) -> GenerationConfig:
         """The library's settings for `model` (its EOS, its vocabulary for top_k), checked. Contrastive decoding's
-        amateur model is passed beside it (`amateur_model=`), as generate takes it."""
+        amateur model and speculative decoding's assistant are passed beside it (`amateur_model=`,
+        `assistant_model=`), as generate takes them."""
         s = self.check(model.net.num_tokens)
         kw = dict(eos_token=model.eos_token_id, repetition_penalty=s.repetition_penalty,
                   no_repeat_ngram_size=s.no_repeat_ngram_size, seed=s.seed, trace=trace, trace_top=TRACE_TOP,
                   filter_logits_fn=[])
+        if s.dry_multiplier:
+            kw.update(dry_multiplier=s.dry_multiplier, dry_base=s.dry_base, dry_allowed_length=s.dry_allowed_length)
         if s.strategy == "sampling":
-            chosen = s.filters()
-            kw.update(temperature=s.temperature, filter_logits_fn=list(chosen),
-                      filter_kwargs=[{FILTER_SPECS[n][4]: v} for n, v in chosen.items()])
+            kw.update(s.sampling())
+            if s.xtc_probability:
+                kw.update(xtc_probability=s.xtc_probability, xtc_threshold=s.xtc_threshold)
+            # greedy skips the sampling stages, mirostat among them (and the library's mirostat would then
+            # update a target it never set)
+            if s.mirostat_tau and s.temperature > 0:
+                kw.update(mirostat_tau=s.mirostat_tau, mirostat_eta=s.mirostat_eta)
         elif s.strategy == "beam search":
             kw.update(beams=s.beams, length_penalty=s.length_penalty)
+            if s.stochastic:
+                kw.update(stochastic=True, **s.sampling())
         elif s.strategy == "contrastive search":
             kw.update(penalty_alpha=s.penalty_alpha, contrastive_k=s.contrastive_k)
-        else:
+        elif s.strategy == "contrastive decoding":
             kw.update(temperature=s.temperature, contrastive_decode_kwargs=dict(alpha=s.cd_alpha, beta=s.cd_beta))
+        else:
+            kw.update(s.sampling(), num_assistant_tokens=s.num_assistant_tokens,
+                      num_assistant_tokens_schedule=s.num_assistant_tokens_schedule)
+            if s.drafter == "prompt lookup":
+                kw["prompt_lookup_num_tokens"] = s.num_assistant_tokens
         return GenerationConfig(**kw)
+
+    def unforced(self) -> Settings:
+        """The same settings without the what-if branch."""
+        return replace(self, force_step=0, force_token=0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -211,9 +312,14 @@ def from_query(params) -> tuple[str | None, Settings | None]:
 
 # --- a model's own settings (its generation_config.json) as the starting ones ---
 
+# the filters a model's own settings start the controls with: x-transformers' four (the samplers since are set
+# by hand, and a model's file asking for them is named in the model line)
+STARTING_FILTERS = FILTERS[:4]
+
+
 def from_generation_config(config: GenerationConfig | None) -> tuple[Settings, list[str]]:
     """The controls' starting settings from a model's GenerationConfig, and the names of what it asks for that
-    the playground has no control for (left out). None gives /generate's defaults."""
+    the controls do not start from (left out). None gives /generate's defaults."""
     if config is None:
         return DEFAULTS, []
     values, unsupported = {}, []
@@ -228,7 +334,7 @@ def from_generation_config(config: GenerationConfig | None) -> tuple[Settings, l
         fns = config.filter_logits_fn if isinstance(config.filter_logits_fn, list) else [config.filter_logits_fn]
         kws = config.filter_kwargs if isinstance(config.filter_kwargs, list) else [config.filter_kwargs]
         for fn, kw in zip(fns, kws + [{}] * len(fns)):
-            if fn in FILTER_SPECS:
+            if fn in STARTING_FILTERS:
                 param = FILTER_SPECS[fn][4]
                 if param in (kw or {}):
                     values[fn] = kw[param]
@@ -236,7 +342,7 @@ def from_generation_config(config: GenerationConfig | None) -> tuple[Settings, l
                     unsupported.append("top_k without k")
             elif fn is not None:
                 unsupported.append(str(fn))
-        if [f for f in fns if f in FILTER_SPECS] != [f for f in FILTERS if f in fns]:
+        if [f for f in fns if f in STARTING_FILTERS] != [f for f in STARTING_FILTERS if f in fns]:
             unsupported.append("its filter order")
     values.update(repetition_penalty=min(max(config.repetition_penalty, 0.5), 3.0),
                   no_repeat_ngram_size=min(config.no_repeat_ngram_size, 10))

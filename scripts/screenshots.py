@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import playground as pg  # noqa: E402
+import playground.lessons  # noqa: E402,F401
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -22,14 +23,19 @@ WIDTH = 1440
 FINISHED = "() => document.querySelector('#step-chart [data-step]') !== null"
 
 
-def region(page, path, top: str, bottom: str, pad: int = 12):
-    """A full-width screenshot from the top of `top` to the bottom of `bottom` (CSS selectors)."""
+def region(page, path, top: str, bottom: str, pad: int = 12, full_width: bool = True):
+    """A screenshot from the top of `top` to the bottom of `bottom` (CSS selectors): the page's full width, or
+    (`full_width=False`) only across the two."""
     a, b = page.locator(top).first.bounding_box(), page.locator(bottom).first.bounding_box()
     scrolled = page.evaluate("window.scrollY")  # boxes are in the viewport, the clip in the page
     a, b = dict(a, y=a["y"] + scrolled), dict(b, y=b["y"] + scrolled)
     y0 = max(0, a["y"] - pad)
     height = b["y"] + b["height"] + pad - y0
-    page.screenshot(path=path, full_page=True, clip=dict(x=0, y=y0, width=WIDTH, height=height))
+    x0, width = 0, WIDTH
+    if not full_width:
+        x0 = max(0, min(a["x"], b["x"]) - pad)
+        width = min(WIDTH, max(a["x"] + a["width"], b["x"] + b["width"]) + pad) - x0
+    page.screenshot(path=path, full_page=True, clip=dict(x=x0, y=y0, width=width, height=height))
 
 
 def main():
@@ -88,19 +94,82 @@ def main():
         page.wait_for_timeout(1500)
         region(page, str(out / "branch.png"), "#forks-title", "#side-b")
 
-        # contrastive search: the step view shows confidence, penalty and score
-        page.get_by_label("contrastive search").check()
-        page.locator("#generate").click()
-        page.wait_for_selector("#step-chart table >> text=degeneration penalty", timeout=60000)
-        page.wait_for_timeout(1000)
-        region(page, str(out / "generate-contrastive-search.png"), "#output", "#step-chart")
+        # a share link that carries that branch opens it after its text (the link box holds it)
+        link = page.locator("#share-link textarea, #share-link input").first.input_value()
 
-        page.get_by_role("tab", name="Compare").click()
-        page.get_by_role("button", name="Compare", exact=True).click()
-        page.wait_for_timeout(2000)
-        page.wait_for_function("() => [...document.querySelectorAll('textarea')].filter(t => t.value.length > 20)"
-                               ".length >= 5", timeout=60000)
+        def generate(**settings):
+            page.goto(f"{url}?{urllib.parse.urlencode(settings)}")
+            page.wait_for_function("(p) => document.querySelector('#prompt textarea')?.value === p",
+                                   arg=settings["prompt"])
+            page.locator("#generate").click()
+            page.wait_for_function(FINISHED, timeout=60000)
+            page.wait_for_timeout(1200)
+
+        def open_step(i: int):
+            page.get_by_label("number input for step").fill(str(i + 1))
+            page.get_by_label("number input for step").press("Enter")
+            page.wait_for_selector(f"#step-chart [data-step='{i}']", timeout=10000)
+            page.wait_for_timeout(600)
+
+        # beam search: the tree of every candidate, the returned path thick, pruned branches faded
+        generate(prompt=pg.lessons.LOOP_PROMPT, strategy="beam search", beams=3, max_new_tokens=14)
+        page.locator("#beam-tree .axw-node[data-step='3'] text").first.click()
+        page.wait_for_selector("#step-chart [data-step='3']", timeout=10000)
+        page.evaluate("document.querySelector('#beam-tree .axw-tree-scroll').scrollLeft = 0")
+        page.mouse.move(5, 5)
+        page.wait_for_timeout(800)
+        region(page, str(out / "beam-tree.png"), "#output", "#beam-tree", full_width=False)
+        region(page, str(out / "beam-step.png"), "#step-chart", "#step-chart .axw-beamcands", full_width=False)
+
+        # speculative decoding: the rounds, accepted and rejected drafts
+        generate(prompt="ROMEO:", strategy="speculative decoding", temperature=0, max_new_tokens=40)
+        page.locator("#speculative .axw-round").nth(2).click()
+        page.mouse.move(5, 5)
         page.wait_for_timeout(1000)
+        region(page, str(out / "speculative.png"), "#output", "#speculative", full_width=False)
+
+        # contrastive search: confidence and penalty side by side, the winner as alpha moves (a step where it
+        # changes)
+        generate(prompt=pg.lessons.LOOP_PROMPT, strategy="contrastive search", max_new_tokens=40)
+        for i in range(1, 40):
+            open_step(i)
+            winners = page.locator("#step-chart .axw-sweep tr").nth(1).locator("td").all_inner_texts()
+            if len(set(winners)) >= 3:
+                break
+        region(page, str(out / "generate-contrastive-search.png"), "#step-chart", "#step-chart svg.axw-alpha",
+               full_width=False)
+
+        # contrastive decoding: the two models overlaid, the cut, the score
+        generate(prompt=pg.lessons.LOOP_PROMPT, strategy="contrastive decoding", temperature=0, max_new_tokens=20)
+        open_step(2)
+        region(page, str(out / "contrastive-decoding.png"), "#step-chart", "#step-chart .axw-cd", full_width=False)
+
+        # the sampler order: temperature first, the top-p cut moves (the stages in the order chosen)
+        generate(prompt="ROMEO:\n", temperature=2, top_p=0.9, sampler_order="temperature_first", seed=0,
+                 max_new_tokens=40)
+        page.locator("#more-samplers").click()
+        page.wait_for_timeout(800)
+        open_step(1)
+        region(page, str(out / "samplers.png"), "#more-samplers", "#more-samplers", full_width=False)
+        region(page, str(out / "sampler-order.png"), "#step-chart", "#step-chart .axw-stages", full_width=False)
+
+        # the branch from its share link
+        page.goto(link)
+        page.wait_for_timeout(1500)
+        page.locator("#generate").click()
+        page.wait_for_selector("#forks td", timeout=60000)
+        page.wait_for_timeout(1500)
+        region(page, str(out / "branch-link.png"), "#output", "#output", full_width=False)
+
+        page.goto(url)
+        page.get_by_role("tab", name="Compare").click()
+        page.locator("#compare-prompt textarea").fill(pg.lessons.LOOP_PROMPT)
+        for label in ("min-p 0.1 (T 0.8)", "top-p 0.9 (T 2, temperature first)", "min-p 0.1 (T 2, temperature first)"):
+            page.get_by_label(label).check()
+        page.get_by_role("button", name="Compare", exact=True).click()
+        page.wait_for_function("() => document.querySelectorAll('#compare-grid .axw-metrics').length >= 9",
+                               timeout=180000)
+        page.wait_for_timeout(1500)
         page.screenshot(path=str(out / "compare.png"), full_page=True)
 
         page.get_by_role("tab", name="Fine-tune").click()

@@ -219,3 +219,253 @@ def test_a_share_link_fills_the_controls_and_reproduces_generate(served_app, pag
     # a bad link is refused with a message, and the page keeps working
     page.goto(url + "?prompt=x&beams=100")
     page.get_by_text("beams must be").first.wait_for(timeout=10000)
+
+
+# --- the strategies' own views ---
+
+
+@pytest.fixture(scope="module")
+def amateur(served_app):
+    from axw import AutoregressiveWrapper
+
+    return AutoregressiveWrapper.from_pretrained(served_app[1].playground.amateur_name)
+
+
+@pytest.fixture(scope="module")
+def api(served_app):
+    import gradio_client
+
+    return gradio_client.Client(served_app[0], verbose=False)
+
+
+def linked(page, url, **settings):
+    """Open the page with a share link holding `settings`, press Generate, wait for the step view."""
+    import urllib.parse
+
+    page.goto(url + "?" + urllib.parse.urlencode(settings))
+    page.wait_for_function("(p) => document.querySelector('#prompt textarea')?.value === p", arg=settings["prompt"],
+                           timeout=10000)
+    page.locator("#generate").click()
+    page.wait_for_function(FINISHED, timeout=30000)
+
+
+def test_the_beam_tree_draws_every_candidate_and_the_returned_path(served_app, page, expert):
+    from test_instrument import until_eos
+
+    import torch
+
+    n, beams = 8, 3
+    linked(page, served_app[0], prompt="JULIET:", strategy="beam search", beams=beams, max_new_tokens=n)
+    page.wait_for_selector("#beam-tree svg .axw-node", timeout=10000)
+    assert page.locator("#beam-tree-box").is_visible()
+    prompt = expert.tokenizer.encode("JULIET:").ids
+    best = until_eos(expert, expert.generate(torch.tensor(prompt), n, beams=beams,
+                                             eos_token=expert.eos_token_id)[len(prompt):].tolist())
+    assert shown_text(page) == ("JULIET:" + expert.tokenizer.decode(best)).replace("\n", "")
+    returned = page.locator("#beam-tree .axw-node-returned")
+    path = [int(returned.nth(i).get_attribute("data-token")) for i in range(returned.count())]
+    assert until_eos(expert, path) == best and page.locator("#beam-tree .axw-edge-path").count() == len(path)
+    for t in range(len(path)):  # each step: the live beams kept, the rest pruned and faded
+        nodes = page.locator(f"#beam-tree .axw-node[data-step='{t}']")
+        classes = [nodes.nth(i).get_attribute("class") for i in range(nodes.count())]
+        assert sum("axw-node-pruned" not in c for c in classes) == beams
+        assert sum("axw-node-pruned" in c for c in classes) >= 1
+    pruned = page.locator("#beam-tree .axw-node-pruned text").first
+    assert float(pruned.evaluate("(e) => getComputedStyle(e).opacity")) < 0.5
+    page.locator("#beam-tree .axw-node[data-step='3'] text").first.click()  # a node opens its step
+    page.wait_for_selector("#step-chart [data-step='3']", timeout=10000)
+    assert "every candidate this step expanded" in page.locator("#step-chart").inner_text().lower()
+    assert page.locator("#beam-tree .axw-tree-sel").text_content() == "step 4"
+
+
+def test_speculative_rounds_show_the_drafts_accepted_and_rejected(served_app, page, expert, api):
+    from test_instrument import continuation
+
+    import playground as pg
+
+    n = 20
+    linked(page, served_app[0], prompt="JULIET:", strategy="speculative decoding", temperature=0, max_new_tokens=n,
+           num_assistant_tokens=4)
+    page.wait_for_selector("#speculative .axw-round", timeout=10000)
+    greedy = continuation(expert, expert.tokenizer.encode("JULIET:").ids, n, temperature=0.0)
+    assert shown_text(page) == ("JULIET:" + expert.tokenizer.decode(greedy)).replace("\n", "")  # greedy's text
+    _, _, trace = api.predict(prompt="JULIET:", strategy="speculative decoding", temperature=0.0, max_new_tokens=n,
+                              num_assistant_tokens=4, api_name="/generate")
+    rounds = pg.speculative_rounds(trace)
+    shown = page.locator("#speculative .axw-round")
+    assert shown.count() == len(rounds)
+    for i, r in enumerate(rounds):
+        line = shown.nth(i)
+        assert line.locator(".axw-chip-ok").count() == r["n_accepted"]
+        assert line.locator(".axw-chip-no").count() == (r["n_accepted"] < len(r["drafted"]))
+        assert line.locator(".axw-chip-model").count() == 1
+        if r["drafted"]:
+            title = line.locator(".axw-chip").first.get_attribute("title")
+            assert f"draft q = {r['draft_probs'][0]:.3f}, model p = {r['model_probs'][0]:.3f}" in title
+    head = page.locator("#speculative .axw-spec-head").inner_text()
+    assert f"{100 * rounds[-1]['acceptance_rate']:.0f}%" in head and f"{rounds[-1]['tokens_per_forward']:.2f}" in head
+    shown.nth(1).click()  # a round opens its first step
+    step = rounds[1]["steps"][0]
+    page.wait_for_selector(f"#step-chart [data-step='{step}']", timeout=10000)
+    assert "round 2" in page.locator("#step-chart").inner_text()
+
+
+def stages(page) -> list[tuple[str, int]]:
+    """The step view's stages as shown: (label, tokens kept), in order."""
+    import re
+
+    items = page.locator("#step-chart .axw-stages li").all_inner_texts()
+    return [(re.match(r"(.+?) (?:has|kept) ([\d,]+) token", s).group(1),
+             int(re.match(r".+? (?:has|kept) ([\d,]+) token", s).group(1).replace(",", ""))) for s in items]
+
+
+def test_switching_to_temperature_first_moves_the_top_p_cut(served_app, page, api):
+    settings = dict(prompt="JULIET:", temperature=2, top_p=0.8, max_new_tokens=3, seed=1)
+    linked(page, served_app[0], **settings)
+    first = stages(page)
+    assert [s for s, _ in first] == ["model", "top_p 0.8", "temperature 2"]
+    page.locator("#more-samplers").click()
+    page.locator("#sampler-order").get_by_label("temperature_first").check()
+    page.locator("#generate").click()
+    page.wait_for_function("() => document.querySelector('#step-chart .axw-stages li:nth-child(2)')?.innerText"
+                           ".startsWith('temperature')", timeout=30000)
+    then = stages(page)
+    assert [s for s, _ in then] == ["model", "temperature 2", "top_p 0.8"]
+    assert dict(then)["top_p 0.8"] > dict(first)["top_p 0.8"]  # the cut moved: a hotter distribution, more kept
+    for order, shown in (("filters_first", first), ("temperature_first", then)):
+        _, _, trace = api.predict(sampler_order=order, api_name="/generate", **settings)
+        assert [k for _, k in shown] == [trace[0]["kept"][s] for s in trace[0]["stages"]]
+
+
+def test_the_controls_shown_follow_the_strategy(served_app, page):
+    page.goto(served_app[0])
+    page.wait_for_selector("#more-samplers", timeout=10000)
+    visible = lambda sel: page.locator(sel).first.is_visible()  # noqa: E731
+    assert visible("#more-samplers") and not visible("#drafter")
+    page.get_by_label("beam search").check()
+    page.wait_for_function("() => !document.querySelector('#more-samplers')?.offsetParent", timeout=5000)
+    assert not visible("#more-samplers") and visible("#stochastic")
+    assert "repetition loop" in page.locator("#lesson").inner_text()
+    page.locator("#stochastic input").check()  # stochastic beams sample: temperature and filters come back
+    page.wait_for_function("() => !!document.querySelector('#more-samplers')?.offsetParent", timeout=5000)
+    page.get_by_label("speculative decoding").check()
+    page.wait_for_function("() => !!document.querySelector('#drafter')?.offsetParent", timeout=5000)
+    page.locator("#more-samplers").click()
+    page.get_by_label("dynamic temperature range").first.wait_for(state="visible", timeout=5000)
+    assert not page.get_by_label("XTC probability").first.is_visible()  # XTC and mirostat: sampling only
+
+
+def test_contrastive_search_shows_which_candidate_wins_as_alpha_moves(served_app, page, expert):
+    import torch
+
+    linked(page, served_app[0], prompt="JULIET:", strategy="contrastive search", penalty_alpha=0.6,
+           contrastive_k=5, max_new_tokens=6)
+    open_step(page, 2)
+    cells = page.locator("#step-chart .axw-sweep tr").nth(1).locator("td").all_inner_texts()
+    header = page.locator("#step-chart .axw-step").inner_text()
+    assert len(cells) == 11 and f"chose {cells[6]}" in header  # alpha 0.6 is the run's own
+    # alpha 0 is the model's most likely token after the text (one forward over it)
+    import playground as pg
+
+    seq = expert.tokenizer.encode("JULIET:").ids + greedy_cs(expert, 2)
+    with torch.no_grad():
+        top = int(expert.net(torch.tensor([seq]))[0, -1].argmax())
+    assert cells[0] == pg.show_token(expert.tokenizer, top)
+    assert page.locator("#step-chart svg.axw-alpha line.axw-line-win").count() >= 1
+
+
+def greedy_cs(model, n):
+    import torch
+
+    prompt = model.tokenizer.encode("JULIET:").ids
+    return model.generate(torch.tensor(prompt), n, penalty_alpha=0.6, contrastive_k=5)[len(prompt):].tolist()
+
+
+def test_contrastive_decoding_shows_both_models_and_the_cut(served_app, page, expert, amateur):
+    import math
+
+    import torch
+
+    linked(page, served_app[0], prompt="JULIET:", strategy="contrastive decoding", temperature=0, cd_alpha=0.2,
+           max_new_tokens=4)
+    open_step(page, 0)
+    rows = page.locator("#step-chart .axw-cd tr")
+    seq = expert.tokenizer.encode("JULIET:").ids
+    with torch.no_grad():
+        e, a = (m.net(torch.tensor([seq]))[0, -1].float().log_softmax(-1) for m in (expert, amateur))
+    top = e.topk(10).indices.tolist()
+    assert rows.count() == 11
+    for i, token in enumerate(top):
+        cells = rows.nth(i + 1).locator("td").all_inner_texts()
+        assert cells[2:5] == [f"{e[token].item():.2f}", f"{a[token].item():.2f}",
+                              "yes" if e[token] >= e.max() + math.log(0.2) else "no"]
+
+
+def test_compare_marks_where_each_column_departs_from_greedy(served_app, page, expert):
+    from test_instrument import continuation
+
+    page.goto(served_app[0])
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-prompt textarea").fill("JULIET:")
+    page.locator("#compare-seed input").fill("2")
+    page.get_by_label("number input for max new tokens").last.fill("16")
+    page.get_by_label("number input for max new tokens").last.press("Enter")
+    page.get_by_label("min-p 0.1 (T 0.8)").check()
+    page.locator("#compare-go").click()
+    page.wait_for_function("() => document.querySelectorAll('#compare-grid .axw-metrics').length >= 7",
+                           timeout=60000)
+    prompt = expert.tokenizer.encode("JULIET:").ids
+    greedy = continuation(expert, prompt, 16, temperature=0.0)
+    sampled = continuation(expert, prompt, 16, temperature=0.8, filter_logits_fn=["min_p"],
+                           filter_kwargs=[dict(min_p=0.1)], seed=2)
+    col = lambda label: page.locator(f"#compare-grid .axw-col[data-label='{label}']")  # noqa: E731
+    spec = col("speculative decoding (greedy, draft model)")
+    assert spec.get_attribute("data-departs") == "" and "the same text as greedy" in spec.inner_text()
+    assert spec.locator(".axw-out").inner_text() == col("greedy").locator(".axw-out").inner_text()
+    at = next(i for i, (x, y) in enumerate(zip(sampled, greedy)) if x != y)
+    minp = col("min-p 0.1 (T 0.8)")
+    assert minp.get_attribute("data-departs") == str(at)
+    assert minp.locator(f".axw-tok.axw-forced[data-i='{at}']").count() == 1  # the first departing token, marked
+    assert f"departs from greedy at step {at + 1}" in minp.inner_text()
+    assert page.locator("#compare-metrics").get_by_text("contrastive search (alpha 0.6, k 4)").count() == 1
+
+
+def test_a_lesson_link_opens_its_settings(served_app, page):
+    import playground as pg
+
+    page.goto(served_app[0])
+    page.get_by_label("beam search").check()
+    link = page.locator("#lesson a").first
+    link.wait_for(timeout=5000)
+    with page.context.expect_page(timeout=10000) as opened:
+        link.click()
+    lesson = opened.value
+    lesson.wait_for_function("(p) => document.querySelector('#prompt textarea')?.value === p",
+                             arg=pg.lessons.LOOP_PROMPT, timeout=10000)
+    assert lesson.get_by_label("beam search").is_checked()
+    assert lesson.get_by_label("number input for max new tokens").input_value() == "60"
+    lesson.close()
+
+
+def test_a_share_link_carries_a_what_if_branch(served_app, page, expert, api):
+    import urllib.parse
+
+    from test_instrument import continuation
+
+    n, step = 16, 5
+    _, _, trace = api.predict(prompt="JULIET:", temperature=0.0, max_new_tokens=n, api_name="/generate")
+    forced = trace[step - 1]["candidates"][2]
+    linked(page, served_app[0], prompt="JULIET:", temperature=0, max_new_tokens=n, force_step=step,
+           force_token=forced)
+    page.wait_for_selector(f"#output .axw-forced[data-i='{step - 1}']", state="attached", timeout=30000)
+    page.wait_for_selector("#forks td", timeout=30000)
+    prompt = expert.tokenizer.encode("JULIET:").ids
+    root = continuation(expert, prompt, n, temperature=0.0)
+    branch = root[: step - 1] + [forced] + continuation(expert, prompt + root[: step - 1] + [forced], n - step,
+                                                        temperature=0.0)
+    assert shown_text(page) == ("JULIET:" + expert.tokenizer.decode(branch)).replace("\n", "")
+    page.wait_for_function("() => (document.querySelector('#share-link textarea, #share-link input')?.value || '')"
+                           ".includes('force_step')", timeout=10000)
+    link = page.locator("#share-link textarea, #share-link input").first.input_value()
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))
+    assert query["force_step"] == str(step) and query["force_token"] == str(forced)

@@ -567,6 +567,109 @@ def test_any_share_link_is_read_or_refused_with_a_message(query):
             assert settings.check() == settings and (prompt is None or pg.check_prompt(prompt))
 
 
+# the settings added with the strategy views: every sampler, sampler order, stochastic beams, speculative
+# decoding, the what-if branch; hostile, and in range so that they also reach the model
+NEW = []  # "answered" / "refused" per example
+new_hostile = st.fixed_dictionaries(dict(strategy=st.one_of(st.sampled_from(pg.STRATEGIES), wrong),
+                                         max_new_tokens=st.integers(1, 8)), optional=dict(
+    temperature=numbers(0.0, 5.0), top_k=numbers(0, 400), top_p=numbers(0.0, 1.0),
+    typical_p=numbers(0.0, 1.0), epsilon_cutoff=numbers(0.0, 0.5), eta_cutoff=numbers(0.0, 0.5),
+    top_h=numbers(0.0, 1.0), top_n_sigma=numbers(0.0, 10.0),
+    sampler_order=st.one_of(st.sampled_from(pg.SAMPLER_ORDERS), unicode_text, wrong),
+    xtc_probability=numbers(0.0, 1.0), xtc_threshold=numbers(0.0, 1.0), dynatemp_range=numbers(0.0, 5.0),
+    dynatemp_exponent=numbers(0.01, 10.0), mirostat_tau=numbers(0.0, 20.0), mirostat_eta=numbers(0.001, 1.0),
+    dry_multiplier=numbers(0.0, 5.0), dry_base=numbers(1.0, 4.0), dry_allowed_length=numbers(1, 20),
+    stochastic=st.one_of(st.booleans(), wrong), drafter=st.one_of(st.sampled_from(pg.DRAFTERS), unicode_text, wrong),
+    num_assistant_tokens=numbers(1, pg.MAX_DRAFT_TOKENS),
+    num_assistant_tokens_schedule=st.one_of(st.sampled_from(pg.ASSISTANT_SCHEDULES), wrong),
+    force_step=st.one_of(st.integers(0, 9), numbers(0, 8)), force_token=numbers(0, 319),
+    beams=st.integers(2, 4)))
+new_sane = st.fixed_dictionaries(dict(strategy=st.sampled_from(pg.STRATEGIES), max_new_tokens=st.integers(1, 8)),
+                                 optional=dict(
+    temperature=st.floats(0.0, 5.0), top_k=st.integers(0, 300), typical_p=st.floats(0.01, 1.0),
+    epsilon_cutoff=st.floats(0.0, 0.5), eta_cutoff=st.floats(0.0, 0.5), top_h=st.floats(0.0, 1.0),
+    top_n_sigma=st.floats(0.0, 10.0), sampler_order=st.sampled_from(pg.SAMPLER_ORDERS),
+    xtc_probability=st.floats(0.0, 1.0), xtc_threshold=st.floats(0.0, 1.0), dynatemp_range=st.floats(0.0, 5.0),
+    dynatemp_exponent=st.floats(0.01, 10.0), mirostat_tau=st.floats(0.0, 20.0), mirostat_eta=st.floats(0.001, 1.0),
+    dry_multiplier=st.floats(0.0, 5.0), dry_base=st.floats(1.0, 4.0), dry_allowed_length=st.integers(1, 20),
+    stochastic=st.booleans(), drafter=st.sampled_from(pg.DRAFTERS),
+    num_assistant_tokens=st.integers(1, pg.MAX_DRAFT_TOKENS),
+    num_assistant_tokens_schedule=st.sampled_from(pg.ASSISTANT_SCHEDULES), force_step=st.integers(0, 8),
+    force_token=st.integers(0, 319), beams=st.integers(2, 4)))
+
+
+@settings(max_examples=70, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=st.one_of(st.tuples(st.just(PROMPT), new_hostile), st.tuples(any_text, new_sane)))
+@example(case=(PROMPT, dict(strategy="speculative decoding", max_new_tokens=8, temperature=0.0, force_step=3)))
+@example(case=(PROMPT, dict(strategy="beam search", max_new_tokens=4, stochastic=True, temperature=2.0,
+                            top_n_sigma=0.5, sampler_order="temperature_first")))
+def test_hostile_new_settings_answer_or_refuse_cleanly(app, visitor, forwards, case):
+    """Every setting the strategy views added, through /generate: a well-formed answer, or a clean message before
+    any forward pass (but a forced step past where the text ended, which only generating up to it finds)."""
+    prompt, kwargs = case
+    computed = len(forwards)
+    try:
+        out = visitor.submit(prompt=prompt, api_name="/generate", **kwargs).result(timeout=TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001
+        assert clean_error(e), (prompt, kwargs, repr(e))
+        assert len(forwards) == computed or "ended" in str(e), ("refused after compute", prompt, kwargs, str(e))
+        NEW.append("refused")
+    else:
+        check_answer(kwargs, out)
+        text, tokens, trace = out
+        step = kwargs.get("force_step", 0)
+        if step:
+            token = int(kwargs.get("force_token", 0))
+            assert trace[int(step) - 1]["forced"] and trace[int(step) - 1]["chosen"] == token
+        NEW.append("answered")
+
+
+def test_new_settings_were_both_answered_and_refused():
+    if NEW:
+        assert NEW.count("answered") >= 10 and NEW.count("refused") >= 10, NEW
+
+
+page_controls = st.fixed_dictionaries(dict(
+    prompt=st.one_of(st.just(PROMPT), prompts), strategy=st.one_of(st.sampled_from(pg.STRATEGIES), wrong),
+    max_new_tokens=st.one_of(st.integers(-1, 6), wrong), sampler_order=st.one_of(st.sampled_from(pg.SAMPLER_ORDERS),
+                                                                                 wrong),
+    use_typical=st.one_of(st.booleans(), wrong), typical=numbers(0.05, 1.0), use_nsigma=st.booleans(),
+    nsigma=numbers(0.1, 5.0), xtc_probability=numbers(0.0, 1.0), mirostat_tau=numbers(0.0, 10.0),
+    dry_multiplier=numbers(0.0, 2.0), stochastic=st.one_of(st.booleans(), wrong),
+    drafter=st.one_of(st.sampled_from(pg.DRAFTERS), wrong), num_assistant_tokens=numbers(1, pg.MAX_DRAFT_TOKENS),
+    force_step=st.one_of(st.just(0), numbers(0, 6), st.none()), force_token=numbers(0, 319)))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
+@given(values=page_controls)
+def test_hostile_page_controls_answer_or_refuse_cleanly(url, forwards, values):
+    """The Generate button's own event with every control (/generate_controls), the later ones hostile: refused
+    before any compute, or a text (and, with a forced step, its branch)."""
+    from playground.views.settings import UI_INPUTS
+
+    controls = dict(model="", prompt=PROMPT, strategy="sampling", max_new_tokens=4, temperature=0.8, use_k=False,
+                    k=40, use_p=False, p=0.9, use_min=False, minp=0.1, use_a=False, a=0.2, repetition_penalty=1.0,
+                    no_repeat_ngram_size=0, seed=0, beams=2, length_penalty=0.0, penalty_alpha=0.6, contrastive_k=4,
+                    amateur="", cd_alpha=0.1, cd_beta=0.5, use_finetuned=False, sampler_order="filters_first",
+                    use_typical=False, typical=0.9, use_eps=False, eps=0.0003, use_eta=False, eta=0.0003,
+                    use_toph=False, toph=0.4, use_nsigma=False, nsigma=1.0, xtc_probability=0.0, xtc_threshold=0.1,
+                    dynatemp_range=0.0, dynatemp_exponent=1.0, mirostat_tau=0.0, mirostat_eta=0.1,
+                    dry_multiplier=0.0, dry_base=1.75, dry_allowed_length=2, stochastic=False, drafter="draft model",
+                    num_assistant_tokens=3, num_assistant_tokens_schedule="constant", force_step=0, force_token=0)
+    assert list(controls) == UI_INPUTS
+    controls.update(values)
+    client = new_client(url)
+    computed = len(forwards)
+    try:
+        client.submit(*controls.values(), api_name="/generate_controls").result(timeout=TIMEOUT_S)
+    except Exception as e:  # noqa: BLE001
+        assert clean_error(e), (values, repr(e))
+        # a forced step past the text's end, or a bad forced token, is found once the text is shown
+        assert len(forwards) == computed or "step" in str(e) or "token" in str(e), ("after compute", values, str(e))
+    else:
+        assert len(forwards) > computed
+
+
 def test_branches_were_both_answered_and_refused():
     if BRANCHES:
         assert BRANCHES.count("answered") >= 3 and BRANCHES.count("refused") >= 10, BRANCHES

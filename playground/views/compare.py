@@ -1,19 +1,59 @@
-"""The Compare tab: one prompt and seed through five strategies, side by side."""
+"""The Compare tab: one prompt and seed through the strategies chosen, side by side, each beside greedy decoding.
+The sampling columns share their random numbers (one uniform draw per step from the same seed), so where their
+distributions agree they pick the same token; the first token where each column departs from greedy is marked;
+per column the mean log-probability under the model, distinct-2, the share of repeated 4-grams, tokens/s."""
 
 from __future__ import annotations
 
+import html
+import math
+
 import gradio as gr
+import pandas as pd
 
 from ..caps import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
+from ..render import show_token, tokens_html
 from ..settings import Settings
 
-COMPARE = [  # (label, strategy, settings)
+COMPARE = [  # (label, strategy, settings): the five columns /generate has always been compared on
     ("greedy", "sampling", dict(temperature=0.0)),
     ("sampling (T 0.8, top-p 0.9)", "sampling", dict(temperature=0.8, filters=dict(top_p=0.9))),
     ("beam search (4 beams)", "beam search", dict(beams=4)),
     ("contrastive search (alpha 0.6, k 4)", "contrastive search", dict(penalty_alpha=0.6, contrastive_k=4)),
     ("contrastive decoding (alpha 0.1, beta 0.5)", "contrastive decoding", dict(temperature=0.0)),
 ]
+MORE = [  # the other columns a learner can add
+    ("speculative decoding (greedy, draft model)", "speculative decoding", dict(temperature=0.0)),
+    ("speculative decoding (greedy, prompt lookup)", "speculative decoding",
+     dict(temperature=0.0, drafter="prompt lookup")),
+    ("min-p 0.1 (T 0.8)", "sampling", dict(temperature=0.8, filters=dict(min_p=0.1))),
+    ("top-p 0.9 (T 2, temperature first)", "sampling",
+     dict(temperature=2.0, sampler_order="temperature_first", filters=dict(top_p=0.9))),
+    ("min-p 0.1 (T 2, temperature first)", "sampling",
+     dict(temperature=2.0, sampler_order="temperature_first", filters=dict(min_p=0.1))),
+    ("typical-p 0.9 (T 0.8)", "sampling", dict(temperature=0.8, filters=dict(typical_p=0.9))),
+    ("eta 0.0003 (T 0.8)", "sampling", dict(temperature=0.8, filters=dict(eta_cutoff=0.0003))),
+    ("top-H 0.4 (T 0.8)", "sampling", dict(temperature=0.8, filters=dict(top_h=0.4))),
+    ("top-n-sigma 1 (T 1)", "sampling", dict(temperature=1.0, filters=dict(top_n_sigma=1.0))),
+    ("mirostat (tau 3, T 1)", "sampling", dict(temperature=1.0, mirostat_tau=3.0)),
+    ("XTC (0.5, threshold 0.1, T 0.8)", "sampling", dict(temperature=0.8, xtc_probability=0.5)),
+    ("dynamic temperature (0.8 ± 0.5)", "sampling", dict(temperature=0.8, dynatemp_range=0.5)),
+    ("DRY 0.8 (greedy)", "sampling", dict(temperature=0.0, dry_multiplier=0.8)),
+    ("stochastic beams (4, T 1)", "beam search", dict(beams=4, stochastic=True, temperature=1.0)),
+]
+COLUMNS = COMPARE + MORE
+LABELS = [label for label, *_ in COLUMNS]
+DEFAULT_COLUMNS = [label for label, *_ in COMPARE] + [MORE[0][0]]
+METRICS = ["column", "departs from greedy at", "mean log p (model)", "distinct-2", "repeated 4-grams", "tokens/s"]
+
+CSS = """
+.axw-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 10px; }
+.axw-col { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
+.axw-col h4 { margin: 0 0 4px; font-size: 14px; }
+.axw-col .axw-out { min-height: 80px; font-size: 13px; border: none; padding: 2px; }
+.axw-col .axw-metrics { font-size: 12px; opacity: 0.85; margin-top: 6px; }
+.axw-col .axw-err { color: #b91c1c; }
+"""
 
 
 def settings_of(strategy: str, settings: dict) -> Settings:
@@ -21,16 +61,84 @@ def settings_of(strategy: str, settings: dict) -> Settings:
     return Settings(strategy=strategy, **values, **settings.get("filters", {}))
 
 
+def _number(value, fmt: str) -> str:
+    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
+
+
+def column_html(col: dict, tokenizer) -> str:
+    """One column: its label, the text (what it shares with greedy dimmed, the first token that departs
+    underlined), its numbers."""
+    label = html.escape(col["label"])
+    if col.get("error"):
+        return f'<div class="axw-col"><h4>{label}</h4><p class="axw-err">{html.escape(col["error"])}</p></div>'
+    if "run" not in col:
+        return f'<div class="axw-col" data-label="{label}"><h4>{label}</h4><p class="axw-note">waiting…</p></div>'
+    run = col["run"]
+    at = col.get("departs")
+    reference = col["label"] == COMPARE[0][0]
+    shared = 0 if reference else len(run.new_ids) if at is None and col.get("done") else (at or 0)
+    text = tokens_html(run.prompt, run.pieces, [None] * len(run.pieces), forced=at, shared=shared)
+    if not col.get("done"):
+        return f'<div class="axw-col" data-label="{label}"><h4>{label}</h4>{text}</div>'
+    if reference:
+        where = "the reference"
+    elif at is None:
+        where = "the same text as greedy"
+    elif at < len(run.new_ids):
+        where = f"departs from greedy at step {at + 1} ({html.escape(show_token(tokenizer, run.new_ids[at]))})"
+    else:
+        where = f"ends at step {at + 1}, where greedy goes on"
+    numbers = (f"{where} · mean log p {_number(col['logprob'], '.2f')} · "
+               f"distinct-2 {_number(col['distinct2'], '.2f')}"
+               f" · repeated 4-grams {_number(col['repeated4'], '.0%')} · {_number(col['speed'], '.0f')} tokens/s")
+    return (f'<div class="axw-col" data-label="{label}" data-departs="{"" if at is None else at}"><h4>{label}</h4>'
+            f'{text}<div class="axw-metrics">{numbers}</div></div>')
+
+
+def grid_html(cols: list[dict], tokenizer) -> str:
+    if not cols:
+        return '<p class="axw-note">Pick the columns and press Compare.</p>'
+    return '<div class="axw-grid">' + "".join(column_html(c, tokenizer) for c in cols) + "</div>"
+
+
+def metrics_frame(cols: list[dict]) -> pd.DataFrame:
+    rows = []
+    for c in cols:
+        if c.get("error") or not c.get("done"):
+            continue
+        at = c.get("departs")
+        rows.append({"column": c["label"], "departs from greedy at": "–" if at is None else str(at + 1),
+                     "mean log p (model)": _round(c["logprob"], 3), "distinct-2": _round(c["distinct2"], 3),
+                     "repeated 4-grams": _round(c["repeated4"], 3), "tokens/s": _round(c["speed"], 0)})
+    return pd.DataFrame(rows, columns=METRICS)
+
+
+def _round(value, digits):
+    return None if value is None else round(value, digits)
+
+
 def build(app, gpu, model_box, amateur_box, concurrency: int):
-    gr.Markdown("One prompt and seed through five strategies, side by side.")
+    gr.Markdown("One prompt and seed through the strategies you pick, each beside **greedy decoding** (always the "
+                "first column). The sampling columns draw from the same random numbers (one uniform number per "
+                "step from the seed; XTC draws one more per step), so where their distributions agree they pick the "
+                "same token. In each column the text it shares with greedy is dimmed and its first token that "
+                "departs is underlined. Per column: the mean log-probability of its tokens under the model, "
+                "distinct-2 (the share of different token pairs), the share of 4-grams that repeat an earlier one "
+                "(a loop), and tokens per second.")
     with gr.Row():
-        prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, scale=3, max_length=MAX_PROMPT_CHARS)
-        seed = gr.Number(0, precision=0, label="seed", scale=1)
-        new = gr.Slider(1, MAX_NEW_TOKENS, 60, step=1, label="max new tokens", scale=2)
-    go = gr.Button("Compare", variant="primary")
-    boxes = []
-    with gr.Row(equal_height=True):
-        for label, *_ in COMPARE:
-            boxes.append(gr.Textbox(label=label, lines=10, max_lines=20, interactive=False, min_width=200))
-    go.click(gpu(app.compare_ui), [model_box, prompt, seed, new, amateur_box], boxes, api_visibility="private",
-             concurrency_limit=concurrency, concurrency_id="gen")
+        prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, scale=3, max_length=MAX_PROMPT_CHARS,
+                            elem_id="compare-prompt")
+        seed = gr.Number(0, precision=0, label="seed", scale=1, elem_id="compare-seed")
+        new = gr.Slider(1, MAX_NEW_TOKENS, 60, step=1, label="max new tokens", scale=2, elem_id="compare-new")
+    columns = gr.CheckboxGroup(LABELS, value=DEFAULT_COLUMNS, label="columns", elem_id="compare-columns",
+                               info="greedy is always shown; speculative decoding at temperature 0 gives greedy's "
+                                    "text in fewer model forwards")
+    go = gr.Button("Compare", variant="primary", elem_id="compare-go")
+    grid = gr.HTML(grid_html([], None), elem_id="compare-grid")
+    table = gr.Dataframe(metrics_frame([]), label="numbers", interactive=False, elem_id="compare-metrics")
+    def compare_ui(model_name, prompt, seed, new, amateur, columns, request: gr.Request = None):
+        yield from app.compare_view_ui(model_name, prompt, seed, new, amateur, columns, request)
+
+    go.click(gpu(compare_ui), [model_box, prompt, seed, new, amateur_box, columns], [grid, table],
+             api_visibility="private", concurrency_limit=concurrency, concurrency_id="gen", preprocess=False)
+    return CSS

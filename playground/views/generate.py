@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import View, event_data, forks, output, sample, settings, share, step, timeline
+from . import View, beam_tree, event_data, skip, forks, output, sample, settings, share, speculative, step, timeline
 
 
 def build(app, gpu, model_box, choices, concurrency: int):
@@ -19,9 +19,11 @@ def build(app, gpu, model_box, choices, concurrency: int):
             with gr.Row():
                 go = gr.Button("Generate", variant="primary", elem_id="generate")
                 stop = gr.Button("Stop")
-            refresh_link, load_link = share.build(app, controls)
+            refresh_link, load_link = share.build(app, controls, tree)
         with gr.Column(scale=3):
             out, output_view = output.build()
+            tree_html, tree_view = beam_tree.build()
+            rounds, rounds_view = speculative.build()
             _, _, bridge, timeline_view = timeline.build()
             slider, chart, step_view = step.build()
             sample_view = sample.build(app, tree, slider)
@@ -31,7 +33,10 @@ def build(app, gpu, model_box, choices, concurrency: int):
         branch_step, branch_token = gr.Number(0, precision=0), gr.Number(0, precision=0)
         branch_go = gr.Button("branch")
 
-    views = [output_view, step_view, timeline_view, sample_view, forks_view,
+    # a share link's what-if branch is generated once: afterwards the page's controls hold no branch
+    unforce = View([controls["force_step"], controls["force_token"]],
+                   lambda shown: [0, 0] if "forks" in shown else skip(2))
+    views = [output_view, tree_view, rounds_view, step_view, timeline_view, sample_view, forks_view, unforce,
              View([tree], lambda shown: [shown["tree"]] if "tree" in shown else [gr.skip()])]
     outputs = [c for v in views for c in v.outputs]
 
@@ -65,19 +70,26 @@ def build(app, gpu, model_box, choices, concurrency: int):
     # calling these endpoints, gets our message rather than a component's conversion error
     raw = dict(gen, preprocess=False)
     inputs = controls.inputs() + [tree]
-    run = go.click(gpu(generate_ui), inputs, outputs, api_name="generate_stream", api_visibility="undocumented",
+    run = go.click(gpu(generate_ui), inputs, outputs, api_name="generate_controls", api_visibility="undocumented",
                    **raw)
     submitted = controls["prompt"].submit(gpu(generate_ui), inputs, outputs, api_visibility="private", **raw)
+    # the Generate button's endpoint as it was before the later controls: those take their defaults (a client
+    # passing the first values only would otherwise be refused by gradio for the missing ones)
+    with gr.Row(visible=False):
+        old_go = gr.Button("generate")
+    old_run = old_go.click(gpu(generate_ui), inputs[:settings.FIRST_INPUTS] + [tree], outputs,
+                           api_name="generate_stream", api_visibility="undocumented", **raw)
     branched = chart.click(gpu(branch_ui), [tree], outputs, api_visibility="private", **gen)
-    branch_go.click(gpu(branch_stream), [tree, branch_step, branch_token], outputs, api_name="branch_stream",
-                    api_visibility="undocumented", **raw)
-    stop.click(None, cancels=[run, submitted, branched])
-    for event in (run, submitted):
-        refresh_link(event)
+    branch_go_event = branch_go.click(gpu(branch_stream), [tree, branch_step, branch_token], outputs,
+                                      api_name="branch_stream", api_visibility="undocumented", **raw)
+    stop.click(None, cancels=[run, submitted, branched, old_run])
     quick = dict(api_visibility="private", show_progress="hidden")
     out.click(select_step, [tree], outputs, **quick)
-    bridge.click(select_step, [tree], outputs, **quick)
+    for clickable in (bridge, tree_html, rounds):
+        clickable.click(select_step, [tree], outputs, **quick)
     slider.input(slide_step, [tree, slider], outputs, **quick)
-    opened.input(open_run, [tree, opened], outputs, **quick)
+    opened_event = opened.input(open_run, [tree, opened], outputs, **quick)
+    for event in (run, submitted, old_run, branched, branch_go_event, opened_event):
+        refresh_link(event)
     css = "\n".join(v.css for v in views)
     return controls, load_link, css

@@ -4,8 +4,11 @@ the text /generate gives for those parameters; the button copies the link of the
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gradio as gr
 
+from ..runs import Tree
 from ..settings import from_query, to_query
 from ..service import user_errors
 from .settings import UI_INPUTS, fill, settings_from_ui
@@ -22,9 +25,9 @@ COPY = """(query) => {
 }"""
 
 
-def build(app, controls):
-    """The link box and its button; returns (refresh(event): the box follows a generation, the page's load
-    handler that fills the controls from a link)."""
+def build(app, controls, tree):
+    """The link box and its button; returns (refresh(event): the box follows a generation or a branch, the
+    page's load handler that fills the controls from a link)."""
     with gr.Row():
         link = gr.Textbox(label="share link", interactive=False, scale=4, elem_id="share-link", buttons=["copy"],
                           info="the prompt, model, settings and seed: opening it fills every control",
@@ -48,9 +51,22 @@ def build(app, controls):
         # a model the link names is loaded by Generate (its compute charged to the visitor), not by opening it
         return fill(prompt, settings, settings.model or None, settings.amateur or None)
 
+    def run_query(tree):
+        """The link of the open run: its prompt and settings, and for a branch of the generated text the token it
+        forced and where (a branch of a branch has no link of its own: the link is its parent's)."""
+        run = tree.get() if isinstance(tree, Tree) else None
+        while run is not None and run.parent not in (None, tree.root.id if tree.root else None):
+            run = tree.get(run.parent)
+        if run is None:
+            return gr.skip()
+        settings = run.settings
+        if run.parent is not None:
+            settings = replace(settings, force_step=run.step + 1, force_token=run.forced)
+        return to_query(run.prompt, settings, app.model_name, app.amateur_name or "")
+
     def refresh(event):
-        """After `event` (a generation) the box holds the link of what was generated (not copied)."""
-        event.success(share_query, controls.inputs(), link, api_visibility="private", queue=False).then(
-            None, link, link, js=LINK)
+        """After `event` (a generation, a branch, a run opened) the box holds the link of the open run (not
+        copied)."""
+        event.success(run_query, tree, link, api_visibility="private", queue=False).then(None, link, link, js=LINK)
 
     return refresh, load_link

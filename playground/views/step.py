@@ -26,6 +26,21 @@ CSS = """
 .axw-stages { margin: 6px 0 8px 1.2em; padding: 0; font-size: 13px; }
 .axw-stages li { margin: 1px 0; }
 .axw-forced-note { color: #4f46e5; }
+.axw-table tr.axw-kept td { font-weight: 600; }
+.axw-table tr.axw-gone td { opacity: 0.45; }
+.axw-sweep th, .axw-sweep td { text-align: center; padding: 2px 3px; }
+.axw-alpha { margin: 6px 0; }
+.axw-alpha text { fill: var(--body-text-color); }
+.axw-alpha .axw-axis { stroke: #94a3b8; }
+.axw-alpha .axw-line { stroke: #94a3b8; stroke-width: 1; opacity: 0.6; }
+.axw-alpha .axw-line-win { stroke: #4f46e5; stroke-width: 2; }
+.axw-alpha .axw-now { stroke: #f59e0b; stroke-width: 2; stroke-dasharray: 4 3; }
+.axw-bar2 { position: relative; min-width: 140px; height: 18px; background: rgba(128,128,128,0.12);
+            border-radius: 3px; }
+.axw-bar2 .axw-e { position: absolute; left: 0; top: 0; bottom: 0; background: #818cf8; border-radius: 3px; }
+.axw-bar2 .axw-a { position: absolute; left: 0; top: 5px; bottom: 5px; background: rgba(249, 115, 22, 0.85);
+                   border-radius: 2px; }
+.axw-bar2 .axw-cut-line { position: absolute; top: -2px; bottom: -2px; width: 0; border-left: 2px dashed #dc2626; }
 """
 
 # a click on a candidate row sends the step and the token to force there
