@@ -289,7 +289,8 @@ class Decoding:
         nets = []
         for amateur in amateurs:
             amateur = as_net(amateur)
-            if not (isinstance(amateur, torch.nn.Module) and getattr(amateur, "num_tokens", None) == self.net.num_tokens):
+            vocab = getattr(amateur, "num_tokens", None)
+            if not (isinstance(amateur, torch.nn.Module) and vocab == self.net.num_tokens):
                 raise ValueError(
                     f"an amateur model must be an axw model sharing the expert's vocabulary of {self.net.num_tokens} "
                     f"tokens, got {getattr(amateur, 'num_tokens', type(amateur).__name__)}")

@@ -69,7 +69,8 @@ class GenerationConfig:
     dry_multiplier: float = 0.0
     dry_base: float = 1.75
     dry_allowed_length: int = 2
-    dry_sequence_breakers: list | None = None  # token ids or text; None: newline, ':', '"', '*' when there is a tokenizer
+    # token ids or text; None: newline, ':', '"', '*' when there is a tokenizer
+    dry_sequence_breakers: list | None = None
     # beam search
     beams: int = 1
     length_penalty: float = 0.0

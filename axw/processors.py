@@ -29,6 +29,7 @@ from .filters import FILTER_LOGITS_FN, NEG_INF, _entropy, _keep_top1, check_filt
 from .utils import check_number, exists
 
 LN2 = math.log(2.0)
+XTC_SEED = 0x5851F42D4C957F2D  # XTC's coins: the run's seed, scrambled
 
 
 class Processor:
@@ -228,7 +229,9 @@ class XTC(Processor):
     #6335): with probability `probability` per step and row, remove every
     token whose probability is at least `threshold` except the least likely
     of them, when there are two or more; the model's safest choices make way
-    for its other plausible ones."""
+    for its other plausible ones. Its coin comes from a generator of its own
+    (seeded from the run's), so the run's sampling draws stay those of any
+    other sampler with the same seed."""
 
     name = "xtc"
     sampling_only = True
@@ -318,6 +321,8 @@ class Mirostat(Processor):
         return logits.masked_fill(_keep_top1(surprise > self.mu, logits), NEG_INF)
 
     def update(self, chosen, logits):
+        if self.mu is None:  # greedy decoding never sampled through it
+            return
         # surprise of the choice under the truncated, renormalised distribution
         observed = -logits.float().log_softmax(dim=-1).gather(-1, chosen[:, None]) / LN2
         self.mu = self.mu - self.eta * (observed - self.tau)
@@ -388,7 +393,10 @@ def build_pipeline(config, amateurs: list = (), breakers: Tensor | None = None,
     # contrastive decoding's plausibility cut replaces the filters (as in x-transformers)
     filters = [] if amateurs else build_filters(config.filter_logits_fn, config.filter_kwargs)
     if config.xtc_probability > 0:
-        filters.append(XTC(config.xtc_threshold, config.xtc_probability, generator))
+        coins = None
+        if exists(generator):
+            coins = torch.Generator(device=generator.device).manual_seed(generator.initial_seed() ^ XTC_SEED)
+        filters.append(XTC(config.xtc_threshold, config.xtc_probability, coins))
     if config.dynatemp_range > 0:
         temperature = DynamicTemperature(config.temperature, config.dynatemp_range, config.dynatemp_exponent)
     else:

@@ -419,7 +419,8 @@ class TransformerWrapper(nn.Module):
                 kv_cache.seq_start_pos = seq_start_pos
             seq_start_pos = kv_cache.seq_start_pos
 
-        tokens, positions, key_mask = self._embed(x, seen, seq_start_pos, parallel, key_mask=_and(mask, self_attn_kv_mask))
+        key_mask = _and(mask, self_attn_kv_mask)
+        tokens, positions, key_mask = self._embed(x, seen, seq_start_pos, parallel, key_mask=key_mask)
         initial_embeds = tokens
 
         h = tokens

@@ -314,7 +314,9 @@ def from_query(params) -> tuple[str | None, Settings | None]:
 
 # the filters a model's own settings start the controls with: x-transformers' four (the samplers since are set
 # by hand, and a model's file asking for them is named in the model line)
-STARTING_FILTERS = FILTERS[:4]
+# what a model's generation_config.json may set that has a control of its own
+STARTING_SAMPLERS = ("sampler_order", "xtc_probability", "xtc_threshold", "dynatemp_range", "dynatemp_exponent",
+                     "mirostat_eta", "dry_multiplier", "dry_base", "dry_allowed_length", "stochastic")
 
 
 def from_generation_config(config: GenerationConfig | None) -> tuple[Settings, list[str]]:
@@ -331,26 +333,28 @@ def from_generation_config(config: GenerationConfig | None) -> tuple[Settings, l
                       contrastive_k=min(config.contrastive_k, MAX_CONTRASTIVE_K))
     else:
         values.update(strategy="sampling", temperature=min(config.temperature, 5.0))
-        fns = config.filter_logits_fn if isinstance(config.filter_logits_fn, list) else [config.filter_logits_fn]
-        kws = config.filter_kwargs if isinstance(config.filter_kwargs, list) else [config.filter_kwargs]
-        for fn, kw in zip(fns, kws + [{}] * len(fns)):
-            if fn in STARTING_FILTERS:
-                param = FILTER_SPECS[fn][4]
-                if param in (kw or {}):
-                    values[fn] = kw[param]
-                elif fn == "top_k":
-                    unsupported.append("top_k without k")
-            elif fn is not None:
-                unsupported.append(str(fn))
-        if [f for f in fns if f in STARTING_FILTERS] != [f for f in STARTING_FILTERS if f in fns]:
-            unsupported.append("its filter order")
+    fns = config.filter_logits_fn if isinstance(config.filter_logits_fn, list) else [config.filter_logits_fn]
+    kws = config.filter_kwargs if isinstance(config.filter_kwargs, list) else [config.filter_kwargs]
+    for fn, kw in zip(fns, kws + [{}] * len(fns)):
+        if fn in FILTERS:
+            param = FILTER_SPECS[fn][4]
+            if param in (kw or {}):
+                values[fn] = kw[param]
+            elif fn == "top_k":
+                unsupported.append("top_k without k")
+        elif fn is not None:
+            unsupported.append(str(fn))
+    if [f for f in fns if f in FILTERS] != [f for f in FILTERS if f in fns]:
+        unsupported.append("its filter order")
     values.update(repetition_penalty=min(max(config.repetition_penalty, 0.5), 3.0),
                   no_repeat_ngram_size=min(config.no_repeat_ngram_size, 10))
     if config.seed is not None and 0 <= config.seed < 2**31:
         values["seed"] = config.seed
+    values.update({name: getattr(config, name) for name in STARTING_SAMPLERS})
+    if config.mirostat_tau is not None:
+        values["mirostat_tau"] = config.mirostat_tau
     defaults = GenerationConfig()
-    for name in ("sampler_order", "xtc_probability", "dynatemp_range", "mirostat_tau", "dry_multiplier",
-                 "stochastic", "prompt_lookup_num_tokens"):
+    for name in ("prompt_lookup_num_tokens", "dry_sequence_breakers"):
         if getattr(config, name) != getattr(defaults, name):
             unsupported.append(name)
     settings = Settings(**values)

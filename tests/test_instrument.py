@@ -402,9 +402,12 @@ def test_a_models_own_settings_start_the_controls(tmp_path, model):
     assert torch.equal(lib, ours)
     beams, _ = pg.from_generation_config(GenerationConfig(beams=5, length_penalty=1.0))
     assert (beams.strategy, beams.beams, beams.length_penalty) == ("beam search", 5, 1.0)
-    _, unsupported = pg.from_generation_config(GenerationConfig(filter_logits_fn="typical_p",
-                                                                filter_kwargs=dict(mass=0.9), xtc_probability=0.5))
-    assert unsupported == ["typical_p", "xtc_probability"]
+    settings, unsupported = pg.from_generation_config(GenerationConfig(
+        filter_logits_fn="typical_p", filter_kwargs=dict(mass=0.9), xtc_probability=0.5,
+        sampler_order="temperature_first", mirostat_tau=3.0, prompt_lookup_num_tokens=4))
+    assert (settings.typical_p, settings.xtc_probability, settings.sampler_order, settings.mirostat_tau) == (
+        0.9, 0.5, "temperature_first", 3.0)
+    assert unsupported == ["prompt_lookup_num_tokens"]
     assert pg.from_generation_config(None) == (pg.Settings(), [])
 
 

@@ -271,3 +271,20 @@ def test_stage_numbers_by_hand():
     q = q[q > 0]
     assert math.isclose(row["entropy"]["temperature"], float(-(q * q.log2()).sum()), rel_tol=1e-4)
     assert math.isclose(row["entropy"]["model"], float(-(p * p.log2()).sum()), rel_tol=1e-4)
+
+
+def test_greedy_with_mirostat_set_is_greedy():
+    model = tiny_model(rotary=True)
+    prompt = torch.randint(0, 97, (2, 4))
+    assert torch.equal(model.generate(prompt, 8, temperature=0.0, mirostat_tau=3.0),
+                       model.generate(prompt, 8, temperature=0.0))
+
+
+def test_xtc_keeps_the_runs_random_numbers():
+    """XTC's coins come from their own generator: where XTC removes nothing
+    (a threshold no two tokens reach), the text is the same as without it."""
+    model = tiny_model(rotary=True)
+    prompt = torch.randint(0, 97, (2, 4))
+    plain = model.generate(prompt, 12, seed=4, filter_kwargs=dict(k=20))
+    assert torch.equal(model.generate(prompt, 12, seed=4, filter_kwargs=dict(k=20), xtc_probability=0.5,
+                                      xtc_threshold=0.9), plain)
