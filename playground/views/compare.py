@@ -120,11 +120,11 @@ def _round(value, digits):
 def build(app, gpu, model_box, amateur_box, concurrency: int):
     gr.Markdown("One prompt and seed through the strategies you pick, each beside **greedy decoding** (always the "
                 "first column). The sampling columns draw from the same random numbers (one uniform number per "
-                "step from the seed; XTC draws one more per step), so where their distributions agree they pick the "
-                "same token. In each column the text it shares with greedy is dimmed and its first token that "
-                "departs is underlined. Per column: the mean log-probability of its tokens under the model, "
-                "distinct-2 (the share of different token pairs), the share of 4-grams that repeat an earlier one "
-                "(a loop), and tokens per second.")
+                "step from the seed; XTC flips its coins from a generator of its own), so where their "
+                "distributions agree they pick the same token. In each column the text it shares with greedy is "
+                "dimmed and its first token that departs is underlined. Per column: the mean log-probability of "
+                "its tokens under the model, distinct-2 (the share of different token pairs), the share of 4-grams "
+                "that repeat an earlier one (a loop), and tokens per second.")
     with gr.Row():
         prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, scale=3, max_length=MAX_PROMPT_CHARS,
                             elem_id="compare-prompt")
