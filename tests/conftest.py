@@ -83,3 +83,16 @@ def served_app(tmp_path_factory):
     app.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
     yield f"http://127.0.0.1:{port}/", demo
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def app(served_app):
+    """The served app's `Playground`."""
+    return served_app[1].playground
+
+
+@pytest.fixture(scope="module")
+def client(served_app):
+    """A gradio_client of the served app."""
+    gradio_client = pytest.importorskip("gradio_client")
+    return gradio_client.Client(served_app[0], verbose=False)

@@ -19,11 +19,6 @@ PROMPT = "ROMEO:"
 
 
 @pytest.fixture(scope="module")
-def client(served_app):
-    return gradio_client.Client(served_app[0], verbose=False)
-
-
-@pytest.fixture(scope="module")
 def models(served_app):
     """The app's models, loaded again here: the reference side of each test."""
     app = served_app[1].playground

@@ -23,16 +23,6 @@ LOG2 = math.log(2.0)
 
 
 @pytest.fixture(scope="module")
-def app(served_app):
-    return served_app[1].playground
-
-
-@pytest.fixture(scope="module")
-def client(served_app):
-    return gradio_client.Client(served_app[0], verbose=False)
-
-
-@pytest.fixture(scope="module")
 def model(app):
     """The app's model loaded again: the reference side."""
     return AutoregressiveWrapper.from_pretrained(app.model_name)

@@ -30,11 +30,6 @@ TIMEOUT_S = 60  # every request here ends on its own well within this
 
 
 @pytest.fixture(scope="module")
-def app(served_app):
-    return served_app[1].playground
-
-
-@pytest.fixture(scope="module")
 def url(served_app):
     return served_app[0]
 

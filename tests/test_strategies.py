@@ -22,16 +22,6 @@ PROMPT = "ROMEO:"
 
 
 @pytest.fixture(scope="module")
-def app(served_app):
-    return served_app[1].playground
-
-
-@pytest.fixture(scope="module")
-def client(served_app):
-    return gradio_client.Client(served_app[0], verbose=False)
-
-
-@pytest.fixture(scope="module")
 def models(app):
     """The app's expert and amateur (the test app's drafter) loaded again: the reference side."""
     return (AutoregressiveWrapper.from_pretrained(app.model_name),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import View, skip
+from . import View, step_panel
 
 CSS = """
 .axw-tree-scroll { overflow-x: auto; border: 1px solid var(--border-color-primary); border-radius: 8px;
@@ -29,25 +29,8 @@ CSS = """
 .axw-tree-legend .axw-p { opacity: 0.4; }
 """
 
-# a click on a node or a column's header sends its step
-NODE_CLICK = """element.addEventListener('click', (e) => {
-  const node = e.target.closest('[data-step]');
-  if (!node) return;
-  trigger('click', {step: Number(node.dataset.step)});
-});"""
-
-
 def build() -> tuple[gr.HTML, View]:
-    with gr.Column(visible=False, elem_id="beam-tree-box") as box:
-        gr.Markdown("### The beam tree\nEvery candidate beam search weighed: at each step each live beam's best "
-                    "continuations, ranked; the best few go on, the rest are pruned (faded). The returned beam's "
-                    "path is drawn thick.")
-        tree = gr.HTML("", elem_id="beam-tree", js_on_load=NODE_CLICK)
-
-    def place(shown: dict) -> list:
-        if "beam_tree" not in shown:
-            return skip(2)
-        html = shown["beam_tree"]
-        return [gr.Column(visible=html is not None), html or ""]
-
-    return tree, View([box, tree], place, CSS)
+    return step_panel(
+        "beam_tree", "### The beam tree\nEvery candidate beam search weighed: at each step each live beam's best "
+        "continuations, ranked; the best few go on, the rest are pruned (faded). The returned beam's path is drawn "
+        "thick.", "beam-tree", "[data-step]", CSS)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import View, skip
+from . import View, step_panel
 
 CSS = """
 .axw-spec { font-size: 13px; }
@@ -25,24 +25,8 @@ CSS = """
 .axw-chip-model { background: #c7d2fe; border: 1px solid #4f46e5; }
 """
 
-ROUND_CLICK = """element.addEventListener('click', (e) => {
-  const round = e.target.closest('.axw-round[data-step]');
-  if (!round) return;
-  trigger('click', {step: Number(round.dataset.step)});
-});"""
-
-
 def build() -> tuple[gr.HTML, View]:
-    with gr.Column(visible=False, elem_id="speculative-box") as box:
-        gr.Markdown("### Speculative rounds\nEach round the drafter proposes a few tokens; the model checks them all "
-                    "in one forward, keeps each with probability min(1, p/q) (greedy: when it is its own choice) up "
-                    "to the first rejection, and adds one token of its own.")
-        rounds = gr.HTML("", elem_id="speculative", js_on_load=ROUND_CLICK)
-
-    def place(shown: dict) -> list:
-        if "speculative" not in shown:
-            return skip(2)
-        html = shown["speculative"]
-        return [gr.Column(visible=html is not None), html or ""]
-
-    return rounds, View([box, rounds], place, CSS)
+    return step_panel(
+        "speculative", "### Speculative rounds\nEach round the drafter proposes a few tokens; the model checks them "
+        "all in one forward, keeps each with probability min(1, p/q) (greedy: when it is its own choice) up to the "
+        "first rejection, and adds one token of its own.", "speculative", ".axw-round[data-step]", CSS)
