@@ -9,11 +9,11 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from typing import Callable, Iterator
+from typing import Iterator
 
 from . import hub
 from .generation import Decoding, Step
-from .generation_config import GENERATION_CONFIG_NAME, GenerationConfig
+from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
 from .transformer import Decoder, TransformerWrapper
 from .utils import ConfigMixin, build_config, check_number, eval_mode, exists
