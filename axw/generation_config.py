@@ -85,6 +85,8 @@ class GenerationConfig:
     assistant_confidence_threshold: float = 0.0  # stop drafting below this draft probability (0 = off)
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int = 2
+    # with an assistant: copy a drafted token by prompt lookup where the text's last n tokens occurred before (0 = off)
+    assistant_lookup_ngram: int = 0
     # stopping, context, randomness, the trace
     eos_token: int | None = None
     restrict_to_max_seq_len: bool = True
@@ -136,6 +138,8 @@ class GenerationConfig:
             check_number(self.prompt_lookup_num_tokens, "prompt_lookup_num_tokens", 1, 128, integer=True,
                          allowed="an integer in [1, 128] (None = off)")
         check_number(self.max_matching_ngram_size, "max_matching_ngram_size", 1, 32, integer=True)
+        check_number(self.assistant_lookup_ngram, "assistant_lookup_ngram", 0, 32, integer=True,
+                     allowed="an integer in [0, 32] (0 = off)")
         if self.eos_token is not None:
             check_number(self.eos_token, "eos_token", 0, integer=True, allowed="a token id >= 0 (None = none)")
         self.restrict_to_max_seq_len = _flag(self.restrict_to_max_seq_len, "restrict_to_max_seq_len")

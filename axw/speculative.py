@@ -7,7 +7,11 @@ token the model's own; sampling, it has exactly the model's distribution.
 Drafters: an assistant model (any axw model with the same vocabulary size),
 or prompt lookup (Saxena 2023, transformers' `prompt_lookup_num_tokens`),
 which copies what followed the latest earlier occurrence of the text's last
-n-gram and costs no model at all.
+n-gram and costs no model at all, or both (`assistant_lookup_ngram`): where
+the text's last n tokens occurred before, the token that followed them is
+copied as the draft and the assistant does not run. Small models' greedy
+text repeats itself, and there the copy is both free and more often right
+than a small draft (benchmarks/speculative.py).
 
 The accept/reject rule runs on the model's and the draft's distributions
 after the same pipeline (penalties, filters, temperature): a drafted token d
@@ -32,6 +36,7 @@ from .generation import Decoding, Step, sample
 from .utils import exists
 
 MAX_DRAFT = 64  # the heuristic schedule never drafts more per round
+COPY_CAP = 2  # with prompt lookup beside the assistant, a round drafts at most this many times its tokens
 
 
 def lookup_drafts(seq: Tensor, end: int, valid: Tensor | None, n_draft: int, max_ngram: int, pad: int) -> Tensor:
@@ -57,6 +62,102 @@ def lookup_drafts(seq: Tensor, end: int, valid: Tensor | None, n_draft: int, max
     return drafts
 
 
+class NgramIndex:
+    """Where each n-gram of a batch's text last occurred: for each row, the
+    last `n` tokens before a position -> that position, over the text
+    committed so far (`update`). `after` gives, per row, the token that
+    followed the latest earlier occurrence of the text's last n tokens (-1
+    where they never occurred): prompt lookup in O(1) a token."""
+
+    def __init__(self, n: int, starts: list[int]):
+        self.n = n
+        self.rows: list[list[int]] = [[] for _ in starts]
+        self.starts = starts  # each row's first real (not left-pad) position
+        self.maps: list[dict] = [{} for _ in starts]
+
+    def update(self, seq: Tensor, end: int):
+        """Index the text up to `end` (an n-gram counts once its next token is in)."""
+        done = len(self.rows[0])
+        if end <= done:
+            return
+        n = self.n
+        for row, first, found, new in zip(self.rows, self.starts, self.maps, seq[:, done:end].tolist()):
+            for token in new:
+                q = len(row)
+                if q - n >= first:
+                    found[tuple(row[q - n:q])] = q
+                row.append(token)
+
+    def tails(self) -> list[list[int]]:
+        """Each row's last n committed tokens."""
+        return [row[-self.n:] for row in self.rows]
+
+    def next_tokens(self, tails: list[list[int]], end: int) -> list[int]:
+        """Per row, the token after the latest occurrence of `tails` (its last n
+        tokens before position `end`), or -1."""
+        out = []
+        for row, first, found, tail in zip(self.rows, self.starts, self.maps, tails):
+            q = found.get(tuple(tail)) if end - self.n >= first else None
+            out.append(row[q] if q is not None else -1)
+        return out
+
+    def after(self, seq: Tensor, end: int) -> list[int]:
+        """`next_tokens` for the text `seq[:, :end]`."""
+        if end - self.n < 0:
+            return [-1] * len(self.rows)
+        return self.next_tokens(seq[:, end - self.n:end].tolist(), end)
+
+
+def assistant_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, out: Tensor, cur: int, n: int,
+                     cap: int, need_q: bool, valid: Tensor | None) -> tuple[Tensor, list, Tensor]:
+    """Draft up to `n` tokens with the assistant (and, with an `index`, copies
+    between them, up to `cap` in all) at positions cur, cur + 1, ... of `out`,
+    which they are written into. Returns the drafts (b, gamma), the
+    drafter's processed distribution q at each (one-hot for a copy) when
+    `need_q`, and which drafts were copies (b, gamma)."""
+    c, b, device = run.config, out.shape[0], out.device
+    greedy, threshold, vocab = c.greedy, c.assistant_confidence_threshold, run.net.num_tokens
+    rows = torch.arange(b, device=device)
+    tokens: list[list[int]] = []  # per position, each row's draft
+    copies: list[list[bool]] = []
+    q: list = []
+    tails = index.tails() if exists(index) else None
+    written = ran = 0
+    while len(tokens) < cap and ran < n:
+        j = len(tokens)
+        found = index.next_tokens(tails, cur + j) if exists(index) else [-1] * b
+        if min(found) >= 0:
+            # every row's text repeats: the copies are the drafts, and the assistant does not run
+            chosen = found
+            if need_q:
+                q.append(F.one_hot(torch.tensor(found, device=device), vocab).float())
+        else:
+            ran += 1
+            if written < j:  # the assistant reads the copies before it
+                out[:, cur + written:cur + j] = torch.tensor(tokens[written:], device=device).T
+            written = j
+            processed = pipeline(draft.logits(out, cur + j), *run.context(out, cur + j, valid), sampling=not greedy)
+            token = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
+            chosen = [f if f >= 0 else t for f, t in zip(found, token.tolist())]  # rows whose text repeats copy
+            if need_q:
+                probs = processed.float().softmax(dim=-1)
+                if max(found) >= 0:
+                    copy = torch.tensor(found, device=device)
+                    probs = torch.where((copy >= 0)[:, None], F.one_hot(copy.clamp(min=0), vocab).float(), probs)
+                q.append(probs)
+        tokens.append(chosen)
+        copies.append([f >= 0 for f in found])
+        if exists(tails):
+            tails = [(tail + [t])[-index.n:] for tail, t in zip(tails, chosen)]
+        # the draft stops once it is unsure of what it proposed (transformers' assistant confidence)
+        if threshold > 0 and bool((q[j][rows, torch.tensor(chosen, device=device)] < threshold).any()):
+            break
+    if not tokens:
+        return torch.empty((b, 0), dtype=torch.long, device=device), [], torch.zeros((b, 0), dtype=torch.bool, device=device)
+    drafts = torch.tensor(tokens, device=device).T
+    return drafts, q, torch.tensor(copies, device=device).T
+
+
 def steps(run: Decoding) -> Iterator[Step]:
     c = run.config
     b, t = run.tokens.shape
@@ -72,57 +173,60 @@ def steps(run: Decoding) -> Iterator[Step]:
     valid = run.valid(t + run.seq_len)
     finished = torch.zeros(b, dtype=torch.bool, device=out.device)
     rows = torch.arange(b, device=out.device)
-    stats = run.stats = dict(rounds=0, drafted=0, accepted=0, emitted=0, target_forwards=0)
+    index = None
+    if not lookup and c.assistant_lookup_ngram:
+        starts = [0] * b if run.seq_start_pos is None else run.seq_start_pos.tolist()
+        index = NgramIndex(c.assistant_lookup_ngram, starts)
+    stats = run.stats = dict(rounds=0, drafted=0, accepted=0, emitted=0, target_forwards=0, copied=0)
 
     cur, step = t, 0
     while step < run.seq_len:
         # never draft past the end: the last emitted token comes from the model
-        gamma = min(n_draft, run.seq_len - step - 1)
+        room = run.seq_len - step - 1
+        gamma = min(n_draft, room)
 
-        # --- draft gamma tokens (and, to sample or trace, the draft's processed distribution q at each) ---
+        # --- draft gamma tokens (and, to sample or trace, the drafter's processed distribution q at each) ---
         need_q = not greedy or c.trace
-        q = [None] * gamma
         if lookup:
             drafts = lookup_drafts(out, cur, valid, gamma, c.max_matching_ngram_size, run.pad)
+            q, copied = [None] * gamma, torch.ones_like(drafts, dtype=torch.bool)
         else:
-            drafts = torch.empty((b, gamma), dtype=torch.long, device=out.device)
-            threshold = c.assistant_confidence_threshold
-            for j in range(gamma):
-                logits = draft.logits(out, cur + j)
-                processed = draft_pipeline(logits, *run.context(out, cur + j, valid), sampling=not greedy)
-                token = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
-                if need_q or threshold > 0:
-                    q[j] = processed.float().softmax(dim=-1)
-                drafts[:, j] = token
-                out[:, cur + j] = token
-                # the draft stops once it is unsure of what it proposed (transformers' assistant confidence)
-                if threshold > 0 and j < gamma - 1 and bool((q[j][rows, token] < threshold).any()):
-                    gamma, drafts, q = j + 1, drafts[:, :j + 1], q[:j + 1]
-                    break
+            if exists(index):
+                index.update(out, cur)
+            # copies cost no forward and do not count towards the assistant's tokens
+            cap = min(room, COPY_CAP * gamma) if exists(index) else gamma
+            drafts, q, copied = assistant_drafts(run, draft, draft_pipeline, index, out, cur, gamma, cap,
+                                                 need_q or c.assistant_confidence_threshold > 0, valid)
+            gamma = drafts.shape[1]
         out[:, cur:cur + gamma] = drafts
 
         # --- one forward of the model over the last token and the drafts ---
         hidden = target.hidden(out, cur + gamma, last=gamma + 1)
         model_logits = run.net.logits(hidden)  # (b, gamma + 1, vocab): position cur + j for j = 0..gamma
         stats["target_forwards"] += 1
-        traces = [run.new_trace(step + j, model_logits[:, j]) for j in range(gamma + 1)]
+        traces = ([run.new_trace(step + j, model_logits[:, j]) for j in range(gamma + 1)] if c.trace
+                  else [None] * (gamma + 1))
         if greedy and not pipeline.scores and not c.trace:
             processed_all = model_logits.unbind(1)  # no stage changes greedy scores
         else:
             processed_all = [pipeline(model_logits[:, j], *run.context(out, cur + j, valid), traces[j],
                                       sampling=not greedy) for j in range(gamma + 1)]
         p = [pr.float().softmax(dim=-1) for pr in processed_all] if need_q else [None] * (gamma + 1)
+        choice = None
+        if greedy:  # the model's own token at each position
+            choice = (model_logits.argmax(dim=-1) if isinstance(processed_all, tuple)
+                      else torch.stack([pr.argmax(dim=-1) for pr in processed_all], dim=1))
 
         # --- accept or reject each drafted token ---
         accepted = torch.ones((b, gamma), dtype=torch.bool, device=out.device)
-        model_p = draft_p = torch.ones((b, gamma), device=out.device)
+        model_p = draft_p = accepted.float() if need_q else None
         if gamma:
             if need_q:
                 model_p = torch.stack([p[j][rows, drafts[:, j]] for j in range(gamma)], dim=1)
                 if not lookup:  # prompt lookup proposes each token with certainty: q(d) = 1
                     draft_p = torch.stack([q[j][rows, drafts[:, j]] for j in range(gamma)], dim=1)
             if greedy:
-                accepted = drafts == torch.stack([pr.argmax(dim=-1) for pr in processed_all[:gamma]], dim=1)
+                accepted = drafts == choice[:, :gamma]
             else:
                 u = torch.rand((b, gamma), device=out.device, generator=run.generator)
                 accepted = u * draft_p < model_p  # u < p / q, without dividing
@@ -131,9 +235,8 @@ def steps(run: Decoding) -> Iterator[Step]:
         n = int(n_row.min())
 
         # --- the token after the accepted prefix: a drafted one some rows accepted, else the model's own ---
-        final = processed_all[n]
         if greedy:
-            replacement = final.argmax(dim=-1)
+            replacement = choice[:, n]
         elif n < gamma:
             proposal = F.one_hot(drafts[:, n], p[n].shape[-1]).float() if lookup else q[n]
             residual = (p[n] - proposal).clamp(min=0)
@@ -141,13 +244,19 @@ def steps(run: Decoding) -> Iterator[Step]:
             residual = torch.where(empty, p[n], residual)
             replacement = sample(residual / residual.sum(dim=-1, keepdim=True), run.generator, logits=False)
         else:
-            replacement = sample(final, run.generator)
+            replacement = sample(processed_all[n], run.generator)
         last = torch.where(n_row > n, drafts[:, n], replacement) if n < gamma else replacement
         emitted = torch.cat((drafts[:, :n], last[:, None]), dim=1)  # (b, n + 1)
 
         stats["rounds"] += 1
-        stats["drafted"] += gamma * int((~finished).sum())
-        stats["accepted"] += int(torch.where(finished, 0, n_row).sum())
+        if exists(eos):  # stopped rows count for nothing
+            live_accepted, live_copied = torch.where(finished, 0, n_row), copied & ~finished[:, None]
+            stats["drafted"] += gamma * int((~finished).sum())
+        else:
+            live_accepted, live_copied = n_row, copied
+            stats["drafted"] += gamma * b
+        stats["accepted"] += int(live_accepted.sum())
+        stats["copied"] += int(live_copied.sum())
 
         # --- both caches forget the rejected positions ---
         target.rollback(gamma - n)
@@ -158,13 +267,14 @@ def steps(run: Decoding) -> Iterator[Step]:
         round_info = None
         if c.trace:
             round_info = dict(round=stats["rounds"] - 1, drafted=drafts, draft_probs=draft_p, model_probs=model_p,
-                              accepted=accepted, n_accepted=n_row, replacement=replacement,
+                              accepted=accepted, n_accepted=n_row, replacement=replacement, copied=copied,
                               drafter="prompt lookup" if lookup else "assistant")
         for j in range(n + 1):
             token = emitted[:, j]
             if exists(eos):
                 token = token.masked_fill(finished, run.pad)
-            out[:, cur] = token
+            if exists(eos) or j == n:  # the accepted drafts are in place already
+                out[:, cur] = token
             trace = traces[j]
             if trace:
                 trace.choose(token, model_logits[:, j], processed_all[j])

@@ -1,19 +1,27 @@
 """Speculative decoding of the bundled expert: plain decoding beside each
 drafter, in the same run.
 
-    python benchmarks/speculative.py [--tokens 200] [--repeats 3] [--threads 2] [--drafts 1,2,3,4,5,6,8]
+    python benchmarks/speculative.py [--tokens 200] [--repeats 3] [--threads 2] [--drafts 3,4] [--held-out 8]
 
-Greedy: for each drafter (the distilled `shakespeare-draft`, the amateur
-`shakespeare-tiny`, prompt lookup) and each number of drafted tokens (and,
-for the models, "confident": up to 20 tokens while the draft's probability
-stays at 0.4 or more, transformers' assistant defaults), tokens/s
-over a few prompts, the acceptance rate (drafted tokens the expert accepted)
-and tokens per expert forward, and whether the text is token for token the
-expert's own greedy text. Then sampling at temperature 0.8 (top-p 0.9) with
-each drafter at its best greedy setting: tokens/s and acceptance (the text
-differs run to run; its distribution is the expert's, see
-tests/test_speculative.py). Timings alternate plain and speculative runs and
-report medians.
+Greedy: for each drafter (the distilled `shakespeare-draft`; the draft with
+prompt lookup, `assistant_lookup_ngram=2`; the amateur `shakespeare-tiny`,
+at the fewest drafted tokens only; prompt lookup alone) and each number of
+drafted tokens (and "heuristic":
+transformers' schedule from 4 tokens; for the models alone, "confident": up
+to 20 tokens while the draft's probability stays at 0.4 or more,
+transformers' assistant defaults), tokens/s over the prompts, the speed-up
+on the three named prompts and on the held-out ones separately, the
+acceptance rate (drafted tokens the expert accepted), the share of drafts
+copied by prompt lookup, tokens per expert forward, and whether every text
+is token for token the expert's own greedy text. Then sampling at
+temperature 0.8 (top-p 0.9) with each drafter at its best greedy setting:
+tokens/s and acceptance (the text differs run to run; its distribution is
+the expert's, see tests/test_speculative.py).
+
+Prompts: three named openings, and `--held-out` windows of 32 tokens at
+evenly spaced places of the held-out split (the last 10% of Tiny
+Shakespeare). Each prompt runs plain and speculative alternately
+`--repeats` times; a config's time is the sum over prompts of the medians.
 """
 
 from __future__ import annotations
@@ -27,11 +35,11 @@ from pathlib import Path
 import torch
 
 from axw import AutoregressiveWrapper
+from axw.data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "assets" / "models"
-# the openings of held-out passages (the last 10% of Tiny Shakespeare) and a generic one
-PROMPTS = ["ROMEO:\n", "KING RICHARD II:\nNow,", "First Citizen:\nWe are accounted poor citizens"]
+NAMED = ["ROMEO:\n", "KING RICHARD II:\nNow,", "First Citizen:\nWe are accounted poor citizens"]
 
 
 def timed(fn) -> tuple[float, object]:
@@ -40,11 +48,12 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def run_stats(model, ids, tokens, **kwargs) -> dict:
+def run_stats(model, ids, tokens, **kwargs) -> tuple[torch.Tensor, dict]:
+    """The output of one run and its counts."""
     run = model._decoding(ids, tokens, None, dict(kwargs))
     with torch.no_grad():
-        run.output()
-    return getattr(run, "stats", {})
+        out = run.output()
+    return out, getattr(run, "stats", {})
 
 
 def main():
@@ -52,7 +61,8 @@ def main():
     parser.add_argument("--tokens", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--drafts", default="1,2,3,4,5,6,8", help="numbers of drafted tokens to try")
+    parser.add_argument("--drafts", default="3,4", help="numbers of drafted tokens to try")
+    parser.add_argument("--held-out", type=int, default=8, help="prompts from the held-out split")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     drafts = [int(d) for d in args.drafts.split(",")]
@@ -62,69 +72,89 @@ def main():
     for name in ("shakespeare-draft", "shakespeare-tiny"):
         if (MODELS / name / "model.safetensors").is_file():
             drafters[name] = dict(assistant_model=AutoregressiveWrapper.from_pretrained(MODELS / name))
+            if name == "shakespeare-draft":
+                drafters[name + " + lookup"] = dict(drafters[name], assistant_lookup_ngram=2)
         else:
             print(f"({name} is not bundled: skipped)")
     drafters["prompt lookup"] = {}
-    prompts = [torch.tensor(expert.tokenizer.encode(p).ids) for p in PROMPTS]
+
+    prompts = [torch.tensor(expert.tokenizer.encode(p).ids) for p in NAMED]
+    if args.held_out:
+        _, held_out, _ = load_split(ROOT / "assets" / "data" / "tinyshakespeare.txt", expert.tokenizer)
+        starts = torch.linspace(0, held_out.numel() - 33, args.held_out).long().tolist()
+        prompts += [held_out[s:s + 32] for s in starts]
+    named = len(NAMED)
 
     print(f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}; "
           f"expert {sum(p.numel() for p in expert.parameters()) / 1e6:.2f}M parameters, {args.tokens} new tokens, "
-          f"{len(prompts)} prompts, median of {args.repeats}\n")
+          f"{named} named + {len(prompts) - named} held-out prompts, median of {args.repeats}\n")
 
     def drafting(drafter, n) -> dict:
         if drafter == "prompt lookup":
             return dict(prompt_lookup_num_tokens=n)
         if n == "confident":  # transformers' assistant defaults: up to 20 tokens, stop below p = 0.4
             return dict(drafters[drafter], num_assistant_tokens=20, assistant_confidence_threshold=0.4)
+        if n == "heuristic":
+            return dict(drafters[drafter], num_assistant_tokens=4, num_assistant_tokens_schedule="heuristic")
         return dict(drafters[drafter], num_assistant_tokens=n)
 
-    def seconds(**kwargs) -> float:
-        return sum(timed(lambda p=p: expert.generate(p, args.tokens, **kwargs))[0] for p in prompts)
-
-    total = args.tokens * len(prompts)
-
-    def compare(drafter, n, settings) -> tuple[float, float, float, float]:
-        """(plain tokens/s, speculative tokens/s, acceptance, tokens per expert forward), runs alternating."""
+    def compare(settings, extra, reference=None) -> dict:
+        """Per prompt, plain and speculative runs alternating; sums of the medians, the runs' counts, and
+        whether every output equals `reference`."""
         plain, spec = [], []
-        for _ in range(args.repeats):
-            plain.append(seconds(**settings))
-            spec.append(seconds(**settings, **drafting(drafter, n)))
-        totals = dict(drafted=0, accepted=0, emitted=0, target_forwards=0)
         for p in prompts:
-            stats = run_stats(expert, p, args.tokens, **settings, **drafting(drafter, n))
+            a, b = [], []
+            for _ in range(args.repeats):
+                a.append(timed(lambda: expert.generate(p, args.tokens, **settings))[0])
+                b.append(timed(lambda: expert.generate(p, args.tokens, **settings, **extra))[0])
+            plain.append(statistics.median(a))
+            spec.append(statistics.median(b))
+        totals = dict(drafted=0, accepted=0, copied=0, emitted=0, target_forwards=0)
+        same = True
+        for i, p in enumerate(prompts):
+            out, stats = run_stats(expert, p, args.tokens, **settings, **extra)
+            same = same and (reference is None or torch.equal(out, reference[i]))
             for k in totals:
-                totals[k] += stats[k]
-        return (total / statistics.median(plain), total / statistics.median(spec),
-                totals["accepted"] / max(totals["drafted"], 1), totals["emitted"] / totals["target_forwards"])
+                totals[k] += stats.get(k, 0)
+        tokens = args.tokens * len(prompts)
+        return dict(plain=tokens / sum(plain), spec=tokens / sum(spec), speedup=sum(plain) / sum(spec),
+                    named=sum(plain[:named]) / sum(spec[:named]),
+                    held_out=sum(plain[named:]) / max(sum(spec[named:]), 1e-9),
+                    acceptance=totals["accepted"] / max(totals["drafted"], 1),
+                    copied=totals["copied"] / max(totals["drafted"], 1),
+                    per_forward=totals["emitted"] / totals["target_forwards"], same=same)
 
     greedy = dict(temperature=0.0)
     expert.generate(prompts[0], 8, **greedy)  # warm-up
     plain_tokens = [expert.generate(p, args.tokens, **greedy) for p in prompts]
 
     print("greedy")
-    print("| drafter | drafted tokens | tokens/s | plain tokens/s | speed-up | acceptance | tokens per expert forward "
-          "| same text |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| drafter | drafted tokens | tokens/s | plain tokens/s | speed-up | named prompts | held-out prompts "
+          "| acceptance | copied | tokens per expert forward | same text |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     best = {}
+    options = {"shakespeare-draft": drafts + ["heuristic", "confident"],
+               "shakespeare-draft + lookup": drafts + ["heuristic"], "shakespeare-tiny": drafts[:1],
+               "prompt lookup": drafts}
     for drafter in drafters:
-        for n in drafts + (["confident"] if drafter != "prompt lookup" else []):
-            same = all(torch.equal(expert.generate(p, args.tokens, **greedy, **drafting(drafter, n)), ref)
-                       for p, ref in zip(prompts, plain_tokens))
-            p_rate, s_rate, rate, per_forward = compare(drafter, n, greedy)
-            print(f"| {drafter} | {n} | {s_rate:.0f} | {p_rate:.0f} | {s_rate / p_rate:.2f}x | {rate:.1%} | "
-                  f"{per_forward:.2f} | {'yes' if same else 'NO'} |", flush=True)
-            if drafter not in best or s_rate / p_rate > best[drafter][1]:
-                best[drafter] = (n, s_rate / p_rate)
-    print("\nbest: " + ", ".join(f"{d} {n} drafted tokens ({x:.2f}x)" for d, (n, x) in best.items()))
+        for n in options[drafter]:
+            r = compare(greedy, drafting(drafter, n), plain_tokens)
+            print(f"| {drafter} | {n} | {r['spec']:.0f} | {r['plain']:.0f} | {r['speedup']:.2f}x | "
+                  f"{r['named']:.2f}x | {r['held_out']:.2f}x | {r['acceptance']:.1%} | {r['copied']:.1%} | "
+                  f"{r['per_forward']:.2f} | {'yes' if r['same'] else 'NO'} |", flush=True)
+            if drafter not in best or r["speedup"] > best[drafter][1]:
+                best[drafter] = (n, r["speedup"])
+    print("\nbest: " + ", ".join(f"{d} {n} ({x:.2f}x)" for d, (n, x) in best.items()))
 
     sampled = dict(temperature=0.8, filter_logits_fn="top_p", filter_kwargs=dict(thres=0.9), seed=0)
     print("\nsampling (temperature 0.8, top-p 0.9), each drafter at its best greedy setting")
-    print("| drafter | drafted tokens | tokens/s | plain tokens/s | speed-up | acceptance | tokens per expert forward |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| drafter | drafted tokens | tokens/s | plain tokens/s | speed-up | acceptance | copied "
+          "| tokens per expert forward |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for drafter, (n, _) in best.items():
-        p_rate, s_rate, rate, per_forward = compare(drafter, n, sampled)
-        print(f"| {drafter} | {n} | {s_rate:.0f} | {p_rate:.0f} | {s_rate / p_rate:.2f}x | {rate:.1%} | "
-              f"{per_forward:.2f} |", flush=True)
+        r = compare(sampled, drafting(drafter, n))
+        print(f"| {drafter} | {n} | {r['spec']:.0f} | {r['plain']:.0f} | {r['speedup']:.2f}x | "
+              f"{r['acceptance']:.1%} | {r['copied']:.1%} | {r['per_forward']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

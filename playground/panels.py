@@ -138,7 +138,9 @@ def beam_candidates_panel(row: dict, tokenizer, settings=None, previous: dict | 
 # --- speculative decoding: rounds of drafts, accepted and rejected ---
 
 
-def _chip(tokenizer, token: int, kind: str, title: str) -> str:
+def _chip(tokenizer, token: int, kind: str, title: str, copied: bool = False) -> str:
+    if copied:  # proposed by prompt lookup, not by the draft model
+        kind, title = f"{kind} axw-chip-copy", f"copied by prompt lookup; {title}"
     return f'<span class="axw-chip axw-chip-{kind}" title="{_esc(title)}">{_esc(show_token(tokenizer, token))}</span>'
 
 
@@ -146,16 +148,18 @@ def round_html(r: dict, tokenizer, selected: int | None = None) -> str:
     """One round: the drafted tokens, accepted (green) up to the first rejection (red), the ones after it never
     used (grey), then the model's own token; each with the draft's and the model's probability."""
     n = r["n_accepted"]
+    copied = r.get("copied") or [False] * len(r["drafted"])
     chips = []
     for j, token in enumerate(r["drafted"]):
         q, p = r["draft_probs"][j], r["model_probs"][j]
         probs = f"draft q = {q:.3f}, model p = {p:.3f}"
         if j < n:
-            chips.append(_chip(tokenizer, token, "ok", f"accepted: {probs}"))
+            chips.append(_chip(tokenizer, token, "ok", f"accepted: {probs}", copied[j]))
         elif j == n:
-            chips.append(_chip(tokenizer, token, "no", f"rejected: {probs} (kept with probability min(1, p/q))"))
+            chips.append(_chip(tokenizer, token, "no", f"rejected: {probs} (kept with probability min(1, p/q))",
+                               copied[j]))
         else:
-            chips.append(_chip(tokenizer, token, "off", f"after the rejection, never used: {probs}"))
+            chips.append(_chip(tokenizer, token, "off", f"after the rejection, never used: {probs}", copied[j]))
     why = "in place of the rejected draft" if n < len(r["drafted"]) else "after every draft was accepted"
     chips.append(_chip(tokenizer, r["replacement"], "model", f"the model's own token, {why}"))
     steps = r["steps"]
@@ -179,8 +183,10 @@ def speculative_html(rows: list[dict], tokenizer, selected: int | None = None, d
             f'<b>{100 * last["acceptance_rate"]:.0f}%</b> of {drafted} drafted · <b>{last["tokens_per_forward"]:.2f}'
             '</b> tokens per model forward · <span class="axw-chip axw-chip-ok">accepted</span> '
             '<span class="axw-chip axw-chip-no">rejected</span> <span class="axw-chip axw-chip-off">never used'
-            '</span> <span class="axw-chip axw-chip-model">the model\'s own</span> · hover a token for its '
-            'probabilities, click a round to open its step</p>')
+            '</span> <span class="axw-chip axw-chip-model">the model\'s own</span>'
+            + (' <span class="axw-chip axw-chip-copy">copied by prompt lookup</span>'
+               if any(any(r["copied"]) for r in rounds) else "")
+            + ' · hover a token for its probabilities, click a round to open its step</p>')
     return '<div class="axw-spec">' + head + "".join(round_html(r, tokenizer, selected) for r in rounds) + "</div>"
 
 
@@ -190,8 +196,9 @@ def speculative_panel(row: dict, tokenizer, settings=None, previous=None) -> str
         return ""
     j, n = spec["position"], spec["n_accepted"]
     if j < n:
-        how = (f"drafted and accepted: the draft gave it q = {spec['draft_probs'][j]:.3f}, the model p = "
-               f"{spec['model_probs'][j]:.3f}")
+        source = ("copied by prompt lookup (q = 1)" if (spec.get("copied") or [False] * (j + 1))[j]
+                  else f"the draft gave it q = {spec['draft_probs'][j]:.3f}")
+        how = f"drafted and accepted: {source}, the model p = {spec['model_probs'][j]:.3f}"
     elif j < len(spec["drafted"]):
         how = (f"the model's own token, in place of the rejected draft "
                f"<code>{_esc(show_token(tokenizer, spec['drafted'][j]))}</code> (q = {spec['draft_probs'][j]:.3f}, "
@@ -199,7 +206,7 @@ def speculative_panel(row: dict, tokenizer, settings=None, previous=None) -> str
     else:
         how = "the model's own token, after every draft of the round was accepted"
     r = dict(round=spec["round"], drafted=spec["drafted"], draft_probs=spec["draft_probs"],
-             model_probs=spec["model_probs"], accepted=spec["accepted"], n_accepted=n,
+             model_probs=spec["model_probs"], accepted=spec["accepted"], n_accepted=n, copied=spec.get("copied"),
              replacement=spec["replacement"], steps=list(range(row["step"] - j, row["step"] - j + spec["emitted"])))
     return (f'<p>Speculative decoding, round {spec["round"] + 1} (drafter: {_esc(spec["drafter"])}): this token is '
             f'{how}. So far {100 * spec["acceptance_rate"]:.0f}% of the drafts were accepted, '

@@ -486,8 +486,8 @@ def speculative_rounds(rows: list[dict]) -> list[dict]:
     """Speculative decoding's rounds, from the trace: per round the `drafted` tokens with the draft's and the
     model's probability of each (`draft_probs`, `model_probs`), which were `accepted`, how many in a row were
     (`n_accepted`), the `replacement` (the model's token in place of the first rejected draft, or after all of
-    them), the steps it emitted (`steps`, 0-based), and the running `acceptance_rate` and `tokens_per_forward`
-    after it."""
+    them), which drafts were copied by prompt lookup (`copied`), the steps it emitted (`steps`, 0-based), and
+    the running `acceptance_rate` and `tokens_per_forward` after it."""
     rounds = []
     for i, row in enumerate(rows):
         spec = row.get("speculative")
@@ -497,7 +497,7 @@ def speculative_rounds(rows: list[dict]) -> list[dict]:
             rounds.append(dict(round=spec["round"], drafted=spec["drafted"], draft_probs=spec["draft_probs"],
                                model_probs=spec["model_probs"], accepted=spec["accepted"],
                                n_accepted=spec["n_accepted"], replacement=spec["replacement"], steps=[],
-                               drafter=spec["drafter"]))
+                               drafter=spec["drafter"], copied=spec.get("copied") or [False] * len(spec["drafted"])))
         rounds[-1]["steps"].append(i)
         rounds[-1].update(acceptance_rate=spec["acceptance_rate"], tokens_per_forward=spec["tokens_per_forward"])
     return rounds

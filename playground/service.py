@@ -222,9 +222,9 @@ class Playground:
         top_h -> top_n_sigma, each off at its neutral value (top_k 0, top_p 1, min_p 0, top_a 0, typical_p 1,
         the others 0); sampler_order "temperature_first" puts temperature before them. xtc_probability,
         dynatemp_range, mirostat_tau and dry_multiplier are off at 0. strategy "speculative decoding" drafts
-        num_assistant_tokens a round with the drafter ("draft model", "amateur" or "prompt lookup"). force_step
-        (1-based; 0 = none) with force_token (a token id) is a what-if branch: the same run with that token
-        forced at that step, continued with the same settings and seed."""
+        num_assistant_tokens a round with the drafter ("draft model", "draft model + prompt lookup", "amateur" or
+        "prompt lookup"). force_step (1-based; 0 = none) with force_token (a token id) is a what-if branch: the
+        same run with that token forced at that step, continued with the same settings and seed."""
         values = dict(locals())
         del values["self"], values["prompt"], values["request"]
         settings = Settings(**values)
@@ -312,7 +312,8 @@ class Playground:
         if settings.drafter == "prompt lookup":
             return "prompt lookup"
         name = settings.amateur or self.amateur_name if settings.drafter == "amateur" else self.draft_name
-        return f"{settings.drafter} ({Path(name or '').name or name})"
+        model = f"{settings.drafter.split(' + ')[0]} ({Path(name or '').name or name})"
+        return model + (" + prompt lookup" if settings.drafter.endswith("prompt lookup") else "")
 
     def _tokenizer_model(self, run: R.Run, session: str | None = None):
         return self.model(run.settings.model, run.settings.use_finetuned, session or run.session)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from axw import GenerationConfig
 from axw.utils import check_number
 
-from .caps import (ASSISTANT_SCHEDULES, DRAFTERS, FILTERS, MAX_BEAMS, MAX_CONTRASTIVE_K, MAX_DRAFT_TOKENS,
+from .caps import (ASSISTANT_SCHEDULES, DRAFTERS, FILTERS, LOOKUP_NGRAM, MAX_BEAMS, MAX_CONTRASTIVE_K, MAX_DRAFT_TOKENS,
                    MAX_NEW_TOKENS, MAX_PROMPT_CHARS, SAMPLER_ORDERS, STRATEGIES, TRACE_TOP)
 
 
@@ -214,6 +214,8 @@ class Settings:
                       num_assistant_tokens_schedule=s.num_assistant_tokens_schedule)
             if s.drafter == "prompt lookup":
                 kw["prompt_lookup_num_tokens"] = s.num_assistant_tokens
+            elif s.drafter == "draft model + prompt lookup":
+                kw["assistant_lookup_ngram"] = LOOKUP_NGRAM
         return GenerationConfig(**kw)
 
     def unforced(self) -> Settings:

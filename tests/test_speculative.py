@@ -205,3 +205,125 @@ def test_the_draft_stops_when_it_is_unsure():
         assert all(p >= 0.3 for p in probs[:-1]), probs
         assert len(probs) == 6 or probs[-1] < 0.3 or len(probs) == 30 - step.step - 1
     assert any(len(step.trace.row(0)["speculative"]["drafted"]) < 6 for step in steps)
+
+
+# --- the assistant and prompt lookup together (assistant_lookup_ngram) ---
+
+
+def test_the_ngram_index_finds_what_a_scan_finds():
+    """NgramIndex.after against a scan: the token after the latest occurrence
+    of the last n tokens whose next token is committed text, within the row's
+    real (not left-pad) positions."""
+    from axw.speculative import NgramIndex
+
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3):
+        seq = torch.randint(0, 4, (3, 60), generator=gen)
+        starts = [0, 5, 17]
+        index = NgramIndex(n, starts)
+        for committed in range(0, 50, 7):
+            index.update(seq, committed)
+            for end in range(committed, committed + 8):  # positions past the committed text are drafts
+                want = []
+                for row, first in zip(seq.tolist(), starts):
+                    hits = [s for s in range(first, committed - n) if row[s:s + n] == row[end - n:end]]
+                    want.append(row[hits[-1] + n] if hits and end - n >= first else -1)
+                assert index.after(seq, end) == want, (n, committed, end)
+
+
+def repetitive_pair(vocab=7):
+    target, draft = pair(vocab=vocab)
+    with torch.no_grad():  # sharper models repeat themselves, so the text has n-grams to copy
+        target.net.to_logits.weight.mul_(8)
+    return target, draft
+
+
+def count_calls(module):
+    calls = []
+    hook = module.register_forward_hook(lambda *a: calls.append(1))
+    return calls, hook
+
+
+@pytest.mark.parametrize("ngram", [1, 2, 3])
+def test_greedy_with_the_assistant_and_prompt_lookup(ngram):
+    """Copies where the text repeats, the assistant elsewhere: still the model's
+    own greedy text, with fewer assistant forwards than the assistant alone."""
+    target, draft = repetitive_pair()
+    prompts = [torch.randint(1, 7, (n,), generator=torch.Generator().manual_seed(n)) for n in (5, 9, 3)]
+    plain = target.generate(prompts, 40, temperature=0.0)
+    calls, hook = count_calls(draft.net.attn_layers)
+    try:
+        alone = target.generate(prompts, 40, temperature=0.0, assistant_model=draft, num_assistant_tokens=3)
+        n_alone = len(calls)
+        calls.clear()
+        both = target.generate(prompts, 40, temperature=0.0, assistant_model=draft, num_assistant_tokens=3,
+                               assistant_lookup_ngram=ngram)
+    finally:
+        hook.remove()
+    assert torch.equal(alone, plain) and torch.equal(both, plain)
+    assert len(calls) < n_alone
+    run = target._decoding(prompts, 40, None, dict(temperature=0.0, assistant_model=draft, num_assistant_tokens=3,
+                                                  assistant_lookup_ngram=ngram))
+    run.output()
+    assert 0 < run.stats["copied"] <= run.stats["drafted"]
+    # without an assistant the setting changes nothing: plain decoding
+    assert torch.equal(target.generate(prompts, 40, temperature=0.0, assistant_lookup_ngram=ngram), plain)
+
+
+def test_greedy_with_the_bundled_draft_and_prompt_lookup():
+    expert = bundled("shakespeare")
+    prompts = [torch.tensor(expert.tokenizer.encode(text).ids) for text in ("ROMEO:\n", "First Citizen:\nWe are")]
+    plain = expert.generate(prompts, 80, temperature=0.0)
+    for schedule in ("constant", "heuristic"):
+        assert torch.equal(expert.generate(prompts, 80, temperature=0.0, assistant_model=bundled("shakespeare-draft"),
+                                           num_assistant_tokens=4, assistant_lookup_ngram=2,
+                                           num_assistant_tokens_schedule=schedule), plain)
+
+
+def test_sampling_with_the_assistant_and_prompt_lookup_has_the_models_distribution():
+    """Rounds mixing copies (a one-hot proposal) and the assistant's samples:
+    the sequences' frequencies match the model's exact distribution."""
+    vocab, n = 4, 3
+    target = tiny_model(seed=2, num_tokens=vocab, rotary=True, dim=16)
+    draft = tiny_model(seed=7, num_tokens=vocab, rotary=True, dim=16, depth=1)
+    with torch.no_grad():
+        target.net.to_logits.weight.mul_(20)
+        draft.net.to_logits.weight.mul_(10)
+    prompt = torch.tensor([1, 2, 3, 1, 2, 0])  # "1 2" recurs; what follows "2 0" must come from the assistant
+    exact = exact_distribution(target.net, prompt, n, vocab, vocab, 1.0)
+    kwargs = dict(temperature=1.0, filter_logits_fn=None, assistant_model=draft, num_assistant_tokens=2,
+                  assistant_lookup_ngram=1)
+    samples = torch.cat([target.generate(prompt.repeat(16, 1), n, seed=s, **kwargs)[:, 6:] for s in range(250)])
+    bound = 4.5 * (exact * (1 - exact) / len(samples)).sqrt() + 2e-3
+    assert ((frequencies(samples, vocab, n) - exact).abs() <= bound).all()
+    run = target._decoding(prompt.repeat(64, 1), n, None, dict(kwargs, seed=0))
+    run.output()
+    assert 0 < run.stats["copied"] < run.stats["drafted"]  # both drafters proposed tokens
+
+
+def test_the_trace_says_which_drafts_were_copied():
+    target, draft = repetitive_pair()
+    prompt = torch.tensor([[1, 2, 3, 4, 1, 2, 3]])
+    steps = list(target.stream(prompt, 30, temperature=0.0, assistant_model=draft, num_assistant_tokens=3,
+                               assistant_lookup_ngram=2, trace=True))
+    seen, copies = set(), 0
+    for step in steps:
+        spec = step.trace.row(0)["speculative"]
+        if spec["round"] in seen:
+            continue
+        seen.add(spec["round"])
+        assert len(spec["copied"]) == len(spec["drafted"])
+        for j, was_copied in enumerate(spec["copied"]):
+            if was_copied:  # a copy is proposed with certainty
+                copies += 1
+                assert spec["draft_probs"][j] == 1.0
+        # the assistant drafted at most num_assistant_tokens of them, copies at most as many again
+        assert len(spec["drafted"]) - sum(spec["copied"]) <= 3 and len(spec["drafted"]) <= 6
+    assert copies > 0
+
+
+@pytest.mark.parametrize("bad", [-1, 33, 1.5, "2", True])
+def test_a_bad_assistant_lookup_ngram_is_refused(bad):
+    target, draft = pair()
+    with pytest.raises(ValueError, match="assistant_lookup_ngram"):
+        target.generate(torch.tensor([1, 2]), 4, assistant_model=draft, assistant_lookup_ngram=bad)

@@ -245,6 +245,32 @@ def test_stochastic_beams_are_ranked_by_their_keys(app, models):
 # --- speculative rounds ---
 
 
+def test_speculative_rounds_mark_the_drafts_copied_by_prompt_lookup(app, models):
+    """'draft model + prompt lookup': a draft is a copy exactly where the text's last two tokens occurred before
+    (with a committed token after them), and it is the token that followed their latest occurrence; the rounds
+    view marks each copy."""
+    expert, _ = models
+    n = 60
+    run = run_of(app, pg.Settings(strategy="speculative decoding", drafter="draft model + prompt lookup",
+                                  temperature=0.0, num_assistant_tokens=3, max_new_tokens=n))
+    assert run.new_ids == library(expert, n, temperature=0.0)
+    copies = 0
+    for r in pg.speculative_rounds(run.rows):
+        text = ids_of(expert) + run.new_ids[:r["steps"][0]]  # what the model had committed when the round began
+        seq = text + r["drafted"]
+        for j, copied in enumerate(r["copied"]):
+            end = len(text) + j
+            hits = [s for s in range(len(text) - 2) if seq[s:s + 2] == seq[end - 2:end]]
+            assert copied == bool(hits), (r["round"], j)
+            if copied:
+                assert r["drafted"][j] == seq[hits[-1] + 2]
+                copies += 1
+        assert len(r["drafted"]) - sum(r["copied"]) <= 3  # the draft model drafts at most 3 a round
+    assert copies
+    html = pg.panels.speculative_html(run.rows, expert.tokenizer)
+    assert html.count("axw-chip-copy") == copies + 1  # each copy, and the legend
+
+
 def test_speculative_rounds_equal_both_models(app, models):
     """Greedy, drafting with the amateur: each round's drafts are the amateur's greedy continuation, their
     probabilities each model's (full forward passes), the accepted ones those the model would have taken, the

@@ -201,8 +201,9 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
     with gr.Group(visible=shown["speculative"]) as groups["speculative"]:
         c["drafter"] = gr.Radio(DRAFTERS, value=s.drafter, label="drafter", elem_id="drafter",
                                 info="who proposes the tokens: the bundled draft model (distilled from this one), "
-                                     "the amateur model, or prompt lookup (copy what followed the last n-gram's "
-                                     "earlier occurrence; Saxena 2023)")
+                                     "the draft model where prompt lookup finds nothing to copy, the amateur "
+                                     "model, or prompt lookup (copy what followed the last n-gram's earlier "
+                                     "occurrence; Saxena 2023)")
         c["num_assistant_tokens"] = slider("num_assistant_tokens", "draft tokens per round",
                                            "how many tokens the drafter proposes before the model checks them")
         c["num_assistant_tokens_schedule"] = gr.Radio(
