@@ -310,6 +310,34 @@ def test_speculative_rounds_show_the_drafts_accepted_and_rejected(served_app, pa
     assert "round 2" in page.locator("#step-chart").inner_text()
 
 
+def test_speculative_rounds_mark_the_copies_of_prompt_lookup(served_app, page, expert, api):
+    """The 'draft model + prompt lookup' drafter from a share link: greedy's text, and in each round the chips of
+    the copied drafts (as /generate's trace says) underlined, the legend saying so."""
+    from test_instrument import continuation
+
+    import playground as pg
+
+    n = 50
+    settings = dict(prompt="JULIET:", strategy="speculative decoding", temperature=0, max_new_tokens=n,
+                    num_assistant_tokens=3, drafter="draft model + prompt lookup")
+    linked(page, served_app[0], **settings)
+    page.wait_for_selector("#speculative .axw-round", timeout=10000)
+    greedy = continuation(expert, expert.tokenizer.encode("JULIET:").ids, n, temperature=0.0)
+    assert shown_text(page) == ("JULIET:" + expert.tokenizer.decode(greedy)).replace("\n", "")
+    settings["temperature"] = 0.0
+    _, _, trace = api.predict(**settings, api_name="/generate")
+    rounds = pg.speculative_rounds(trace)
+    shown = page.locator("#speculative .axw-round")
+    assert shown.count() == len(rounds) and sum(sum(r["copied"]) for r in rounds) > 0
+    for i, r in enumerate(rounds):
+        chips = shown.nth(i).locator(".axw-chip")
+        for j, copied in enumerate(r["copied"]):
+            assert ("axw-chip-copy" in chips.nth(j).get_attribute("class")) == copied
+            assert chips.nth(j).get_attribute("title").startswith("copied by prompt lookup") == copied
+    assert "copied by prompt lookup" in page.locator("#speculative .axw-spec-head").inner_text()
+    assert "+ prompt lookup" in page.locator("#speculative .axw-spec-head").inner_text()
+
+
 def stages(page) -> list[tuple[str, int]]:
     """The step view's stages as shown: (label, tokens kept), in order."""
     import re
