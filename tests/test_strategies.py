@@ -386,7 +386,8 @@ def test_compare_marks_where_each_column_departs_from_greedy(app, models):
 
     model, n, seed = models[0], 24, 3
     labels = ["sampling (T 0.8, top-p 0.9)", "min-p 0.1 (T 0.8)", "beam search (4 beams)",
-              "speculative decoding (greedy, draft model)", "DRY 0.8 (greedy)"]
+              "speculative decoding (greedy, draft model)", "speculative decoding (greedy, draft model + prompt lookup)",
+              "DRY 0.8 (greedy)"]
     *_, (grid, frame) = app.compare_view_ui("", PROMPT, seed, n, "", labels)
     assert list(frame["column"]) == ["greedy"] + [x for x in LABELS if x in labels]  # greedy always, first
     greedy = library(model, n, temperature=0.0)
@@ -406,8 +407,9 @@ def test_compare_marks_where_each_column_departs_from_greedy(app, models):
         grams = list(zip(ids, ids[1:]))
         assert row["distinct-2"] == pytest.approx(len(set(grams)) / len(grams), abs=1e-3)
         assert row["tokens/s"] > 0
-    spec = frame.set_index("column").loc["speculative decoding (greedy, draft model)"]
-    assert spec["departs from greedy at"] == "–"
+    for drafter in ("draft model", "draft model + prompt lookup"):
+        spec = frame.set_index("column").loc[f"speculative decoding (greedy, {drafter})"]
+        assert spec["departs from greedy at"] == "–"
     # the mean log-probability under the model, token by token (a forward per prefix)
     prompt = ids_of(model)
     stepwise = [log_probs(model, prompt + greedy[:i])[-1, greedy[i]].item() for i in range(len(greedy))]
