@@ -135,11 +135,47 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+# A product of a few rows (a speculative verify, beams, contrastive search's candidates, a small batch) runs
+# faster in oneDNN from a column-major copy of the weight: on the CPU we measured, 2 to 9 rows through the
+# bundled expert's 17 matrices took 0.6 to 0.9 ms against 1.0 to 1.3 ms from the weights themselves (768 x
+# 256 and 5 rows: 28 us against 47 us), while one row stays faster from the weight. Below SMALL_MATRIX[0]
+# elements oneDNN's fixed cost (about 15 us a call) outweighs the gain; above SMALL_MATRIX[1] no copy is
+# made, so a large model's memory is not doubled.
+SMALL_ROWS = (2, 16)
+SMALL_MATRIX = (1 << 17, 1 << 20)
+
+
 class Linear(nn.Linear):
-    """`nn.Linear` computed by `linear`."""
+    """`nn.Linear` computed by `linear`; a few rows at inference from a
+    column-major copy of the weight (remade whenever the weight changes)."""
+
+    _column_major: Tensor | None = None
+    _column_major_of: tuple | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(x, self.weight, self.bias)
+        weight = self.weight
+        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+        if (
+            SMALL_ROWS[0] <= rows <= SMALL_ROWS[1]
+            and SMALL_MATRIX[0] <= weight.numel() <= SMALL_MATRIX[1]
+            and _ONEDNN_LINEAR is not None
+            and x.device.type == "cpu"
+            and x.dtype == weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.enabled
+        ):
+            return _onednn(x, self.column_major(), self.bias)
+        return linear(x, weight, self.bias)
+
+    def column_major(self) -> Tensor:
+        """The weight, (out, in), laid out column-major; made again after any change to the weight."""
+        weight = self.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype, weight.shape)
+        if self._column_major_of != key:
+            self._column_major = weight.detach().t().contiguous().t()
+            self._column_major_of = key
+        return self._column_major
 
 
 class TokenEmbedding(nn.Embedding):

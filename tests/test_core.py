@@ -462,3 +462,52 @@ def test_linear_sends_bf16_to_onednn_only_where_the_cpu_has_it(monkeypatch):
     assert calls == []
     kernels.linear(x.float(), w.float())
     assert calls == [torch.float32]
+
+
+def test_linear_takes_a_few_rows_from_a_column_major_copy_made_again_when_the_weight_changes(monkeypatch):
+    """2 to 16 rows at inference run through oneDNN from a column-major copy of the weight: the same product
+    (float64 reference), a copy made again after an in-place update (an optimizer step) or a load, and never
+    for training, one row, small or huge matrices."""
+    from axw import kernels
+    from axw.kernels import SMALL_MATRIX, Linear
+
+    if kernels._ONEDNN_LINEAR is None:
+        pytest.skip("no oneDNN in this build")
+    torch.manual_seed(0)
+    layer = Linear(256, 768)
+    calls = []
+    real = kernels._onednn
+    monkeypatch.setattr(kernels, "_onednn", lambda x, w, b=None: calls.append(w.stride()) or real(x, w, b))
+
+    def check(x):
+        goal = F.linear(x.double(), layer.weight.double(), layer.bias.double())
+        torch.testing.assert_close(layer(x).double(), goal, atol=1e-4, rtol=1e-4)
+
+    with torch.no_grad():
+        for rows in (2, 5, 16):
+            calls.clear()
+            check(torch.randn(1, rows, 256))
+            assert calls == [(1, 768)]  # column-major: the copy
+        copy = layer.column_major()
+        assert layer.column_major() is copy  # kept while the weight is unchanged
+        layer.weight.mul_(-2)  # in place, as an optimizer step
+        check(torch.randn(5, 256))
+        assert layer.column_major() is not copy
+        layer.load_state_dict(Linear(256, 768).state_dict())
+        check(torch.randn(5, 256))
+        calls.clear()
+        check(torch.randn(1, 256))  # one row: from the weight itself
+        check(torch.randn(17, 256))
+        assert (1, 768) not in calls
+    # training: the autograd path, gradients as F.linear's
+    x = torch.randn(5, 256, requires_grad=True)
+    calls.clear()
+    layer(x).sum().backward()
+    assert (1, 768) not in calls and x.grad is not None
+    torch.testing.assert_close(x.grad, layer.weight.detach().sum(0).expand(5, -1), atol=1e-5, rtol=1e-5)
+    # small and huge matrices never take the copy
+    for shape in ((64, 64), (SMALL_MATRIX[1] // 256 + 1, 256)):
+        other = Linear(shape[1], shape[0])
+        with torch.no_grad():
+            other(torch.randn(5, shape[1]))
+        assert other._column_major is None
