@@ -111,10 +111,11 @@ class NgramIndex:
 def assistant_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, out: Tensor, cur: int, n: int,
                      cap: int, need_q: bool, valid: Tensor | None) -> tuple[Tensor, list, Tensor]:
     """Draft up to `n` tokens with the assistant (and, with an `index`, copies
-    between them, up to `cap` in all) at positions cur, cur + 1, ... of `out`,
-    which they are written into. Returns the drafts (b, gamma), the
-    drafter's processed distribution q at each (one-hot for a copy) when
-    `need_q`, and which drafts were copies (b, gamma)."""
+    between them, up to `cap` in all) for positions cur, cur + 1, ... of
+    `out` (the drafts before each assistant step are written there for it to
+    read). Returns the drafts (b, gamma), the drafter's processed
+    distribution q at each (one-hot for a copy) when `need_q`, and which
+    drafts were copies (b, gamma)."""
     c, b, device = run.config, out.shape[0], out.device
     greedy, threshold, vocab = c.greedy, c.assistant_confidence_threshold, run.net.num_tokens
     rows = torch.arange(b, device=device)
@@ -153,9 +154,9 @@ def assistant_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, o
         if threshold > 0 and bool((q[j][rows, torch.tensor(chosen, device=device)] < threshold).any()):
             break
     if not tokens:
-        return torch.empty((b, 0), dtype=torch.long, device=device), [], torch.zeros((b, 0), dtype=torch.bool, device=device)
-    drafts = torch.tensor(tokens, device=device).T
-    return drafts, q, torch.tensor(copies, device=device).T
+        none = torch.empty((b, 0), dtype=torch.long, device=device)
+        return none, [], none.bool()
+    return torch.tensor(tokens, device=device).T, q, torch.tensor(copies, device=device).T
 
 
 def steps(run: Decoding) -> Iterator[Step]:
