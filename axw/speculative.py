@@ -39,73 +39,68 @@ MAX_DRAFT = 64  # the heuristic schedule never drafts more per round
 COPY_CAP = 2  # with prompt lookup beside the assistant, a round drafts at most this many times its tokens
 
 
-def lookup_drafts(seq: Tensor, end: int, valid: Tensor | None, n_draft: int, max_ngram: int, pad: int) -> Tensor:
-    """Prompt-lookup drafts (b, n_draft): for each row, the tokens that followed
-    the latest earlier occurrence of the longest suffix (up to `max_ngram`
-    tokens) of `seq[:, :end]` that occurs earlier; `pad` where there is none."""
-    b = seq.shape[0]
-    drafts = torch.full((b, n_draft), pad, dtype=torch.long, device=seq.device)
-    rows = seq[:, :end].tolist()
-    starts = [0] * b if valid is None else (~valid[:, :end]).sum(dim=1).tolist()
-    for i, (row, first) in enumerate(zip(rows, starts)):
-        for n in range(min(max_ngram, end - first - 1), 0, -1):
-            suffix = row[end - n:]
-            # latest match that ends before the suffix itself and has something after it
-            for s in range(end - n - 1, first - 1, -1):
-                if row[s:s + n] == suffix:
-                    found = row[s + n:s + n + n_draft]
-                    drafts[i, :len(found)] = torch.tensor(found, dtype=torch.long)
-                    break
-            else:
-                continue
-            break
-    return drafts
-
-
 class NgramIndex:
-    """Where each n-gram of a batch's text last occurred: for each row, the
-    last `n` tokens before a position -> that position, over the text
-    committed so far (`update`). `after` gives, per row, the token that
-    followed the latest earlier occurrence of the text's last n tokens (-1
-    where they never occurred): prompt lookup in O(1) a token."""
+    """Where each n-gram of a batch's text last occurred, for n from `max_n`
+    down to `min_n` (default `max_n`): for each row, the n tokens before a
+    position -> that position, over the text committed so far (`update`).
+    Prompt lookup in O(1) a token: `positions` finds, per row, where the
+    text went on after the latest earlier occurrence of its longest suffix
+    that occurred before."""
 
-    def __init__(self, n: int, starts: list[int]):
-        self.n = n
+    def __init__(self, max_n: int, starts: list[int], min_n: int | None = None):
+        self.sizes = range(max_n, (min_n or max_n) - 1, -1)  # longest first
+        self.n = max_n
         self.rows: list[list[int]] = [[] for _ in starts]
         self.starts = starts  # each row's first real (not left-pad) position
-        self.maps: list[dict] = [{} for _ in starts]
+        self.maps: list[dict] = [{} for _ in starts]  # n-gram (a tuple of any of the sizes) -> next position
 
     def update(self, seq: Tensor, end: int):
         """Index the text up to `end` (an n-gram counts once its next token is in)."""
         done = len(self.rows[0])
         if end <= done:
             return
-        n = self.n
         for row, first, found, new in zip(self.rows, self.starts, self.maps, seq[:, done:end].tolist()):
             for token in new:
                 q = len(row)
-                if q - n >= first:
-                    found[tuple(row[q - n:q])] = q
+                for n in self.sizes:
+                    if q - n >= first:
+                        found[tuple(row[q - n:q])] = q
                 row.append(token)
 
     def tails(self) -> list[list[int]]:
-        """Each row's last n committed tokens."""
+        """Each row's last `max_n` committed tokens."""
         return [row[-self.n:] for row in self.rows]
 
-    def next_tokens(self, tails: list[list[int]], end: int) -> list[int]:
-        """Per row, the token after the latest occurrence of `tails` (its last n
-        tokens before position `end`), or -1."""
+    def positions(self, tails: list[list[int]], end: int) -> list[int | None]:
+        """Per row, the position that followed the latest earlier occurrence of
+        the longest suffix of `tails` (the row's last tokens before position
+        `end`) that occurred before, or None."""
         out = []
-        for row, first, found, tail in zip(self.rows, self.starts, self.maps, tails):
-            q = found.get(tuple(tail)) if end - self.n >= first else None
-            out.append(row[q] if q is not None else -1)
+        for found, first, tail in zip(self.maps, self.starts, tails):
+            out.append(next((found[key] for n in self.sizes
+                             if end - n >= first and (key := tuple(tail[-n:])) in found), None))
         return out
+
+    def next_tokens(self, tails: list[list[int]], end: int) -> list[int]:
+        """Per row, the token at `positions`, or -1."""
+        return [row[q] if q is not None else -1 for row, q in zip(self.rows, self.positions(tails, end))]
 
     def after(self, seq: Tensor, end: int) -> list[int]:
         """`next_tokens` for the text `seq[:, :end]`."""
-        if end - self.n < 0:
-            return [-1] * len(self.rows)
-        return self.next_tokens(seq[:, end - self.n:end].tolist(), end)
+        return self.next_tokens(seq[:, max(end - self.n, 0):end].tolist(), end)
+
+
+def lookup_drafts(index: NgramIndex, seq: Tensor, end: int, n_draft: int, pad: int) -> Tensor:
+    """Prompt-lookup drafts (b, n_draft): for each row, the tokens that followed
+    the latest earlier occurrence of the longest suffix of `seq[:, :end]` that
+    occurs earlier (`index` holds the n-gram sizes tried); `pad` where there
+    is none."""
+    index.update(seq, end)
+    drafts = []
+    for row, q in zip(index.rows, index.positions(index.tails(), end)):
+        found = row[q:q + n_draft] if q is not None else []
+        drafts.append(found + [pad] * (n_draft - len(found)))
+    return torch.tensor(drafts, dtype=torch.long, device=seq.device).view(len(drafts), n_draft)
 
 
 def assistant_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, out: Tensor, cur: int, n: int,
@@ -174,9 +169,11 @@ def steps(run: Decoding) -> Iterator[Step]:
     valid = run.valid(t + run.seq_len)
     finished = torch.zeros(b, dtype=torch.bool, device=out.device)
     rows = torch.arange(b, device=out.device)
+    starts = [0] * b if run.seq_start_pos is None else run.seq_start_pos.tolist()
     index = None
-    if not lookup and c.assistant_lookup_ngram:
-        starts = [0] * b if run.seq_start_pos is None else run.seq_start_pos.tolist()
+    if lookup:  # the longest suffix that occurred before, up to max_matching_ngram_size tokens
+        index = NgramIndex(c.max_matching_ngram_size, starts, min_n=1)
+    elif c.assistant_lookup_ngram:
         index = NgramIndex(c.assistant_lookup_ngram, starts)
     stats = run.stats = dict(rounds=0, drafted=0, accepted=0, emitted=0, target_forwards=0, copied=0)
 
@@ -189,7 +186,7 @@ def steps(run: Decoding) -> Iterator[Step]:
         # --- draft gamma tokens (and, to sample or trace, the drafter's processed distribution q at each) ---
         need_q = not greedy or c.trace
         if lookup:
-            drafts = lookup_drafts(out, cur, valid, gamma, c.max_matching_ngram_size, run.pad)
+            drafts = lookup_drafts(index, out, cur, gamma, run.pad)
             q, copied = [None] * gamma, torch.ones_like(drafts, dtype=torch.bool)
         else:
             if exists(index):

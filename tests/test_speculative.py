@@ -229,6 +229,22 @@ def test_the_ngram_index_finds_what_a_scan_finds():
                     hits = [s for s in range(first, committed - n) if row[s:s + n] == row[end - n:end]]
                     want.append(row[hits[-1] + n] if hits and end - n >= first else -1)
                 assert index.after(seq, end) == want, (n, committed, end)
+    # several sizes (prompt lookup's max_matching_ngram_size): the longest suffix that occurred before wins
+    seq = torch.randint(0, 3, (2, 50), generator=gen)
+    starts = [0, 9]
+    index = NgramIndex(3, starts, min_n=1)
+    for end in range(12, 50, 5):
+        index.update(seq, end)
+        want = []
+        for row, first in zip(seq.tolist(), starts):
+            found = -1
+            for n in (3, 2, 1):
+                hits = [s for s in range(first, end - n) if row[s:s + n] == row[end - n:end]]
+                if hits and end - n >= first:
+                    found = row[hits[-1] + n]
+                    break
+            want.append(found)
+        assert index.after(seq, end) == want, end
 
 
 def repetitive_pair(vocab=7):
