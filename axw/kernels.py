@@ -119,20 +119,28 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     everything while `torch.backends.mkldnn.enabled` is off, when the
     environment sets AXW_ONEDNN=0, and after the oneDNN op has once failed.
     """
-    if (
+    if math.prod(x.shape[:-1]) * weight.numel() >= _ONEDNN_MIN_MACS and _onednn_applies(x, weight):
+        if _needs_grad(x, weight, bias):
+            return _OneDNNLinear.apply(x, weight, bias)
+        return _onednn(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def _onednn_applies(x: Tensor, weight: Tensor) -> bool:
+    """oneDNN is on and takes this device, these dtypes, outside autocast."""
+    return (
         _ONEDNN_LINEAR is not None
         and x.device.type == "cpu"
         and x.dtype == weight.dtype
         and x.dtype in _ONEDNN_DTYPES
-        and math.prod(x.shape[:-1]) * weight.numel() >= _ONEDNN_MIN_MACS
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.enabled  # read per call: users switch it with torch.backends.mkldnn.flags
-    ):
-        if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                        or (bias is not None and bias.requires_grad)):
-            return _OneDNNLinear.apply(x, weight, bias)
-        return _onednn(x, weight, bias)
-    return F.linear(x, weight, bias)
+    )
+
+
+def _needs_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
 
 
 # A product of a few rows (a speculative verify, beams, contrastive search's candidates, a small batch) runs
@@ -158,12 +166,9 @@ class Linear(nn.Linear):
         if (
             SMALL_ROWS[0] <= rows <= SMALL_ROWS[1]
             and SMALL_MATRIX[0] <= weight.numel() <= SMALL_MATRIX[1]
-            and _ONEDNN_LINEAR is not None
-            and x.device.type == "cpu"
-            and x.dtype == weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.enabled
+            and x.dtype == torch.float32
+            and not _needs_grad(x, weight, self.bias)
+            and _onednn_applies(x, weight)
         ):
             return _onednn(x, self.column_major(), self.bias)
         return linear(x, weight, self.bias)

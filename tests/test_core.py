@@ -505,6 +505,13 @@ def test_linear_takes_a_few_rows_from_a_column_major_copy_made_again_when_the_we
     layer(x).sum().backward()
     assert (1, 768) not in calls and x.grad is not None
     torch.testing.assert_close(x.grad, layer.weight.detach().sum(0).expand(5, -1), atol=1e-5, rtol=1e-5)
+    # only the bias trains (the weight frozen): its gradient still flows
+    layer.weight.requires_grad_(False)
+    layer.bias.grad = None
+    calls.clear()
+    layer(torch.randn(5, 256)).sum().backward()
+    assert (1, 768) not in calls
+    torch.testing.assert_close(layer.bias.grad, torch.full((768,), 5.0))
     # small and huge matrices never take the copy
     for shape in ((64, 64), (SMALL_MATRIX[1] // 256 + 1, 256)):
         other = Linear(shape[1], shape[0])
