@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_model
-from test_train import Recorder, periodic_ids, quick_config, snapshot
+from test_train import Recorder, forbid_tokenizer_training, periodic_ids, quick_config, snapshot
 
 from axw import AutoregressiveWrapper
 from axw.data import eos_id, train_tokenizer
@@ -173,12 +173,7 @@ def teacher_folder(tmp_path):
 
 
 def test_cli_distils_with_the_teachers_tokenizer_and_resumes_with_the_same_teacher(tmp_path, monkeypatch):
-    import axw.data
-
-    def no_tokenizer_training(*args, **kwargs):
-        raise AssertionError("with --teacher the teacher's tokenizer is used")
-
-    monkeypatch.setattr(axw.data, "train_tokenizer", no_tokenizer_training)
+    forbid_tokenizer_training(monkeypatch, "with --teacher the teacher's tokenizer is used")
     teacher = teacher_folder(tmp_path)
     data = tmp_path / "t.txt"
     data.write_text((ROOT / "assets/data/tinyshakespeare.txt").read_text(encoding="utf-8")[:20000], encoding="utf-8")

@@ -191,13 +191,19 @@ def test_beam_search_branches_from_the_leading_beam(app, model):
         pass
     leader = root.rows[step - 1]["beams"][0]  # the best beam going into the step: the candidates continue it
     forced = root.rows[step]["candidates"][1]
-    _, run, updates, _ = app.branch(root, step, forced, "")
-    for run in updates:
-        pass
-    prefix = root.prompt_ids + leader
-    rest = until_eos(model, model.generate(torch.tensor(prefix + [forced]), n - step - 1, beams=3,
-                                           eos_token=model.eos_token_id)[len(prefix) + 1:].tolist())
-    assert run.new_ids == leader + [forced] + rest
+
+    def branch_and_beams(parent, step, leader, forced):
+        """The branch the app runs, and what beam search gives from the leading beam with `forced` appended."""
+        _, run, updates, _ = app.branch(parent, step, forced, "")
+        for run in updates:
+            pass
+        prefix = root.prompt_ids + leader + [forced]
+        rest = until_eos(model, model.generate(torch.tensor(prefix), n - step - 1, beams=3,
+                                               eos_token=model.eos_token_id)[len(prefix):].tolist())
+        return run, leader + [forced] + rest
+
+    run, expected = branch_and_beams(root, step, leader, forced)
+    assert run.new_ids == expected
     probs = full_probs(model, (root.prompt_ids + run.new_ids)[:-1])
     seq = root.prompt_ids + run.new_ids
     assert run.probs == pytest.approx([probs[i - 1, seq[i]].item() for i in range(len(root.prompt_ids), len(seq))],
@@ -207,13 +213,8 @@ def test_beam_search_branches_from_the_leading_beam(app, model):
     leader2 = run.rows[step2 - 1]["beams"][0]
     assert leader2[: step + 1] == leader + [forced]
     forced2 = run.rows[step2]["candidates"][2]
-    _, nested, updates, _ = app.branch(run, step2, forced2, "")
-    for nested in updates:
-        pass
-    prefix2 = root.prompt_ids + leader2
-    rest2 = until_eos(model, model.generate(torch.tensor(prefix2 + [forced2]), n - step2 - 1, beams=3,
-                                            eos_token=model.eos_token_id)[len(prefix2) + 1:].tolist())
-    assert nested.new_ids == leader2 + [forced2] + rest2
+    nested, expected = branch_and_beams(run, step2, leader2, forced2)
+    assert nested.new_ids == expected
 
 
 def test_branch_stream_endpoint_continues_the_sessions_own_text(served_app, model):

@@ -285,18 +285,23 @@ def small_data(tmp_path):
     return data
 
 
+def forbid_tokenizer_training(monkeypatch, why: str):
+    """Make training a tokenizer fail with `why`."""
+    import axw.data
+
+    def no_tokenizer_training(*args, **kwargs):
+        raise AssertionError(why)
+
+    monkeypatch.setattr(axw.data, "train_tokenizer", no_tokenizer_training)
+
+
 def snapshot(folder):
     """Every file under `folder` with its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
 
 
 def test_cli_refuses_an_out_folder_it_did_not_write(tmp_path, monkeypatch):
-    import axw.data
-
-    def no_tokenizer_training(*args, **kwargs):
-        raise AssertionError("the tokenizer was trained before the folder was checked")
-
-    monkeypatch.setattr(axw.data, "train_tokenizer", no_tokenizer_training)
+    forbid_tokenizer_training(monkeypatch, "the tokenizer was trained before the folder was checked")
     data = small_data(tmp_path)
     mine = tmp_path / "mine"
     mine.mkdir()
