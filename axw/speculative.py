@@ -93,9 +93,8 @@ class NgramIndex:
 def lookup_drafts(index: NgramIndex, seq: Tensor, end: int, n_draft: int, pad: int) -> Tensor:
     """Prompt-lookup drafts (b, n_draft): for each row, the tokens that followed
     the latest earlier occurrence of the longest suffix of `seq[:, :end]` that
-    occurs earlier (`index` holds the n-gram sizes tried); `pad` where there
-    is none."""
-    index.update(seq, end)
+    occurs earlier (`index`, updated to `end`, holds the n-gram sizes tried);
+    `pad` where there is none."""
     drafts = []
     for row, q in zip(index.rows, index.positions(index.tails(), end)):
         found = row[q:q + n_draft] if q is not None else []
@@ -185,12 +184,12 @@ def steps(run: Decoding) -> Iterator[Step]:
 
         # --- draft gamma tokens (and, to sample or trace, the drafter's processed distribution q at each) ---
         need_q = not greedy or c.trace
+        if exists(index):
+            index.update(out, cur)
         if lookup:
             drafts = lookup_drafts(index, out, cur, gamma, run.pad)
             q, copied = [None] * gamma, torch.ones_like(drafts, dtype=torch.bool)
         else:
-            if exists(index):
-                index.update(out, cur)
             # copies cost no forward and do not count towards the assistant's tokens
             cap = min(room, COPY_CAP * gamma) if exists(index) else gamma
             drafts, q, copied = assistant_drafts(run, draft, draft_pipeline, index, out, cur, gamma, cap,
