@@ -134,6 +134,25 @@ def test_stream_yields_the_generated_tokens_and_stops_early():
     assert model.training and torch.equal(first.tokens, full[:, 4])
 
 
+
+def test_an_empty_cache_given_to_a_run_is_filled_as_the_runs_own():
+    """A run given an empty KV cache (to keep it for branches) reserves the room its own cache would have had: the
+    buffers are allocated once and never moved as the text grows, and the trace is bit for bit the run's without
+    one."""
+    model = tiny_model()
+    prompt = torch.randint(0, 97, (1, 5))
+    alone = list(model.stream(prompt, 12, temperature=0.9, seed=2, trace=True))
+    cache = model.net.new_cache()
+    steps = model.stream(prompt, 12, temperature=0.9, seed=2, trace=True, cache=cache)
+    first = next(steps)
+    buffer = cache.k.data_ptr()
+    given = [first, *steps]
+    assert cache.k.data_ptr() == buffer and cache.capacity >= 5 + 12
+    for a, b in zip(alone, given, strict=True):
+        assert torch.equal(a.tokens, b.tokens)
+        assert all(torch.equal(p, q) for p, q in zip(a.trace.probs, b.trace.probs, strict=True))
+        assert torch.equal(a.trace.chosen_prob, b.trace.chosen_prob)
+
 # --- filters against transformers' warpers ---
 
 transformers = pytest.importorskip("transformers")
