@@ -3,6 +3,7 @@ continue from, and their fair share of the machine. Everything here is bounded, 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import threading
 import time
@@ -128,9 +129,32 @@ def forwarded_client(forwarded_for: list[str], trusted: int) -> str | None:
     return forwarded_for[-trusted] if len(forwarded_for) >= trusted else forwarded_for[-1]
 
 
+def address_key(address: str) -> str:
+    """The fair share's key for an address: an IPv4 address as it is (an IPv4-mapped IPv6 one as its IPv4 form),
+    an IPv6 address as its /64 network. One subscriber line gets a whole /64 and may take any of its 2**64
+    addresses, so counting addresses one by one would hand a flooder a new visitor per request. Anything that is
+    not an address (a test client's name) is its own key. A port some proxies add is dropped: it changes with
+    every connection."""
+    text = address.strip()
+    if text.startswith("[") and "]" in text:  # [v6] or [v6]:port
+        text = text[1:text.index("]")]
+    elif text.count(":") == 1:  # v4:port (some proxies add the port, which changes with every connection)
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])  # a zone index (fe80::1%eth0) names the link, not the host
+    except ValueError:
+        return address
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.version == 4:
+        return str(ip)
+    return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+
+
 def visitor(request, trusted_proxies: int) -> str:
     """Who is asking, for the fair share: the address the request came from, or behind `trusted_proxies` proxies
-    (1 on a Space) the address the outermost of them saw (forwarded_client), never what the client wrote."""
+    (1 on a Space) the address the outermost of them saw (forwarded_client), never what the client wrote; an IPv6
+    address counts by its /64 (address_key)."""
     if request is None:
         return ""
     if trusted_proxies > 0:
@@ -140,8 +164,8 @@ def visitor(request, trusted_proxies: int) -> str:
         entries = [e.strip() for line in lines if line for e in line.split(",") if e.strip()]
         client = forwarded_client(entries, trusted_proxies)
         if client:
-            return client
-    return getattr(getattr(request, "client", None), "host", None) or ""
+            return address_key(client)
+    return address_key(getattr(getattr(request, "client", None), "host", None) or "")
 
 
 class FairShare:

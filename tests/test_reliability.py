@@ -231,6 +231,23 @@ def test_visitor_is_the_address_or_the_trusted_proxy_header():
     assert app_module.visitor(None, trusted_proxies=1) == ""
 
 
+@pytest.mark.parametrize("address, key", [
+    ("203.0.113.5", "203.0.113.5"), ("203.0.113.5:51234", "203.0.113.5"), ("::ffff:203.0.113.5", "203.0.113.5"),
+    ("2001:db8:7:9::1", "2001:db8:7:9::/64"), ("2001:DB8:7:9:abcd:ef01:2345:6789", "2001:db8:7:9::/64"),
+    ("[2001:db8:7:9::2]:443", "2001:db8:7:9::/64"), ("[2001:db8:7:9::3]", "2001:db8:7:9::/64"),
+    ("fe80::1%eth0", "fe80::/64"), ("2001:db8:7:a::1", "2001:db8:7:a::/64"), ("testclient", "testclient"),
+    ("unknown", "unknown")])
+def test_an_ipv6_visitor_counts_by_its_64(address, key):
+    """Every address of one /64 is one visitor (a subscriber line gets a /64 and may use any address in it); an
+    IPv4 address, mapped or with a port, is itself; what is not an address stays as it is."""
+    import app as app_module
+
+    assert pg.address_key(address) == key
+    assert app_module.visitor(SimpleNamespace(headers={}, client=SimpleNamespace(host=address)), 0) == key
+    assert app_module.visitor(SimpleNamespace(headers={"x-forwarded-for": f"1.2.3.4, {address}"},
+                                              client=SimpleNamespace(host="10.0.0.9")), 1) == key
+
+
 def test_a_forged_x_forwarded_for_cannot_make_a_new_visitor():
     import app as app_module
 
@@ -306,12 +323,22 @@ def test_a_visitor_over_their_share_is_refused_and_others_are_served(tmp_path_fa
         demo.close()
 
 
-@pytest.mark.parametrize("setting, entries", [
-    ({"AXW_TRUST_PROXY": "1"}, lambda forged, client: f"{forged}, {client}"),
-    ({"AXW_TRUSTED_PROXIES": "2"}, lambda forged, client: f"{forged}, {client}, 10.0.0.1")])
-def test_a_visitor_forging_x_forwarded_for_is_still_refused(tmp_path_factory, monkeypatch, setting, entries):
+def same_client(i):
+    return "203.0.113.5"
+
+
+def rotating_ipv6(i):
+    return f"2001:db8:7:9:{i:x}::{i + 1:x}"  # a new address of the same /64 each request
+
+
+@pytest.mark.parametrize("setting, entries, client", [
+    ({"AXW_TRUST_PROXY": "1"}, lambda forged, client: f"{forged}, {client}", same_client),
+    ({"AXW_TRUSTED_PROXIES": "2"}, lambda forged, client: f"{forged}, {client}, 10.0.0.1", same_client),
+    ({"AXW_TRUST_PROXY": "1"}, lambda forged, client: f"{forged}, {client}", rotating_ipv6)])
+def test_a_visitor_forging_x_forwarded_for_is_still_refused(tmp_path_factory, monkeypatch, setting, entries, client):
     """A flooding client writes a new first X-Forwarded-For entry on every request; the trusted proxies append the
-    same addresses after it each time. It is still one visitor, refused once over its share."""
+    same addresses after it each time (or, for a client on IPv6, a new address of its /64 each time). It is still
+    one visitor, refused once over its share."""
     import app as app_module
     from conftest import free_port, playground_models
 
@@ -329,7 +356,7 @@ def test_a_visitor_forging_x_forwarded_for_is_still_refused(tmp_path_factory, mo
         for i in range(60):
             heavy = gradio_client.Client(url, verbose=False,
                                          headers={"X-Forwarded-For": entries(f"198.18.{i // 250}.{i % 250}",
-                                                                             "203.0.113.5")})
+                                                                             client(i))})
             try:
                 generate(heavy, prompt=PROMPT, max_new_tokens=64, temperature=0.0)
                 served += 1
