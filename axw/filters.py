@@ -39,11 +39,26 @@ def top_k(logits: Tensor, frac_num_tokens: float = 0.1, k: int | None = None) ->
     return logits.masked_fill(logits < kth, NEG_INF)
 
 
+NUCLEUS_PROBE = 256  # on the CPU, top_p looks for the nucleus among this many most likely tokens first
+
+
 def top_p(logits: Tensor, thres: float = 0.9) -> Tensor:
     """Nucleus sampling (Holtzman et al. 2019, arXiv:1904.09751): keep the
     smallest set of most likely tokens whose probabilities sum to >= thres."""
     if thres >= 1.0:
         return logits  # everything; rounding in the cumulative sum must not cut the tail
+    vocab = logits.shape[-1]
+    if logits.device.type == "cpu" and NUCLEUS_PROBE < vocab and logits.numel():
+        # the nucleus is usually a few dozen tokens: a partial top-k finds it for a fraction of a full sort (on
+        # a GPU the sort is cheap and this check would wait for the device)
+        top, order = logits.topk(NUCLEUS_PROBE, dim=-1)
+        probs = logits.softmax(dim=-1).gather(-1, order)
+        mass = probs.cumsum(dim=-1)
+        if bool((mass[..., -1] >= thres).all()):  # every row's cut falls among those tokens
+            keep = mass - probs < thres
+            keep[..., 0] = True
+            kept = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, keep)
+            return logits.masked_fill(~kept, NEG_INF)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(dim=-1)
     # a token is needed while the mass strictly before it is still short of thres

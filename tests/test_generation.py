@@ -183,6 +183,22 @@ def test_filter_kept_sets_equal_transformers(seed):
     assert (kept(top_k(logits)).sum(-1) == 30).all()
 
 
+@pytest.mark.parametrize("scale", [0.5, 2.0, 4.0, 8.0])
+def test_top_p_over_a_large_vocabulary_equals_transformers(scale):
+    """Past NUCLEUS_PROBE tokens top_p first looks for the nucleus among the most likely ones, and sorts the whole
+    vocabulary only when a row's nucleus is larger: rows of both kinds in one batch, a batch of one, and logits
+    already cut by top-k all keep what transformers' warper keeps."""
+    from axw.filters import NUCLEUS_PROBE
+
+    g = torch.Generator().manual_seed(int(scale * 10))
+    vocab = 16 * NUCLEUS_PROBE
+    logits = torch.randn(6, vocab, generator=g) * torch.tensor([scale, scale, 0.3, 8.0, scale, 1.0])[:, None]
+    for p in (0.1, 0.5, 0.9, 0.95):
+        for rows in (logits, logits[:1], logits[3:4], top_k(logits, k=200)):
+            expected = kept(TopPLogitsWarper(p)(None, rows.clone()))
+            assert torch.equal(kept(top_p(rows, thres=p)), expected)
+
+
 def test_top_a_by_hand():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]])
     probs = logits.softmax(-1)[0]
