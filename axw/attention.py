@@ -53,6 +53,12 @@ class KVCache:
     def live(self) -> int:
         return self.length - self.start
 
+    def reserve(self, capacity: int):
+        """Make the buffers, when they are first made, hold at least `capacity` slots (no effect on a cache that
+        holds keys already)."""
+        if self.k is None:
+            self.reserved = max(self.reserved, capacity)
+
     # --- called once per forward, before the layers ---
 
     def prepare(self, n: int):

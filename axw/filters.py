@@ -47,25 +47,26 @@ def top_p(logits: Tensor, thres: float = 0.9) -> Tensor:
     smallest set of most likely tokens whose probabilities sum to >= thres."""
     if thres >= 1.0:
         return logits  # everything; rounding in the cumulative sum must not cut the tail
-    vocab = logits.shape[-1]
-    if logits.device.type == "cpu" and NUCLEUS_PROBE < vocab and logits.numel():
+    if logits.device.type == "cpu" and NUCLEUS_PROBE < logits.shape[-1] and logits.numel():
         # the nucleus is usually a few dozen tokens: a partial top-k finds it for a fraction of a full sort (on
         # a GPU the sort is cheap and this check would wait for the device)
-        top, order = logits.topk(NUCLEUS_PROBE, dim=-1)
+        order = logits.topk(NUCLEUS_PROBE, dim=-1).indices
         probs = logits.softmax(dim=-1).gather(-1, order)
         mass = probs.cumsum(dim=-1)
         if bool((mass[..., -1] >= thres).all()):  # every row's cut falls among those tokens
-            keep = mass - probs < thres
-            keep[..., 0] = True
-            kept = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, keep)
-            return logits.masked_fill(~kept, NEG_INF)
+            return _cut_nucleus(logits, order, probs, mass, thres)
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(dim=-1)
-    # a token is needed while the mass strictly before it is still short of thres
-    mass_before = probs.cumsum(dim=-1) - probs
-    remove_sorted = mass_before >= thres
+    return _cut_nucleus(logits, order, probs, probs.cumsum(dim=-1), thres)
+
+
+def _cut_nucleus(logits: Tensor, order: Tensor, probs: Tensor, mass: Tensor, thres: float) -> Tensor:
+    """top_p's cut, given the most likely tokens `order` (all of them, or a prefix holding the nucleus), their
+    probabilities and cumulative mass, in that order: a token is needed while the mass strictly before it is
+    still short of thres; every token not in `order` is removed."""
+    remove_sorted = mass - probs >= thres
     remove_sorted[..., 0] = False
-    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    remove = torch.ones_like(logits, dtype=torch.bool).scatter(-1, order, remove_sorted)
     return logits.masked_fill(remove, NEG_INF)
 
 

@@ -143,10 +143,10 @@ class ModelRunner:
     def __init__(self, net, seq_start_pos: Tensor | None, capacity: int, cache_kv: bool, restrict: bool,
                  cache=None):
         self.net, self.start, self.restrict = net, seq_start_pos, restrict
-        if exists(cache) and cache.k is None:
+        if exists(cache):
             # an empty cache given to the run gets the room the run's own would have: the same buffer layout, so
             # the same arithmetic (and bits), and no reallocation as the text grows
-            cache.reserved = max(cache.reserved, capacity)
+            cache.reserve(capacity)
         self.cache = cache if exists(cache) else (net.new_cache(capacity) if cache_kv else None)
 
     @property
