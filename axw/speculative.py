@@ -85,10 +85,6 @@ class NgramIndex:
         """Per row, the token at `positions`, or -1."""
         return [row[q] if q is not None else -1 for row, q in zip(self.rows, self.positions(tails, end))]
 
-    def after(self, seq: Tensor, end: int) -> list[int]:
-        """`next_tokens` for the text `seq[:, :end]`."""
-        return self.next_tokens(seq[:, max(end - self.n, 0):end].tolist(), end)
-
 
 def lookup_drafts(index: NgramIndex, seq: Tensor, end: int, n_draft: int, pad: int) -> Tensor:
     """Prompt-lookup drafts (b, n_draft): for each row, the tokens that followed
@@ -132,10 +128,10 @@ def assistant_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, o
                 out[:, cur + written:cur + j] = torch.tensor(tokens[written:], device=device).T
             written = j
             processed = pipeline(draft.logits(out, cur + j), *run.context(out, cur + j, valid), sampling=not greedy)
-            token = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
+            probs = processed.float().softmax(dim=-1) if need_q or not greedy else None
+            token = processed.argmax(dim=-1) if greedy else sample(probs, run.generator, logits=False)
             chosen = [f if f >= 0 else t for f, t in zip(found, token.tolist())]  # rows whose text repeats copy
             if need_q:
-                probs = processed.float().softmax(dim=-1)
                 if max(found) >= 0:
                     copy = torch.tensor(found, device=device)
                     probs = torch.where((copy >= 0)[:, None], F.one_hot(copy.clamp(min=0), vocab).float(), probs)
@@ -203,15 +199,16 @@ def steps(run: Decoding) -> Iterator[Step]:
         stats["target_forwards"] += 1
         traces = ([run.new_trace(step + j, model_logits[:, j]) for j in range(gamma + 1)] if c.trace
                   else [None] * (gamma + 1))
-        if greedy and not pipeline.scores and not c.trace:
-            processed_all = model_logits.unbind(1)  # no stage changes greedy scores
+        plain_argmax = greedy and not pipeline.scores and not c.trace  # no stage changes greedy scores
+        if plain_argmax:
+            processed_all = model_logits.unbind(1)
         else:
             processed_all = [pipeline(model_logits[:, j], *run.context(out, cur + j, valid), traces[j],
                                       sampling=not greedy) for j in range(gamma + 1)]
         p = [pr.float().softmax(dim=-1) for pr in processed_all] if need_q else [None] * (gamma + 1)
         choice = None
         if greedy:  # the model's own token at each position
-            choice = (model_logits.argmax(dim=-1) if isinstance(processed_all, tuple)
+            choice = (model_logits.argmax(dim=-1) if plain_argmax
                       else torch.stack([pr.argmax(dim=-1) for pr in processed_all], dim=1))
 
         # --- accept or reject each drafted token ---
@@ -241,7 +238,7 @@ def steps(run: Decoding) -> Iterator[Step]:
             residual = torch.where(empty, p[n], residual)
             replacement = sample(residual / residual.sum(dim=-1, keepdim=True), run.generator, logits=False)
         else:
-            replacement = sample(processed_all[n], run.generator)
+            replacement = sample(p[n], run.generator, logits=False)
         last = torch.where(n_row > n, drafts[:, n], replacement) if n < gamma else replacement
         emitted = torch.cat((drafts[:, :n], last[:, None]), dim=1)  # (b, n + 1)
 

@@ -211,10 +211,13 @@ def test_the_draft_stops_when_it_is_unsure():
 
 
 def test_the_ngram_index_finds_what_a_scan_finds():
-    """NgramIndex.after against a scan: the token after the latest occurrence
-    of the last n tokens whose next token is committed text, within the row's
-    real (not left-pad) positions."""
+    """NgramIndex.next_tokens for the text seq[:, :end] against a scan: the
+    token after the latest occurrence of the last n tokens whose next token is
+    committed text, within the row's real (not left-pad) positions."""
     from axw.speculative import NgramIndex
+
+    def after(index, seq, end):
+        return index.next_tokens(seq[:, max(end - index.n, 0):end].tolist(), end)
 
     gen = torch.Generator().manual_seed(0)
     for n in (1, 2, 3):
@@ -228,7 +231,7 @@ def test_the_ngram_index_finds_what_a_scan_finds():
                 for row, first in zip(seq.tolist(), starts):
                     hits = [s for s in range(first, committed - n) if row[s:s + n] == row[end - n:end]]
                     want.append(row[hits[-1] + n] if hits and end - n >= first else -1)
-                assert index.after(seq, end) == want, (n, committed, end)
+                assert after(index, seq, end) == want, (n, committed, end)
     # several sizes (prompt lookup's max_matching_ngram_size): the longest suffix that occurred before wins
     seq = torch.randint(0, 3, (2, 50), generator=gen)
     starts = [0, 9]
@@ -244,7 +247,7 @@ def test_the_ngram_index_finds_what_a_scan_finds():
                     found = row[hits[-1] + n]
                     break
             want.append(found)
-        assert index.after(seq, end) == want, end
+        assert after(index, seq, end) == want, end
 
 
 def repetitive_pair(vocab=7):
