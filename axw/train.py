@@ -432,6 +432,12 @@ def read_trainer_state(folder) -> dict:
     return json.loads((folder / TRAINING_DIR / STATE_NAME).read_text(encoding="utf-8"))
 
 
+def check_unfinished(folder, done: int, steps: int, option: str = "steps"):
+    """ValueError if the checkpoint in `folder`, `done` steps in, has nothing left of a run of `steps`."""
+    if done >= steps:
+        raise ValueError(f"{folder} has already finished {done} of {steps} steps; raise {option} to train further")
+
+
 def load_checkpoint(folder, model, optimizer) -> dict:
     """Restore weights, optimizer moments and RNG state saved by
     `save_checkpoint` into `model` and `optimizer`; returns the trainer state."""
@@ -512,10 +518,7 @@ def train(
     elif config.distill_alpha != 1.0 or config.distill_temperature != 1.0:
         raise ValueError("distill_alpha and distill_temperature need a teacher")
     if exists(resume):
-        done = read_trainer_state(resume)["step"]
-        if done >= config.steps:
-            raise ValueError(f"{resume} has already finished {done} of {config.steps} steps; "
-                             "raise steps to train further")
+        check_unfinished(resume, read_trainer_state(resume)["step"], config.steps)
     if exists(config.out_dir):
         check_out_dir(config.out_dir)
 
@@ -727,9 +730,8 @@ def main(argv: list[str] | None = None) -> TrainResult:
     # every argument is checked before any tokenizer or model work
     config.validate()
     check_out_dir(args.out)
-    if args.resume and state["step"] >= config.steps:
-        raise ValueError(f"{args.out} has already finished {state['step']} of {config.steps} steps; "
-                         "raise --steps to train further")
+    if args.resume:
+        check_unfinished(args.out, state["step"], config.steps, option="--steps")
     teacher_path = args.teacher or state.get("teacher")
     generated_path = args.generated_data or state.get("generated_data")
     if not exists(teacher_path) and (config.distill_alpha != 1.0 or config.distill_temperature != 1.0):
