@@ -199,6 +199,29 @@ BAD_GENERATE = [
 ]
 
 
+BAD_SETTINGS = [  # the decoding settings added after the first version, each with the prompt
+    (dict(typical_p=0.0), "typical-p must be"), (dict(top_h=2.0), "top-H must be"),
+    (dict(top_n_sigma=-1.0), "top-n-sigma must be"), (dict(epsilon_cutoff=0.9), "epsilon cutoff must be"),
+    (dict(eta_cutoff=-0.1), "eta cutoff must be"), (dict(sampler_order="random"), "sampler order must be"),
+    (dict(xtc_probability=1.5), "XTC probability must be"), (dict(xtc_threshold=-0.1), "XTC threshold must be"),
+    (dict(mirostat_tau=100.0), "mirostat tau must be"), (dict(mirostat_eta=0.0), "mirostat eta must be"),
+    (dict(dynatemp_range=9.0), "dynamic temperature range must be"),
+    (dict(dynatemp_exponent=0.0), "dynamic temperature exponent must be"),
+    (dict(dry_multiplier=-1.0), "DRY multiplier must be"), (dict(dry_base=0.5), "DRY base must be"),
+    (dict(dry_allowed_length=0), "DRY allowed length must be"),
+    (dict(strategy="beam search", stochastic="yes"), "stochastic must be"),
+    (dict(strategy="speculative decoding", drafter="oracle"), "drafter must be"),
+    (dict(strategy="speculative decoding", num_assistant_tokens=0), "draft tokens per round must be"),
+    (dict(strategy="speculative decoding", num_assistant_tokens=pg.MAX_DRAFT_TOKENS + 1), "draft tokens"),
+    (dict(strategy="speculative decoding", num_assistant_tokens_schedule="fast"), "draft schedule must be"),
+    (dict(strategy="speculative decoding", drafter="amateur", amateur="nobody/none"), "cannot load"),
+    (dict(force_step=-1), "force_step must be"), (dict(force_step=65), "force_step must be"),
+    (dict(force_step=2, force_token=10**6), "force_token"), (dict(force_step=2, force_token=-3), "force_token"),
+    (dict(force_step=1.5), "force_step must be"),
+]
+BAD_GENERATE += [(dict(prompt=PROMPT, **kwargs), message) for kwargs, message in BAD_SETTINGS]
+
+
 @pytest.mark.parametrize("kwargs, message", BAD_GENERATE)
 def test_bad_input_is_refused_before_any_compute(served_app, client, monkeypatch, kwargs, message):
     app = served_app[1].playground
