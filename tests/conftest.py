@@ -92,6 +92,15 @@ def app(served_app):
 
 
 @pytest.fixture(scope="module")
+def models(app):
+    """The served app's expert and amateur (the test app's drafter), loaded again: the reference side."""
+    from axw import AutoregressiveWrapper
+
+    return (AutoregressiveWrapper.from_pretrained(app.model_name),
+            AutoregressiveWrapper.from_pretrained(app.amateur_name))
+
+
+@pytest.fixture(scope="module")
 def client(served_app):
     """A gradio_client of the served app."""
     gradio_client = pytest.importorskip("gradio_client")

@@ -13,17 +13,8 @@ pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 import playground as pg  # noqa: E402
-from axw import AutoregressiveWrapper  # noqa: E402
 
 PROMPT = "ROMEO:"
-
-
-@pytest.fixture(scope="module")
-def models(served_app):
-    """The app's models, loaded again here: the reference side of each test."""
-    app = served_app[1].playground
-    return (AutoregressiveWrapper.from_pretrained(app.model_name),
-            AutoregressiveWrapper.from_pretrained(app.amateur_name))
 
 
 def reference_ids(model, prompt, n, **kwargs) -> tuple[list, list]:

@@ -98,10 +98,8 @@ def shown_text(page, selector="#output .axw-out") -> str:
 
 
 @pytest.fixture(scope="module")
-def expert(served_app):
-    from axw import AutoregressiveWrapper
-
-    return AutoregressiveWrapper.from_pretrained(served_app[1].playground.model_name)
+def expert(models):
+    return models[0]
 
 
 def greedy_ids(model, prefix: list[int], n: int) -> list[int]:
@@ -225,17 +223,8 @@ def test_a_share_link_fills_the_controls_and_reproduces_generate(served_app, pag
 
 
 @pytest.fixture(scope="module")
-def amateur(served_app):
-    from axw import AutoregressiveWrapper
-
-    return AutoregressiveWrapper.from_pretrained(served_app[1].playground.amateur_name)
-
-
-@pytest.fixture(scope="module")
-def api(served_app):
-    import gradio_client
-
-    return gradio_client.Client(served_app[0], verbose=False)
+def amateur(models):
+    return models[1]
 
 
 def linked(page, url, **settings):
@@ -250,17 +239,14 @@ def linked(page, url, **settings):
 
 
 def test_the_beam_tree_draws_every_candidate_and_the_returned_path(served_app, page, expert):
-    from test_instrument import until_eos
-
-    import torch
+    from test_instrument import continuation, until_eos
 
     n, beams = 8, 3
     linked(page, served_app[0], prompt="JULIET:", strategy="beam search", beams=beams, max_new_tokens=n)
     page.wait_for_selector("#beam-tree svg .axw-node", timeout=10000)
     assert page.locator("#beam-tree-box").is_visible()
     prompt = expert.tokenizer.encode("JULIET:").ids
-    best = until_eos(expert, expert.generate(torch.tensor(prompt), n, beams=beams,
-                                             eos_token=expert.eos_token_id)[len(prompt):].tolist())
+    best = continuation(expert, prompt, n, beams=beams)
     assert shown_text(page) == ("JULIET:" + expert.tokenizer.decode(best)).replace("\n", "")
     returned = page.locator("#beam-tree .axw-node-returned")
     path = [int(returned.nth(i).get_attribute("data-token")) for i in range(returned.count())]
@@ -278,18 +264,16 @@ def test_the_beam_tree_draws_every_candidate_and_the_returned_path(served_app, p
     assert page.locator("#beam-tree .axw-tree-sel").text_content() == "step 4"
 
 
-def test_speculative_rounds_show_the_drafts_accepted_and_rejected(served_app, page, expert, api):
-    from test_instrument import continuation
-
+def test_speculative_rounds_show_the_drafts_accepted_and_rejected(served_app, page, expert, client):
     import playground as pg
 
     n = 20
     linked(page, served_app[0], prompt="JULIET:", strategy="speculative decoding", temperature=0, max_new_tokens=n,
            num_assistant_tokens=4)
     page.wait_for_selector("#speculative .axw-round", timeout=10000)
-    greedy = continuation(expert, expert.tokenizer.encode("JULIET:").ids, n, temperature=0.0)
+    greedy = greedy_ids(expert, expert.tokenizer.encode("JULIET:").ids, n)
     assert shown_text(page) == ("JULIET:" + expert.tokenizer.decode(greedy)).replace("\n", "")  # greedy's text
-    _, _, trace = api.predict(prompt="JULIET:", strategy="speculative decoding", temperature=0.0, max_new_tokens=n,
+    _, _, trace = client.predict(prompt="JULIET:", strategy="speculative decoding", temperature=0.0, max_new_tokens=n,
                               num_assistant_tokens=4, api_name="/generate")
     rounds = pg.speculative_rounds(trace)
     shown = page.locator("#speculative .axw-round")
@@ -310,11 +294,9 @@ def test_speculative_rounds_show_the_drafts_accepted_and_rejected(served_app, pa
     assert "round 2" in page.locator("#step-chart").inner_text()
 
 
-def test_speculative_rounds_mark_the_copies_of_prompt_lookup(served_app, page, expert, api):
+def test_speculative_rounds_mark_the_copies_of_prompt_lookup(served_app, page, expert, client):
     """The 'draft model + prompt lookup' drafter from a share link: greedy's text, and in each round the chips of
     the copied drafts (as /generate's trace says) underlined, the legend saying so."""
-    from test_instrument import continuation
-
     import playground as pg
 
     n = 50
@@ -322,10 +304,10 @@ def test_speculative_rounds_mark_the_copies_of_prompt_lookup(served_app, page, e
                     num_assistant_tokens=3, drafter="draft model + prompt lookup")
     linked(page, served_app[0], **settings)
     page.wait_for_selector("#speculative .axw-round", timeout=10000)
-    greedy = continuation(expert, expert.tokenizer.encode("JULIET:").ids, n, temperature=0.0)
+    greedy = greedy_ids(expert, expert.tokenizer.encode("JULIET:").ids, n)
     assert shown_text(page) == ("JULIET:" + expert.tokenizer.decode(greedy)).replace("\n", "")
     settings["temperature"] = 0.0
-    _, _, trace = api.predict(**settings, api_name="/generate")
+    _, _, trace = client.predict(**settings, api_name="/generate")
     rounds = pg.speculative_rounds(trace)
     shown = page.locator("#speculative .axw-round")
     assert shown.count() == len(rounds) and sum(sum(r["copied"]) for r in rounds) > 0
@@ -347,7 +329,7 @@ def stages(page) -> list[tuple[str, int]]:
              int(re.match(r".+? (?:has|kept) ([\d,]+) token", s).group(1).replace(",", ""))) for s in items]
 
 
-def test_switching_to_temperature_first_moves_the_top_p_cut(served_app, page, api):
+def test_switching_to_temperature_first_moves_the_top_p_cut(served_app, page, client):
     settings = dict(prompt="JULIET:", temperature=2, top_p=0.8, max_new_tokens=3, seed=1)
     linked(page, served_app[0], **settings)
     first = stages(page)
@@ -361,7 +343,7 @@ def test_switching_to_temperature_first_moves_the_top_p_cut(served_app, page, ap
     assert [s for s, _ in then] == ["model", "temperature 2", "top_p 0.8"]
     assert dict(then)["top_p 0.8"] > dict(first)["top_p 0.8"]  # the cut moved: a hotter distribution, more kept
     for order, shown in (("filters_first", first), ("temperature_first", then)):
-        _, _, trace = api.predict(sampler_order=order, api_name="/generate", **settings)
+        _, _, trace = client.predict(sampler_order=order, api_name="/generate", **settings)
         assert [k for _, k in shown] == [trace[0]["kept"][s] for s in trace[0]["stages"]]
 
 
@@ -443,7 +425,7 @@ def test_compare_marks_where_each_column_departs_from_greedy(served_app, page, e
     page.wait_for_function("() => document.querySelectorAll('#compare-grid .axw-metrics').length >= 7",
                            timeout=60000)
     prompt = expert.tokenizer.encode("JULIET:").ids
-    greedy = continuation(expert, prompt, 16, temperature=0.0)
+    greedy = greedy_ids(expert, prompt, 16)
     sampled = continuation(expert, prompt, 16, temperature=0.8, filter_logits_fn=["min_p"],
                            filter_kwargs=[dict(min_p=0.1)], seed=2)
     col = lambda label: page.locator(f"#compare-grid .axw-col[data-label='{label}']")  # noqa: E731
@@ -475,22 +457,19 @@ def test_a_lesson_link_opens_its_settings(served_app, page):
     lesson.close()
 
 
-def test_a_share_link_carries_a_what_if_branch(served_app, page, expert, api):
+def test_a_share_link_carries_a_what_if_branch(served_app, page, expert, client):
     import urllib.parse
 
-    from test_instrument import continuation
-
     n, step = 16, 5
-    _, _, trace = api.predict(prompt="JULIET:", temperature=0.0, max_new_tokens=n, api_name="/generate")
+    _, _, trace = client.predict(prompt="JULIET:", temperature=0.0, max_new_tokens=n, api_name="/generate")
     forced = trace[step - 1]["candidates"][2]
     linked(page, served_app[0], prompt="JULIET:", temperature=0, max_new_tokens=n, force_step=step,
            force_token=forced)
     page.wait_for_selector(f"#output .axw-forced[data-i='{step - 1}']", state="attached", timeout=30000)
     page.wait_for_selector("#forks td", timeout=30000)
     prompt = expert.tokenizer.encode("JULIET:").ids
-    root = continuation(expert, prompt, n, temperature=0.0)
-    branch = root[: step - 1] + [forced] + continuation(expert, prompt + root[: step - 1] + [forced], n - step,
-                                                        temperature=0.0)
+    root = greedy_ids(expert, prompt, n)
+    branch = root[: step - 1] + [forced] + greedy_ids(expert, prompt + root[: step - 1] + [forced], n - step)
     assert shown_text(page) == ("JULIET:" + expert.tokenizer.decode(branch)).replace("\n", "")
     page.wait_for_function("() => (document.querySelector('#share-link textarea, #share-link input')?.value || '')"
                            ".includes('force_step')", timeout=10000)

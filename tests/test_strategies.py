@@ -12,32 +12,19 @@ import pytest
 import torch
 
 pytest.importorskip("gradio")
-gradio_client = pytest.importorskip("gradio_client")
+pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
 
 import playground as pg  # noqa: E402
 from axw import AutoregressiveWrapper  # noqa: E402
+from test_instrument import continuation, ids_of  # noqa: E402
 
 PROMPT = "ROMEO:"
 
 
-@pytest.fixture(scope="module")
-def models(app):
-    """The app's expert and amateur (the test app's drafter) loaded again: the reference side."""
-    return (AutoregressiveWrapper.from_pretrained(app.model_name),
-            AutoregressiveWrapper.from_pretrained(app.amateur_name))
-
-
-def ids_of(model, prompt=PROMPT) -> list[int]:
-    return model.tokenizer.encode(prompt).ids
-
-
 def library(model, n, prompt=PROMPT, prefix=None, **kwargs) -> list[int]:
     """generate's new tokens, up to EOS."""
-    ids = prefix if prefix is not None else ids_of(model, prompt)
-    out = model.generate(torch.tensor(ids), n, eos_token=model.eos_token_id, **kwargs)[len(ids):].tolist()
-    eos = model.eos_token_id
-    return out[: out.index(eos)] if eos in out else out
+    return continuation(model, ids_of(model, prompt) if prefix is None else prefix, n, **kwargs)
 
 
 @torch.no_grad()
