@@ -56,13 +56,23 @@ def bundled(name):
     return AutoregressiveWrapper.from_pretrained(path)
 
 
-@pytest.mark.parametrize("drafter", ["shakespeare-draft", "shakespeare-tiny", "prompt lookup"])
-def test_greedy_on_the_bundled_models(drafter):
+@pytest.fixture(scope="module")
+def bundled_greedy():
+    """The bundled expert, two prompts and its plain greedy continuation of them."""
     expert = bundled("shakespeare")
-    kwargs = dict(prompt_lookup_num_tokens=5) if drafter == "prompt lookup" else dict(
-        assistant_model=bundled(drafter), num_assistant_tokens=4)
     prompts = [torch.tensor(expert.tokenizer.encode(text).ids) for text in ("ROMEO:\n", "First Citizen:\nWe are")]
-    plain = expert.generate(prompts, 80, temperature=0.0)
+    return expert, prompts, expert.generate(prompts, 80, temperature=0.0)
+
+
+@pytest.mark.parametrize("drafter, extra", [
+    ("shakespeare-draft", {}), ("shakespeare-tiny", {}), ("prompt lookup", {}),
+    # the draft with prompt lookup beside it, both schedules
+    ("shakespeare-draft", dict(assistant_lookup_ngram=2)),
+    ("shakespeare-draft", dict(assistant_lookup_ngram=2, num_assistant_tokens_schedule="heuristic"))])
+def test_greedy_on_the_bundled_models(bundled_greedy, drafter, extra):
+    expert, prompts, plain = bundled_greedy
+    kwargs = dict(prompt_lookup_num_tokens=5) if drafter == "prompt lookup" else dict(
+        assistant_model=bundled(drafter), num_assistant_tokens=4, **extra)
     assert torch.equal(expert.generate(prompts, 80, temperature=0.0, **kwargs), plain)
 
 
@@ -287,16 +297,6 @@ def test_greedy_with_the_assistant_and_prompt_lookup(ngram):
     assert 0 < run.stats["copied"] <= run.stats["drafted"]
     # without an assistant the setting changes nothing: plain decoding
     assert torch.equal(target.generate(prompts, 40, temperature=0.0, assistant_lookup_ngram=ngram), plain)
-
-
-def test_greedy_with_the_bundled_draft_and_prompt_lookup():
-    expert = bundled("shakespeare")
-    prompts = [torch.tensor(expert.tokenizer.encode(text).ids) for text in ("ROMEO:\n", "First Citizen:\nWe are")]
-    plain = expert.generate(prompts, 80, temperature=0.0)
-    for schedule in ("constant", "heuristic"):
-        assert torch.equal(expert.generate(prompts, 80, temperature=0.0, assistant_model=bundled("shakespeare-draft"),
-                                           num_assistant_tokens=4, assistant_lookup_ngram=2,
-                                           num_assistant_tokens_schedule=schedule), plain)
 
 
 def test_sampling_with_the_assistant_and_prompt_lookup_has_the_models_distribution():
