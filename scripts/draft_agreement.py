@@ -17,11 +17,11 @@ On the held-out split of Tiny Shakespeare (the last 10% of the characters,
 - with `--time`, the decode step cost of both models and of the expert's
   verify forward (medians, as scripts/draft_shapes.py measures them), and
   the speed-up of greedy speculative decoding that (b) implies;
-- with `--speculate GAMMA`, a measured one: greedy speculative decoding
-  (Leviathan et al. 2023, arXiv:2211.17192; Chen et al. 2023,
-  arXiv:2302.01318) written out here in a few lines against plain greedy
-  decoding in the same style, both batch 1 through the models' KV caches,
-  on the same held-out prompts; it checks that both produce the same tokens.
+- with `--speculate GAMMA`, a measured one: the library's greedy
+  speculative decoding (`generate(..., assistant_model=draft,
+  num_assistant_tokens=GAMMA)`) against plain greedy `generate`, both
+  batch 1, on the same held-out prompts; it checks that both produce the
+  same tokens.
 
 The speed-up is worked out along the expert's greedy paths themselves: a
 round proposes `gamma` draft tokens and the expert keeps the matching
@@ -89,82 +89,24 @@ def tokens_per_round(matches: torch.Tensor, gamma: int) -> float:
     return tokens / rounds
 
 
-def rewind(cache, n: int):
-    """Forget the last `n` positions of a KV cache. Valid while nothing has
-    slid out of its window (start 0), which `speculative_timing` keeps to;
-    the library's own speculative decoding will own this."""
-    assert cache.start == 0
-    cache.length -= n
-    cache.seen -= n
-
-
-@torch.no_grad()
-def step(net, cache, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits (n, vocab) after each of `tokens` (1-D), through the cache."""
-    hidden = net(tokens[None], cache=cache, input_not_include_cache=True, return_embeddings=True)
-    return net.logits(hidden[0])
-
-
-@torch.no_grad()
-def greedy(expert, prompt: torch.Tensor, new: int) -> list[int]:
-    net = expert.net
-    cache = net.new_cache(prompt.numel() + new)
-    token = step(net, cache, prompt)[-1].argmax()
-    out = [int(token)]
-    while len(out) < new:
-        token = step(net, cache, token[None])[-1].argmax()
-        out.append(int(token))
-    return out
-
-
-@torch.no_grad()
-def speculative(expert, draft, prompt: torch.Tensor, new: int, gamma: int) -> tuple[list[int], int]:
-    """Greedy speculative decoding: the draft proposes `gamma` tokens, the
-    expert scores them in one forward and keeps the prefix it agrees with
-    plus its own next token. Returns (tokens, rounds)."""
-    e_cache, d_cache = expert.net.new_cache(prompt.numel() + new + gamma + 1), draft.net.new_cache(
-        prompt.numel() + new + gamma + 1)
-    last = step(expert.net, e_cache, prompt)[-1].argmax()
-    step(draft.net, d_cache, prompt[:-1])
-    d_cache_holds_prompt_end = False
-    out, rounds = [int(last)], 0
-    while len(out) < new:
-        rounds += 1
-        feed = torch.stack((prompt[-1], last)) if not d_cache_holds_prompt_end else last[None]
-        d_cache_holds_prompt_end = True
-        proposals = []
-        for _ in range(gamma):
-            guess = step(draft.net, d_cache, feed)[-1].argmax()
-            proposals.append(guess)
-            feed = guess[None]
-        proposals = torch.stack(proposals)
-        checks = step(expert.net, e_cache, torch.cat((last[None], proposals))).argmax(dim=-1)  # gamma + 1
-        agree = int((proposals == checks[:-1]).long().cumprod(0).sum())
-        out += proposals[:agree].tolist() + [int(checks[agree])]
-        last = checks[agree]
-        rewind(e_cache, gamma - agree)
-        # the draft's cache holds last and its first gamma - 1 proposals
-        if agree == gamma:
-            step(draft.net, d_cache, proposals[-1:])
-        else:
-            rewind(d_cache, gamma - 1 - agree)
-    return out[:new], rounds
-
-
 def speculative_timing(expert, draft, heldout_ids, prompts: int, prompt_len: int, new: int, gamma: int):
-    new = min(new, expert.max_seq_len - prompt_len - gamma - 2)  # no key slides out of the window
+    """The library's greedy speculative decoding (`generate` with `assistant_model=draft`,
+    `num_assistant_tokens=gamma`) against plain greedy `generate`, batch 1, on the same held-out prompts."""
     starts = torch.linspace(0, heldout_ids.numel() - prompt_len - 1, prompts).long()
     plain, spec, same, rounds = [], [], 0, 0
     for s in starts.tolist():
         prompt = heldout_ids[s:s + prompt_len]
         began = time.perf_counter()
-        reference = greedy(expert, prompt, new)
+        reference = expert.generate(prompt, new, temperature=0.0)
         plain.append(time.perf_counter() - began)
         began = time.perf_counter()
-        tokens, r = speculative(expert, draft, prompt, new, gamma)
+        run = expert._decoding(prompt, new, None, dict(temperature=0.0, assistant_model=draft,
+                                                        num_assistant_tokens=gamma))
+        with torch.no_grad():
+            tokens = run.output()
         spec.append(time.perf_counter() - began)
-        same += tokens == reference
-        rounds += r
+        same += torch.equal(tokens, reference)
+        rounds += run.stats["rounds"]
     per_token = 1e3 / (prompts * new)
     print(f"speculative decoding, gamma {gamma}, {prompts} held-out prompts of {prompt_len} tokens, {new} new "
           f"tokens each: {prompts * new / rounds:.2f} tokens per round; plain greedy {sum(plain) * per_token:.3f} "
