@@ -102,17 +102,17 @@ def main():
         """Per prompt, plain and speculative runs alternating; sums of the medians, the runs' counts, and
         whether every output equals `reference`."""
         plain, spec = [], []
-        for p in prompts:
-            a, b = [], []
-            for _ in range(args.repeats):
-                a.append(timed(lambda: expert.generate(p, args.tokens, **settings))[0])
-                b.append(timed(lambda: expert.generate(p, args.tokens, **settings, **extra))[0])
-            plain.append(statistics.median(a))
-            spec.append(statistics.median(b))
         totals = dict(drafted=0, accepted=0, copied=0, emitted=0, target_forwards=0)
         same = True
         for i, p in enumerate(prompts):
-            out, stats = run_stats(expert, p, args.tokens, **settings, **extra)
+            a, b = [], []
+            for _ in range(args.repeats):
+                a.append(timed(lambda: run_stats(expert, p, args.tokens, **settings))[0])
+                seconds, (out, stats) = timed(lambda: run_stats(expert, p, args.tokens, **settings, **extra))
+                b.append(seconds)
+            plain.append(statistics.median(a))
+            spec.append(statistics.median(b))
+            # the counts and the output of the last run (greedy and seeded runs repeat themselves)
             same = same and (reference is None or torch.equal(out, reference[i]))
             for k in totals:
                 totals[k] += stats.get(k, 0)
