@@ -542,16 +542,12 @@ def test_a_save_killed_at_any_change_leaves_a_whole_checkpoint(tmp_path, old_has
 def test_a_checkpoint_of_a_model_with_generation_settings_is_replaced(tmp_path):
     """save_pretrained writes generation_config.json when the model carries
     one: the trainer's own file, which the next save replaces."""
-    from conftest import tiny_model
-
     from axw import GenerationConfig
-    from axw.train import TrainConfig, train
 
     model = tiny_model(rotary=True)
     model.generation_config = GenerationConfig(temperature=0.5)
-    ids = torch.randint(0, 97, (400,))
-    config = TrainConfig(steps=2, batch_size=2, seq_len=16, warmup_steps=1, eval_every=0, checkpoint_every=1,
-                         out_dir=str(tmp_path / "run"))
-    train(model, ids, None, config)
+    config = quick_config(steps=2, batch_size=2, seq_len=16, warmup_steps=1, checkpoint_every=1,
+                          out_dir=str(tmp_path / "run"))
+    train(model, periodic_ids(length=400), None, config)
     assert (tmp_path / "run" / "generation_config.json").is_file()
     assert AutoregressiveWrapper.from_pretrained(tmp_path / "run").generation_config == model.generation_config
