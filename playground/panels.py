@@ -10,7 +10,7 @@ import math
 
 from . import render
 from .render import _bar, show_token
-from .runs import alpha_sweep, beam_tree, speculative_rounds
+from .runs import alpha_sweep, beam_tree, candidate_status, speculative_rounds
 
 
 def _label(tokenizer, token: int, width: int = 9) -> str:
@@ -114,15 +114,10 @@ def beam_candidates_panel(row: dict, tokenizer, settings=None, previous: dict | 
     for i, token in enumerate(tree["token"]):
         if not tree["possible"][i]:
             continue
-        beam = tree["kept_as"][i]
-        if tree["parent_finished"][i]:
-            status, cls = "finished before: carried over", "axw-gone"
-        elif beam < 0:
-            status, cls = "pruned", "axw-gone"
-        elif tree["eos"][i]:
-            status, cls = f"kept as beam {beam + 1}: finished (EOS)", "axw-kept"
-        else:
-            status, cls = f"kept as beam {beam + 1}", "axw-kept"
+        kept_as = f"kept as beam {tree['kept_as'][i] + 1}"
+        status, cls = {"ended": ("finished before: carried over", "axw-gone"), "pruned": ("pruned", "axw-gone"),
+                       "finished": (f"{kept_as}: finished (EOS)", "axw-kept"),
+                       "kept": (kept_as, "axw-kept")}[candidate_status(tree, i)]
         parent = tree["parent"][i]
         source = f"{parent + 1}"
         if before is not None and parent < len(before):
@@ -205,9 +200,7 @@ def speculative_panel(row: dict, tokenizer, settings=None, previous=None) -> str
                f"p = {spec['model_probs'][j]:.3f})")
     else:
         how = "the model's own token, after every draft of the round was accepted"
-    r = dict(round=spec["round"], drafted=spec["drafted"], draft_probs=spec["draft_probs"],
-             model_probs=spec["model_probs"], accepted=spec["accepted"], n_accepted=n, copied=spec.get("copied"),
-             replacement=spec["replacement"], steps=list(range(row["step"] - j, row["step"] - j + spec["emitted"])))
+    r = dict(spec, steps=list(range(row["step"] - j, row["step"] - j + spec["emitted"])))
     return (f'<p>Speculative decoding, round {spec["round"] + 1} (drafter: {_esc(spec["drafter"])}): this token is '
             f'{how}. So far {100 * spec["acceptance_rate"]:.0f}% of the drafts were accepted, '
             f'{spec["tokens_per_forward"]:.2f} tokens per model forward.</p>' + round_html(r, tokenizer, row["step"]))
@@ -218,11 +211,10 @@ def speculative_panel(row: dict, tokenizer, settings=None, previous=None) -> str
 CHART_W, CHART_H, PAD = 460, 180, 44
 
 
-def alpha_chart(row: dict, tokenizer, alpha: float | None = None) -> str:
+def alpha_chart(row: dict, tokenizer, sweep: list[dict], alpha: float | None = None) -> str:
     """Each candidate's score (1 - alpha) confidence - alpha penalty as a line over alpha in [0, 1]: the top line
-    at each alpha is the one chosen; the run's alpha is marked."""
+    at each alpha is the one chosen (`sweep`, the row's alpha_sweep); the run's alpha is marked."""
     c = row["contrastive"]
-    sweep = alpha_sweep(row)
     lines = [(i, p, -d) for i, (p, d) in enumerate(zip(c["confidence"], c["degeneration_penalty"])) if p > 0]
     if not lines:
         return ""
@@ -283,7 +275,7 @@ def contrastive_panel(row: dict, tokenizer, settings=None, previous=None) -> str
     parts.append('<p>Which candidate wins as alpha moves (the same step, the same candidates):</p>'
                  '<table class="axw-table axw-sweep"><tr><th>alpha</th>'
                  + "".join(f"<th>{s['alpha']:g}</th>" for s in sweep) + f"</tr><tr><th>wins</th>{cells}</tr></table>")
-    parts.append(alpha_chart(row, tokenizer, settings.penalty_alpha if settings is not None else None))
+    parts.append(alpha_chart(row, tokenizer, sweep, settings.penalty_alpha if settings is not None else None))
     return "".join(parts)
 
 
@@ -333,12 +325,11 @@ def contrastive_decoding_panel(row: dict, tokenizer, settings=None, previous=Non
 
 
 def install():
-    """Put the panels in the step view, in place of the plain contrastive table and before the live beams."""
+    """Put the panels in the step view, before the live beams (once, however often this runs)."""
     panels = render.STEP_PANELS
-    panels[:] = [p for p in panels if p is not render.contrastive_panel]
     for panel in (contrastive_panel, contrastive_decoding_panel, speculative_panel, beam_candidates_panel):
         if panel not in panels:
-            panels.insert(len(panels) - 1 if render.beams_panel in panels else len(panels), panel)
+            panels.insert(panels.index(render.beams_panel), panel)
 
 
 install()

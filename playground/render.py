@@ -108,24 +108,6 @@ def _bar(p: float) -> str:
             f'<span>{p:.3f}</span></div>')
 
 
-def contrastive_panel(row: dict, tokenizer, settings: Settings | None = None, previous: dict | None = None) -> str:
-    if "contrastive" not in row:
-        return ""
-    c = row["contrastive"]
-    parts = ['<p>Contrastive search scores each of the k most likely tokens by (1 - &alpha;) &middot; '
-             'confidence - &alpha; &middot; degeneration penalty and takes the best.</p>',
-             '<table class="axw-table"><tr><th>token</th><th>confidence</th>'
-             '<th>degeneration penalty</th><th>score</th></tr>']
-    best = max(range(len(c["score"])), key=lambda i: c["score"][i])
-    for i, token in enumerate(c["tokens"]):
-        mark = ' class="axw-chosen"' if i == best else ""
-        parts.append(f'<tr{mark}><td><code>{html.escape(show_token(tokenizer, token))}</code></td>'
-                     f'<td>{_bar(c["confidence"][i])}</td><td>{c["degeneration_penalty"][i]:.3f}</td>'
-                     f'<td>{c["score"][i]:.3f}</td></tr>')
-    parts.append("</table>")
-    return "".join(parts)
-
-
 def beams_panel(row: dict, tokenizer, settings: Settings | None = None, previous: dict | None = None) -> str:
     if "beams" not in row:
         return ""
@@ -142,7 +124,7 @@ def beams_panel(row: dict, tokenizer, settings: Settings | None = None, previous
 
 # strategy panels drawn above the candidates, in order: a strategy's own view adds its function here, called as
 # panel(row, tokenizer, settings=the run's Settings or None, previous=the step before's trace row or None)
-STEP_PANELS = [contrastive_panel, beams_panel]
+STEP_PANELS = [beams_panel]
 
 
 def candidates_html(row: dict, tokenizer, branching: bool = True) -> str:

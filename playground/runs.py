@@ -17,6 +17,7 @@ from tokenizers.decoders import DecodeStream
 from axw.generation import prefill
 
 from .caps import MAX_DRAWS, MAX_FORKS
+from .render import shared_length
 from .settings import Settings, number
 
 
@@ -439,6 +440,16 @@ def draw(row: dict, n, seed: int = 0) -> tuple[list[float], list[int]]:
 # --- the strategies' own numbers: the beam tree, speculative rounds, contrastive search's alpha ---
 
 
+def candidate_status(tree: dict, i: int) -> str:
+    """What became of candidate i of a beam-search step's trace `tree`: "ended" (its beam had finished before),
+    "pruned", "finished" (kept, and it is EOS) or "kept"."""
+    if tree["parent_finished"][i]:
+        return "ended"
+    if tree["kept_as"][i] < 0:
+        return "pruned"
+    return "finished" if tree["eos"][i] else "kept"
+
+
 def beam_tree(rows: list[dict]) -> list[list[dict]]:
     """Every candidate beam search expanded, step by step: per step a list of nodes, each with its `parent` (the
     index of a node of the step before; None for the prompt), `token`, `score` (summed log-probability),
@@ -457,12 +468,7 @@ def beam_tree(rows: list[dict]) -> list[list[dict]]:
             if not tree["possible"][i]:
                 continue
             beam = tree["kept_as"][i] if tree["kept_as"][i] >= 0 else None
-            if tree["parent_finished"][i]:
-                status = "ended"
-            elif beam is None:
-                status = "pruned"
-            else:
-                status = "finished" if tree["eos"][i] else "kept"
+            status = candidate_status(tree, i)
             node = dict(step=t, parent=kept_at.get(tree["parent"][i]) if t else None, parent_beam=tree["parent"][i],
                         token=token, score=tree["score"][i], ranked=tree["ranked_score"][i],
                         key=tree["key"][i] if "key" in tree else None, status=status, beam=beam, returned=False)
@@ -527,10 +533,7 @@ def alpha_sweep(row: dict, alphas: list[float] = SWEEP_ALPHAS) -> list[dict]:
 def departure(ids: list[int], reference: list[int]) -> int | None:
     """The first step (0-based) where `ids` differs from `reference` (where one ends before the other counts),
     or None when they are the same."""
-    for i, (a, b) in enumerate(zip(ids, reference)):
-        if a != b:
-            return i
-    return None if len(ids) == len(reference) else min(len(ids), len(reference))
+    return None if ids == reference else shared_length(ids, reference)
 
 
 def distinct_n(ids: list[int], n: int = 2) -> float | None:
