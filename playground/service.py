@@ -125,9 +125,12 @@ class Playground:
         if settings.strategy == "contrastive decoding":
             helpers["amateur"] = self._same_vocab(m, settings.amateur or self.amateur_name or "", "amateur model")
         elif settings.strategy == "speculative decoding" and settings.drafter != "prompt lookup":
-            name = settings.amateur or self.amateur_name if settings.drafter == "amateur" else self.draft_name
-            helpers["assistant"] = self._same_vocab(m, name or "", "draft model")
+            helpers["assistant"] = self._same_vocab(m, self._drafter_name(settings) or "", "draft model")
         return m, helpers, config
+
+    def _drafter_name(self, settings: Settings) -> str | None:
+        """The model that drafts for speculative decoding: the amateur, or the draft model."""
+        return settings.amateur or self.amateur_name if settings.drafter == "amateur" else self.draft_name
 
     def _same_vocab(self, m, name: str, role: str):
         # from the same cache as the expert, so it sits on the expert's device
@@ -311,7 +314,7 @@ class Playground:
         """The drafter as the rounds view names it: which model drafts."""
         if settings.drafter == "prompt lookup":
             return "prompt lookup"
-        name = settings.amateur or self.amateur_name if settings.drafter == "amateur" else self.draft_name
+        name = self._drafter_name(settings)
         model = f"{settings.drafter.split(' + ')[0]} ({Path(name or '').name or name})"
         return model + (" + prompt lookup" if settings.drafter.endswith("prompt lookup") else "")
 
@@ -331,7 +334,7 @@ class Playground:
             force = settings.check().force_step
             m, run, updates, cache = self.start(prompt, settings.unforced(), session, keep_cache=True)
             if force:  # refused before any compute when the forced token is not a token of this model
-                R.number("force_token (a token id)", settings.force_token, 0, m.net.num_tokens - 1, integer=True)
+                settings.check(m.net.num_tokens)
             for run in throttle(updates):
                 if not run.done:
                     yield dict(output=tokens_html(run.prompt, run.pieces, run.probs))
