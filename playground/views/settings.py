@@ -151,13 +151,12 @@ class Controls:
 
 
 def visible(strategy: str, stochastic: bool = False) -> dict:
-    """Which groups of the panel a strategy uses, by name."""
-    sampled = strategy in ("sampling", "speculative decoding") or (strategy == "beam search" and stochastic is True)
-    return dict(temperature=sampled or strategy == "contrastive decoding", filters=sampled,
-                xtc_mirostat=strategy == "sampling", dynatemp=strategy in ("sampling", "speculative decoding"),
-                beam=strategy == "beam search", cs=strategy == "contrastive search",
-                amateur=strategy in ("contrastive decoding", "speculative decoding"),
-                cd=strategy == "contrastive decoding", speculative=strategy == "speculative decoding")
+    """Which groups of the panel a strategy uses, by name: those holding a setting it reads (Settings.reads)."""
+    reads = set(Settings(strategy=strategy, stochastic=stochastic).reads()) if strategy in STRATEGIES else set()
+    return dict(temperature="temperature" in reads, filters="top_k" in reads, xtc_mirostat="xtc_probability" in reads,
+                dynatemp="dynatemp_range" in reads, beam="beams" in reads, cs="penalty_alpha" in reads,
+                amateur="cd_alpha" in reads or "drafter" in reads, cd="cd_alpha" in reads,
+                speculative="drafter" in reads)
 
 
 def build(model_box, choices, amateur: str | None, start: Settings | None = None) -> Controls:
