@@ -118,7 +118,7 @@ def main(argv=None):
                         help="model folder or Hub repo id (default $AXW_MODEL or the bundled model)")
     parser.add_argument("--amateur", default=pg.model_path("AXW_AMATEUR", pg.DEFAULT_AMATEUR),
                         help="amateur model for contrastive decoding (default $AXW_AMATEUR or the bundled tiny one)")
-    parser.add_argument("--draft", default=os.environ.get("AXW_DRAFT") or None,
+    parser.add_argument("--draft", default=None,
                         help="draft model for speculative decoding (default $AXW_DRAFT, else the bundled draft with "
                              "the bundled model, else the amateur)")
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
