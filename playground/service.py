@@ -411,17 +411,6 @@ class Playground:
 
     # --- the other tabs ---
 
-    def compare_ui(self, model_name, prompt, seed, max_new_tokens, amateur, request: gr.Request = None):
-        """The five classic columns' texts (prompt included) as they stream."""
-        from .views.compare import COMPARE
-
-        labels = [label for label, *_ in COMPARE]
-        with self.metered(request):
-            for cols in self._compare(model_name, prompt, seed, max_new_tokens, amateur, labels, session_of(request),
-                                      reference=False):
-                yield [f"({c['error']})" if c.get("error") else prompt + "".join(c["run"].pieces) if "run" in c
-                       else "" for c in cols]
-
     def compare_view_ui(self, model_name, prompt, seed, max_new_tokens, amateur, columns,
                         request: gr.Request = None):
         """The Compare tab: (the columns' HTML, their numbers) as they stream."""
@@ -435,9 +424,9 @@ class Playground:
                         tokenizer = self.model(model_name).tokenizer
                 yield grid_html(cols, tokenizer), metrics_frame(cols)
 
-    def _compare(self, model_name, prompt, seed, max_new_tokens, amateur, labels, session, reference=True):
+    def _compare(self, model_name, prompt, seed, max_new_tokens, amateur, labels, session):
         """Yields the columns (dicts: label, run or error, and once done its numbers) as they stream, greedy first
-        (with `reference`, whether picked or not: the others are measured against it). Everything is checked
+        (whether picked or not: the others are measured against it). Everything is checked
         before the first column runs; a column that cannot run (no amateur, say) says why in its place."""
         from .caps import MAX_COMPARE_COLUMNS
         from .views.compare import COLUMNS, COMPARE, LABELS, settings_of
@@ -451,7 +440,7 @@ class Playground:
             if len(labels) > MAX_COMPARE_COLUMNS:
                 raise ValueError(f"at most {MAX_COMPARE_COLUMNS} columns at a time")
             greedy = COMPARE[0][0]
-            if reference and greedy not in labels:
+            if greedy not in labels:
                 labels = [greedy, *labels]
             chosen = [c for c in COLUMNS if c[0] in labels]
             cols = []
@@ -482,7 +471,7 @@ class Playground:
                 col.update(done=True, speed=len(run.new_ids) / seconds if seconds > 0 else None,
                            departs=R.departure(run.new_ids, reference_ids) if reference_ids is not None else None,
                            distinct2=R.distinct_n(run.new_ids, 2), repeated4=R.repeated_ngram_share(run.new_ids, 4),
-                           logprob=R.mean_logprob(m, run.prompt_ids, run.new_ids) if reference else None)
+                           logprob=R.mean_logprob(m, run.prompt_ids, run.new_ids))
         yield cols
 
     def finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,

@@ -130,12 +130,14 @@ def test_generate_streams_token_by_token(client, models):
 
 def test_compare_runs_every_strategy_like_generate(served_app, client):
     app = served_app[1].playground
-    *_, boxes = app.compare_ui("", PROMPT, 5, 16, "")
+    columns = __import__("app").COMPARE
+    *_, cols = app._compare("", PROMPT, 5, 16, "", [label for label, *_ in columns], session=None)
+    boxes = [PROMPT + "".join(c["run"].pieces) for c in cols]
     assert len(boxes) == 5
-    for box, (label, strategy, settings) in zip(boxes, __import__("app").COMPARE):
-        filters = settings.get("filters", {})
-        api = dict(temperature=settings.get("temperature", 0.8), top_p=filters.get("top_p", 1.0),
-                   beams=settings.get("beams", 4), penalty_alpha=settings.get("penalty_alpha", 0.6))
+    for box, (label, strategy, values) in zip(boxes, columns):
+        filters = values.get("filters", {})
+        api = dict(temperature=values.get("temperature", 0.8), top_p=filters.get("top_p", 1.0),
+                   beams=values.get("beams", 4), penalty_alpha=values.get("penalty_alpha", 0.6))
         text, *_ = client.predict(prompt=PROMPT, strategy=strategy, seed=5, max_new_tokens=16, api_name="/generate",
                                   **api)
         assert box == PROMPT + text, label
