@@ -159,8 +159,8 @@ def round_html(r: dict, tokenizer, selected: int | None = None) -> str:
     chips.append(_chip(tokenizer, r["replacement"], "model", f"the model's own token, {why}"))
     steps = r["steps"]
     mark = " axw-round-sel" if selected is not None and selected in steps else ""
-    first = steps[0] if steps else 0
-    return (f'<div class="axw-round{mark}" data-step="{first}"><span class="axw-round-n">round {r["round"] + 1}'
+    first, last = (steps[0], steps[-1]) if steps else (0, 0)
+    return (f'<div class="axw-round{mark}" data-step="{first}" data-last="{last}"><span class="axw-round-n">round {r["round"] + 1}'
             f'</span>{"".join(chips)}<span class="axw-round-sum">{n} of {len(r["drafted"])} accepted, '
             f'{len(steps)} token{"s" * (len(steps) != 1)} for one model forward</span></div>')
 

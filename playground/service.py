@@ -290,9 +290,10 @@ class Playground:
 
     def show(self, tree: R.Tree, run: R.Run, step: int | None = 0, full: bool = True) -> dict:
         """What the views draw of `run` with `step` (0-based) open, by name: the output with that token
-        highlighted, the step view, the strategy's own view (the beam tree, speculative rounds) with the step
-        marked; with `full`, also the timeline and the branches. Each view places what it needs
-        (views.generate)."""
+        highlighted and the step view; with `full`, also the strategy's own view (the beam tree, speculative
+        rounds) with the step marked, the timeline and the branches. Opening another step of the same run (`full`
+        off) leaves those as drawn: the page moves the strategy view's mark itself (views.generate), so a large
+        beam tree is not drawn and sent again on every click. Each view places what it needs."""
         m = self._tokenizer_model(run)
         selected = None if step is None or not run.rows else min(max(int(step), 0), len(run.rows) - 1)
         row = run.rows[selected] if selected is not None else None
@@ -300,13 +301,14 @@ class Playground:
         strategy = run.settings.strategy
         shown = dict(tree=tree, run=run, selected=selected, steps=len(run.rows), tokenizer=m.tokenizer,
                      output=tokens_html(run.prompt, run.pieces, run.probs, selected=selected, forced=run.step),
-                     step=step_html(row, m.tokenizer, run.settings, previous=previous),
-                     beam_tree=beam_tree_svg(run.rows, m.tokenizer, run.prompt, selected, run.settings.length_penalty)
-                     if strategy == "beam search" else None,
-                     speculative=speculative_html(run.rows, m.tokenizer, selected, self.drafter_label(run.settings))
-                     if strategy == "speculative decoding" else None)
+                     step=step_html(row, m.tokenizer, run.settings, previous=previous))
         if full:
-            shown.update(timeline=R.timeline(run), forks=forks_html(list(tree.runs.values()), m.tokenizer, run.id),
+            shown.update(beam_tree=beam_tree_svg(run.rows, m.tokenizer, run.prompt, selected,
+                                                 run.settings.length_penalty) if strategy == "beam search" else None,
+                         speculative=speculative_html(run.rows, m.tokenizer, selected,
+                                                      self.drafter_label(run.settings))
+                         if strategy == "speculative decoding" else None,
+                         timeline=R.timeline(run), forks=forks_html(list(tree.runs.values()), m.tokenizer, run.id),
                          choices=tree.choices(m.tokenizer), current=run.id)
         return shown
 

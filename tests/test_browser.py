@@ -258,10 +258,20 @@ def test_the_beam_tree_draws_every_candidate_and_the_returned_path(served_app, p
         assert sum("axw-node-pruned" in c for c in classes) >= 1
     pruned = page.locator("#beam-tree .axw-node-pruned text").first
     assert float(pruned.evaluate("(e) => getComputedStyle(e).opacity")) < 0.5
+    # an attribute the server never draws: a tree drawn again (replaced or patched to the server's HTML) loses it
+    page.evaluate("document.querySelector('#beam-tree svg').setAttribute('data-probe', '1')")
     page.locator("#beam-tree .axw-node[data-step='3'] text").first.click()  # a node opens its step
     page.wait_for_selector("#step-chart [data-step='3']", timeout=10000)
     assert "every candidate this step expanded" in page.locator("#step-chart").inner_text().lower()
+    marked = "(want) => [...document.querySelectorAll('#beam-tree .axw-tree-sel')].map((e) => e.textContent)" \
+             ".join() === want"
+    page.wait_for_function(marked, arg="step 4", timeout=10000)
     assert page.locator("#beam-tree .axw-tree-sel").text_content() == "step 4"
+    # a token of the text opens its step too, and the tree's mark follows; the tree itself is not drawn again
+    page.locator("#output .axw-tok[data-i='5']").click()
+    page.wait_for_selector("#step-chart [data-step='5']", timeout=10000)
+    page.wait_for_function(marked, arg="step 6", timeout=10000)
+    assert page.evaluate("document.querySelector('#beam-tree svg').getAttribute('data-probe')") == "1"
 
 
 def test_speculative_rounds_show_the_drafts_accepted_and_rejected(served_app, page, expert, client):
@@ -288,10 +298,20 @@ def test_speculative_rounds_show_the_drafts_accepted_and_rejected(served_app, pa
             assert f"draft q = {r['draft_probs'][0]:.3f}, model p = {r['model_probs'][0]:.3f}" in title
     head = page.locator("#speculative .axw-spec-head").inner_text()
     assert f"{100 * rounds[-1]['acceptance_rate']:.0f}%" in head and f"{rounds[-1]['tokens_per_forward']:.2f}" in head
+    page.evaluate("document.querySelector('#speculative .axw-spec').setAttribute('data-probe', '1')")
     shown.nth(1).click()  # a round opens its first step
     step = rounds[1]["steps"][0]
     page.wait_for_selector(f"#step-chart [data-step='{step}']", timeout=10000)
     assert "round 2" in page.locator("#step-chart").inner_text()
+    # the rounds view marks the round holding the open step, whichever view opened it, without being drawn again
+    marked = "(want) => [...document.querySelectorAll('#speculative .axw-round')].map((r, i) => " \
+             "r.classList.contains('axw-round-sel') ? i : -1).filter((i) => i >= 0).join() === String(want)"
+    page.wait_for_function(marked, arg=1, timeout=10000)
+    last = rounds[-1]["steps"][-1]
+    page.locator(f"#output .axw-tok[data-i='{last}']").click()
+    page.wait_for_selector(f"#step-chart [data-step='{last}']", timeout=10000)
+    page.wait_for_function(marked, arg=len(rounds) - 1, timeout=10000)
+    assert page.evaluate("document.querySelector('#speculative .axw-spec').getAttribute('data-probe')") == "1"
 
 
 def test_speculative_rounds_mark_the_copies_of_prompt_lookup(served_app, page, expert, client):

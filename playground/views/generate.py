@@ -9,6 +9,23 @@ import gradio as gr
 from . import View, beam_tree, event_data, skip, forks, output, sample, settings, share, speculative, step, timeline
 
 
+# after another step of the same run opens (the slider holds it, 1-based), the beam tree and the speculative
+# rounds, which the server leaves as drawn, move their mark to it; the tree scrolls sideways to show it
+MARK_STEP = """(value) => {
+  const step = Number(value) - 1;
+  document.querySelectorAll('#beam-tree .axw-tree-head[data-step]').forEach((head) =>
+    head.classList.toggle('axw-tree-sel', Number(head.dataset.step) === step));
+  const head = document.querySelector('#beam-tree .axw-tree-sel');
+  const box = head && head.closest('.axw-tree-scroll');
+  if (box) {
+    const x = head.getBBox().x;
+    if (x < box.scrollLeft || x > box.scrollLeft + box.clientWidth - 80) box.scrollLeft = Math.max(0, x - box.clientWidth / 2);
+  }
+  document.querySelectorAll('#speculative .axw-round[data-step]').forEach((round) =>
+    round.classList.toggle('axw-round-sel', Number(round.dataset.step) <= step && step <= Number(round.dataset.last)));
+}"""
+
+
 def build(app, gpu, model_box, choices, concurrency: int):
     """The tab; returns (the settings panel, the share link's load handler, the views' CSS)."""
     start, _ = app.starting_settings()
@@ -84,10 +101,12 @@ def build(app, gpu, model_box, choices, concurrency: int):
                                       api_name="branch_stream", api_visibility="undocumented", **raw)
     stop.click(None, cancels=[run, submitted, branched, old_run])
     quick = dict(api_visibility="private", show_progress="hidden")
-    out.click(select_step, [tree], outputs, **quick)
+    opened_step = [out.click(select_step, [tree], outputs, **quick)]
     for clickable in (bridge, tree_html, rounds):
-        clickable.click(select_step, [tree], outputs, **quick)
-    slider.input(slide_step, [tree, slider], outputs, **quick)
+        opened_step.append(clickable.click(select_step, [tree], outputs, **quick))
+    opened_step.append(slider.input(slide_step, [tree, slider], outputs, **quick))
+    for event in opened_step:
+        event.then(None, [slider], None, js=MARK_STEP, api_visibility="private", show_progress="hidden")
     opened_event = opened.input(open_run, [tree, opened], outputs, **quick)
     for event in (run, submitted, old_run, branched, branch_go_event, opened_event):
         refresh_link(event)
