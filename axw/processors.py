@@ -39,6 +39,9 @@ class Processor:
 
     name: str = "processor"
     sampling_only: bool = False  # shapes the sampling distribution only (skipped by greedy and beams)
+    # each row's output depends on that row's logits alone: no text, no state, no random draw (so rows of
+    # several positions can go through in one call, as speculative decoding's checked positions do)
+    row_wise: bool = False
 
     def __call__(self, logits: Tensor, tokens: Tensor, valid: Tensor | None = None) -> Tensor:
         raise NotImplementedError
@@ -204,6 +207,7 @@ class Filter(Processor):
         check_filter_kwargs(fn, kwargs)
         self.fn, self.kwargs = fn, kwargs
         self.name = getattr(fn, "__name__", type(fn).__name__)
+        self.row_wise = fn in FILTER_LOGITS_FN.values()  # a callable of the user's may look across rows
 
     def __call__(self, logits, tokens, valid=None):
         return self.fn(logits, **self.kwargs)
@@ -267,6 +271,7 @@ class Temperature(Processor):
 
     name = "temperature"
     sampling_only = True
+    row_wise = True
 
     def __init__(self, temperature: float):
         self.temperature = float(temperature)
@@ -284,6 +289,7 @@ class DynamicTemperature(Processor):
 
     name = "dynamic_temperature"
     sampling_only = True
+    row_wise = True
 
     def __init__(self, temperature: float, temperature_range: float, exponent: float):
         self.low = max(0.0, temperature - temperature_range)
@@ -352,6 +358,11 @@ class Pipeline:
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.processors]
+
+    @property
+    def row_wise(self) -> bool:
+        """Every stage is row-wise: rows of several positions can go through in one call."""
+        return all(p.row_wise for p in self.processors)
 
     @staticmethod
     def run(processors: list[Processor], logits: Tensor, tokens: Tensor, valid: Tensor | None = None,

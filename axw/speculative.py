@@ -17,7 +17,8 @@ The accept/reject rule runs on the model's and the draft's distributions
 after the same pipeline (penalties, filters, temperature): a drafted token d
 is accepted with probability min(1, p(d) / q(d)); at the first rejection the
 token is drawn from max(0, p - q), normalised; when all are accepted, one
-more comes from p. Greedy, a drafted token is accepted when it is the model's
+more comes from p. When every stage is row-wise (temperature, the built-in
+filters), the model's checked positions go through the pipeline in one call. Greedy, a drafted token is accepted when it is the model's
 argmax. A batch advances by the fewest tokens any row accepted in a round
 (plus the one token every row then draws); every emitted token still has the
 model's distribution, since each row's stop point only decides where its next
@@ -200,12 +201,17 @@ def steps(run: Decoding) -> Iterator[Step]:
         traces = ([run.new_trace(step + j, model_logits[:, j]) for j in range(gamma + 1)] if c.trace
                   else [None] * (gamma + 1))
         plain_argmax = greedy and not pipeline.scores and not c.trace  # no stage changes greedy scores
-        if plain_argmax:
-            processed_all = model_logits.unbind(1)
+        if not greedy and not c.trace and pipeline.row_wise:
+            # sampling through stages that read no text (temperature, the filters): every position in one call
+            processed = pipeline(model_logits.flatten(0, 1), None)
+            p = processed.float().softmax(dim=-1).view(b, gamma + 1, -1).unbind(1)
         else:
-            processed_all = [pipeline(model_logits[:, j], *run.context(out, cur + j, valid), traces[j],
-                                      sampling=not greedy) for j in range(gamma + 1)]
-        p = [pr.float().softmax(dim=-1) for pr in processed_all] if need_q else [None] * (gamma + 1)
+            if plain_argmax:
+                processed_all = model_logits.unbind(1)
+            else:
+                processed_all = [pipeline(model_logits[:, j], *run.context(out, cur + j, valid), traces[j],
+                                          sampling=not greedy) for j in range(gamma + 1)]
+            p = [pr.float().softmax(dim=-1) for pr in processed_all] if need_q else [None] * (gamma + 1)
         choice = None
         if greedy:  # the model's own token at each position
             choice = (model_logits.argmax(dim=-1) if plain_argmax

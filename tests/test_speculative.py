@@ -151,6 +151,40 @@ def test_seeded_sampling_reproduces():
     assert not torch.equal(a, target.generate(prompt, 20, seed=5, assistant_model=draft, temperature=0.9))
 
 
+@pytest.mark.parametrize("settings", [
+    dict(temperature=0.9, filter_logits_fn="top_p", filter_kwargs=dict(thres=0.8)),
+    dict(temperature=0.7, filter_logits_fn=["top_k", "min_p"], filter_kwargs=[dict(k=20), dict(min_p=0.05)]),
+    dict(temperature=1.1, dynatemp_range=0.5),
+])
+def test_checking_the_drafts_in_one_pipeline_call_changes_nothing(settings, monkeypatch):
+    """Row-wise stages (temperature, the built-in filters) run over all the checked positions of a round at once;
+    the text equals that of one call per position, with batched prompts of different lengths."""
+    from axw.processors import Pipeline
+
+    target, draft = pair()
+    prompts = [torch.randint(1, 97, (n,)) for n in (3, 6, 4)]
+    run = lambda: [target.generate(prompts, 24, seed=s, assistant_model=draft, num_assistant_tokens=4,  # noqa: E731
+                                   **settings) for s in range(4)]
+    answers = []
+    row_wise = Pipeline.row_wise.fget
+    monkeypatch.setattr(Pipeline, "row_wise", property(lambda self: answers.append(row_wise(self)) or answers[-1]))
+    at_once = run()
+    assert answers and all(answers)  # every round checked its drafts in one call
+    monkeypatch.setattr(Pipeline, "row_wise", property(lambda self: False))
+    for a, b in zip(at_once, run()):
+        assert torch.equal(a, b)
+
+
+def test_stages_that_read_the_text_or_draw_are_not_row_wise():
+    from axw.generation_config import GenerationConfig
+    from axw.processors import build_pipeline
+
+    assert build_pipeline(GenerationConfig(temperature=0.8, filter_logits_fn="top_p")).row_wise
+    for extra in (dict(repetition_penalty=1.2), dict(no_repeat_ngram_size=2), dict(xtc_probability=0.5),
+                  dict(mirostat_tau=3.0), dict(filter_logits_fn=lambda logits: logits)):
+        assert not build_pipeline(GenerationConfig(**dict(dict(temperature=0.8), **extra))).row_wise, extra
+
+
 def test_the_trace_of_each_round():
     target, draft = pair()
     prompt = torch.randint(1, 97, (1, 5))
