@@ -17,8 +17,9 @@ The accept/reject rule runs on the model's and the draft's distributions
 after the same pipeline (penalties, filters, temperature): a drafted token d
 is accepted with probability min(1, p(d) / q(d)); at the first rejection the
 token is drawn from max(0, p - q), normalised; when all are accepted, one
-more comes from p. When every stage is row-wise (temperature, the built-in
-filters), the model's checked positions go through the pipeline in one call. Greedy, a drafted token is accepted when it is the model's
+more comes from p (when every stage is row-wise, as temperature and the
+built-in filters are, the model's checked positions go through the pipeline
+in one call). Greedy, a drafted token is accepted when it is the model's
 argmax. A batch advances by the fewest tokens any row accepted in a round
 (plus the one token every row then draws); every emitted token still has the
 model's distribution, since each row's stop point only decides where its next

@@ -160,9 +160,9 @@ def round_html(r: dict, tokenizer, selected: int | None = None) -> str:
     steps = r["steps"]
     mark = " axw-round-sel" if selected is not None and selected in steps else ""
     first, last = (steps[0], steps[-1]) if steps else (0, 0)
-    return (f'<div class="axw-round{mark}" data-step="{first}" data-last="{last}"><span class="axw-round-n">round {r["round"] + 1}'
-            f'</span>{"".join(chips)}<span class="axw-round-sum">{n} of {len(r["drafted"])} accepted, '
-            f'{len(steps)} token{"s" * (len(steps) != 1)} for one model forward</span></div>')
+    return (f'<div class="axw-round{mark}" data-step="{first}" data-last="{last}"><span class="axw-round-n">'
+            f'round {r["round"] + 1}</span>{"".join(chips)}<span class="axw-round-sum">{n} of {len(r["drafted"])} '
+            f'accepted, {len(steps)} token{"s" * (len(steps) != 1)} for one model forward</span></div>')
 
 
 def speculative_html(rows: list[dict], tokenizer, selected: int | None = None, drafter: str | None = None) -> str:

@@ -19,7 +19,8 @@ MARK_STEP = """(value) => {
   const box = head && head.closest('.axw-tree-scroll');
   if (box) {
     const x = head.getBBox().x;
-    if (x < box.scrollLeft || x > box.scrollLeft + box.clientWidth - 80) box.scrollLeft = Math.max(0, x - box.clientWidth / 2);
+    const hidden = x < box.scrollLeft || x > box.scrollLeft + box.clientWidth - 80;
+    if (hidden) box.scrollLeft = Math.max(0, x - box.clientWidth / 2);
   }
   document.querySelectorAll('#speculative .axw-round[data-step]').forEach((round) =>
     round.classList.toggle('axw-round-sel', Number(round.dataset.step) <= step && step <= Number(round.dataset.last)));
