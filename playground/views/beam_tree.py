@@ -10,7 +10,7 @@ from . import View, step_panel
 
 CSS = """
 .axw-tree-scroll { overflow-x: auto; border: 1px solid var(--border-color-primary); border-radius: 8px;
-                   padding: 4px; max-height: 520px; overflow-y: auto; }
+                   padding: 4px; max-height: 520px; overflow-y: auto; contain: content; }
 .axw-tree text { fill: var(--body-text-color); }
 .axw-tree .axw-tree-head { font-weight: 600; cursor: pointer; }
 .axw-tree .axw-tree-sel { fill: #4f46e5; text-decoration: underline; }
