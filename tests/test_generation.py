@@ -134,7 +134,6 @@ def test_stream_yields_the_generated_tokens_and_stops_early():
     assert model.training and torch.equal(first.tokens, full[:, 4])
 
 
-
 def test_an_empty_cache_given_to_a_run_is_filled_as_the_runs_own():
     """A run given an empty KV cache (to keep it for branches) reserves the room its own cache would have had: the
     buffers are allocated once and never moved as the text grows, and the trace is bit for bit the run's without
@@ -152,6 +151,7 @@ def test_an_empty_cache_given_to_a_run_is_filled_as_the_runs_own():
         assert torch.equal(a.tokens, b.tokens)
         assert all(torch.equal(p, q) for p, q in zip(a.trace.probs, b.trace.probs, strict=True))
         assert torch.equal(a.trace.chosen_prob, b.trace.chosen_prob)
+
 
 # --- filters against transformers' warpers ---
 

@@ -263,6 +263,16 @@ def test_the_ngram_index_finds_what_a_scan_finds():
     def after(index, seq, end):
         return index.next_tokens(seq[:, max(end - index.n, 0):end].tolist(), end)
 
+    def scan(seq, starts, end, committed, sizes):
+        """Per row, the token after the latest occurrence, followed by committed text, of the longest of the
+        text's last n tokens (n in `sizes`, longest first) that occurred within the row's real positions; -1
+        where none did."""
+        want = []
+        for row, first in zip(seq.tolist(), starts):
+            hits = {n: [s for s in range(first, committed - n) if row[s:s + n] == row[end - n:end]] for n in sizes}
+            want.append(next((row[hits[n][-1] + n] for n in sizes if hits[n] and end - n >= first), -1))
+        return want
+
     gen = torch.Generator().manual_seed(0)
     for n in (1, 2, 3):
         seq = torch.randint(0, 4, (3, 60), generator=gen)
@@ -271,10 +281,7 @@ def test_the_ngram_index_finds_what_a_scan_finds():
         for committed in range(0, 50, 7):
             index.update(seq, committed)
             for end in range(committed, committed + 8):  # positions past the committed text are drafts
-                want = []
-                for row, first in zip(seq.tolist(), starts):
-                    hits = [s for s in range(first, committed - n) if row[s:s + n] == row[end - n:end]]
-                    want.append(row[hits[-1] + n] if hits and end - n >= first else -1)
+                want = scan(seq, starts, end, committed, (n,))
                 assert after(index, seq, end) == want, (n, committed, end)
     # several sizes (prompt lookup's max_matching_ngram_size): the longest suffix that occurred before wins
     seq = torch.randint(0, 3, (2, 50), generator=gen)
@@ -282,15 +289,7 @@ def test_the_ngram_index_finds_what_a_scan_finds():
     index = NgramIndex(3, starts, min_n=1)
     for end in range(12, 50, 5):
         index.update(seq, end)
-        want = []
-        for row, first in zip(seq.tolist(), starts):
-            found = -1
-            for n in (3, 2, 1):
-                hits = [s for s in range(first, end - n) if row[s:s + n] == row[end - n:end]]
-                if hits and end - n >= first:
-                    found = row[hits[-1] + n]
-                    break
-            want.append(found)
+        want = scan(seq, starts, end, end, (3, 2, 1))
         assert after(index, seq, end) == want, end
 
 
