@@ -224,6 +224,7 @@ class Decoding:
         *,
         amateur_model=None,
         assistant_model=None,
+        assistant_datastore=None,
         prompt_lens: Tensor | None = None,
         generator: torch.Generator | None = None,
         cache=None,
@@ -244,7 +245,7 @@ class Decoding:
         need(generator is None or isinstance(generator, torch.Generator), "generator must be a torch.Generator")
         need(c.beams <= net.num_tokens, f"beams must be at most the vocabulary size {net.num_tokens}, got {c.beams}")
         need(c.beams == 1 or c.penalty_alpha is None, "beam search and contrastive search cannot be combined")
-        speculative = exists(assistant_model) or exists(c.prompt_lookup_num_tokens)
+        speculative = exists(assistant_model) or exists(assistant_datastore) or exists(c.prompt_lookup_num_tokens)
         if strategy is None:
             strategy = ("beam" if c.beams > 1 else "contrastive" if exists(c.penalty_alpha)
                         else "speculative" if speculative else "sample")
@@ -253,16 +254,20 @@ class Decoding:
              "contrastive decoding (amateur_model) combines with sampling or greedy, not beams, contrastive search "
              "or speculative decoding")
         need(not speculative or strategy == "speculative",
-             "speculative decoding (assistant_model / prompt_lookup_num_tokens) combines with sampling or greedy, "
-             "not beam search or contrastive search")
+             "speculative decoding (assistant_model / assistant_datastore / prompt_lookup_num_tokens) combines with "
+             "sampling or greedy, not beam search or contrastive search")
         need(not (exists(assistant_model) and exists(c.prompt_lookup_num_tokens)),
              "speculative decoding drafts with an assistant model or by prompt lookup, not both")
+        need(not (exists(assistant_datastore) and exists(c.prompt_lookup_num_tokens)),
+             "prompt lookup drafts from the text alone: to copy from the text beside a datastore, pass "
+             "assistant_lookup_ngram instead of prompt_lookup_num_tokens")
         need(c.mirostat_tau is None or strategy == "sample",
              "mirostat is a sampler: it combines with sampling, not beam search, contrastive search or "
              "speculative decoding")
 
         self.amateurs, self.cd_kwargs = self._amateurs(amateur_model)
         self.assistant = self._assistant(assistant_model)
+        self.datastore = self._datastore(assistant_datastore)
         self.breakers = self._dry_breakers() if c.dry_multiplier > 0 else None
 
         tokens, seq_start_pos, self.squeeze = prepare_prompts(prompts, prompt_lens, self.pad, net.num_tokens)
@@ -310,6 +315,17 @@ class Decoding:
                 f"an assistant (draft) model must be an axw model with the target's vocabulary size "
                 f"{self.net.num_tokens}, got {getattr(draft, 'num_tokens', type(draft).__name__)}")
         return draft
+
+    def _datastore(self, datastore):
+        if datastore is None:
+            return None
+        from .speculative import NgramDatastore
+
+        if not isinstance(datastore, NgramDatastore) or datastore.vocab_size != self.net.num_tokens:
+            raise ValueError(
+                f"assistant_datastore must be an NgramDatastore over the target's vocabulary of {self.net.num_tokens} "
+                f"tokens, got {getattr(datastore, 'vocab_size', type(datastore).__name__)}")
+        return datastore
 
     def _given_cache(self, cache, tokens: Tensor):
         """A KV cache to fill, or to continue from: it holds the first tokens

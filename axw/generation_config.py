@@ -47,9 +47,9 @@ def _filter_name(fn):
 @dataclass
 class GenerationConfig:
     """Every decoding setting. The strategy follows from them: `beams` > 1
-    is beam search, `penalty_alpha` contrastive search, an assistant model or
-    `prompt_lookup_num_tokens` speculative decoding, anything else sampling
-    (greedy at temperature 0)."""
+    is beam search, `penalty_alpha` contrastive search, an assistant model, an
+    n-gram datastore or `prompt_lookup_num_tokens` speculative decoding,
+    anything else sampling (greedy at temperature 0)."""
 
     # sampling: filters (names in axw.filters, or callables) chained in order, then temperature
     temperature: float = 1.0
@@ -79,13 +79,14 @@ class GenerationConfig:
     penalty_alpha: float | None = None
     contrastive_k: int = 4
     contrastive_decode_kwargs: dict | list = field(default_factory=lambda: dict(beta=0.5, alpha=0.1))
-    # speculative decoding (with an assistant model, or drafting by prompt lookup)
+    # speculative decoding (with an assistant model and/or an n-gram datastore, or drafting by prompt lookup)
     num_assistant_tokens: int = 5
     num_assistant_tokens_schedule: str = "constant"
     assistant_confidence_threshold: float = 0.0  # stop drafting below this draft probability (0 = off)
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int = 2
-    # with an assistant: copy a drafted token by prompt lookup where the text's last n tokens occurred before (0 = off)
+    # with an assistant or a datastore: copy a drafted token by prompt lookup where the text's last n tokens occurred
+    # before (0 = off)
     assistant_lookup_ngram: int = 0
     # stopping, context, randomness, the trace
     eos_token: int | None = None

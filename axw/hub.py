@@ -23,6 +23,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
+DATASTORE_NAME = "ngrams.safetensors"  # a speculative drafter's n-gram datastore (axw.speculative.NgramDatastore)
 # what a download fetches: configs, safetensors weights (sharded too), tokenizer, card
 HUB_FILES = [
     "config.json",
@@ -104,7 +105,8 @@ def load_safetensors(folder: Path, device: str | torch.device = "cpu") -> dict[s
         with open(index, encoding="utf-8") as f:
             shards = sorted(set(json.load(f)["weight_map"].values()))
     else:
-        shards = sorted(p.name for p in folder.glob("*.safetensors"))
+        # a draft model's folder may hold its n-gram datastore beside its weights
+        shards = sorted(p.name for p in folder.glob("*.safetensors") if p.name != DATASTORE_NAME)
     if not shards:
         pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
         hint = f" (it has {', '.join(pickles)}, which axw never unpickles)" if pickles else ""

@@ -28,17 +28,23 @@ round of drafting begins.
 
 from __future__ import annotations
 
-from typing import Iterator
+import os
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .generation import Decoding, Step, sample
+from .hub import DATASTORE_NAME, resolve
 from .utils import exists
 
 MAX_DRAFT = 64  # the heuristic schedule never drafts more per round
-COPY_CAP = 2  # with prompt lookup beside the assistant, a round drafts at most this many times its tokens
+COPY_CAP = 2  # with copies beside the assistant, a round drafts at most this many times its tokens
+# where a draft came from: the assistant model, or copied from the text (prompt lookup) or a datastore
+ASSISTANT, TEXT, DATASTORE = 0, 1, 2
 
 
 class NgramIndex:
@@ -88,6 +94,129 @@ class NgramIndex:
         return [row[q] if q is not None else -1 for row, q in zip(self.rows, self.positions(tails, end))]
 
 
+DATASTORE_FORMAT = "axw-ngrams"
+
+
+class NgramDatastore:
+    """What most often followed each n-gram of a corpus: a drafter for
+    speculative decoding that costs a dictionary lookup a token. For the
+    text's last tokens, the longest n-gram held (from `max_n` down to
+    `min_n` tokens) gives the next token; built from a model's own greedy
+    continuations it drafts what the model would say, and where its corpus
+    repeats itself, it is right more often than a small draft model.
+
+    `build` counts a corpus; `save_pretrained` / `from_pretrained` store it as
+    safetensors (`ngrams.safetensors` in a folder, a draft model's folder
+    among them, or a Hub repo). Pass it as `assistant_datastore`."""
+
+    def __init__(self, table: dict[tuple[int, ...], int], vocab_size: int, max_n: int, min_n: int,
+                 metadata: dict[str, str] | None = None):
+        if not (isinstance(vocab_size, int) and vocab_size > 0):
+            raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+        if not (isinstance(min_n, int) and isinstance(max_n, int) and 1 <= min_n <= max_n):
+            raise ValueError(f"the n-gram sizes must satisfy 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
+        self.table, self.vocab_size, self.max_n, self.min_n = table, vocab_size, max_n, min_n
+        self.sizes = range(max_n, min_n - 1, -1)  # longest first
+        self.metadata = dict(metadata or {})
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __repr__(self) -> str:
+        return (f"NgramDatastore({len(self)} n-grams of {self.min_n} to {self.max_n} tokens, "
+                f"vocabulary {self.vocab_size})")
+
+    @classmethod
+    def build(cls, sequences: Iterable, vocab_size: int, max_n: int = 4, min_n: int = 2, min_count: int = 1,
+              starts: Iterable[int] | None = None, metadata: dict[str, str] | None = None) -> NgramDatastore:
+        """Count, in each sequence (1-D tensors or lists of token ids), the
+        token after every n-gram of `min_n` to `max_n` tokens, and keep the
+        most frequent (the lowest id among equals) where it was seen at least
+        `min_count` times. `starts`, per sequence: the first position whose
+        token is counted as a next token (say, where a model's continuation
+        of a prompt begins); the n-grams before it may be prompt text."""
+        if not (isinstance(min_count, int) and min_count >= 1):
+            raise ValueError(f"min_count must be an integer >= 1, got {min_count!r}")
+        sequences = [s.tolist() if isinstance(s, Tensor) else list(s) for s in sequences]
+        starts = [0] * len(sequences) if starts is None else list(starts)
+        if len(starts) != len(sequences):
+            raise ValueError(f"got {len(sequences)} sequences but {len(starts)} starts")
+        store = cls({}, vocab_size, max_n, min_n, metadata)
+        counts: dict[tuple, Counter] = defaultdict(Counter)
+        for seq, first in zip(sequences, starts):
+            if any(not (isinstance(t, int) and 0 <= t < vocab_size) for t in seq):
+                raise ValueError(f"sequences hold token ids outside the vocabulary [0, {vocab_size})")
+            for q in range(max(first, min_n), len(seq)):
+                for n in store.sizes:
+                    if q - n >= 0:
+                        counts[tuple(seq[q - n:q])][seq[q]] += 1
+        for key, next_counts in counts.items():
+            token, count = min(next_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+            if count >= min_count:
+                store.table[key] = token
+        store.metadata.update(min_count=str(min_count))
+        return store
+
+    def next_tokens(self, tails: list[list[int]]) -> list[int]:
+        """Per row, the token after the longest n-gram ending `tails` (the
+        row's last tokens) that the datastore holds, or -1."""
+        table, out = self.table, []
+        for tail in tails:
+            out.append(next((table[key] for n in self.sizes
+                             if len(tail) >= n and (key := tuple(tail[-n:])) in table), -1))
+        return out
+
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write `ngrams.safetensors` into `folder` (made if missing): per
+        n-gram size n, a table (entries, n + 1) of the n tokens and the next."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        dtype = torch.int16 if self.vocab_size <= 1 << 15 else torch.int32
+        by_size: dict[int, list] = defaultdict(list)
+        for key, token in self.table.items():
+            by_size[len(key)].append((*key, token))
+        tensors = {f"ngrams.{n}": torch.tensor(sorted(by_size[n]), dtype=dtype).view(-1, n + 1)
+                   for n in self.sizes}
+        metadata = {k: str(v) for k, v in self.metadata.items()}
+        metadata.update(format=DATASTORE_FORMAT, vocab_size=str(self.vocab_size), max_n=str(self.max_n),
+                        min_n=str(self.min_n))
+        path = folder / DATASTORE_NAME
+        save_file(tensors, path, metadata=metadata)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
+                        token: str | None = None) -> NgramDatastore:
+        """Load from an `ngrams.safetensors` file, a folder holding one, or a
+        Hugging Face Hub repo holding one."""
+        from safetensors import safe_open
+
+        path = Path(path_or_repo_id)
+        if not path.is_file():
+            path = resolve(path_or_repo_id, revision=revision, token=token) / DATASTORE_NAME
+            if not path.is_file():
+                raise ValueError(f"{path_or_repo_id!r} holds no {DATASTORE_NAME}: not an n-gram datastore")
+        with safe_open(path, "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != DATASTORE_FORMAT:
+                raise ValueError(f"{path} is not an axw n-gram datastore (its format is {meta.get('format')!r})")
+            try:
+                vocab_size, max_n, min_n = int(meta["vocab_size"]), int(meta["max_n"]), int(meta["min_n"])
+            except (KeyError, ValueError) as e:
+                raise ValueError(f"{path}: its metadata lacks the vocabulary size or n-gram sizes ({e})") from e
+            table = {}
+            for n in range(min_n, max_n + 1):
+                rows = f.get_tensor(f"ngrams.{n}").long()
+                if rows.ndim != 2 or rows.shape[1] != n + 1 or bool(((rows < 0) | (rows >= vocab_size)).any()):
+                    raise ValueError(f"{path}: its {n}-gram table is malformed")
+                rows = rows.tolist()
+                table.update(zip(map(tuple, (r[:n] for r in rows)), (r[n] for r in rows)))
+        extra = {k: v for k, v in meta.items() if k not in ("format", "vocab_size", "max_n", "min_n")}
+        return cls(table, vocab_size, max_n, min_n, extra)
+
+
 def lookup_drafts(index: NgramIndex, seq: Tensor, end: int, n_draft: int, pad: int) -> Tensor:
     """Prompt-lookup drafts (b, n_draft): for each row, the tokens that followed
     the latest earlier occurrence of the longest suffix of `seq[:, :end]` that
@@ -100,30 +229,44 @@ def lookup_drafts(index: NgramIndex, seq: Tensor, end: int, n_draft: int, pad: i
     return torch.tensor(drafts, dtype=torch.long, device=seq.device).view(len(drafts), n_draft)
 
 
-def assistant_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, out: Tensor, cur: int, n: int,
-                     cap: int, need_q: bool, valid: Tensor | None) -> tuple[Tensor, list, Tensor]:
-    """Draft up to `n` tokens with the assistant (and, with an `index`, copies
-    between them, up to `cap` in all) for positions cur, cur + 1, ... of
-    `out` (the drafts before each assistant step are written there for it to
-    read). Returns the drafts (b, gamma), the drafter's processed
-    distribution q at each (one-hot for a copy) when `need_q`, and which
-    drafts were copies (b, gamma)."""
+def model_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, store: NgramDatastore | None,
+                 starts: list[int], out: Tensor, cur: int, n: int, cap: int, need_q: bool,
+                 valid: Tensor | None) -> tuple[Tensor, list, Tensor]:
+    """Draft up to `n` tokens with the assistant `draft` for positions cur,
+    cur + 1, ... of `out`, with copies between them where the text (`index`)
+    or the datastore (`store`) knows what comes next, up to `cap` drafts in
+    all (the drafts before each assistant step are written to `out` for it to
+    read). Without an assistant, the copies alone draft, until a position
+    where some row has none. Returns the drafts (b, gamma), the drafter's
+    processed distribution q at each (one-hot for a copy) when `need_q`, and
+    where each draft came from (b, gamma): ASSISTANT, TEXT or DATASTORE."""
     c, b, device = run.config, out.shape[0], out.device
     greedy, threshold, vocab = c.greedy, c.assistant_confidence_threshold, run.net.num_tokens
     rows = torch.arange(b, device=device)
     tokens: list[list[int]] = []  # per position, each row's draft
-    copies: list[list[bool]] = []
+    sources: list[list[int]] = []
     q: list = []
-    tails = index.tails() if exists(index) else None
+    tails = None
+    if exists(index) or exists(store):  # each row's last tokens, none from its left padding
+        keep = max(index.n if exists(index) else 0, store.max_n if exists(store) else 0)
+        base = max(cur - keep, 0)
+        tails = [row[max(first - base, 0):] for row, first in zip(out[:, base:cur].tolist(), starts)]
     written = ran = 0
     while len(tokens) < cap and ran < n:
         j = len(tokens)
         found = index.next_tokens(tails, cur + j) if exists(index) else [-1] * b
+        source = [TEXT if f >= 0 else ASSISTANT for f in found]
+        if exists(store) and min(found) < 0:
+            stored = store.next_tokens(tails)
+            source = [DATASTORE if f < 0 <= s else kind for f, s, kind in zip(found, stored, source)]
+            found = [f if f >= 0 else s for f, s in zip(found, stored)]
         if min(found) >= 0:
-            # every row's text repeats: the copies are the drafts, and the assistant does not run
+            # every row's next token is known: the copies are the drafts, and the assistant does not run
             chosen = found
             if need_q:
                 q.append(F.one_hot(torch.tensor(found, device=device), vocab).float())
+        elif draft is None:
+            break  # no assistant to ask
         else:
             ran += 1
             if written < j:  # the assistant reads the copies before it
@@ -132,23 +275,23 @@ def assistant_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, o
             processed = pipeline(draft.logits(out, cur + j), *run.context(out, cur + j, valid), sampling=not greedy)
             probs = processed.float().softmax(dim=-1) if need_q or not greedy else None
             token = processed.argmax(dim=-1) if greedy else sample(probs, run.generator, logits=False)
-            chosen = [f if f >= 0 else t for f, t in zip(found, token.tolist())]  # rows whose text repeats copy
+            chosen = [f if f >= 0 else t for f, t in zip(found, token.tolist())]  # rows whose next is known copy
             if need_q:
                 if max(found) >= 0:
                     copy = torch.tensor(found, device=device)
                     probs = torch.where((copy >= 0)[:, None], F.one_hot(copy.clamp(min=0), vocab).float(), probs)
                 q.append(probs)
         tokens.append(chosen)
-        copies.append([f >= 0 for f in found])
+        sources.append(source)
         if exists(tails):
-            tails = [(tail + [t])[-index.n:] for tail, t in zip(tails, chosen)]
+            tails = [tail + [t] for tail, t in zip(tails, chosen)]
         # the draft stops once it is unsure of what it proposed (transformers' assistant confidence)
         if threshold > 0 and bool((q[j][rows, torch.tensor(chosen, device=device)] < threshold).any()):
             break
     if not tokens:
         none = torch.empty((b, 0), dtype=torch.long, device=device)
-        return none, [], none.bool()
-    return torch.tensor(tokens, device=device).T, q, torch.tensor(copies, device=device).T
+        return none, [], none
+    return torch.tensor(tokens, device=device).T, q, torch.tensor(sources, device=device).T
 
 
 def steps(run: Decoding) -> Iterator[Step]:
@@ -158,10 +301,11 @@ def steps(run: Decoding) -> Iterator[Step]:
     if run.seq_len == 0:
         return
     eos, greedy = c.eos_token, c.greedy
-    lookup = run.assistant is None
+    lookup = exists(c.prompt_lookup_num_tokens)
+    store = run.datastore
     n_draft = c.prompt_lookup_num_tokens if lookup else c.num_assistant_tokens
     target = run.runner(run.net, extra=MAX_DRAFT + 1)
-    draft = None if lookup else run.runner(run.assistant, extra=MAX_DRAFT + 1)
+    draft = run.runner(run.assistant, extra=MAX_DRAFT + 1) if exists(run.assistant) else None
     pipeline, draft_pipeline = run.pipeline(), run.pipeline()
     valid = run.valid(t + run.seq_len)
     finished = torch.zeros(b, dtype=torch.bool, device=out.device)
@@ -172,6 +316,7 @@ def steps(run: Decoding) -> Iterator[Step]:
         index = NgramIndex(c.max_matching_ngram_size, starts, min_n=1)
     elif c.assistant_lookup_ngram:
         index = NgramIndex(c.assistant_lookup_ngram, starts)
+    drafter = "prompt lookup" if lookup else "assistant" if exists(draft) else "datastore"
     stats = run.stats = dict(rounds=0, drafted=0, accepted=0, emitted=0, target_forwards=0, copied=0)
 
     cur, step = t, 0
@@ -186,13 +331,14 @@ def steps(run: Decoding) -> Iterator[Step]:
             index.update(out, cur)
         if lookup:
             drafts = lookup_drafts(index, out, cur, gamma, run.pad)
-            q, copied = [None] * gamma, torch.ones_like(drafts, dtype=torch.bool)
+            q, source = [None] * gamma, torch.full_like(drafts, TEXT)
         else:
-            # copies cost no forward and do not count towards the assistant's tokens
-            cap = min(room, COPY_CAP * gamma) if exists(index) else gamma
-            drafts, q, copied = assistant_drafts(run, draft, draft_pipeline, index, out, cur, gamma, cap,
-                                                 need_q or c.assistant_confidence_threshold > 0, valid)
+            # copies cost no forward: beside an assistant they do not count towards its tokens
+            cap = min(room, COPY_CAP * gamma) if exists(draft) and (exists(index) or exists(store)) else gamma
+            drafts, q, source = model_drafts(run, draft, draft_pipeline, index, store, starts, out, cur, gamma, cap,
+                                             need_q or c.assistant_confidence_threshold > 0, valid)
             gamma = drafts.shape[1]
+        copied = source != ASSISTANT
         out[:, cur:cur + gamma] = drafts
 
         # --- one forward of the model over the last token and the drafts ---
@@ -269,7 +415,7 @@ def steps(run: Decoding) -> Iterator[Step]:
         if c.trace:
             round_info = dict(round=stats["rounds"] - 1, drafted=drafts, draft_probs=draft_p, model_probs=model_p,
                               accepted=accepted, n_accepted=n_row, replacement=replacement, copied=copied,
-                              drafter="prompt lookup" if lookup else "assistant")
+                              sources=source, drafter=drafter)
         for j in range(n + 1):
             token = emitted[:, j]
             if exists(eos):

@@ -20,7 +20,8 @@ from .utils import ConfigMixin, build_config, check_number, eval_mode, exists
 
 
 # what generate takes beside the settings: models and inputs
-DECODING_OBJECTS = ("amateur_model", "assistant_model", "prompt_lens", "generator", "cache")
+DECODING_OBJECTS = ("amateur_model", "assistant_model", "assistant_datastore", "prompt_lens", "generator",
+                    "cache")
 
 
 def _models(run: Decoding) -> list:
@@ -135,8 +136,8 @@ class AutoregressiveWrapper(nn.Module):
         `penalty_alpha` (contrastive search over `contrastive_k` candidates),
         penalties, `seed`, `eos_token` (rows stop there; what follows is
         `pad_value`), ... Beside them: `amateur_model` (contrastive decoding),
-        `assistant_model` or `prompt_lookup_num_tokens` (speculative
-        decoding), `prompt_lens`, `generator`, and `cache`: a `KVCache` the
+        `assistant_model`, `assistant_datastore` (an `NgramDatastore`) or
+        `prompt_lookup_num_tokens` (speculative decoding), `prompt_lens`, `generator`, and `cache`: a `KVCache` the
         run fills (`net.new_cache()`) or continues from (a `fork()` of an
         earlier run's, rolled back to where a branch starts)."""
         run = self._decoding(prompts, seq_len, generation_config, kwargs)

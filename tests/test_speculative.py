@@ -8,7 +8,8 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from axw import AutoregressiveWrapper, top_k
+from axw import AutoregressiveWrapper, NgramDatastore, top_k
+from axw.speculative import ASSISTANT, DATASTORE, TEXT
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets" / "models"
 
@@ -379,3 +380,184 @@ def test_a_bad_assistant_lookup_ngram_is_refused(bad):
     target, draft = pair()
     with pytest.raises(ValueError, match="assistant_lookup_ngram"):
         target.generate(torch.tensor([1, 2]), 4, assistant_model=draft, assistant_lookup_ngram=bad)
+
+
+# --- drafting from an n-gram datastore ---
+
+
+def counted(sequences, starts, sizes, min_count):
+    """What a datastore should hold, counted another way: every (n-gram, next) pair in a list, then per n-gram the
+    most frequent next token, the lowest id among equals."""
+    pairs = [(tuple(seq[q - n:q]), seq[q]) for seq, first in zip(sequences, starts)
+             for q in range(len(seq)) if q >= first for n in sizes if q - n >= 0]
+    table = {}
+    for key in {k for k, _ in pairs}:
+        nexts = [t for k, t in pairs if k == key]
+        best = max(sorted(set(nexts)), key=nexts.count)  # max keeps the first (lowest id) of equal counts
+        if nexts.count(best) >= min_count:
+            table[key] = best
+    return table
+
+
+@pytest.mark.parametrize("min_n, max_n, min_count", [(1, 1, 1), (2, 4, 1), (1, 3, 2)])
+def test_the_datastore_holds_what_a_count_finds(tmp_path, min_n, max_n, min_count):
+    g = torch.Generator().manual_seed(0)
+    sequences = [torch.randint(0, 5, (n,), generator=g).tolist() for n in (30, 12, 1, 25)]
+    starts = [3, 0, 0, 10]
+    store = NgramDatastore.build(sequences, 5, max_n=max_n, min_n=min_n, min_count=min_count, starts=starts)
+    assert store.table == counted(sequences, starts, range(min_n, max_n + 1), min_count) and len(store) > 0
+    # saved and loaded, from the file or its folder: the same table
+    path = store.save_pretrained(tmp_path / "store")
+    for source in (path, tmp_path / "store", str(tmp_path / "store")):
+        loaded = NgramDatastore.from_pretrained(source)
+        assert loaded.table == store.table and (loaded.min_n, loaded.max_n, loaded.vocab_size) == (min_n, max_n, 5)
+    # the longest n-gram held wins, for the text's end after each position
+    for seq in sequences:
+        tails = [seq[:q] for q in range(len(seq) + 1)]
+        want = [next((store.table[tuple(t[-n:])] for n in range(max_n, min_n - 1, -1)
+                      if len(t) >= n and tuple(t[-n:]) in store.table), -1) for t in tails]
+        assert store.next_tokens(tails) == want
+
+
+def test_drafts_from_a_datastore_read_each_rows_own_text_longest_ngram_first():
+    """The first round's drafts, alone: row 0 (left-padded with 0) knows only its own "5", row 1 ends "4 5"."""
+    target, _ = pair(vocab=7)
+    store = NgramDatastore({(5,): 3, (4, 5): 1, (0, 5): 4, (0, 0, 5): 4, (3,): 6, (1,): 2}, 7, max_n=3, min_n=1)
+    steps = list(target.stream([torch.tensor([5]), torch.tensor([2, 3, 4, 5])], 3, temperature=0.0,
+                               assistant_datastore=store, num_assistant_tokens=2, trace=True))
+    first = steps[0].trace
+    assert first.row(0)["speculative"]["drafted"] == [3, 6] and first.row(1)["speculative"]["drafted"] == [1, 2]
+    assert first.row(0)["speculative"]["sources"] == [DATASTORE] * 2
+
+
+def test_a_model_folder_holding_a_datastore_loads_both(tmp_path):
+    target, _ = pair()
+    target.save_pretrained(tmp_path)
+    NgramDatastore.build([[1, 2, 3, 1, 2]], 97).save_pretrained(tmp_path)
+    loaded = AutoregressiveWrapper.from_pretrained(tmp_path)  # the datastore is not read as weights
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), target.state_dict().values()))
+    assert NgramDatastore.from_pretrained(tmp_path).table == {(1, 2): 3, (2, 3): 1, (3, 1): 2, (1, 2, 3): 1,
+                                                              (2, 3, 1): 2, (1, 2, 3, 1): 2}
+
+
+def test_bad_datastores_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="vocabulary"):
+        NgramDatastore.build([[1, 2, 9]], 5)
+    with pytest.raises(ValueError, match="min_n"):
+        NgramDatastore.build([[1, 2]], 5, max_n=2, min_n=3)
+    with pytest.raises(ValueError, match="min_count"):
+        NgramDatastore.build([[1, 2]], 5, min_count=0)
+    with pytest.raises(ValueError, match="holds no ngrams.safetensors"):
+        NgramDatastore.from_pretrained(tmp_path)
+    from safetensors.torch import save_file
+    save_file({"x": torch.zeros(2)}, tmp_path / "ngrams.safetensors")
+    with pytest.raises(ValueError, match="not an axw n-gram datastore"):
+        NgramDatastore.from_pretrained(tmp_path)
+
+
+def own_datastore(target, vocab, rows=24, length=40, max_n=3, min_n=1):
+    """A datastore of the target's own greedy continuations of random prompts."""
+    prompts = torch.randint(0, vocab, (rows, 4), generator=torch.Generator().manual_seed(3))
+    return NgramDatastore.build(target.generate(prompts, length, temperature=0.0), vocab, max_n=max_n, min_n=min_n,
+                                starts=[4] * rows)
+
+
+@pytest.mark.parametrize("extra", [{}, dict(assistant_lookup_ngram=2), dict(num_assistant_tokens_schedule="heuristic")])
+def test_greedy_with_a_datastore(extra):
+    """The datastore's copies, with and without the assistant and the text's own repeats: still the model's own
+    greedy text, batched prompts of different lengths included, with fewer assistant forwards."""
+    target, draft = repetitive_pair()
+    store = own_datastore(target, 7, max_n=3, min_n=2)
+    prompts = [torch.randint(0, 7, (n,), generator=torch.Generator().manual_seed(n)) for n in (5, 9, 3)]
+    plain = target.generate(prompts, 40, temperature=0.0)
+    calls, hook = count_calls(draft.net.attn_layers)
+    try:
+        alone = target.generate(prompts, 40, temperature=0.0, assistant_model=draft, num_assistant_tokens=3, **extra)
+        n_alone = len(calls)
+        calls.clear()
+        both = target.generate(prompts, 40, temperature=0.0, assistant_model=draft, num_assistant_tokens=3,
+                               assistant_datastore=store, **extra)
+    finally:
+        hook.remove()
+    assert torch.equal(alone, plain) and torch.equal(both, plain)
+    assert len(calls) < n_alone
+    for n_draft in (1, 3, 6):  # the datastore alone
+        assert torch.equal(target.generate(prompts, 40, temperature=0.0, assistant_datastore=store,
+                                           num_assistant_tokens=n_draft, **extra), plain), n_draft
+    run = target._decoding(prompts, 40, None, dict(temperature=0.0, assistant_datastore=store, **extra))
+    run.output()
+    assert 0 < run.stats["accepted"] <= run.stats["copied"] == run.stats["drafted"]
+    # with EOS, each row stops as plain decoding stops it
+    eos = int(plain[1, 20])
+    assert torch.equal(target.generate(prompts, 40, temperature=0.0, eos_token=eos, assistant_datastore=store),
+                       target.generate(prompts, 40, temperature=0.0, eos_token=eos))
+
+
+def test_sampling_with_a_datastore_has_the_models_distribution():
+    """The datastore's copies (a one-hot proposal), alone and between the assistant's samples: the sequences'
+    frequencies match the model's exact distribution."""
+    vocab, n = 4, 3
+    target = tiny_model(seed=2, num_tokens=vocab, rotary=True, dim=16)
+    draft = tiny_model(seed=7, num_tokens=vocab, rotary=True, dim=16, depth=1)
+    with torch.no_grad():
+        target.net.to_logits.weight.mul_(20)
+        draft.net.to_logits.weight.mul_(10)
+    prompt = torch.tensor([1, 2, 3, 1, 2, 0])
+    # it knows what follows some of the model's likely bigrams, and not others (those need the assistant)
+    store = NgramDatastore.build([[2, 0, 1, 3], [0, 1, 1, 2]], vocab, max_n=2, min_n=2)
+    exact = exact_distribution(target.net, prompt, n, vocab, vocab, 1.0)
+    for extra in (dict(assistant_model=draft, num_assistant_tokens=2), dict(num_assistant_tokens=3)):
+        kwargs = dict(temperature=1.0, filter_logits_fn=None, assistant_datastore=store, **extra)
+        samples = torch.cat([target.generate(prompt.repeat(16, 1), n, seed=s, **kwargs)[:, 6:] for s in range(250)])
+        bound = 4.5 * (exact * (1 - exact) / len(samples)).sqrt() + 2e-3
+        assert ((frequencies(samples, vocab, n) - exact).abs() <= bound).all(), extra
+        run = target._decoding(prompt.repeat(64, 1), n, None, dict(kwargs, seed=0))
+        run.output()
+        assert 0 < run.stats["copied"] <= run.stats["drafted"]
+
+
+def test_the_trace_says_where_each_draft_came_from():
+    target, draft = repetitive_pair()
+    store = own_datastore(target, 7, rows=4, length=20, max_n=3, min_n=3)  # it knows a few 3-grams
+    prompt = torch.tensor([[1, 2, 3, 4, 1, 2, 3]])
+    steps = list(target.stream(prompt, 30, temperature=0.0, assistant_model=draft, num_assistant_tokens=3,
+                               assistant_lookup_ngram=3, assistant_datastore=store, trace=True))
+    text = prompt[0].tolist() + [int(s.tokens[0]) for s in steps]
+    seen, sources, checked = set(), [], 0
+    for step in steps:
+        spec = step.trace.row(0)["speculative"]
+        if spec["round"] in seen:
+            continue
+        seen.add(spec["round"])
+        assert spec["copied"] == [s != ASSISTANT for s in spec["sources"]]
+        sources += spec["sources"]
+        start = len(prompt[0]) + step.step
+        for j in range(spec["n_accepted"] + 1 if spec["n_accepted"] < len(spec["drafted"]) else len(spec["drafted"])):
+            before = text[:start + j]  # the text the drafter read: the accepted drafts are in it
+            # the text before the round (its index) held the last three tokens, and what followed them
+            repeats = any(before[i:i + 3] == before[-3:] for i in range(start - 3))
+            if spec["sources"][j] == DATASTORE:  # the text had no repeat of its last three tokens
+                assert not repeats and store.table[tuple(before[-3:])] == spec["drafted"][j]
+                checked += 1
+            elif spec["sources"][j] == TEXT:
+                assert repeats
+    assert {ASSISTANT, TEXT, DATASTORE} <= set(sources) and checked
+
+
+def test_bad_datastore_arguments_are_refused_before_compute():
+    target, draft = pair()
+    prompt = torch.tensor([1, 2])
+    calls, hook = count_calls(target.net.attn_layers)
+    try:
+        with pytest.raises(ValueError, match="vocabulary of 97"):
+            target.generate(prompt, 4, assistant_datastore=NgramDatastore.build([[1, 2, 3]], 5))
+        with pytest.raises(ValueError, match="NgramDatastore"):
+            target.generate(prompt, 4, assistant_datastore={(1, 2): 3})
+        with pytest.raises(ValueError, match="assistant_lookup_ngram instead"):
+            target.generate(prompt, 4, assistant_datastore=NgramDatastore.build([[1, 2, 3]], 97),
+                            prompt_lookup_num_tokens=3)
+        with pytest.raises(ValueError, match="not beam search"):
+            target.generate(prompt, 4, assistant_datastore=NgramDatastore.build([[1, 2, 3]], 97), beams=2)
+    finally:
+        hook.remove()
+    assert not calls
