@@ -28,6 +28,8 @@ STRATEGIES = ["sampling", "beam search", "contrastive search", "contrastive deco
 # the filters in the order the UI chains them: x-transformers' four, then the truncation samplers since
 FILTERS = ["top_k", "top_p", "min_p", "top_a", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "top_n_sigma"]
 SAMPLER_ORDERS = ["filters_first", "temperature_first"]
-DRAFTERS = ["draft model", "draft model + prompt lookup", "amateur", "prompt lookup"]  # speculative decoding's
+# speculative decoding's drafters; "datastore": the n-gram datastore in the draft model's folder
+DRAFTERS = ["draft model", "draft model + prompt lookup", "draft model + datastore", "datastore", "amateur",
+            "prompt lookup"]
 LOOKUP_NGRAM = 2  # "draft model + prompt lookup": copy where the text's last 2 tokens occurred before
 ASSISTANT_SCHEDULES = ["constant", "heuristic"]

@@ -44,6 +44,9 @@ LESSONS = {
         ("speculative decoding's identical text: greedy's, token for token", LOOP_PROMPT,
          Settings(strategy="speculative decoding", temperature=0.0, max_new_tokens=60)),
         ("greedy, to compare", LOOP_PROMPT, Settings(temperature=0.0, max_new_tokens=60)),
+        ("drafts that cost nothing: the draft model with its n-gram datastore (blue) and prompt lookup's copies",
+         LOOP_PROMPT, Settings(strategy="speculative decoding", temperature=0.0, max_new_tokens=60,
+                               drafter="draft model + datastore")),
     ],
     "contrastive decoding": [
         ("contrastive decoding at temperature 0 on the looping prompt", LOOP_PROMPT,

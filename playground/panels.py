@@ -133,9 +133,12 @@ def beam_candidates_panel(row: dict, tokenizer, settings=None, previous: dict | 
 # --- speculative decoding: rounds of drafts, accepted and rejected ---
 
 
-def _chip(tokenizer, token: int, kind: str, title: str, copied: bool = False) -> str:
-    if copied:  # proposed by prompt lookup, not by the draft model
-        kind, title = f"{kind} axw-chip-copy", f"copied by prompt lookup; {title}"
+COPIED = {1: ("axw-chip-copy", "copied by prompt lookup"), 2: ("axw-chip-store", "copied from the n-gram datastore")}
+
+
+def _chip(tokenizer, token: int, kind: str, title: str, source: int = 0) -> str:
+    if source in COPIED:  # proposed by prompt lookup or the datastore, not by the draft model
+        kind, title = f"{kind} {COPIED[source][0]}", f"{COPIED[source][1]}; {title}"
     return f'<span class="axw-chip axw-chip-{kind}" title="{_esc(title)}">{_esc(show_token(tokenizer, token))}</span>'
 
 
@@ -143,18 +146,18 @@ def round_html(r: dict, tokenizer, selected: int | None = None) -> str:
     """One round: the drafted tokens, accepted (green) up to the first rejection (red), the ones after it never
     used (grey), then the model's own token; each with the draft's and the model's probability."""
     n = r["n_accepted"]
-    copied = r.get("copied") or [False] * len(r["drafted"])
+    sources = r.get("sources") or [0] * len(r["drafted"])
     chips = []
     for j, token in enumerate(r["drafted"]):
         q, p = r["draft_probs"][j], r["model_probs"][j]
         probs = f"draft q = {q:.3f}, model p = {p:.3f}"
         if j < n:
-            chips.append(_chip(tokenizer, token, "ok", f"accepted: {probs}", copied[j]))
+            chips.append(_chip(tokenizer, token, "ok", f"accepted: {probs}", sources[j]))
         elif j == n:
             chips.append(_chip(tokenizer, token, "no", f"rejected: {probs} (kept with probability min(1, p/q))",
-                               copied[j]))
+                               sources[j]))
         else:
-            chips.append(_chip(tokenizer, token, "off", f"after the rejection, never used: {probs}", copied[j]))
+            chips.append(_chip(tokenizer, token, "off", f"after the rejection, never used: {probs}", sources[j]))
     why = "in place of the rejected draft" if n < len(r["drafted"]) else "after every draft was accepted"
     chips.append(_chip(tokenizer, r["replacement"], "model", f"the model's own token, {why}"))
     steps = r["steps"]
@@ -179,8 +182,8 @@ def speculative_html(rows: list[dict], tokenizer, selected: int | None = None, d
             '</b> tokens per model forward · <span class="axw-chip axw-chip-ok">accepted</span> '
             '<span class="axw-chip axw-chip-no">rejected</span> <span class="axw-chip axw-chip-off">never used'
             '</span> <span class="axw-chip axw-chip-model">the model\'s own</span>'
-            + (' <span class="axw-chip axw-chip-copy">copied by prompt lookup</span>'
-               if any(any(r["copied"]) for r in rounds) else "")
+            + "".join(f' <span class="axw-chip {css}">{label}</span>' for source, (css, label) in COPIED.items()
+                      if any(source in r["sources"] for r in rounds))
             + ' · hover a token for its probabilities, click a round to open its step</p>')
     return '<div class="axw-spec">' + head + "".join(round_html(r, tokenizer, selected) for r in rounds) + "</div>"
 
@@ -191,7 +194,7 @@ def speculative_panel(row: dict, tokenizer, settings=None, previous=None) -> str
         return ""
     j, n = spec["position"], spec["n_accepted"]
     if j < n:
-        source = ("copied by prompt lookup (q = 1)" if (spec.get("copied") or [False] * (j + 1))[j]
+        source = (f"{COPIED[kind][1]} (q = 1)" if (kind := (spec.get("sources") or [0] * (j + 1))[j]) in COPIED
                   else f"the draft gave it q = {spec['draft_probs'][j]:.3f}")
         how = f"drafted and accepted: {source}, the model p = {spec['model_probs'][j]:.3f}"
     elif j < len(spec["drafted"]):

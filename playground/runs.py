@@ -201,13 +201,14 @@ def uses_cache(settings: Settings) -> bool:
     return settings.strategy in ("sampling", "contrastive decoding")
 
 
-def start(model, prompt: str, settings: Settings, config, amateur=None, cache=None, assistant=None):
+def start(model, prompt: str, settings: Settings, config, amateur=None, cache=None, assistant=None, datastore=None):
     """(run, its stream of updates) for a new generation; everything is checked before the first step runs.
-    `amateur`: contrastive decoding's amateur model; `assistant`: speculative decoding's draft model."""
+    `amateur`: contrastive decoding's amateur model; `assistant`, `datastore`: speculative decoding's draft model
+    and n-gram datastore."""
     ids = encode_prompt(model, prompt)
     run = Run(settings, prompt, ids.tolist(), beam_probs=[] if settings.strategy == "beam search" else None)
     steps = model.stream(ids, settings.max_new_tokens, config, amateur_model=amateur, assistant_model=assistant,
-                         cache=cache)
+                         assistant_datastore=datastore, cache=cache)
     return run, follow(model, run, steps)
 
 
@@ -277,7 +278,8 @@ def forced_row(row: dict, token: int) -> dict:
     return out
 
 
-def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept=None, assistant=None):
+def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept=None, assistant=None,
+           datastore=None):
     """(run, its stream of updates, its KV cache) of the branch of `parent` that takes `token` at `step` and
     goes on for the rest of the parent's length with the same settings and seed. The prefix is the parent's token
     ids; its KV cache is `kept` (the parent's) forked, so only the forced token and what follows run."""
@@ -312,7 +314,8 @@ def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept
     fresh = strategy in ("contrastive search", "speculative decoding")
     cache = None if fresh else prefix_cache(model, prefix, len(parent.prompt_ids), kept)
     ids = torch.tensor(prefix + [token], dtype=torch.long, device=model.device)
-    steps = model.stream(ids, remaining, config, amateur_model=amateur, assistant_model=assistant, cache=cache)
+    steps = model.stream(ids, remaining, config, amateur_model=amateur, assistant_model=assistant,
+                         assistant_datastore=datastore, cache=cache)
     return run, _grow_branch(model, run, steps, detok, base, step), cache if uses_cache(settings) else None
 
 
@@ -492,7 +495,8 @@ def speculative_rounds(rows: list[dict]) -> list[dict]:
     """Speculative decoding's rounds, from the trace: per round the `drafted` tokens with the draft's and the
     model's probability of each (`draft_probs`, `model_probs`), which were `accepted`, how many in a row were
     (`n_accepted`), the `replacement` (the model's token in place of the first rejected draft, or after all of
-    them), which drafts were copied by prompt lookup (`copied`), the steps it emitted (`steps`, 0-based), and
+    them), which drafts were copied (`copied`) and where each came from (`sources`: 0 the draft model, 1 the text
+    by prompt lookup, 2 the n-gram datastore), the steps it emitted (`steps`, 0-based), and
     the running `acceptance_rate` and `tokens_per_forward` after it."""
     rounds = []
     for i, row in enumerate(rows):
@@ -503,7 +507,9 @@ def speculative_rounds(rows: list[dict]) -> list[dict]:
             rounds.append(dict(round=spec["round"], drafted=spec["drafted"], draft_probs=spec["draft_probs"],
                                model_probs=spec["model_probs"], accepted=spec["accepted"],
                                n_accepted=spec["n_accepted"], replacement=spec["replacement"], steps=[],
-                               drafter=spec["drafter"], copied=spec.get("copied") or [False] * len(spec["drafted"])))
+                               drafter=spec["drafter"], copied=spec.get("copied") or [False] * len(spec["drafted"]),
+                               sources=spec.get("sources") or [int(c) for c in spec.get("copied") or
+                                                               [False] * len(spec["drafted"])]))
         rounds[-1]["steps"].append(i)
         rounds[-1].update(acceptance_rate=spec["acceptance_rate"], tokens_per_forward=spec["tokens_per_forward"])
     return rounds

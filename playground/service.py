@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
+
+from axw import NgramDatastore
 
 from . import models as model_store
 from . import runs as R
@@ -79,6 +82,7 @@ class Playground:
         self.model_name, self.amateur_name = model, amateur
         self.draft_name = draft or model_store.default_draft(model, amateur)
         self.models = ModelCache([model, amateur, self.draft_name])
+        self._datastores, self._datastores_lock = {}, threading.Lock()  # the draft's n-gram datastore, once loaded
         self.sessions = Sessions()
         self.caches = KVStore()
         if visitor_budget_s is None:
@@ -125,8 +129,28 @@ class Playground:
         if settings.strategy == "contrastive decoding":
             helpers["amateur"] = self._same_vocab(m, settings.amateur or self.amateur_name or "", "amateur model")
         elif settings.strategy == "speculative decoding" and settings.drafter != "prompt lookup":
-            helpers["assistant"] = self._same_vocab(m, self._drafter_name(settings) or "", "draft model")
+            draft = self._same_vocab(m, self._drafter_name(settings) or "", "draft model")
+            if settings.drafter != "datastore":
+                helpers["assistant"] = draft
+            if settings.drafter.endswith("datastore"):
+                helpers["datastore"] = self._datastore(draft)
         return m, helpers, config
+
+    def _datastore(self, draft):
+        """The n-gram datastore beside the draft model (in its folder), loaded once; the draft shares the model's
+        tokenizer, and so does its datastore."""
+        name = self.draft_name
+        with self._datastores_lock:
+            if name not in self._datastores:
+                try:
+                    self._datastores[name] = NgramDatastore.from_pretrained(name)
+                except (OSError, ValueError) as e:
+                    raise ValueError(f"the draft model {Path(name).name or name} has no n-gram datastore beside it: "
+                                     "pick another drafter") from e
+            store = self._datastores[name]
+        if store.vocab_size != draft.net.num_tokens:
+            raise ValueError("the draft's n-gram datastore does not match its vocabulary")
+        return store
 
     def _drafter_name(self, settings: Settings) -> str | None:
         """The model that drafts for speculative decoding: the amateur, or the draft model."""
@@ -317,8 +341,8 @@ class Playground:
         if settings.drafter == "prompt lookup":
             return "prompt lookup"
         name = self._drafter_name(settings)
-        model = f"{settings.drafter.split(' + ')[0]} ({Path(name or '').name or name})"
-        return model + (" + prompt lookup" if settings.drafter.endswith("prompt lookup") else "")
+        first, *more = settings.drafter.split(" + ")
+        return " + ".join([f"{first} ({Path(name or '').name or name})", *more])
 
     def _tokenizer_model(self, run: R.Run, session: str | None = None):
         return self.model(run.settings.model, run.settings.use_finetuned, session or run.session)

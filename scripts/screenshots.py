@@ -134,6 +134,13 @@ def main():
         page.mouse.move(5, 5)
         page.wait_for_timeout(1000)
         region(page, str(out / "speculative-lookup.png"), "#output", "#speculative", full_width=False)
+        # the draft model with its n-gram datastore: the datastore's copies underlined in blue
+        generate(prompt="ROMEO:", strategy="speculative decoding", temperature=0, max_new_tokens=60,
+                 drafter="draft model + datastore", num_assistant_tokens=3)
+        page.locator("#speculative .axw-round").nth(4).click()
+        page.mouse.move(5, 5)
+        page.wait_for_timeout(1000)
+        region(page, str(out / "speculative-datastore.png"), "#output", "#speculative", full_width=False)
 
         # contrastive search: confidence and penalty side by side, the winner as alpha moves (a step where it
         # changes)

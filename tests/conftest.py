@@ -61,12 +61,22 @@ def playground_models(folder):
 
     text = (Path(__file__).resolve().parents[1] / "assets/data/tinyshakespeare.txt").read_text()[:40000]
     tokenizer = train_tokenizer(text, 320)
-    paths = []
+    paths, models = [], []
     for name, seed, depth in (("expert", 0, 2), ("amateur", 1, 1)):
         model = tiny_model(seed=seed, num_tokens=tokenizer.get_vocab_size(), max_seq_len=128, rotary=True,
                            depth=depth).eval()
         model.tokenizer, model.eos_token_id = tokenizer, eos_id(tokenizer)
         paths.append(str(model.save_pretrained(Path(folder) / name)))
+        models.append(model)
+    # the amateur drafts for the test app, and beside it lies an n-gram datastore of the expert's own greedy
+    # continuations of lines of the text, as the bundled draft's folder holds one
+    from axw import NgramDatastore
+
+    ids = torch.tensor(tokenizer.encode(text[:8000]).ids)
+    prompts = ids[:len(ids) // 8 * 8].view(-1, 8)[::4][:32]
+    continued = models[0].generate(prompts, 48, temperature=0.0)
+    NgramDatastore.build(continued, tokenizer.get_vocab_size(), max_n=3, min_n=2,
+                         starts=[8] * len(continued)).save_pretrained(paths[1])
     return paths
 
 

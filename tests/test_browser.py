@@ -314,14 +314,18 @@ def test_speculative_rounds_show_the_drafts_accepted_and_rejected(served_app, pa
     assert page.evaluate("document.querySelector('#speculative .axw-spec').getAttribute('data-probe')") == "1"
 
 
-def test_speculative_rounds_mark_the_copies_of_prompt_lookup(served_app, page, expert, client):
-    """The 'draft model + prompt lookup' drafter from a share link: greedy's text, and in each round the chips of
-    the copied drafts (as /generate's trace says) underlined, the legend saying so."""
+@pytest.mark.parametrize("drafter, source, css, title", [
+    ("draft model + prompt lookup", 1, "axw-chip-copy", "copied by prompt lookup"),
+    ("draft model + datastore", 2, "axw-chip-store", "copied from the n-gram datastore")])
+def test_speculative_rounds_mark_the_copies(served_app, page, expert, client, drafter, source, css, title):
+    """The 'draft model + prompt lookup' and 'draft model + datastore' drafters from a share link: greedy's text,
+    and in each round the chips of the copied drafts (as /generate's trace says) underlined, the legend saying
+    so."""
     import playground as pg
 
     n = 50
     settings = dict(prompt="JULIET:", strategy="speculative decoding", temperature=0, max_new_tokens=n,
-                    num_assistant_tokens=3, drafter="draft model + prompt lookup")
+                    num_assistant_tokens=3, drafter=drafter)
     linked(page, served_app[0], **settings)
     page.wait_for_selector("#speculative .axw-round", timeout=10000)
     greedy = greedy_ids(expert, expert.tokenizer.encode("JULIET:").ids, n)
@@ -330,14 +334,14 @@ def test_speculative_rounds_mark_the_copies_of_prompt_lookup(served_app, page, e
     _, _, trace = client.predict(**settings, api_name="/generate")
     rounds = pg.speculative_rounds(trace)
     shown = page.locator("#speculative .axw-round")
-    assert shown.count() == len(rounds) and sum(sum(r["copied"]) for r in rounds) > 0
+    assert shown.count() == len(rounds) and sum(r["sources"].count(source) for r in rounds) > 0
     for i, r in enumerate(rounds):
         chips = shown.nth(i).locator(".axw-chip")
-        for j, copied in enumerate(r["copied"]):
-            assert ("axw-chip-copy" in chips.nth(j).get_attribute("class")) == copied
-            assert chips.nth(j).get_attribute("title").startswith("copied by prompt lookup") == copied
-    assert "copied by prompt lookup" in page.locator("#speculative .axw-spec-head").inner_text()
-    assert "+ prompt lookup" in page.locator("#speculative .axw-spec-head").inner_text()
+        for j, copied in enumerate(s == source for s in r["sources"]):
+            assert (css in chips.nth(j).get_attribute("class")) == copied
+            assert chips.nth(j).get_attribute("title").startswith(title) == copied
+    assert title in page.locator("#speculative .axw-spec-head").inner_text()
+    assert "+ " + drafter.split(" + ")[1] in page.locator("#speculative .axw-spec-head").inner_text()
 
 
 def stages(page) -> list[tuple[str, int]]:

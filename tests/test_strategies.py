@@ -16,7 +16,7 @@ pytest.importorskip("gradio_client")
 httpx = pytest.importorskip("httpx")
 
 import playground as pg  # noqa: E402
-from axw import AutoregressiveWrapper  # noqa: E402
+from axw import AutoregressiveWrapper, NgramDatastore  # noqa: E402
 from test_instrument import continuation, ids_of  # noqa: E402
 
 PROMPT = "ROMEO:"
@@ -258,6 +258,43 @@ def test_speculative_rounds_mark_the_drafts_copied_by_prompt_lookup(app, models)
     assert html.count("axw-chip-copy") == copies + 1  # each copy, and the legend
 
 
+def test_speculative_rounds_mark_the_drafts_copied_from_the_datastore(app, models):
+    """'draft model + datastore': where the datastore beside the draft holds the text's last n-gram, its token is
+    the draft and the draft model does not run; the rounds view marks each such copy."""
+    expert, _ = models
+    store = NgramDatastore.from_pretrained(app.draft_name)  # the test app's drafter folder holds one
+    n = 60
+    run = run_of(app, pg.Settings(strategy="speculative decoding", drafter="draft model + datastore",
+                                  temperature=0.0, num_assistant_tokens=3, max_new_tokens=n))
+    assert run.new_ids == library(expert, n, temperature=0.0)
+    copies = 0
+    for r in pg.speculative_rounds(run.rows):
+        seq = ids_of(expert) + run.new_ids[:r["steps"][0]] + r["drafted"]
+        start = len(seq) - len(r["drafted"])
+        for j, source in enumerate(r["sources"]):
+            known = store.next_tokens([seq[:start + j]])[0]
+            assert source == (2 if known >= 0 else 0), (r["round"], j)
+            if source == 2:
+                assert r["drafted"][j] == known
+                copies += 1
+        assert r["copied"] == [s == 2 for s in r["sources"]]
+    assert copies
+    html = pg.panels.speculative_html(run.rows, expert.tokenizer)
+    assert html.count("axw-chip-store") == copies + 1  # each copy, and the legend
+    assert "copied from the n-gram datastore" in html
+
+
+def test_a_draft_without_a_datastore_is_refused_before_compute(app, client, monkeypatch):
+    model = app.models.get(app.model_name)
+    calls = []
+    monkeypatch.setattr(model, "stream", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(app, "draft_name", app.model_name)  # a folder with a model and no datastore
+    for drafter in ("draft model + datastore", "datastore"):
+        with pytest.raises(Exception, match="has no n-gram datastore beside it"):
+            client.predict(prompt=PROMPT, strategy="speculative decoding", drafter=drafter, api_name="/generate")
+    assert calls == []
+
+
 def test_speculative_rounds_equal_both_models(app, models):
     """Greedy, drafting with the amateur: each round's drafts are the amateur's greedy continuation, their
     probabilities each model's (full forward passes), the accepted ones those the model would have taken, the
@@ -374,7 +411,7 @@ def test_compare_marks_where_each_column_departs_from_greedy(app, models):
     model, n, seed = models[0], 24, 3
     labels = ["sampling (T 0.8, top-p 0.9)", "min-p 0.1 (T 0.8)", "beam search (4 beams)",
               "speculative decoding (greedy, draft model)", "speculative decoding (greedy, draft model + prompt lookup)",
-              "DRY 0.8 (greedy)"]
+              "speculative decoding (greedy, draft model + datastore)", "DRY 0.8 (greedy)"]
     *_, (grid, frame) = app.compare_view_ui("", PROMPT, seed, n, "", labels)
     assert list(frame["column"]) == ["greedy"] + [x for x in LABELS if x in labels]  # greedy always, first
     greedy = library(model, n, temperature=0.0)
@@ -394,7 +431,7 @@ def test_compare_marks_where_each_column_departs_from_greedy(app, models):
         grams = list(zip(ids, ids[1:]))
         assert row["distinct-2"] == pytest.approx(len(set(grams)) / len(grams), abs=1e-3)
         assert row["tokens/s"] > 0
-    for drafter in ("draft model", "draft model + prompt lookup"):
+    for drafter in ("draft model", "draft model + prompt lookup", "draft model + datastore"):
         spec = frame.set_index("column").loc[f"speculative decoding (greedy, {drafter})"]
         assert spec["departs from greedy at"] == "–"
     # the mean log-probability under the model, token by token (a forward per prefix)
@@ -439,15 +476,19 @@ def bundled():
     if not (root / pg.DEFAULT_MODEL).is_dir():
         pytest.skip("no bundled model")
     model = AutoregressiveWrapper.from_pretrained(root / pg.DEFAULT_MODEL).eval()
-    draft = AutoregressiveWrapper.from_pretrained(root / pg.default_draft(pg.DEFAULT_MODEL, pg.DEFAULT_AMATEUR))
+    folder = root / pg.default_draft(pg.DEFAULT_MODEL, pg.DEFAULT_AMATEUR)
+    draft = AutoregressiveWrapper.from_pretrained(folder)
+    draft.datastore = NgramDatastore.from_pretrained(folder) if (folder / "ngrams.safetensors").is_file() else None
     return model, draft.eval()
 
 
 def lesson_run(model, draft, prompt, settings):
     ids = model.tokenizer.encode(prompt).ids
+    speculative = settings.strategy == "speculative decoding"
     with torch.no_grad():
         out = model.generate(torch.tensor(ids), settings.max_new_tokens, settings.config(model, trace=False),
-                             assistant_model=draft if settings.strategy == "speculative decoding" else None)
+                             assistant_model=draft if speculative and settings.drafter != "datastore" else None,
+                             assistant_datastore=draft.datastore if settings.drafter.endswith("datastore") else None)
     new = out[len(ids):].tolist()
     return ids, new[: new.index(model.eos_token_id)] if model.eos_token_id in new else new
 
@@ -461,6 +502,8 @@ def test_each_lesson_shows_what_it_says_on_the_bundled_model(bundled):
     assert pg.runs.repeated_ngram_share(loop[1]) > 0.5 > 0.1 > pg.runs.repeated_ngram_share(left[1])
     same, greedy = (next(v for k, v in lessons.items() if k.startswith(p)) for p in ("speculative", "greedy"))
     assert same[1] == greedy[1] and same[2].strategy == "speculative decoding"
+    free = next(v for k, v in lessons.items() if k.startswith("drafts that cost nothing"))
+    assert free[1] == greedy[1] and free[2].drafter == "draft model + datastore"
     hot_p, hot_min = (next(v for k, v in lessons.items() if k.startswith(p)) for p in ("top-p at temperature 2",
                                                                                    "min-p at the same"))
     assert pg.runs.mean_logprob(model, *hot_min[:2]) > pg.runs.mean_logprob(model, *hot_p[:2]) + 0.5

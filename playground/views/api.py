@@ -42,9 +42,9 @@ token with its rank and probability; beam search's `beam_tree` (every candidate 
   (0 = off), `dynatemp_exponent`; `seed`.
 - Beam search: `beams`, `length_penalty`, `stochastic` (stochastic beams: with the temperature and filters).
 - Contrastive search: `penalty_alpha`, `contrastive_k`. Contrastive decoding: `amateur`, `cd_alpha`, `cd_beta`.
-- Speculative decoding: `drafter` (`draft model`, `draft model + prompt lookup`, `amateur`, `prompt lookup`),
-  `num_assistant_tokens`, `num_assistant_tokens_schedule` (`constant`, `heuristic`), with the sampling settings
-  but XTC and mirostat.
+- Speculative decoding: `drafter` (`draft model`, `draft model + prompt lookup`, `draft model + datastore`,
+  `datastore`: the n-gram datastore beside the draft model, `amateur`, `prompt lookup`), `num_assistant_tokens`,
+  `num_assistant_tokens_schedule` (`constant`, `heuristic`), with the sampling settings but XTC and mirostat.
 - All: `max_new_tokens`, `repetition_penalty`, `no_repeat_ngram_size`, `dry_multiplier` (0 = off), `dry_base`,
   `dry_allowed_length`, `model` (a Hub repo id; empty = the default model), `use_finetuned`.
 - A what-if branch: `force_step` (1-based; 0 = none) and `force_token` (a token id): the same run, with that

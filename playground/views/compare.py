@@ -26,6 +26,8 @@ MORE = [  # the other columns a learner can add
     ("speculative decoding (greedy, draft model)", "speculative decoding", dict(temperature=0.0)),
     ("speculative decoding (greedy, draft model + prompt lookup)", "speculative decoding",
      dict(temperature=0.0, drafter="draft model + prompt lookup")),
+    ("speculative decoding (greedy, draft model + datastore)", "speculative decoding",
+     dict(temperature=0.0, drafter="draft model + datastore")),
     ("speculative decoding (greedy, prompt lookup)", "speculative decoding",
      dict(temperature=0.0, drafter="prompt lookup")),
     ("min-p 0.1 (T 0.8)", "sampling", dict(temperature=0.8, filters=dict(min_p=0.1))),

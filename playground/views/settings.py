@@ -200,7 +200,9 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
     with gr.Group(visible=shown["speculative"]) as groups["speculative"]:
         c["drafter"] = gr.Radio(DRAFTERS, value=s.drafter, label="drafter", elem_id="drafter",
                                 info="who proposes the tokens: the bundled draft model (distilled from this one), "
-                                     "the draft model where prompt lookup finds nothing to copy, the amateur "
+                                     "the draft model where prompt lookup finds nothing to copy, the draft model "
+                                     "where its n-gram datastore (what this model said after each n-gram in its "
+                                     "own continuations) knows nothing, the datastore alone, the amateur "
                                      "model, or prompt lookup (copy what followed the last n-gram's earlier "
                                      "occurrence; Saxena 2023)")
         c["num_assistant_tokens"] = slider("num_assistant_tokens", "draft tokens per round",

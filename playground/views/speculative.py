@@ -24,6 +24,7 @@ CSS = """
 .axw-chip-off { background: #e5e7eb; border: 1px dashed #9ca3af; opacity: 0.6; }
 .axw-chip-model { background: #c7d2fe; border: 1px solid #4f46e5; }
 .axw-chip-copy { box-shadow: inset 0 -3px 0 #f59e0b; }
+.axw-chip-store { box-shadow: inset 0 -3px 0 #0ea5e9; }
 """
 
 def build() -> tuple[gr.HTML, View]:
