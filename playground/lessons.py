@@ -44,7 +44,7 @@ LESSONS = {
         ("speculative decoding's identical text: greedy's, token for token", LOOP_PROMPT,
          Settings(strategy="speculative decoding", temperature=0.0, max_new_tokens=60)),
         ("greedy, to compare", LOOP_PROMPT, Settings(temperature=0.0, max_new_tokens=60)),
-        ("drafts that cost nothing: the draft model with its n-gram datastore (blue) and prompt lookup's copies",
+        ("drafts that cost nothing: the draft model with its n-gram datastore, whose copies are underlined in blue",
          LOOP_PROMPT, Settings(strategy="speculative decoding", temperature=0.0, max_new_tokens=60,
                                drafter="draft model + datastore")),
     ],
