@@ -1,19 +1,23 @@
 """Speculative decoding of the bundled expert: plain decoding beside each
 drafter, in the same run.
 
-    python benchmarks/speculative.py [--tokens 200] [--repeats 3] [--threads 2] [--drafts 3,4] [--held-out 8]
+    python benchmarks/speculative.py [--tokens 200] [--repeats 3] [--threads 2] [--drafts 3,4]
+        [--store-drafts 6,8] [--held-out 8]
 
 Greedy: for each drafter (the distilled `shakespeare-draft`; the draft with
-prompt lookup, `assistant_lookup_ngram=2`; the amateur `shakespeare-tiny`,
-at the fewest drafted tokens only; prompt lookup alone) and each number of
-drafted tokens (and "heuristic":
-transformers' schedule from 4 tokens; for the models alone, "confident": up
-to 20 tokens while the draft's probability stays at 0.4 or more,
-transformers' assistant defaults), tokens/s over the prompts, the speed-up
-on the three named prompts and on the held-out ones separately, the
-acceptance rate (drafted tokens the expert accepted), the share of drafts
-copied by prompt lookup, tokens per expert forward, and whether every text
-is token for token the expert's own greedy text. Then sampling at
+prompt lookup, `assistant_lookup_ngram=2`; the draft with its n-gram
+datastore (`assistant_datastore`, the draft folder's `ngrams.safetensors`),
+with and without prompt lookup; the datastore alone (`--store-drafts`
+tokens), with and without prompt lookup; the amateur `shakespeare-tiny`, at
+the fewest drafted tokens only; prompt lookup alone) and each number of
+drafted tokens (and "heuristic": transformers' schedule from 4 tokens; for
+the models alone, "confident": up to 20 tokens while the draft's
+probability stays at 0.4 or more, transformers' assistant defaults),
+tokens/s over the prompts, the speed-up on the three named prompts and on
+the held-out ones separately, the acceptance rate (drafted tokens the
+expert accepted), the share of drafts copied (from the text or the
+datastore), tokens per expert forward, and whether every text is token for
+token the expert's own greedy text. Then sampling at
 temperature 0.8 (top-p 0.9) with each drafter at its best greedy setting:
 tokens/s and acceptance (the text differs run to run; its distribution is
 the expert's, see tests/test_speculative.py).
@@ -34,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from axw import AutoregressiveWrapper
+from axw import AutoregressiveWrapper, NgramDatastore
 from axw.data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,10 +66,12 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--drafts", default="3,4", help="numbers of drafted tokens to try")
+    parser.add_argument("--store-drafts", default="6,8", help="numbers of drafted tokens for the datastore alone")
     parser.add_argument("--held-out", type=int, default=8, help="prompts from the held-out split")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     drafts = [int(d) for d in args.drafts.split(",")]
+    store_drafts = [int(d) for d in args.store_drafts.split(",")]
 
     expert = AutoregressiveWrapper.from_pretrained(MODELS / "shakespeare")
     drafters = {}
@@ -76,6 +82,16 @@ def main():
                 drafters[name + " + lookup"] = dict(drafters[name], assistant_lookup_ngram=2)
         else:
             print(f"({name} is not bundled: skipped)")
+    if (MODELS / "shakespeare-draft" / "ngrams.safetensors").is_file():
+        store = dict(assistant_datastore=NgramDatastore.from_pretrained(MODELS / "shakespeare-draft"))
+        if "shakespeare-draft" in drafters:
+            drafters["shakespeare-draft + datastore"] = dict(drafters["shakespeare-draft"], **store)
+            drafters["shakespeare-draft + datastore + lookup"] = dict(drafters["shakespeare-draft"], **store,
+                                                                      assistant_lookup_ngram=2)
+        drafters["datastore"] = store
+        drafters["datastore + lookup"] = dict(store, assistant_lookup_ngram=2)
+    else:
+        print("(the draft's datastore is not bundled: skipped)")
     drafters["prompt lookup"] = {}
 
     prompts = [torch.tensor(expert.tokenizer.encode(p).ids) for p in NAMED]
@@ -135,7 +151,8 @@ def main():
     best = {}
     options = {"shakespeare-draft": drafts + ["heuristic", "confident"],
                "shakespeare-draft + lookup": drafts + ["heuristic"], "shakespeare-tiny": drafts[:1],
-               "prompt lookup": drafts}
+               "shakespeare-draft + datastore": drafts, "shakespeare-draft + datastore + lookup": drafts,
+               "datastore": store_drafts, "datastore + lookup": store_drafts, "prompt lookup": drafts}
     for drafter in drafters:
         for n in options[drafter]:
             r = compare(greedy, drafting(drafter, n), plain_tokens)
