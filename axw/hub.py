@@ -199,6 +199,14 @@ def save_pretrained(model, folder: str | os.PathLike, model_card: str | None = N
 def push_to_hub(model, repo_id: str, token: str | None = None, private: bool = False,
                 commit_message: str = "Upload axw model", model_card: str | None = None) -> str:
     """Create the repo if needed and upload the saved model; returns the commit URL."""
+    return push_folder(lambda folder: save_pretrained(model, folder, model_card=model_card), repo_id, token,
+                       private, commit_message)
+
+
+def push_folder(write, repo_id: str, token: str | None = None, private: bool = False,
+                commit_message: str = "Upload axw files") -> str:
+    """Create the repo if needed and upload what `write(folder)` puts in a fresh folder (files of the same
+    names in the repo are replaced, others stay); returns the commit URL."""
     import tempfile
 
     from huggingface_hub import HfApi
@@ -207,6 +215,6 @@ def push_to_hub(model, repo_id: str, token: str | None = None, private: bool = F
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, model_card=model_card)
+        write(tmp)
         info = api.upload_folder(folder_path=tmp, repo_id=repo_id, repo_type="model", commit_message=commit_message)
     return str(getattr(info, "commit_url", info))

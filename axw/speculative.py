@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .generation import Decoding, Step, sample
-from .hub import DATASTORE_NAME, resolve
+from .hub import DATASTORE_NAME, push_folder, resolve
 from .utils import exists
 
 MAX_DRAFT = 64  # the heuristic schedule never drafts more per round
@@ -105,9 +105,10 @@ class NgramDatastore:
     continuations it drafts what the model would say, and where its corpus
     repeats itself, it is right more often than a small draft model.
 
-    `build` counts a corpus; `save_pretrained` / `from_pretrained` store it as
-    safetensors (`ngrams.safetensors` in a folder, a draft model's folder
-    among them, or a Hub repo). Pass it as `assistant_datastore`."""
+    `build` counts a corpus; `save_pretrained`, `push_to_hub` and
+    `from_pretrained` store it as safetensors (`ngrams.safetensors` in a
+    folder, a draft model's folder among them, or a Hub repo). Pass it as
+    `assistant_datastore`."""
 
     def __init__(self, table: dict[tuple[int, ...], int], vocab_size: int, max_n: int, min_n: int,
                  metadata: dict[str, str] | None = None):
@@ -186,16 +187,22 @@ class NgramDatastore:
         save_file(tensors, path, metadata=metadata)
         return path
 
+    def push_to_hub(self, repo_id: str, token: str | None = None, private: bool = False,
+                    commit_message: str = "Upload axw n-gram datastore") -> str:
+        """Upload `ngrams.safetensors` to a Hub repo (made if needed), beside
+        what it holds, such as the draft model it serves; the commit URL."""
+        return push_folder(self.save_pretrained, repo_id, token, private, commit_message)
+
     @classmethod
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
-                        token: str | None = None) -> NgramDatastore:
+                        token: str | None = None, cache_dir: str | os.PathLike | None = None) -> NgramDatastore:
         """Load from an `ngrams.safetensors` file, a folder holding one, or a
         Hugging Face Hub repo holding one."""
         from safetensors import safe_open
 
         path = Path(path_or_repo_id)
         if not path.is_file():
-            path = resolve(path_or_repo_id, revision=revision, token=token) / DATASTORE_NAME
+            path = resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir) / DATASTORE_NAME
             if not path.is_file():
                 raise ValueError(f"{path_or_repo_id!r} holds no {DATASTORE_NAME}: not an n-gram datastore")
         with safe_open(path, "pt") as f:

@@ -145,3 +145,45 @@ def test_push_to_hub_uploads_the_saved_folder(saved, monkeypatch):
     assert calls["files"]["tokenizer.json"] == (folder / "tokenizer.json").read_bytes()
     with pytest.raises(ValueError):
         model.push_to_hub("not a repo")
+
+
+def test_an_ngram_datastore_beside_a_model_through_the_hub(saved, tmp_path, monkeypatch):
+    """A draft's repo holding its n-gram datastore: both load from huggingface_hub's cache, and push_to_hub
+    hands huggingface_hub the datastore's file alone, which loads back as the same table."""
+    import huggingface_hub
+
+    from axw import NgramDatastore
+
+    model, folder = saved
+    store = NgramDatastore.build([torch.randint(0, 97, (40,), generator=torch.Generator().manual_seed(1))], 97)
+    repo = tmp_path / "repo"
+    shutil.copytree(folder, repo)
+    store.save_pretrained(repo)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = _hub_cache(tmp_path / "hub", "someone/tiny-draft", repo)
+    assert NgramDatastore.from_pretrained("someone/tiny-draft", cache_dir=cache).table == store.table
+    loaded = AutoregressiveWrapper.from_pretrained("someone/tiny-draft", cache_dir=cache)
+    x = torch.randint(0, 97, (1, 9))
+    assert torch.equal(model.eval().net(x), loaded.net(x))
+    with pytest.raises(OSError, match="someone/missing"):
+        NgramDatastore.from_pretrained("someone/missing", cache_dir=cache)
+
+    calls = {}
+
+    def create_repo(self, repo_id, private, exist_ok, repo_type):
+        calls["create"] = (repo_id, private, exist_ok, self.token)
+
+    def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
+        calls["files"] = {p.name: p.read_bytes() for p in __import__("pathlib").Path(folder_path).iterdir()}
+        return "https://huggingface.co/someone/tiny-draft/commit/def"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    assert store.push_to_hub("someone/tiny-draft", token="hf_secret").endswith("/commit/def")
+    assert calls["create"] == ("someone/tiny-draft", False, True, "hf_secret")
+    assert list(calls["files"]) == ["ngrams.safetensors"]
+    (tmp_path / "pushed.safetensors").write_bytes(calls["files"]["ngrams.safetensors"])
+    pushed = NgramDatastore.from_pretrained(tmp_path / "pushed.safetensors")
+    assert pushed.table == store.table and pushed.metadata == store.metadata
+    with pytest.raises(ValueError):
+        store.push_to_hub("not a repo")
