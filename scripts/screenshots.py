@@ -121,26 +121,22 @@ def main():
         region(page, str(out / "beam-tree.png"), "#output", "#beam-tree", full_width=False)
         region(page, str(out / "beam-step.png"), "#step-chart", "#step-chart .axw-beamcands", full_width=False)
 
+        def rounds(name: str, nth: int, **settings):
+            """Speculative decoding's rounds from ROMEO:, greedy, with round `nth` opened."""
+            generate(prompt="ROMEO:", strategy="speculative decoding", temperature=0, **settings)
+            page.locator("#speculative .axw-round").nth(nth).click()
+            page.mouse.move(5, 5)
+            page.wait_for_timeout(1000)
+            region(page, str(out / name), "#output", "#speculative", full_width=False)
+
         # speculative decoding: the rounds, accepted and rejected drafts
-        generate(prompt="ROMEO:", strategy="speculative decoding", temperature=0, max_new_tokens=40)
-        page.locator("#speculative .axw-round").nth(2).click()
-        page.mouse.move(5, 5)
-        page.wait_for_timeout(1000)
-        region(page, str(out / "speculative.png"), "#output", "#speculative", full_width=False)
+        rounds("speculative.png", 2, max_new_tokens=40)
         # the draft model with prompt lookup: the copies underlined
-        generate(prompt="ROMEO:", strategy="speculative decoding", temperature=0, max_new_tokens=60,
-                 drafter="draft model + prompt lookup", num_assistant_tokens=3)
-        page.locator("#speculative .axw-round").nth(4).click()
-        page.mouse.move(5, 5)
-        page.wait_for_timeout(1000)
-        region(page, str(out / "speculative-lookup.png"), "#output", "#speculative", full_width=False)
+        rounds("speculative-lookup.png", 4, max_new_tokens=60, drafter="draft model + prompt lookup",
+               num_assistant_tokens=3)
         # the draft model with its n-gram datastore: the datastore's copies underlined in blue
-        generate(prompt="ROMEO:", strategy="speculative decoding", temperature=0, max_new_tokens=60,
-                 drafter="draft model + datastore", num_assistant_tokens=3)
-        page.locator("#speculative .axw-round").nth(4).click()
-        page.mouse.move(5, 5)
-        page.wait_for_timeout(1000)
-        region(page, str(out / "speculative-datastore.png"), "#output", "#speculative", full_width=False)
+        rounds("speculative-datastore.png", 4, max_new_tokens=60, drafter="draft model + datastore",
+               num_assistant_tokens=3)
 
         # contrastive search: confidence and penalty side by side, the winner as alpha moves (a step where it
         # changes)

@@ -122,11 +122,12 @@ def test_mismatched_weights_are_refused(saved, tmp_path):
         AutoregressiveWrapper.from_pretrained(bad)
 
 
-def test_push_to_hub_uploads_the_saved_folder(saved, monkeypatch):
-    """The network side is huggingface_hub's; here we check what we hand it."""
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """huggingface_hub's HfApi with the network side stood in for: what it was handed (the repo made, the
+    files of the folder uploaded) lands in the returned dict."""
     import huggingface_hub
 
-    model, folder = saved
     calls = {}
 
     def create_repo(self, repo_id, private, exist_ok, repo_type):
@@ -134,10 +135,17 @@ def test_push_to_hub_uploads_the_saved_folder(saved, monkeypatch):
 
     def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
         calls["files"] = {p.name: p.read_bytes() for p in __import__("pathlib").Path(folder_path).iterdir()}
-        return "https://huggingface.co/someone/tiny/commit/abc"
+        return f"https://huggingface.co/{repo_id}/commit/abc"
 
     monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    return calls
+
+
+def test_push_to_hub_uploads_the_saved_folder(saved, hub_calls):
+    """The network side is huggingface_hub's; here we check what we hand it."""
+    model, folder = saved
+    calls = hub_calls
     url = model.push_to_hub("someone/tiny", token="hf_secret", private=True)
     assert url.endswith("/commit/abc")
     assert calls["create"] == ("someone/tiny", True, True, "hf_secret")
@@ -147,11 +155,9 @@ def test_push_to_hub_uploads_the_saved_folder(saved, monkeypatch):
         model.push_to_hub("not a repo")
 
 
-def test_an_ngram_datastore_beside_a_model_through_the_hub(saved, tmp_path, monkeypatch):
+def test_an_ngram_datastore_beside_a_model_through_the_hub(saved, tmp_path, monkeypatch, hub_calls):
     """A draft's repo holding its n-gram datastore: both load from huggingface_hub's cache, and push_to_hub
     hands huggingface_hub the datastore's file alone, which loads back as the same table."""
-    import huggingface_hub
-
     from axw import NgramDatastore
 
     model, folder = saved
@@ -168,18 +174,8 @@ def test_an_ngram_datastore_beside_a_model_through_the_hub(saved, tmp_path, monk
     with pytest.raises(OSError, match="someone/missing"):
         NgramDatastore.from_pretrained("someone/missing", cache_dir=cache)
 
-    calls = {}
-
-    def create_repo(self, repo_id, private, exist_ok, repo_type):
-        calls["create"] = (repo_id, private, exist_ok, self.token)
-
-    def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
-        calls["files"] = {p.name: p.read_bytes() for p in __import__("pathlib").Path(folder_path).iterdir()}
-        return "https://huggingface.co/someone/tiny-draft/commit/def"
-
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
-    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
-    assert store.push_to_hub("someone/tiny-draft", token="hf_secret").endswith("/commit/def")
+    calls = hub_calls
+    assert store.push_to_hub("someone/tiny-draft", token="hf_secret").endswith("someone/tiny-draft/commit/abc")
     assert calls["create"] == ("someone/tiny-draft", False, True, "hf_secret")
     assert list(calls["files"]) == ["ngrams.safetensors"]
     (tmp_path / "pushed.safetensors").write_bytes(calls["files"]["ngrams.safetensors"])

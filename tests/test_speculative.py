@@ -131,17 +131,31 @@ def test_sampling_has_exactly_the_models_distribution(close):
     assert rate > 0.6 if close else rate < 0.9
 
 
-def test_sampling_with_prompt_lookup_has_the_models_distribution():
-    vocab, n = 4, 3
+def sharp_pair(vocab=4):
+    """A target far from uniform on a tiny vocabulary, and a draft nearer uniform: in sampling, copies (a
+    one-hot proposal) and the assistant's draws are both often rejected."""
     target = tiny_model(seed=2, num_tokens=vocab, rotary=True, dim=16)
+    draft = tiny_model(seed=7, num_tokens=vocab, rotary=True, dim=16, depth=1)
     with torch.no_grad():
         target.net.to_logits.weight.mul_(20)
-    prompt = torch.tensor([1, 2, 3, 1, 2])  # "1 2" recurs: lookup proposes "3 1 2"
+        draft.net.to_logits.weight.mul_(10)
+    return target, draft
+
+
+def sampled_like_the_model(target, prompt, n, vocab, **kwargs) -> bool:
+    """Whether 4,000 continuations sampled with `kwargs` (250 seeds of 16 rows, temperature 1, no filter) fall
+    within sampling noise of the target's exact distribution over the n-token sequences."""
     exact = exact_distribution(target.net, prompt, n, vocab, vocab, 1.0)
     samples = torch.cat([target.generate(prompt.repeat(16, 1), n, seed=s, temperature=1.0, filter_logits_fn=None,
-                                         prompt_lookup_num_tokens=3)[:, 5:] for s in range(250)])
+                                         **kwargs)[:, len(prompt):] for s in range(250)])
     bound = 4.5 * (exact * (1 - exact) / len(samples)).sqrt() + 2e-3
-    assert ((frequencies(samples, vocab, n) - exact).abs() <= bound).all()
+    return bool(((frequencies(samples, vocab, n) - exact).abs() <= bound).all())
+
+
+def test_sampling_with_prompt_lookup_has_the_models_distribution():
+    target, _ = sharp_pair()
+    prompt = torch.tensor([1, 2, 3, 1, 2])  # "1 2" recurs: lookup proposes "3 1 2"
+    assert sampled_like_the_model(target, prompt, 3, 4, prompt_lookup_num_tokens=3)
 
 
 def test_seeded_sampling_reproduces():
@@ -336,20 +350,12 @@ def test_greedy_with_the_assistant_and_prompt_lookup(ngram):
 def test_sampling_with_the_assistant_and_prompt_lookup_has_the_models_distribution():
     """Rounds mixing copies (a one-hot proposal) and the assistant's samples:
     the sequences' frequencies match the model's exact distribution."""
-    vocab, n = 4, 3
-    target = tiny_model(seed=2, num_tokens=vocab, rotary=True, dim=16)
-    draft = tiny_model(seed=7, num_tokens=vocab, rotary=True, dim=16, depth=1)
-    with torch.no_grad():
-        target.net.to_logits.weight.mul_(20)
-        draft.net.to_logits.weight.mul_(10)
+    target, draft = sharp_pair()
     prompt = torch.tensor([1, 2, 3, 1, 2, 0])  # "1 2" recurs; what follows "2 0" must come from the assistant
-    exact = exact_distribution(target.net, prompt, n, vocab, vocab, 1.0)
-    kwargs = dict(temperature=1.0, filter_logits_fn=None, assistant_model=draft, num_assistant_tokens=2,
-                  assistant_lookup_ngram=1)
-    samples = torch.cat([target.generate(prompt.repeat(16, 1), n, seed=s, **kwargs)[:, 6:] for s in range(250)])
-    bound = 4.5 * (exact * (1 - exact) / len(samples)).sqrt() + 2e-3
-    assert ((frequencies(samples, vocab, n) - exact).abs() <= bound).all()
-    run = target._decoding(prompt.repeat(64, 1), n, None, dict(kwargs, seed=0))
+    kwargs = dict(assistant_model=draft, num_assistant_tokens=2, assistant_lookup_ngram=1)
+    assert sampled_like_the_model(target, prompt, 3, 4, **kwargs)
+    run = target._decoding(prompt.repeat(64, 1), 3, None, dict(kwargs, temperature=1.0, filter_logits_fn=None,
+                                                              seed=0))
     run.output()
     assert 0 < run.stats["copied"] < run.stats["drafted"]  # both drafters proposed tokens
 
@@ -496,22 +502,15 @@ def test_greedy_with_a_datastore(extra):
 def test_sampling_with_a_datastore_has_the_models_distribution():
     """The datastore's copies (a one-hot proposal), alone and between the assistant's samples: the sequences'
     frequencies match the model's exact distribution."""
-    vocab, n = 4, 3
-    target = tiny_model(seed=2, num_tokens=vocab, rotary=True, dim=16)
-    draft = tiny_model(seed=7, num_tokens=vocab, rotary=True, dim=16, depth=1)
-    with torch.no_grad():
-        target.net.to_logits.weight.mul_(20)
-        draft.net.to_logits.weight.mul_(10)
+    target, draft = sharp_pair()
     prompt = torch.tensor([1, 2, 3, 1, 2, 0])
     # it knows what follows some of the model's likely bigrams, and not others (those need the assistant)
-    store = NgramDatastore.build([[2, 0, 1, 3], [0, 1, 1, 2]], vocab, max_n=2, min_n=2)
-    exact = exact_distribution(target.net, prompt, n, vocab, vocab, 1.0)
+    store = NgramDatastore.build([[2, 0, 1, 3], [0, 1, 1, 2]], 4, max_n=2, min_n=2)
     for extra in (dict(assistant_model=draft, num_assistant_tokens=2), dict(num_assistant_tokens=3)):
-        kwargs = dict(temperature=1.0, filter_logits_fn=None, assistant_datastore=store, **extra)
-        samples = torch.cat([target.generate(prompt.repeat(16, 1), n, seed=s, **kwargs)[:, 6:] for s in range(250)])
-        bound = 4.5 * (exact * (1 - exact) / len(samples)).sqrt() + 2e-3
-        assert ((frequencies(samples, vocab, n) - exact).abs() <= bound).all(), extra
-        run = target._decoding(prompt.repeat(64, 1), n, None, dict(kwargs, seed=0))
+        kwargs = dict(assistant_datastore=store, **extra)
+        assert sampled_like_the_model(target, prompt, 3, 4, **kwargs), extra
+        run = target._decoding(prompt.repeat(64, 1), 3, None, dict(kwargs, temperature=1.0, filter_logits_fn=None,
+                                                                  seed=0))
         run.output()
         assert 0 < run.stats["copied"] <= run.stats["drafted"]
 

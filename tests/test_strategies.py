@@ -232,15 +232,20 @@ def test_stochastic_beams_are_ranked_by_their_keys(app, models):
 # --- speculative rounds ---
 
 
+def greedy_rounds(app, models, drafter: str, n: int = 60):
+    """(expert, run) of greedy speculative decoding with `drafter` drafting 3 a round: greedy's own text."""
+    expert, _ = models
+    run = run_of(app, pg.Settings(strategy="speculative decoding", drafter=drafter, temperature=0.0,
+                                  num_assistant_tokens=3, max_new_tokens=n))
+    assert run.new_ids == library(expert, n, temperature=0.0)
+    return expert, run
+
+
 def test_speculative_rounds_mark_the_drafts_copied_by_prompt_lookup(app, models):
     """'draft model + prompt lookup': a draft is a copy exactly where the text's last two tokens occurred before
     (with a committed token after them), and it is the token that followed their latest occurrence; the rounds
     view marks each copy."""
-    expert, _ = models
-    n = 60
-    run = run_of(app, pg.Settings(strategy="speculative decoding", drafter="draft model + prompt lookup",
-                                  temperature=0.0, num_assistant_tokens=3, max_new_tokens=n))
-    assert run.new_ids == library(expert, n, temperature=0.0)
+    expert, run = greedy_rounds(app, models, "draft model + prompt lookup")
     copies = 0
     for r in pg.speculative_rounds(run.rows):
         text = ids_of(expert) + run.new_ids[:r["steps"][0]]  # what the model had committed when the round began
@@ -261,12 +266,8 @@ def test_speculative_rounds_mark_the_drafts_copied_by_prompt_lookup(app, models)
 def test_speculative_rounds_mark_the_drafts_copied_from_the_datastore(app, models):
     """'draft model + datastore': where the datastore beside the draft holds the text's last n-gram, its token is
     the draft and the draft model does not run; the rounds view marks each such copy."""
-    expert, _ = models
     store = NgramDatastore.from_pretrained(app.draft_name)  # the test app's drafter folder holds one
-    n = 60
-    run = run_of(app, pg.Settings(strategy="speculative decoding", drafter="draft model + datastore",
-                                  temperature=0.0, num_assistant_tokens=3, max_new_tokens=n))
-    assert run.new_ids == library(expert, n, temperature=0.0)
+    expert, run = greedy_rounds(app, models, "draft model + datastore")
     copies = 0
     for r in pg.speculative_rounds(run.rows):
         seq = ids_of(expert) + run.new_ids[:r["steps"][0]] + r["drafted"]
