@@ -116,6 +116,12 @@ class NgramDatastore:
             raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
         if not (isinstance(min_n, int) and isinstance(max_n, int) and 1 <= min_n <= max_n):
             raise ValueError(f"the n-gram sizes must satisfy 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
+        bad = next((key for key, token in table.items()
+                    if not (isinstance(key, tuple) and min_n <= len(key) <= max_n
+                            and all(0 <= t < vocab_size for t in (*key, token)))), None)
+        if bad is not None:
+            raise ValueError(f"the table's n-gram {bad!r} (-> {table[bad]!r}) is not {min_n} to {max_n} token ids "
+                             f"followed by one, all in [0, {vocab_size})")
         self.table, self.vocab_size, self.max_n, self.min_n = table, vocab_size, max_n, min_n
         self.sizes = range(max_n, min_n - 1, -1)  # longest first
         self.metadata = dict(metadata or {})
@@ -216,7 +222,7 @@ class NgramDatastore:
             table = {}
             for n in range(min_n, max_n + 1):
                 rows = f.get_tensor(f"ngrams.{n}").long()
-                if rows.ndim != 2 or rows.shape[1] != n + 1 or bool(((rows < 0) | (rows >= vocab_size)).any()):
+                if rows.ndim != 2 or rows.shape[1] != n + 1:  # the ids' range is checked with the table
                     raise ValueError(f"{path}: its {n}-gram table is malformed")
                 rows = rows.tolist()
                 table.update(zip(map(tuple, (r[:n] for r in rows)), (r[n] for r in rows)))

@@ -453,6 +453,9 @@ def test_bad_datastores_are_refused(tmp_path):
         NgramDatastore.build([[1, 2]], 5, max_n=2, min_n=3)
     with pytest.raises(ValueError, match="min_count"):
         NgramDatastore.build([[1, 2]], 5, min_count=0)
+    for table in ({(1, 2): 5}, {(1, 9): 2}, {(1,): 2}, {(1, 2, 3, 4, 0): 2}, {"ab": 1}):
+        with pytest.raises(ValueError, match="is not 2 to 4 token ids"):
+            NgramDatastore(table, 5, max_n=4, min_n=2)
     with pytest.raises(ValueError, match="holds no ngrams.safetensors"):
         NgramDatastore.from_pretrained(tmp_path)
     from safetensors.torch import save_file
