@@ -244,13 +244,15 @@ def lookup_drafts(index: NgramIndex, seq: Tensor, end: int, n_draft: int, pad: i
 
 def model_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, store: NgramDatastore | None,
                  starts: list[int], out: Tensor, cur: int, n: int, cap: int, need_q: bool,
-                 valid: Tensor | None) -> tuple[Tensor, list, Tensor]:
+                 valid: Tensor | None, stopped: list[bool] | None = None) -> tuple[Tensor, list, Tensor]:
     """Draft up to `n` tokens with the assistant `draft` for positions cur,
     cur + 1, ... of `out`, with copies between them where the text (`index`)
     or the datastore (`store`) knows what comes next, up to `cap` drafts in
     all (the drafts before each assistant step are written to `out` for it to
     read). Without an assistant, the copies alone draft, until a position
-    where some row has none. Returns the drafts (b, gamma), the drafter's
+    where some row has none. `starts`: each row's first real (not left-pad)
+    position; rows `stopped` at EOS draft padding, so they never make the
+    others wait for a draft. Returns the drafts (b, gamma), the drafter's
     processed distribution q at each (one-hot for a copy) when `need_q`, and
     where each draft came from (b, gamma): ASSISTANT, TEXT or DATASTORE."""
     c, b, device = run.config, out.shape[0], out.device
@@ -273,6 +275,8 @@ def model_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, store
             stored = store.next_tokens(tails)
             source = [DATASTORE if f < 0 <= s else kind for f, s, kind in zip(found, stored, source)]
             found = [f if f >= 0 else s for f, s in zip(found, stored)]
+        if stopped is not None:
+            found = [run.pad if done else f for f, done in zip(found, stopped)]
         if min(found) >= 0:
             # every row's next token is known: the copies are the drafts, and the assistant does not run
             chosen = found
@@ -348,8 +352,9 @@ def steps(run: Decoding) -> Iterator[Step]:
         else:
             # copies cost no forward: beside an assistant they do not count towards its tokens
             cap = min(room, COPY_CAP * gamma) if exists(draft) and (exists(index) or exists(store)) else gamma
+            stopped = finished.tolist() if exists(eos) and bool(finished.any()) else None
             drafts, q, source = model_drafts(run, draft, draft_pipeline, index, store, starts, out, cur, gamma, cap,
-                                             need_q or c.assistant_confidence_threshold > 0, valid)
+                                             need_q or c.assistant_confidence_threshold > 0, valid, stopped)
             gamma = drafts.shape[1]
         copied = source != ASSISTANT
         out[:, cur:cur + gamma] = drafts

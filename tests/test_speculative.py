@@ -502,6 +502,24 @@ def test_greedy_with_a_datastore(extra):
                        target.generate(prompts, 40, temperature=0.0, eos_token=eos))
 
 
+def test_a_row_stopped_at_eos_does_not_hold_the_datastores_drafts_back():
+    """Row 0 emits EOS at once; the datastore knows row 1's whole greedy text and nothing after EOS: the batch
+    takes as few model forwards as row 1 alone, and each row's text is plain greedy decoding's."""
+    target, _ = repetitive_pair()
+    prompts = [torch.tensor([4, 2, 5, 4]), torch.tensor([2, 3, 4, 2, 5, 1])]
+    eos = 6  # row 0's first greedy token; row 1 never says it
+    row1 = target.generate(prompts[1], 30, temperature=0.0)
+    assert eos not in row1.tolist()
+    store = NgramDatastore.build([row1], 7, max_n=2, min_n=1)
+    kwargs = dict(temperature=0.0, eos_token=eos, assistant_datastore=store, num_assistant_tokens=6)
+    both = target._decoding(prompts, 30, None, dict(kwargs))
+    alone = target._decoding(prompts[1], 30, None, dict(kwargs))
+    assert torch.equal(both.output(), target.generate(prompts, 30, temperature=0.0, eos_token=eos))
+    assert torch.equal(alone.output(), row1)
+    # one round more: the first, where row 0 still drafted (and emitted EOS)
+    assert both.stats["target_forwards"] <= alone.stats["target_forwards"] + 1 < 10
+
+
 def test_sampling_with_a_datastore_has_the_models_distribution():
     """The datastore's copies (a one-hot proposal), alone and between the assistant's samples: the sequences'
     frequencies match the model's exact distribution."""
