@@ -164,14 +164,17 @@ class NgramDatastore:
         store.metadata.update(min_count=str(min_count))
         return store
 
+    def match(self, tail: list[int]) -> tuple[int, int]:
+        """(n, token): the longest n-gram ending `tail` (a row's last tokens)
+        that the datastore holds, and the token after it; (0, -1) if none."""
+        table = self.table
+        return next(((n, table[key]) for n in self.sizes if len(tail) >= n and (key := tuple(tail[-n:])) in table),
+                    (0, -1))
+
     def next_tokens(self, tails: list[list[int]]) -> list[int]:
         """Per row, the token after the longest n-gram ending `tails` (the
         row's last tokens) that the datastore holds, or -1."""
-        table, out = self.table, []
-        for tail in tails:
-            out.append(next((table[key] for n in self.sizes
-                             if len(tail) >= n and (key := tuple(tail[-n:])) in table), -1))
-        return out
+        return [self.match(tail)[1] for tail in tails]
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         """Write `ngrams.safetensors` into `folder` (made if missing): per

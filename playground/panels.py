@@ -8,6 +8,8 @@ from __future__ import annotations
 import html
 import math
 
+from axw.speculative import DATASTORE, TEXT
+
 from . import render
 from .render import _bar, show_token
 from .runs import alpha_sweep, beam_tree, candidate_status, speculative_rounds
@@ -133,7 +135,9 @@ def beam_candidates_panel(row: dict, tokenizer, settings=None, previous: dict | 
 # --- speculative decoding: rounds of drafts, accepted and rejected ---
 
 
-COPIED = {1: ("axw-chip-copy", "copied by prompt lookup"), 2: ("axw-chip-store", "copied from the n-gram datastore")}
+# where a copied draft came from (the trace's `sources`): its chip's class and title
+COPIED = {TEXT: ("axw-chip-copy", "copied by prompt lookup"),
+          DATASTORE: ("axw-chip-store", "copied from the n-gram datastore")}
 
 
 def _chip(tokenizer, token: int, kind: str, title: str, source: int = 0) -> str:
@@ -146,7 +150,7 @@ def round_html(r: dict, tokenizer, selected: int | None = None) -> str:
     """One round: the drafted tokens, accepted (green) up to the first rejection (red), the ones after it never
     used (grey), then the model's own token; each with the draft's and the model's probability."""
     n = r["n_accepted"]
-    sources = r.get("sources") or [0] * len(r["drafted"])
+    sources = r["sources"]
     chips = []
     for j, token in enumerate(r["drafted"]):
         q, p = r["draft_probs"][j], r["model_probs"][j]
@@ -194,7 +198,7 @@ def speculative_panel(row: dict, tokenizer, settings=None, previous=None) -> str
         return ""
     j, n = spec["position"], spec["n_accepted"]
     if j < n:
-        source = (f"{COPIED[kind][1]} (q = 1)" if (kind := (spec.get("sources") or [0] * (j + 1))[j]) in COPIED
+        source = (f"{COPIED[kind][1]} (q = 1)" if (kind := spec["sources"][j]) in COPIED
                   else f"the draft gave it q = {spec['draft_probs'][j]:.3f}")
         how = f"drafted and accepted: {source}, the model p = {spec['model_probs'][j]:.3f}"
     elif j < len(spec["drafted"]):

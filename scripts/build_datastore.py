@@ -71,12 +71,11 @@ def agreement(store: NgramDatastore, paths: torch.Tensor, new: int) -> tuple[flo
     total = 0
     for row in paths.tolist():
         for q in range(len(row) - new, len(row)):
-            tail = row[:q]
-            n = next((n for n in store.sizes if len(tail) >= n and tuple(tail[-n:]) in store.table), None)
+            n, token = store.match(row[:q])
             total += 1
-            if n is not None:
+            if n:
                 answered[n] += 1
-                right[n] += store.table[tuple(tail[-n:])] == row[q]
+                right[n] += token == row[q]
     return sum(answered.values()) / total, sum(right.values()) / total, answered, right
 
 
