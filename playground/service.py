@@ -133,12 +133,12 @@ class Playground:
             if settings.drafter != "datastore":
                 helpers["assistant"] = draft
             if settings.drafter.endswith("datastore"):
-                helpers["datastore"] = self._datastore(draft)
+                helpers["datastore"] = self._datastore()
         return m, helpers, config
 
-    def _datastore(self, draft):
+    def _datastore(self):
         """The n-gram datastore beside the draft model (in its folder), loaded once; the draft shares the model's
-        tokenizer, and so does its datastore."""
+        tokenizer, and so does its datastore (the library refuses one of another vocabulary size)."""
         name = self.draft_name
         with self._datastores_lock:
             if name not in self._datastores:
@@ -147,10 +147,7 @@ class Playground:
                 except (OSError, ValueError) as e:
                     raise ValueError(f"the draft model {Path(name).name or name} has no n-gram datastore beside it: "
                                      "pick another drafter") from e
-            store = self._datastores[name]
-        if store.vocab_size != draft.net.num_tokens:
-            raise ValueError("the draft's n-gram datastore does not match its vocabulary")
-        return store
+            return self._datastores[name]
 
     def _drafter_name(self, settings: Settings) -> str | None:
         """The model that drafts for speculative decoding: the amateur, or the draft model."""
