@@ -22,6 +22,7 @@ from .models import (DEFAULT_AMATEUR, DEFAULT_DRAFT, DEFAULT_MODEL, HUB_EXAMPLES
 from .render import (prob_colour, show_token, stage_numbers, step_html, step_table, tokens_html)  # noqa: F401
 from .runs import (Detokenizer, Run, Tree, alpha_sweep, beam_tree, branch, draw, encode_prompt,  # noqa: F401
                    speculative_rounds, stream_text, timeline, token_pieces)
-from .sessions import FairShare, KVStore, Sessions, address_key, forwarded_client, trusted_proxies, visitor  # noqa: F401
+from .sessions import (ClassShare, FairShare, KVStore, Sessions, address_key, env_number,  # noqa: F401
+                       forwarded_client, trusted_proxies, visitor)
 from .settings import (Settings, check_prompt, from_generation_config, from_query, number,  # noqa: F401
                        settings_from_dict, to_query)  # noqa: F401

@@ -10,11 +10,17 @@ MAX_BEAMS = 8
 MAX_CONTRASTIVE_K = 16
 MODEL_CACHE_SIZE = 3
 MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in fp16
-MAX_SESSIONS = 8
+# visitors' fine-tuned copies kept at once (AXW_FINETUNES), and the memory they may hold together
+# (AXW_FINETUNE_BYTES): a class of 30 each with a copy of the bundled model (8 MB) fits easily
+MAX_SESSIONS = 32
+FINETUNE_BYTES = 2_000_000_000
 SESSION_IDLE_S = 3600  # a fine-tuned copy unused for an hour is dropped
-# each visitor's share of the machine: seconds holding a generation or fine-tuning slot per window
+# each browser session's share of the machine: seconds holding a generation or fine-tuning slot per window
+# (AXW_VISITOR_BUDGET_S, AXW_VISITOR_WINDOW_S); everyone behind one address (a school's network) together gets
+# ADDRESS_SESSIONS sessions' worth (AXW_ADDRESS_BUDGET_S): with 2 slots that is the whole machine for a class
 VISITOR_BUDGET_S = 60.0
 VISITOR_WINDOW_S = 120.0
+ADDRESS_SESSIONS = 4
 MAX_TRUSTED_PROXIES = 16  # proxies in front of the app that append to X-Forwarded-For
 TRACE_TOP = 10  # candidates traced per step: the step view's rows, the what-if choices
 MAX_FORKS = 16  # what-if branches kept per visitor (the oldest goes first)

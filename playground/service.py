@@ -21,12 +21,12 @@ from axw import NgramDatastore
 
 from . import models as model_store
 from . import runs as R
-from .caps import VISITOR_BUDGET_S
+from .caps import FINETUNE_BYTES, MAX_SESSIONS, VISITOR_BUDGET_S, VISITOR_WINDOW_S
 from .finetune import FineTune, finetune_setup, model_zip, read_upload
 from .models import ModelCache
 from .panels import beam_tree_svg, speculative_html
 from .render import forks_html, side_by_side, step_html, tokens_html
-from .sessions import FairShare, KVStore, Sessions, visitor
+from .sessions import ClassShare, KVStore, Sessions, env_number, visitor
 from .sessions import trusted_proxies as proxy_count
 from .settings import Settings, check_prompt, from_generation_config, settings_from_dict
 
@@ -78,34 +78,43 @@ class Playground:
     """What the app serves: the models, each visitor's fine-tune, KV caches and fair share, and the handlers."""
 
     def __init__(self, model: str, amateur: str | None, visitor_budget_s: float | None = None,
-                 trust_proxy: bool | None = None, trusted_proxies: int | None = None, draft: str | None = None):
+                 trust_proxy: bool | None = None, trusted_proxies: int | None = None, draft: str | None = None,
+                 address_budget_s: float | None = None, finetunes: int | None = None):
         self.model_name, self.amateur_name = model, amateur
         self.draft_name = draft or model_store.default_draft(model, amateur)
         self.models = ModelCache([model, amateur, self.draft_name])
         self._datastores, self._datastores_lock = {}, threading.Lock()  # the draft's n-gram datastore, once loaded
-        self.sessions = Sessions()
+        self.sessions = Sessions(
+            size=env_number("AXW_FINETUNES", MAX_SESSIONS, 1, integer=True) if finetunes is None else finetunes,
+            max_bytes=env_number("AXW_FINETUNE_BYTES", FINETUNE_BYTES, 0, integer=True))
         self.caches = KVStore()
         if visitor_budget_s is None:
-            visitor_budget_s = float(os.environ.get("AXW_VISITOR_BUDGET_S", VISITOR_BUDGET_S))
-        self.share = FairShare(visitor_budget_s)
+            visitor_budget_s = env_number("AXW_VISITOR_BUDGET_S", VISITOR_BUDGET_S, 0)
+        if address_budget_s is None and os.environ.get("AXW_ADDRESS_BUDGET_S", "").strip():
+            address_budget_s = env_number("AXW_ADDRESS_BUDGET_S", 0, 0)
+        self.share = ClassShare(visitor_budget_s, address_budget_s,
+                                env_number("AXW_VISITOR_WINDOW_S", VISITOR_WINDOW_S, 1))
         # how many proxies append to X-Forwarded-For (AXW_TRUSTED_PROXIES; 1 on a Space); trust_proxy=True is 1
         self.trusted_proxies = proxy_count(trusted_proxies, trust_proxy)
         self.models.get(model)  # loaded once at start, onto the GPU when there is one
 
     @contextmanager
     def metered(self, request):
-        """Refuse a visitor who has used their share (as a gr.Error, before any compute), else count the time
-        spent in the block against it."""
-        key = visitor(request, self.trusted_proxies)
+        """Refuse a visitor whose browser session has used its share, or whose address has used its ceiling (as a
+        gr.Error, before any compute), else count the time spent in the block against both."""
+        address, session = visitor(request, self.trusted_proxies), session_of(request)
         with user_errors():
-            self.share.check(key)
-        with self.share.charge(key):
+            self.share.check(address, session)
+        with self.share.charge(address, session):
             yield
 
     def model(self, name: str, use_finetuned: bool = False, session: str | None = None):
         if use_finetuned:
             run = self.sessions.get(session or "")
             if run is None:
+                why = self.sessions.why_dropped(session or "")
+                if why is not None:
+                    raise ValueError(f"your fine-tuned model was dropped: {why}. Fine-tune again in the Fine-tune tab")
                 raise ValueError("you have no fine-tuned model yet: train one in the Fine-tune tab")
             if not run.done.is_set():  # registered but not started yet, or training: the thread owns the copy
                 raise ValueError("your fine-tune is still running: wait for it or press Stop")

@@ -12,28 +12,34 @@ from contextlib import contextmanager
 
 from axw.utils import check_number
 
-from .caps import (KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS, MAX_TRUSTED_PROXIES, SESSION_IDLE_S, VISITOR_BUDGET_S,
-                   VISITOR_WINDOW_S)
+from .caps import (ADDRESS_SESSIONS, FINETUNE_BYTES, KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS, MAX_TRUSTED_PROXIES,
+                   SESSION_IDLE_S, VISITOR_BUDGET_S, VISITOR_WINDOW_S)
 
 
 class Sessions:
     """Each visitor's fine-tune by session id. A browser tab's copy is dropped when the tab closes (app.py's
     unload); API clients never say goodbye, so copies idle for `idle_s` are dropped too, and at most `size` are
-    kept (the least recently used goes first): memory stays bounded whoever comes."""
+    kept holding at most `max_bytes` of weights together (the least recently used goes first): memory stays
+    bounded whoever comes. A visitor whose copy was dropped is told why (`why_dropped`)."""
 
-    def __init__(self, size: int = MAX_SESSIONS, idle_s: float = SESSION_IDLE_S):
-        self.size, self.idle_s, self.lock = size, idle_s, threading.Lock()
+    def __init__(self, size: int = MAX_SESSIONS, idle_s: float = SESSION_IDLE_S, max_bytes: int = FINETUNE_BYTES):
+        self.size, self.idle_s, self.max_bytes, self.lock = size, idle_s, max_bytes, threading.Lock()
         self.items: OrderedDict[str, object] = OrderedDict()
         self.used: dict[str, float] = {}
+        self.dropped: OrderedDict[str, str] = OrderedDict()  # session -> why its copy went (the latest 4096)
 
     def put(self, key: str, run):
         with self.lock:
             self._end(key)
+            self.dropped.pop(key, None)
             self.items[key], self.used[key] = run, time.monotonic()
             for old in [k for k, t in self.used.items() if k != key and time.monotonic() - t > self.idle_s]:
-                self._end(old)
-            while len(self.items) > self.size:
-                self._end(next(iter(self.items)))
+                self._end(old, f"it was unused for {self.idle_s / 60:.0f} minutes")
+            while len(self.items) > 1 and (len(self.items) > self.size or self._bytes() > self.max_bytes):
+                limit = (f"the {self.size} most recently used fine-tuned copies" if len(self.items) > self.size
+                         else f"the most recently used fine-tuned copies that fit in {self.max_bytes / 1e9:g} GB")
+                self._end(next(iter(self.items)), f"this server keeps {limit} (AXW_FINETUNES, AXW_FINETUNE_BYTES), "
+                                                  "and other visitors fine-tuned since")
 
     def get(self, key: str):
         with self.lock:
@@ -42,15 +48,32 @@ class Sessions:
                 self.used[key] = time.monotonic()
             return self.items.get(key)
 
+    def why_dropped(self, key: str) -> str | None:
+        """Why this session's fine-tuned copy is gone, if it had one that was dropped."""
+        with self.lock:
+            return self.dropped.get(key)
+
     def drop(self, key: str):
         with self.lock:
             self._end(key)
+            self.dropped.pop(key, None)  # the tab closed: nobody is left to tell
 
-    def _end(self, key: str):
+    def _bytes(self) -> int:
+        return sum(model_bytes(run.model) for run in self.items.values())
+
+    def _end(self, key: str, why: str | None = None):
         run = self.items.pop(key, None)
         self.used.pop(key, None)
         if run is not None:
             run.stop.set()  # a running fine-tune ends after its current step, then its copy is garbage
+            if why is not None:
+                self.dropped[key] = why
+                while len(self.dropped) > 4096:
+                    self.dropped.popitem(last=False)
+
+
+def model_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters()) if model is not None else 0
 
 
 class KVStore:
@@ -94,6 +117,21 @@ class KVStore:
 
     def total(self) -> int:
         return sum(self.size(c) for c in self.items.values())
+
+
+def env_number(name: str, default: float, low: float, high: float | None = None, integer: bool = False,
+               env=os.environ) -> float:
+    """A number from the environment variable `name` (`default` when unset or blank), refused with a message
+    naming the variable when it is not a number in [low, high]."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+        return check_number(value, name, low, high, integer=integer)
+    except ValueError:
+        allowed = f"from {low:g}" + (f" to {high:g}" if high is not None else " up")
+        raise ValueError(f"{name} must be a {'whole ' if integer else ''}number {allowed}, got {raw!r}") from None
 
 
 def trusted_proxies(trusted: int | None = None, trust_proxy: bool | None = None, env=os.environ) -> int:
@@ -174,9 +212,12 @@ class FairShare:
     however many sessions, cannot keep everyone else queueing. A request already running always finishes.
     `budget_s` <= 0 turns the limit off."""
 
+    REFUSAL = ("you have used this machine for {spent:.0f} s in the last {window:.0f} s, the share each visitor gets "
+               "so everyone has a turn; try again in {wait:.0f} s")
+
     def __init__(self, budget_s: float = VISITOR_BUDGET_S, window_s: float = VISITOR_WINDOW_S,
-                 clock=time.monotonic):
-        self.budget_s, self.window_s, self.clock = budget_s, window_s, clock
+                 clock=time.monotonic, refusal: str = REFUSAL):
+        self.budget_s, self.window_s, self.clock, self.refusal = budget_s, window_s, clock, refusal
         self.lock = threading.Lock()
         self.spans: dict[str, deque] = {}  # visitor -> (end, seconds) of recent requests, oldest first
 
@@ -207,8 +248,7 @@ class FairShare:
                 wait = end + self.window_s - now
                 if over < 0:
                     break
-        raise ValueError(f"you have used this machine for {spent:.0f} s in the last {self.window_s:.0f} s, the share "
-                         f"each visitor gets so everyone has a turn; try again in {max(wait, 1):.0f} s")
+        raise ValueError(self.refusal.format(spent=spent, window=self.window_s, wait=max(wait, 1)))
 
     @contextmanager
     def charge(self, key: str):
@@ -224,3 +264,31 @@ class FairShare:
                     if len(self.spans) > 1024:  # forget visitors who went quiet
                         for k in list(self.spans):
                             self._spent(k, now)
+
+
+class ClassShare:
+    """The fair share for a class on one server: each browser session has its own `session_s` per window, and
+    everyone behind one address together at most `address_s` (several sessions' worth). Thirty students behind a
+    school's one address are each served; one session sending request after request is held back at its own
+    share; a client that opens a new session per request is held back at its address's ceiling. Either at or
+    below 0 is off."""
+
+    ADDRESS_REFUSAL = ("visitors from your network address have used this machine for {spent:.0f} s in the last "
+                       "{window:.0f} s, the most one address gets (several times the share each visitor gets) so "
+                       "others have a turn; try again in {wait:.0f} s")
+
+    def __init__(self, session_s: float = VISITOR_BUDGET_S, address_s: float | None = None,
+                 window_s: float = VISITOR_WINDOW_S, clock=time.monotonic):
+        address_s = ADDRESS_SESSIONS * session_s if address_s is None else address_s
+        self.sessions = FairShare(session_s, window_s, clock)
+        self.addresses = FairShare(address_s, window_s, clock, refusal=self.ADDRESS_REFUSAL)
+
+    def check(self, address: str, session: str):
+        """Refuse (ValueError) a session over its share, or an address over its ceiling."""
+        self.sessions.check(f"{address} {session}")  # a session counts within its address: ids are the client's
+        self.addresses.check(address)
+
+    @contextmanager
+    def charge(self, address: str, session: str):
+        with self.addresses.charge(address), self.sessions.charge(f"{address} {session}"):
+            yield

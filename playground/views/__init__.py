@@ -8,10 +8,13 @@ module with a `build` returning a View, added to the list in `views.generate`; i
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Callable
 
 import gradio as gr
+from gradio.helpers import special_args
 
 
 @dataclass
@@ -54,3 +57,50 @@ def step_panel(key: str, title: str, elem_id: str, selector: str, css: str) -> t
         return [gr.Column(visible=value is not None), value or ""]
 
     return html, View([box, html], place, css)
+
+
+def with_visitor(fn: Callable, inputs: int) -> Callable:
+    """`fn(*values, request=...)` as a handler of `inputs` values that gradio hands the visitor's gr.Request.
+
+    Gradio passes the request only to a named positional parameter annotated gr.Request
+    (gradio.helpers.special_args reads the signature up to the first *args), so a handler written with *values
+    would run with request None: every visitor would be one, sharing one fair share and no fine-tuned copy."""
+    names = [f"value_{i}" for i in range(inputs)] + ["request"]
+    params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in names]
+    params[-1] = params[-1].replace(annotation=gr.Request, default=None)
+
+    def split(args, request):
+        # gradio passes the request positionally, after the values (the signature below says so)
+        if request is None and len(args) == inputs + 1:
+            *args, request = args
+        return args, request
+
+    if inspect.isgeneratorfunction(fn):  # gradio streams a generator's values: the handler must be one too
+        @functools.wraps(fn)
+        def handler(*args, request=None):
+            values, request = split(args, request)
+            yield from fn(*values, request=request)
+    else:
+        @functools.wraps(fn)
+        def handler(*args, request=None):
+            values, request = split(args, request)
+            return fn(*values, request=request)
+    handler.__signature__ = inspect.Signature(params)
+    handler.__annotations__ = {"request": gr.Request}
+    return handler
+
+
+def receives_visitor(fn: Callable, inputs: int) -> bool:
+    """Whether gradio would hand `fn`, called with `inputs` values, the request (asked of gradio itself)."""
+    marker = object()
+    values, *_ = special_args(fn, [None] * inputs, request=marker)
+    return any(v is marker for v in values)
+
+
+def check_handlers(demo: gr.Blocks):
+    """Refuse to build a page with an event handler that cannot learn who is asking: the fair share, the visitor's
+    fine-tuned copy and their KV caches all key on the request."""
+    blind = [b.name for b in demo.fns.values() if b.fn is not None and not receives_visitor(b.fn, len(b.inputs))]
+    if blind:
+        raise TypeError(f"these handlers cannot receive the gr.Request (give them a named `request: gr.Request` "
+                        f"parameter, or wrap them with views.with_visitor): {', '.join(sorted(set(blind)))}")

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import View, beam_tree, event_data, skip, forks, output, sample, settings, share, speculative, step, timeline
+from . import (View, beam_tree, event_data, forks, output, sample, settings, share, skip, speculative, step, timeline,
+               with_visitor)
 
 
 # after another step of the same run opens (the slider holds it, 1-based), the beam tree and the speculative
@@ -88,15 +89,16 @@ def build(app, gpu, model_box, choices, concurrency: int):
     # calling these endpoints, gets our message rather than a component's conversion error
     raw = dict(gen, preprocess=False)
     inputs = controls.inputs() + [tree]
-    run = go.click(gpu(generate_ui), inputs, outputs, api_name="generate_controls", api_visibility="undocumented",
-                   **raw)
-    submitted = controls["prompt"].submit(gpu(generate_ui), inputs, outputs, api_visibility="private", **raw)
+    generate = gpu(with_visitor(generate_ui, len(inputs)))
+    run = go.click(generate, inputs, outputs, api_name="generate_controls", api_visibility="undocumented", **raw)
+    submitted = controls["prompt"].submit(generate, inputs, outputs, api_visibility="private", **raw)
     # the Generate button's endpoint as it was before the later controls: those take their defaults (a client
     # passing the first values only would otherwise be refused by gradio for the missing ones)
     with gr.Row(visible=False):
         old_go = gr.Button("generate")
-    old_run = old_go.click(gpu(generate_ui), inputs[:settings.FIRST_INPUTS] + [tree], outputs,
-                           api_name="generate_stream", api_visibility="undocumented", **raw)
+    old_run = old_go.click(gpu(with_visitor(generate_ui, settings.FIRST_INPUTS + 1)),
+                           inputs[:settings.FIRST_INPUTS] + [tree], outputs, api_name="generate_stream",
+                           api_visibility="undocumented", **raw)
     branched = chart.click(gpu(branch_ui), [tree], outputs, api_visibility="private", **gen)
     branch_go_event = branch_go.click(gpu(branch_stream), [tree, branch_step, branch_token], outputs,
                                       api_name="branch_stream", api_visibility="undocumented", **raw)

@@ -274,7 +274,7 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
     controls = Controls(c, groups)
     names = list(groups)
 
-    def show(strategy, stochastic):
+    def show(strategy, stochastic, request: gr.Request = None):
         shown = visible(strategy, stochastic)
         updates = [gr.Accordion(visible=shown["filters"]) if name == "more" else gr.Group(visible=shown[name])
                    for name in names]

@@ -11,6 +11,7 @@ import gradio as gr
 from ..runs import Tree
 from ..settings import from_query, to_query
 from ..service import user_errors
+from . import with_visitor
 from .settings import UI_INPUTS, fill, settings_from_ui
 
 # the link is the page's own address with the query the server wrote
@@ -34,12 +35,13 @@ def build(app, controls, tree):
                           placeholder="press the button for a link to these settings")
         copy = gr.Button("Copy share link", scale=0, min_width=150, size="sm", elem_id="share")
 
-    def share_query(*values):
+    def share_query(*values, request: gr.Request = None):
         with user_errors():
             prompt, settings = settings_from_ui(*values)
             return to_query(prompt, settings.check(), app.model_name, app.amateur_name or "")
 
-    copy.click(share_query, controls.inputs(), link, api_visibility="private", queue=False).then(
+    copy.click(with_visitor(share_query, len(controls.inputs())), controls.inputs(), link, api_visibility="private",
+               queue=False).then(
         None, link, link, js=COPY)
 
     def load_link(request: gr.Request):
@@ -51,7 +53,7 @@ def build(app, controls, tree):
         # a model the link names is loaded by Generate (its compute charged to the visitor), not by opening it
         return fill(prompt, settings, settings.model or None, settings.amateur or None)
 
-    def run_query(tree):
+    def run_query(tree, request: gr.Request = None):
         """The link of the open run: its prompt and settings, and for a branch of the generated text the token it
         forced and where (a branch of a branch has no link of its own: the link is its parent's)."""
         run = tree.get() if isinstance(tree, Tree) else None

@@ -75,7 +75,7 @@ def build() -> tuple[gr.Radio, dict, gr.HTML, View]:
                                       elem_classes=["axw-timeline"])
     bridge = gr.HTML("", elem_id="timeline-bridge", js_on_load=POINT_CLICK)
 
-    def pick(name):
+    def pick(name, request: gr.Request = None):
         return [gr.LinePlot(visible=n == name) for n in MEASURES]
 
     measure.change(pick, measure, list(plots.values()), api_visibility="private", queue=False)
