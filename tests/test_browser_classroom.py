@@ -79,3 +79,38 @@ def test_one_visitor_over_its_share_and_the_others_are_still_served_on_the_gener
     assert addresses == ["198.51.100.7", "203.0.113.5", "203.0.113.5"]
     for page in (heavy, elsewhere, classmate):
         page.context.close()
+
+
+BADGES = "() => [...document.querySelectorAll('.block .error')].map((e) => e.closest('.block').id)"
+
+
+def test_a_refusal_leaves_no_error_badge_and_keeps_what_was_shown(served_app, browser):
+    url, _ = served_app
+    page = visitor(browser, url, "203.0.113.9")
+    assert press_generate(page) == "served"
+    text = page.locator("#output .axw-out").inner_text()
+    page.locator("#prompt textarea").fill("")
+    page.locator("#generate").click()
+    page.get_by_text("the prompt is empty").first.wait_for(timeout=15000)
+    page.wait_for_timeout(1500)  # the badges gradio draws on a failed event's outputs would be there by now
+    assert page.evaluate(BADGES) == []
+    assert page.locator("#output .axw-out").inner_text() == text
+
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-columns").get_by_label("beam search (4 beams)").uncheck()
+    page.locator("#compare-new input[type=number]").fill("8")
+    page.locator("#compare-go").click()
+    page.wait_for_function("() => document.querySelectorAll('#compare-grid .axw-metrics').length >= 5",
+                           timeout=60000)
+    rows = "() => Number(document.querySelector('#compare-metrics [role=grid]')?.getAttribute('aria-rowcount'))"
+    page.wait_for_function(f"({rows})() >= 6", timeout=10000)  # the header and a row per column
+    columns, numbers = page.locator("#compare-grid").inner_text(), page.evaluate(rows)
+    page.locator("#compare-prompt textarea").fill("")
+    page.locator("#compare-go").click()
+    page.get_by_text("the prompt is empty").first.wait_for(timeout=15000)
+    page.wait_for_timeout(1500)
+    assert page.evaluate(BADGES) == []
+    assert page.locator("#compare-grid").inner_text() == columns
+    assert page.evaluate(rows) == numbers
+    assert page.locator("#compare-metrics").get_by_text("contrastive search (alpha 0.6, k 4)").count() == 1
+    page.context.close()

@@ -28,6 +28,17 @@ def skip(n: int = 1) -> list:
     return [gr.skip() for _ in range(n)]
 
 
+def keep_on_failure(event, outputs: list):
+    """After a refused request the toast says why; gradio would also leave an "Error" badge over every output of
+    the event (hiding a table's rows) until it next updates. When `event` fails, update the same outputs with
+    nothing new: the badges go, and what they showed before stays."""
+
+    def unchanged(request: gr.Request = None):
+        return skip(len(outputs))
+
+    return event.failure(unchanged, None, outputs, api_visibility="private", show_progress="hidden", queue=False)
+
+
 def event_data(evt) -> dict:
     """What a gr.HTML's js_on_load passed to trigger(), or {}."""
     data = getattr(evt, "_data", None)

@@ -14,6 +14,7 @@ import pandas as pd
 from ..caps import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
 from ..render import show_token, tokens_html
 from ..settings import Settings
+from . import keep_on_failure
 
 COMPARE = [  # (label, strategy, settings): the five columns /generate has always been compared on
     ("greedy", "sampling", dict(temperature=0.0)),
@@ -143,6 +144,8 @@ def build(app, gpu, model_box, amateur_box, concurrency: int):
     def compare_ui(model_name, prompt, seed, new, amateur, columns, request: gr.Request = None):
         yield from app.compare_view_ui(model_name, prompt, seed, new, amateur, columns, request)
 
-    go.click(gpu(compare_ui), [model_box, prompt, seed, new, amateur_box, columns], [grid, table],
-             api_visibility="private", concurrency_limit=concurrency, concurrency_id="gen", preprocess=False)
+    compared = go.click(gpu(compare_ui), [model_box, prompt, seed, new, amateur_box, columns], [grid, table],
+                        api_visibility="private", concurrency_limit=concurrency, concurrency_id="gen",
+                        preprocess=False)
+    keep_on_failure(compared, [grid, table])  # a refused Compare leaves the last result as it was
     return CSS

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import (View, beam_tree, event_data, forks, output, sample, settings, share, skip, speculative, step, timeline,
+from . import (View, beam_tree, event_data, forks, keep_on_failure, output, sample, settings, share, skip, speculative, step, timeline,
                with_visitor)
 
 
@@ -113,5 +113,7 @@ def build(app, gpu, model_box, choices, concurrency: int):
     opened_event = opened.input(open_run, [tree, opened], outputs, **quick)
     for event in (run, submitted, old_run, branched, branch_go_event, opened_event):
         refresh_link(event)
+    for event in (run, submitted, old_run, branched, branch_go_event, opened_event, *opened_step):
+        keep_on_failure(event, outputs)
     css = "\n".join(v.css for v in views)
     return controls, load_link, css
