@@ -4,7 +4,8 @@
 
 Starts `python app.py` in its own process, then for `--duration` seconds
 `--sessions` gradio_client sessions generate back to back (each its own mix
-of strategies, fixed seeds), while one more visitor fine-tunes after another
+of strategies, fixed seeds; half through /generate, half through the Generate
+tab's own event with every control as the page sends it), while one more visitor fine-tunes after another
 (a new session each time, then a generation from its copy, then the
 session closes as a browser tab does). Each visitor sends its own address
 in X-Forwarded-For (the server trusts it, as on a Space), so the app's
@@ -106,8 +107,13 @@ class Tally:
             self.errors.append(f"{where}: {type(e).__name__}: {str(e)[:200]}")
 
 
-def visitor(url: str, index: int, deadline: float, new_tokens: int, tally: Tally):
+def visitor(url: str, index: int, deadline: float, new_tokens: int, tally: Tally, page: bool = False):
+    """A session generating back to back through /generate, or (`page`) through the Generate tab's own event,
+    with every control's value as the page sends them; the text it keeps is then the output's HTML."""
     from gradio_client import Client
+
+    from playground.settings import Settings
+    from playground.views.settings import ui_values
 
     client = Client(url, verbose=False, headers={"X-Forwarded-For": f"198.51.100.{index + 1}"})
     i = index
@@ -118,14 +124,19 @@ def visitor(url: str, index: int, deadline: float, new_tokens: int, tally: Tally
         i += 1
         began = time.perf_counter()
         try:
-            text, *_ = client.submit(prompt=prompt, strategy=strategy, max_new_tokens=new_tokens, seed=seed,
-                                     api_name="/generate", **settings).result(timeout=REQUEST_TIMEOUT_S)
+            if page:
+                values = ui_values(prompt, Settings(strategy=strategy, max_new_tokens=new_tokens, seed=seed,
+                                                    **settings))
+                text, *_ = client.submit(*values, api_name="/generate_controls").result(timeout=REQUEST_TIMEOUT_S)
+            else:
+                text, *_ = client.submit(prompt=prompt, strategy=strategy, max_new_tokens=new_tokens, seed=seed,
+                                         api_name="/generate", **settings).result(timeout=REQUEST_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - every failure is counted and reported
-            tally.error(f"session {index} {strategy}", e)
+            tally.error(f"{'page ' * page}session {index} {strategy}", e)
             continue
         with tally.lock:
             tally.latency.append(time.perf_counter() - began)
-            tally.texts.setdefault((prompt, strategy, str(settings), seed), set()).add(text)
+            tally.texts.setdefault((page, prompt, strategy, str(settings), seed), set()).add(str(text))
 
 
 def flooder(url: str, index: int, deadline: float, new_tokens: int, tally: Tally):
@@ -231,8 +242,9 @@ def main():
         memory = threading.Thread(target=sampler, args=(proc.pid, stop, samples), daemon=True)
         memory.start()
         deadline = time.monotonic() + args.duration
-        workers = [threading.Thread(target=visitor, args=(url, i, deadline, args.new, tally), daemon=True)
-                   for i in range(args.sessions)]
+        # every other session presses the Generate tab's button (its event) rather than calling /generate
+        workers = [threading.Thread(target=visitor, args=(url, i, deadline, args.new, tally, i % 2 == 1),
+                                    daemon=True) for i in range(args.sessions)]
         workers += [threading.Thread(target=flooder, args=(url, i, deadline, args.flood_tokens, tally), daemon=True)
                     for i in range(args.flood)]
         workers.append(threading.Thread(
@@ -263,7 +275,7 @@ def main():
           f"AXW_CONCURRENCY {os.environ.get('AXW_CONCURRENCY', '2')}")
     print(f"{args.sessions} generating sessions + 1 fine-tuning visitor for {args.duration:.0f} s "
           f"(wall {wall:.0f} s), {args.new} new tokens per generation")
-    print(f"/generate requests done: {len(lat)} ({len(lat) / wall:.2f}/s); errors: {len(tally.errors)}; "
+    print(f"generations done (/generate and the Generate tab's event): {len(lat)} ({len(lat) / wall:.2f}/s); errors: {len(tally.errors)}; "
           f"still running at the end: {alive}; server alive: {serving}")
     if lat:
         print(f"latency p50 {statistics.median(lat):.2f} s, p95 {percentile(lat, 0.95):.2f} s, "

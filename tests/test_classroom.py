@@ -177,3 +177,17 @@ def test_a_dropped_finetune_says_why(app):
     finally:
         app.sessions = old
     assert torch.equal(next(base.parameters()), next(app.models.get(app.model_name).parameters()))
+
+
+@pytest.mark.parametrize("settings", [
+    pg.Settings(),
+    pg.Settings(strategy="beam search", beams=3, top_p=0.8, min_p=0.05, seed=4, max_new_tokens=20),
+    pg.Settings(strategy="speculative decoding", temperature=0.0, drafter="prompt lookup", dry_multiplier=0.5,
+                top_n_sigma=1.5, sampler_order="temperature_first", force_step=3, force_token=7)])
+def test_the_values_the_page_sends_give_back_the_settings(settings):
+    """The soak presses the Generate tab's button with these values: they must mean the settings they came from."""
+    from playground.views.settings import UI_INPUTS, settings_from_ui, ui_values
+
+    values = ui_values("ROMEO:", settings)
+    assert len(values) == len(UI_INPUTS)
+    assert settings_from_ui(*values) == ("ROMEO:", settings)

@@ -99,6 +99,17 @@ def settings_from_ui(model, prompt, strategy, max_new_tokens, temperature, use_k
         force_step=0 if force_step is None else force_step, force_token=0 if force_token is None else force_token)
 
 
+def ui_values(prompt: str, settings: Settings) -> list:
+    """The values the page sends for `prompt` and `settings` (UI_INPUTS order): what the Generate button's event
+    receives when a visitor sets the controls so. A switched-off filter's slider holds its default."""
+    values = {name: getattr(settings, name) for name in UI_INPUTS if hasattr(settings, name)}
+    values["prompt"] = prompt
+    for use, slider, field in FILTER_CONTROLS:
+        values[use] = getattr(settings, field) != getattr(Settings(), field)
+        values[slider] = getattr(settings, field) if values[use] else FILTER_DEFAULTS[slider]
+    return [values[name] for name in UI_INPUTS]
+
+
 def _slider(name: str, value):
     """A slider update holding `value`: its range stretched and its step refined when needed."""
     low, high, step = SLIDERS[name]
