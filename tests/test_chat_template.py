@@ -5,6 +5,7 @@ of today's chat families; refusals, the sandbox, and the Hub round trip."""
 import json
 import shutil
 from datetime import datetime
+from pathlib import Path
 
 import jinja2
 import pytest
@@ -323,6 +324,25 @@ def test_save_pretrained_keeps_the_template(loaded, tmp_path):
                 assert ours == model.apply_chat_template(messages, add_generation_prompt=True, **kwargs)
                 assert (ours,) == both(again, hf_again, messages, add_generation_prompt=True, **kwargs)[1:]
         assert again.stop_token_ids == model.stop_token_ids
+
+
+def test_push_to_hub_uploads_the_template(loaded, monkeypatch):
+    """push_to_hub uploads what save_pretrained writes (huggingface_hub's network side stood in for)."""
+    import huggingface_hub
+
+    uploaded = {}
+
+    def upload_folder(self, folder_path, **kwargs):
+        uploaded.update({p.name: p.read_text() for p in Path(folder_path).iterdir() if p.suffix != ".safetensors"})
+        return "https://huggingface.co/someone/chat/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", lambda self, *args, **kwargs: None)
+    monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", upload_folder)
+    model, _ = loaded["gemma"]
+    model.push_to_hub("someone/chat")
+    assert uploaded["chat_template.jinja"] == FAMILIES["gemma"][0]
+    config = json.loads(uploaded["tokenizer_config.json"])
+    assert config["bos_token"] == "<bos>" and config["eot_token"] == "<end_of_turn>"
 
 
 def test_save_pretrained_keeps_named_templates(tmp_path):
