@@ -421,3 +421,31 @@ def test_a_training_checkpoint_keeps_the_template(loaded, tmp_path):
     again = AutoregressiveWrapper.from_pretrained(tmp_path / "run")
     assert again.chat_template == model.chat_template
     assert again.apply_chat_template(CHAT, tokenize=False) == model.apply_chat_template(CHAT, tokenize=False)
+
+
+def test_a_transformers_chat_checkpoint(family_folders, tmp_path):
+    """A Llama chat checkpoint saved by transformers, Llama 3 instruct style: several EOS ids in
+    generation_config.json and the template in tokenizer_config.json. It loads with its template and its
+    stop ids, and keeps both when saved in axw's format."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = bpe_tokenizer()
+    eot, eom = tokenizer.token_to_id("<|eot_id|>"), tokenizer.token_to_id("<|eom_id|>")
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, intermediate_size=40,
+                                      vocab_size=tokenizer.get_vocab_size(), max_position_embeddings=256,
+                                      bos_token_id=tokenizer.token_to_id("<|begin_of_text|>"), eos_token_id=[eot, eom]))
+    hf.save_pretrained(tmp_path / "hf")
+    shutil.copy(family_folders["llama3"] / "tokenizer.json", tmp_path / "hf")
+    shutil.copy(family_folders["llama3"] / "tokenizer_config.json", tmp_path / "hf")
+    model = AutoregressiveWrapper.from_pretrained(tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / "generation_config.json").read_text())["eos_token_id"] == [eot, eom]
+    assert model.eos_token_id == eot and model.stop_token_ids == [eot, eom]
+    hf_tokenizer = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    for tokenize in (False, True):
+        a, b = both(model, hf_tokenizer, [SYSTEM, *CHAT], add_generation_prompt=True, tokenize=tokenize)
+        assert a == b
+    model.save_pretrained(tmp_path / "axw")
+    again = AutoregressiveWrapper.from_pretrained(tmp_path / "axw")
+    assert again.stop_token_ids == [eot, eom] and again.chat_template == model.chat_template
