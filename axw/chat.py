@@ -16,10 +16,10 @@ unsafe calls, and see only plain JSON-like data.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
@@ -162,6 +162,12 @@ def _plain(value):
         return [_plain(v) for v in value]
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if callable(getattr(value, "model_dump", None)):  # pydantic models, as the OpenAI SDK returns messages
+        return _plain(value.model_dump())
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == ():  # np.bool_ would read as truthy
+        return _plain(value.item())
     return f"<{type(value).__name__}>"
 
 
@@ -177,9 +183,10 @@ def _messages(conversation) -> list[dict]:
                          f"{type(conversation).__name__}")
     messages = []
     for message in conversation:
-        if not isinstance(message, Mapping):
+        plain = _plain(message)  # message objects (dataclasses, pydantic) become dicts too
+        if not isinstance(plain, dict):
             raise ValueError(f"chat messages are dicts with 'role' and 'content', got {message!r}")
-        message = _plain({k: v for k, v in message.items() if v is not None})
+        message = {k: v for k, v in plain.items() if v is not None}
         reasoning = next((message[k] for k in _REASONING_FIELDS if message.get(k) is not None), None)
         if reasoning is not None:
             message = {"thinking": reasoning, **message, "reasoning_content": reasoning}
@@ -235,7 +242,7 @@ def _token_string(value):
     return None
 
 
-@dataclass
+@dataclasses.dataclass
 class ChatTemplate:
     """A model's chat template and the special-token strings it may use.
 
@@ -245,7 +252,7 @@ class ChatTemplate:
     variables transformers passes a template as its `special_tokens_map`."""
 
     template: str | dict[str, str]
-    special_tokens: dict[str, str] = field(default_factory=dict)
+    special_tokens: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         templates = self.template if isinstance(self.template, dict) else {"default": self.template}

@@ -261,6 +261,36 @@ def test_tools_documents_and_template_variables_equal_transformers(loaded):
     assert '"\\u6674\\u308c 21\\u00b0C"' in text and "Today Date: 26 Jul 2024" in text  # ensure_ascii
 
 
+def test_message_objects_and_rich_values_equal_transformers(loaded):
+    """Messages as dataclasses, a None field dropped, str subclasses, numpy scalars and a tensor reach the
+    template as transformers hands them over: plain data, the tensor as an inert "<Tensor>"."""
+    import dataclasses
+    import enum
+
+    import numpy as np
+
+    class Role(str, enum.Enum):
+        USER = "user"
+
+    @dataclasses.dataclass
+    class Message:
+        role: str
+        content: object
+        tool_calls: object = None
+
+    model, hf = loaded["chatml"]
+    template = ("{% for m in messages %}{{ m.role }}:{{ m.content }}|{{ m.tool_calls is defined }}|"
+                "{{ m.flag if m.flag is defined }}{% endfor %}")
+    messages = [Message("user", "hi"), {"role": Role.USER, "content": [{"type": "image", "image": torch.zeros(2)},
+                                                                        {"type": "text", "text": "what?"}],
+                                        "flag": np.bool_(False), "tool_calls": None},
+                {"role": "assistant", "content": np.float32(0.5), "flag": np.int64(3)}]
+    text, hf_text = both(model, hf, messages, chat_template=template, tokenize=False)
+    assert text == hf_text
+    assert text == ("user:hi|False|user:[{'type': 'image', 'image': '<Tensor>'}, {'type': 'text', 'text': 'what?'}]"
+                    "|False|Falseassistant:0.5|False|3")
+
+
 def test_strftime_now_is_today(loaded):
     model, hf = loaded["llama31_tools"]
     before = datetime.now().strftime("%d %b %Y")
