@@ -28,8 +28,6 @@ TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_NAME = "special_tokens_map.json"
 CHAT_TEMPLATE_NAME = "chat_template.jinja"  # transformers' newer home of a template ("default" of several)
 CHAT_TEMPLATE_DIR = "additional_chat_templates"  # beside it, the other named templates, as NAME.jinja
-# the named special tokens transformers always passes to a template (`SPECIAL_TOKENS_ATTRIBUTES`)
-SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # a marker appended to the message `continue_final_message` leaves open, found and cut after rendering
 _CONTINUE_TAG = "CONTINUE_FINAL_MESSAGE_TAG "
 # names a message's reasoning is passed under; templates read the first (`thinking` for gpt-oss)
@@ -194,6 +192,28 @@ def _messages(conversation) -> list[dict]:
     return messages
 
 
+def _plain_list(items, name: str):
+    """Tools (JSON schemas) or documents, as plain data: a list of dicts, or None."""
+    if items is not None and not all(isinstance(item, Mapping) for item in items):
+        allowed = {"tools": "JSON schemas (dicts with the function's name, description and parameters)",
+                   "documents": "dicts with 'title' and 'text' keys"}[name]
+        raise ValueError(f"{name} are {allowed}")
+    return _plain(items)
+
+
+def _render_chat(template, source: str, conversation, continue_final_message: bool | str, variables: dict) -> str:
+    """One conversation's text; with `continue_final_message`, cut after the
+    final message's text (transformers tags it, renders, and cuts at the tag)."""
+    messages = _messages(conversation)
+    if not continue_final_message:
+        return _render(template, messages=messages, **variables)
+    if not messages:
+        raise ValueError("continue_final_message is set but the conversation is empty")
+    key = continue_final_message if isinstance(continue_final_message, str) else "content"
+    final = _open_final_message(messages, source, key)
+    return _cut_after_final_message(_render(template, messages=messages, **variables), final)
+
+
 def _open_final_message(messages: list[dict], source: str, key: str):
     """Tag the final message's text so the rendered chat can be cut right after
     it (`continue_final_message`); returns the untagged text."""
@@ -292,23 +312,10 @@ class ChatTemplate:
                              "continues the last message, the second starts a new assistant message")
         source = self.source(chat_template, tools)
         template = compile_template(source)
-        if tools is not None and not all(isinstance(t, Mapping) for t in tools):
-            raise ValueError("tools are JSON schemas (dicts with the function's name, description and parameters)")
-        if documents is not None and not all(isinstance(d, Mapping) for d in documents):
-            raise ValueError("documents are dicts with 'title' and 'text' keys")
-        variables = _plain({**self.special_tokens, **kwargs})
-        tools, documents = _plain(tools), _plain(documents)
-        texts = []
-        for chat in conversation if batched else [conversation]:
-            messages = _messages(chat)
-            if continue_final_message:
-                if not messages:
-                    raise ValueError("continue_final_message is set but the conversation is empty")
-                key = continue_final_message if isinstance(continue_final_message, str) else "content"
-                final = _open_final_message(messages, source, key)
-            text = _render(template, messages=messages, tools=tools, documents=documents,
-                           add_generation_prompt=add_generation_prompt, **variables)
-            texts.append(_cut_after_final_message(text, final) if continue_final_message else text)
+        variables = dict(_plain({**self.special_tokens, **kwargs}), tools=_plain_list(tools, "tools"),
+                         documents=_plain_list(documents, "documents"), add_generation_prompt=add_generation_prompt)
+        texts = [_render_chat(template, source, chat, continue_final_message, variables)
+                 for chat in (conversation if batched else [conversation])]
         return texts if batched else texts[0]
 
     # --- files ---
