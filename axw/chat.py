@@ -417,6 +417,23 @@ def encode_chat(tokenizer, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False).ids
 
 
+# transformers' tokenizer-side arguments axw does not offer; anything else a call
+# passes by name is a template variable, so these must not silently become one
+NOT_OFFERED = ("sanitize_control_tokens", "padding", "truncation", "max_length", "tokenizer_kwargs",
+               "return_assistant_tokens_mask")
+
+
+def drop_unused_arguments(kwargs: dict) -> dict:
+    """The keyword arguments without transformers' tokenizer-side ones left
+    at their off values (False, None, {}); one that asks for something is a
+    ValueError."""
+    asked = [name for name in NOT_OFFERED if kwargs.get(name) not in (None, False, {})]
+    if asked:
+        raise ValueError(f"apply_chat_template does not offer {', '.join(asked)} (transformers' tokenizer options); "
+                         "the ids come unpadded and untruncated")
+    return {k: v for k, v in kwargs.items() if k not in NOT_OFFERED}
+
+
 def chat_ids(tokenizer, text: str | list[str], return_tensors: str | None = None, return_dict: bool = False):
     """The ids of one rendered chat (a list) or of several (a list of lists);
     `return_tensors="pt"` gives a (batch, n) tensor, one row for one chat, as

@@ -207,6 +207,7 @@ class AutoregressiveWrapper(nn.Module):
         special tokens the template writes encoded whole and none added, so a
         template that starts with the BOS token yields one BOS. A model with no
         template, or a template that refuses the messages, is a ValueError."""
+        kwargs = chat.drop_unused_arguments(kwargs)
         template = self.chat_template
         if template is None:
             if chat_template is None:

@@ -291,6 +291,17 @@ def test_message_objects_and_rich_values_equal_transformers(loaded):
                     "|False|Falseassistant:0.5|False|3")
 
 
+def test_transformers_tokenizer_options_are_refused_not_passed_to_the_template(loaded):
+    model, _ = loaded["chatml"]
+    template = "{{ padding is defined }}"
+    assert model.apply_chat_template(CHAT, chat_template=template, padding=False, truncation=False,
+                                     tokenize=False) == "False"
+    with pytest.raises(ValueError, match="does not offer padding"):
+        model.apply_chat_template(CHAT, padding="max_length", max_length=10)
+    with pytest.raises(ValueError, match="does not offer sanitize_control_tokens"):
+        model.apply_chat_template(CHAT, sanitize_control_tokens=True)
+
+
 def test_strftime_now_is_today(loaded):
     model, hf = loaded["llama31_tools"]
     before = datetime.now().strftime("%d %b %Y")
