@@ -109,6 +109,56 @@ LLAMA31_TOOLS = """{{- bos_token }}
 {%- endif %}
 """
 
+# ChatML with reasoning and tools, as Qwen3 lays it out: namespace, loop controls, dict, the {% generation %} tag
+QWEN3 = """{%- set ns = namespace(last_user=-1, tool_turns=0) %}
+{%- for message in messages %}
+    {%- if message.role == 'user' %}
+        {%- set ns.last_user = loop.index0 %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages[::-1] %}
+    {%- if message.role != 'tool' %}
+        {%- break %}
+    {%- endif %}
+    {%- set ns.tool_turns = ns.tool_turns + 1 %}
+{%- endfor %}
+{%- if messages[0].role == 'system' or tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}
+        {{- messages[0].content }}
+    {%- endif %}
+    {%- if tools %}
+        {{- '\n\n# Tools\n<tools>' }}
+        {%- for tool in tools %}
+            {{- '\n' + tool | tojson }}
+        {%- endfor %}
+        {{- '\n</tools>' }}
+    {%- endif %}
+    {{- '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'system' %}
+        {%- continue %}
+    {%- elif message.role == 'assistant' %}
+        {{- '<|im_start|>assistant\n' }}
+        {%- if loop.index0 > ns.last_user and message.reasoning_content is defined %}
+            {{- '<think>\n' + message.reasoning_content.strip() + '\n</think>\n\n' }}
+        {%- endif %}
+        {% generation %}{{- message.content + '<|im_end|>' }}{% endgeneration %}
+        {{- '\n' }}
+    {%- else %}
+        {%- set meta = dict(role=message.role, tools=ns.tool_turns) %}
+        {{- '<|im_start|>' + meta.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}
+"""
+
 # (template, its tokenizer_config.json special tokens, as the families write them: strings or AddedToken dicts)
 FAMILIES = {
     "chatml": (CHATML, {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|im_end|>"}),
@@ -118,6 +168,7 @@ FAMILIES = {
                       "eos_token": "<eos>", "pad_token": "<pad>", "eot_token": "<end_of_turn>"}),
     "inst": (INST, {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}),
     "llama31_tools": (LLAMA31_TOOLS, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"}),
+    "qwen3": (QWEN3, {"bos_token": None, "eos_token": "<|im_end|>"}),
 }
 
 TEXT = ("Bonjour! Quelle est la capitale de la France? The capital of France is Paris, a city on the Seine. "
@@ -244,6 +295,23 @@ def test_batch_and_continue_final_message_equal_transformers(loaded):
     assert text == hf_text and text.endswith("<|im_start|>assistant\nTokyo, ")
     with pytest.raises(ValueError, match="cannot both be set"):
         model.apply_chat_template(prefill, continue_final_message=True, add_generation_prompt=True)
+
+
+def test_reasoning_and_template_switches_equal_transformers(loaded):
+    """Qwen3's way: the reasoning of the turn after the last user message is shown, `enable_thinking=False`
+    writes an empty think block; the {% generation %} tag renders its body."""
+    model, hf = loaded["qwen3"]
+    answered = [*CHAT, {"role": "assistant", "content": "東京.", "reasoning_content": "  Japan's capital.\n"}]
+    tools = [{"name": "search", "parameters": {"q": "string"}}]
+    for messages, kwargs in ((answered, {}), (CHAT, dict(enable_thinking=False, add_generation_prompt=True)),
+                             (answered, dict(tools=tools)), (answered, dict(continue_final_message=True))):
+        for tokenize in (False, True):
+            a, b = both(model, hf, messages, tokenize=tokenize, **kwargs)
+            assert a == b
+    text = model.apply_chat_template(answered, tokenize=False)
+    assert text.endswith("<|im_start|>assistant\n<think>\nJapan's capital.\n</think>\n\n東京.<|im_end|>\n")
+    assert model.apply_chat_template(CHAT, enable_thinking=False, add_generation_prompt=True,
+                                     tokenize=False).endswith("<think>\n\n</think>\n\n")
 
 
 def test_tools_documents_and_template_variables_equal_transformers(loaded):
