@@ -1,5 +1,6 @@
 """Checkpoints in the Hugging Face Hub layout: `config.json`, `model.safetensors`
-and, when a tokenizer is attached, `tokenizer.json`.
+and, when a tokenizer is attached, `tokenizer.json` (with a chat template,
+`chat_template.jinja` and `tokenizer_config.json`, written by `axw.chat`).
 
 Nothing is ever unpickled: weights load only from safetensors files, and a
 repository that has only pickle weights is refused with an error.
@@ -24,13 +25,15 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 DATASTORE_NAME = "ngrams.safetensors"  # a speculative drafter's n-gram datastore (axw.speculative.NgramDatastore)
-# what a download fetches: configs, safetensors weights (sharded too), tokenizer, card
+# what a download fetches: configs, safetensors weights (sharded too), tokenizer, chat templates, card
 HUB_FILES = [
     "config.json",
     "generation_config.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "chat_template.jinja",
+    "additional_chat_templates/*.jinja",
     "*.safetensors",
     "*.safetensors.index.json",
     "README.md",
@@ -135,6 +138,7 @@ def axw_config(model) -> dict:
         attn_layers=model.net.attn_layers.config.to_dict(),
         wrapper=model.config.to_dict(),
         eos_token_id=model.eos_token_id,
+        stop_token_ids=list(model.stop_token_ids),
     )
 
 
@@ -191,6 +195,8 @@ def save_pretrained(model, folder: str | os.PathLike, model_card: str | None = N
         model.tokenizer.save(str(folder / TOKENIZER_NAME))
     if exists(getattr(model, "generation_config", None)):
         model.generation_config.save_pretrained(folder)
+    if exists(getattr(model, "chat_template", None)):
+        model.chat_template.save_pretrained(folder)
     if exists(model_card):
         (folder / "README.md").write_text(model_card, encoding="utf-8")
     return folder

@@ -229,7 +229,8 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
 
 MARKER_NAME = "checkpoint.json"  # in training/, written first: says the folder is ours and for which name
 # what save_pretrained writes
-MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md")
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "generation_config.json", "README.md",
+               "tokenizer_config.json", "chat_template.jinja")
 PARTIAL_STATE = STATE_NAME + ".partial"
 
 

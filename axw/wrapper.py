@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from typing import Iterator
 
-from . import hub
+from . import chat, hub
 from .generation import Decoding, Step
 from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
@@ -75,6 +75,8 @@ class AutoregressiveWrapper(nn.Module):
         self.tokenizer = None
         self.eos_token_id: int | None = None
         self.generation_config: GenerationConfig | None = None
+        self.chat_template: chat.ChatTemplate | None = None
+        self.stop_token_ids: list[int] = []
 
     @property
     def config(self) -> WrapperConfig:
@@ -184,12 +186,51 @@ class AutoregressiveWrapper(nn.Module):
         if not bool(valid.all()):
             raise ValueError(f"{name} holds token ids outside the vocabulary [0, {self.net.num_tokens})")
 
+    # --- chat ---
+
+    def apply_chat_template(self, conversation: list[dict] | list[list[dict]], tools: list[dict] | None = None,
+                            documents: list[dict] | None = None, chat_template: str | None = None,
+                            add_generation_prompt: bool = False, continue_final_message: bool | str = False,
+                            tokenize: bool = True, return_tensors: str | None = None, return_dict: bool = False,
+                            **kwargs):
+        """Lay chat messages out with the model's chat template, as
+        transformers' `tokenizer.apply_chat_template` does (same arguments, and
+        the same text and ids: it is the reference behaviour).
+
+        `conversation` is a list of {"role", "content"} messages (or a list of
+        such lists). `add_generation_prompt` appends the start of an assistant
+        turn; `continue_final_message` leaves the last message open instead.
+        `tools` (JSON schemas), `documents` and other keyword arguments are
+        passed to the template. `tokenize=False` gives the text; else its ids
+        (a list, or a (1, n) tensor with `return_tensors="pt"`; with
+        `return_dict=True`, a dict of `input_ids` and `attention_mask`), the
+        special tokens the template writes encoded whole and none added, so a
+        template that starts with the BOS token yields one BOS. A model with no
+        template, or a template that refuses the messages, is a ValueError."""
+        kwargs = chat.drop_unused_arguments(kwargs)
+        template = self.chat_template
+        if template is None:
+            if chat_template is None:
+                raise ValueError("this model has no chat template (none in its tokenizer_config.json, no "
+                                 "chat_template.jinja): pass chat_template= a Jinja template, or set "
+                                 "model.chat_template = axw.chat.ChatTemplate(...)")
+            template = chat.ChatTemplate(chat_template)
+        text = template.render(conversation, tools=tools, documents=documents, chat_template=chat_template,
+                               add_generation_prompt=add_generation_prompt,
+                               continue_final_message=continue_final_message, **kwargs)
+        if not tokenize:
+            return text
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer to turn the chat into ids: pass tokenize=False for the text")
+        return chat.chat_ids(self.tokenizer, text, return_tensors=return_tensors, return_dict=return_dict)
+
     # --- checkpoints ---
 
     def save_pretrained(self, folder: str | os.PathLike, model_card: str | None = None,
                         dtype: torch.dtype | None = None):
-        """Write `config.json`, `model.safetensors`, and `tokenizer.json` and
-        `generation_config.json` when they are set, in the Hugging Face Hub layout. `dtype`
+        """Write `config.json`, `model.safetensors`, and `tokenizer.json`,
+        `generation_config.json` and the chat template (`chat_template.jinja`
+        and `tokenizer_config.json`) when they are set, in the Hugging Face Hub layout. `dtype`
         (float32, float16 or bfloat16) stores the weights in that precision;
         `from_pretrained` loads them into the model's own, float32 unless told."""
         return hub.save_pretrained(self, folder, model_card=model_card, dtype=dtype)
@@ -209,7 +250,8 @@ class AutoregressiveWrapper(nn.Module):
         """Load a local folder or a Hub repo id (downloaded with huggingface_hub,
         or taken from its cache). The tokenizer, if the checkpoint has one, is
         attached as `.tokenizer`; its `generation_config.json`, if it has one,
-        as `.generation_config` (the defaults `generate` and `stream` use)."""
+        as `.generation_config` (the defaults `generate` and `stream` use); its
+        chat template, if it has one, as `.chat_template`."""
         folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
         config = hub.read_config(folder)
         if config.get("format") == hub.FORMAT:
@@ -222,6 +264,10 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError(f"{folder / hub.CONFIG_NAME} is neither an axw nor a transformers config")
         model.tokenizer = hub.load_tokenizer(folder)
         model.generation_config = hub.load_generation_config(folder)
+        model.chat_template = chat.ChatTemplate.from_pretrained(folder)
+        # an axw folder keeps the list it was saved with; else it is made from the checkpoint's files
+        model.stop_token_ids = config.get("stop_token_ids") or chat.stop_token_ids(
+            folder, config, model.tokenizer, model.net.num_tokens)
         if exists(device) or exists(dtype):
             model.to(device=device, dtype=dtype)
         return model.eval()
