@@ -54,7 +54,7 @@ class BeamState:
     maximum (a truncated Gumbel), so the final beams are a sample without
     replacement of whole sequences, the first of them a plain sample."""
 
-    def __init__(self, batch: int, beams: int, sequences: Tensor, pad: int, eos: int | None, length_penalty: float,
+    def __init__(self, batch: int, beams: int, sequences: Tensor, pad: int, eos: Tensor | None, length_penalty: float,
                  stochastic: bool, generator: torch.Generator | None = None):
         self.b, self.n, self.pad, self.eos, self.lp = batch, beams, pad, eos, length_penalty
         self.stochastic, self.generator = stochastic, generator
@@ -66,6 +66,10 @@ class BeamState:
         self.finished = torch.zeros((batch, 1), dtype=torch.bool, device=device)
         self.phi = torch.zeros((batch, 1), device=device)  # stochastic: log-prob under the sampling distribution
         self.keys = torch.zeros((batch, 1), device=device)  # stochastic: its perturbed value
+
+    def _is_eos(self, token: Tensor) -> Tensor:
+        """Where `token` is a stop id (`eos`: none, one id or several)."""
+        return torch.isin(token, self.eos) if exists(self.eos) else torch.zeros_like(token, dtype=torch.bool)
 
     def _rank(self, scores: Tensor, lengths: Tensor) -> Tensor:
         if self.lp == 0:
@@ -112,7 +116,7 @@ class BeamState:
         if self.stochastic:
             self.phi, self.keys = phi.reshape(b, -1).gather(1, top), keys.reshape(b, -1).gather(1, top)
         was_finished = self.finished.gather(1, parent_beam)
-        self.finished = was_finished | ((token == self.eos) if exists(self.eos) else torch.zeros_like(was_finished))
+        self.finished = was_finished | self._is_eos(token)
         self.sequences = self.sequences.index_select(0, parents)
         self.sequences[:, cur] = token.reshape(-1)
         self.token_logp = self.token_logp.index_select(0, parents)
@@ -134,7 +138,7 @@ class BeamState:
         tree = dict(parent=(flat // vocab), token=token, score=candidates.reshape(b, -1).gather(1, flat),
                     ranked_score=ranked.reshape(b, -1).gather(1, flat), kept_as=kept_as,
                     possible=torch.isfinite(rank.reshape(b, -1).gather(1, flat)),
-                    eos=(token == self.eos) if exists(self.eos) else torch.zeros_like(token, dtype=torch.bool),
+                    eos=self._is_eos(token),
                     parent_finished=self.finished.gather(1, flat // vocab))
         if exists(keys):
             tree["key"] = keys.reshape(b, -1).gather(1, flat)
@@ -171,7 +175,7 @@ def steps(run: Decoding) -> Iterator[Step]:
     total = t + run.seq_len
     n_beams = c.beams
     out = run.new_output()
-    state = BeamState(b, n_beams, out, run.pad, c.eos_token, c.length_penalty,
+    state = BeamState(b, n_beams, out, run.pad, run.eos, c.length_penalty,
                       stochastic=c.stochastic and not c.greedy, generator=run.generator)
     if run.seq_len == 0:
         run._scores = torch.zeros((1, b), device=out.device)

@@ -81,7 +81,7 @@ def steps(run: Decoding) -> Iterator[Step]:
             trace.contrastive = dict(tokens=top_ids, confidence=top_probs, degeneration_penalty=penalty, score=score)
         out[:, cur] = chosen
         if exists(eos):
-            finished = finished | (chosen == eos)
+            finished = finished | run.is_eos(chosen)
         yield Step(step, chosen, out[:, t:cur + 1], finished, trace)
         if exists(eos) and bool(finished.all()):
             break

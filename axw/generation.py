@@ -239,8 +239,8 @@ class Decoding:
 
         check_number(seq_len, "seq_len", 0, integer=True)
         c = config
-        if exists(c.eos_token):
-            check_number(c.eos_token, "eos_token", 0, net.num_tokens, integer=True, high_open=True,
+        for eos in (c.eos_token if isinstance(c.eos_token, list) else [c.eos_token] if exists(c.eos_token) else []):
+            check_number(eos, "eos_token", 0, net.num_tokens, integer=True, high_open=True,
                          allowed=f"a token id in [0, {net.num_tokens})")
         need(generator is None or isinstance(generator, torch.Generator), "generator must be a torch.Generator")
         need(c.beams <= net.num_tokens, f"beams must be at most the vocabulary size {net.num_tokens}, got {c.beams}")
@@ -280,6 +280,8 @@ class Decoding:
         for model in [net, *self.amateurs, *([self.assistant] if exists(self.assistant) else [])]:
             self._check_length(model, self.prompt_len, seq_len)
 
+        # the stop ids: one compares with ==, several with isin
+        self.eos = torch.tensor(c.eos_token, device=tokens.device) if exists(c.eos_token) else None
         self.generator = generator
         if exists(c.seed):
             self.generator = torch.Generator(device=tokens.device).manual_seed(c.seed)
@@ -404,6 +406,12 @@ class Decoding:
         out[:, :t] = self.tokens
         self._out = out
         return out
+
+    def is_eos(self, tokens: Tensor) -> Tensor:
+        """Where `tokens` is one of the stop ids (all False without any)."""
+        if self.eos is None:
+            return torch.zeros_like(tokens, dtype=torch.bool)
+        return tokens == self.eos if self.eos.ndim == 0 else torch.isin(tokens, self.eos)
 
     def valid(self, total: int, start: Tensor | None = None) -> Tensor | None:
         """(b, total) False on left padding, or None when there is none."""

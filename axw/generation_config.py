@@ -89,7 +89,7 @@ class GenerationConfig:
     # before (0 = off)
     assistant_lookup_ngram: int = 0
     # stopping, context, randomness, the trace
-    eos_token: int | None = None
+    eos_token: int | list[int] | None = None  # generation stops at any of these ids
     restrict_to_max_seq_len: bool = True
     cache_kv: bool = True
     seed: int | None = None
@@ -141,8 +141,14 @@ class GenerationConfig:
         check_number(self.max_matching_ngram_size, "max_matching_ngram_size", 1, 32, integer=True)
         check_number(self.assistant_lookup_ngram, "assistant_lookup_ngram", 0, 32, integer=True,
                      allowed="an integer in [0, 32] (0 = off)")
-        if self.eos_token is not None:
-            check_number(self.eos_token, "eos_token", 0, integer=True, allowed="a token id >= 0 (None = none)")
+        if isinstance(self.eos_token, (list, tuple)):  # several stop ids (Llama 3 instruct lists three)
+            if not self.eos_token:
+                raise ValueError("eos_token is a token id or a non-empty list of them (None = none), got []")
+            self.eos_token = [check_number(i, "eos_token", 0, integer=True, allowed="token ids >= 0")
+                              for i in self.eos_token]
+        elif self.eos_token is not None:
+            check_number(self.eos_token, "eos_token", 0, integer=True,
+                         allowed="a token id >= 0 or a list of them (None = none)")
         self.restrict_to_max_seq_len = _flag(self.restrict_to_max_seq_len, "restrict_to_max_seq_len")
         self.cache_kv = _flag(self.cache_kv, "cache_kv")
         if self.seed is not None:

@@ -40,7 +40,7 @@ def steps(run: Decoding) -> Iterator[Step]:
             trace.contrastive_decoding = explained or None
         out[:, cur] = chosen
         if exists(eos):
-            finished = finished | (chosen == eos)
+            finished = finished | run.is_eos(chosen)
         yield Step(step, chosen, out[:, t:cur + 1], finished, trace)
         # without EOS nothing here waits on the device
         if step == run.seq_len - 1 or (exists(eos) and bool(finished.all())):

@@ -450,7 +450,7 @@ def steps(run: Decoding) -> Iterator[Step]:
                                          acceptance_rate=stats["accepted"] / max(stats["drafted"], 1),
                                          tokens_per_forward=(stats["emitted"] + j + 1) / stats["target_forwards"])
             if exists(eos):
-                finished = finished | (token == eos)
+                finished = finished | run.is_eos(token)
             cur, step = cur + 1, step + 1
             yield Step(step - 1, token, out[:, t:cur], finished, trace)
         stats["emitted"] += n + 1
