@@ -16,7 +16,8 @@ import gradio and turn the `ValueError`s raised here into `gr.Error` messages.
 from . import finetune, lessons, models, panels, render, runs, sessions, settings  # noqa: F401
 from .caps import *  # noqa: F401,F403
 from .finetune import FineTune, finetune_setup, model_zip, read_upload  # noqa: F401
-from .models import (DEFAULT_AMATEUR, DEFAULT_DRAFT, DEFAULT_MODEL, HUB_EXAMPLES, OOM_MESSAGE, ROOT,  # noqa: F401
+from .models import (DEFAULT_AMATEUR, DEFAULT_DRAFT, DEFAULT_MODEL, HUB_EXAMPLES, HUB_MODELS, OOM_MESSAGE,  # noqa: F401
+                     ROOT, HubModel, hub_dtype, smallest_sibling,
                      ModelCache, OutOfMemoryError, check_hub_size, default_draft, free_memory, limit_malloc_arenas,
                      model_path, pick_device)
 from .render import (prob_colour, show_token, stage_numbers, step_html, step_table, tokens_html)  # noqa: F401

@@ -9,7 +9,7 @@ MAX_BATCH_SIZE = 32
 MAX_BEAMS = 8
 MAX_CONTRASTIVE_K = 16
 MODEL_CACHE_SIZE = 3
-MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in fp16
+MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in bf16 (AXW_HUB_MODEL_BYTES)
 # visitors' fine-tuned copies kept at once (AXW_FINETUNES), and the memory they may hold together
 # (AXW_FINETUNE_BYTES): a class of 30 each with a copy of the bundled model (8 MB) fits easily
 MAX_SESSIONS = 32

@@ -6,6 +6,7 @@ import ctypes
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,8 +23,63 @@ DEFAULT_AMATEUR = "assets/models/shakespeare-tiny"
 # speculative decoding's drafter: a small model distilled from the bundled one (its tokenizer); where the folder is
 # missing, or the app serves another model, the amateur drafts instead
 DEFAULT_DRAFT = "assets/models/shakespeare-draft"
-# Hub ids offered in the picker beside the bundled models (an axw repo or an imported family)
-HUB_EXAMPLES = ["openai-community/gpt2", "HuggingFaceTB/SmolLM2-135M"]
+
+
+@dataclass(frozen=True)
+class HubModel:
+    """A small model of today offered in the picker: its repo id, parameters (as its card gives them), whether it
+    is tuned for chat, whether the Hub gates it (accept its license, then pass a token), and the tokenizer it
+    shares with others (contrastive decoding's amateur and speculative decoding's drafter must share it)."""
+
+    repo_id: str
+    params: float
+    instruct: bool = False
+    gated: bool = False
+    tokenizer: str = ""
+
+    def label(self, cap_bytes: int | None = None) -> str:
+        """What the picker shows: the id, the parameters and the memory its bf16 weights take (or that they are
+        over this server's cap)."""
+        size, cap_bytes = self.params * 2, hub_cap() if cap_bytes is None else cap_bytes  # bf16
+        params = f"{self.params / 1e9:.2g}B" if self.params >= 1e9 else f"{self.params / 1e6:.0f}M"
+        memory = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+        notes = [f"{params} parameters", f"{memory} in bf16" + (" (over this server's cap)" if size > cap_bytes
+                                                                 else "")]
+        if self.instruct:
+            notes.append("chat")
+        if self.gated:
+            notes.append("gated: needs a token")
+        return f"{self.repo_id} · {' · '.join(notes)}"
+
+
+# today's small models, base and instruct, offered in the picker beside the bundled ones
+HUB_MODELS = [
+    HubModel("HuggingFaceTB/SmolLM2-135M", 135e6, tokenizer="smollm2"),
+    HubModel("HuggingFaceTB/SmolLM2-135M-Instruct", 135e6, instruct=True, tokenizer="smollm2"),
+    HubModel("HuggingFaceTB/SmolLM2-360M", 362e6, tokenizer="smollm2"),
+    HubModel("HuggingFaceTB/SmolLM2-360M-Instruct", 362e6, instruct=True, tokenizer="smollm2"),
+    HubModel("google/gemma-3-270m", 268e6, tokenizer="gemma3"),
+    HubModel("google/gemma-3-270m-it", 268e6, instruct=True, tokenizer="gemma3"),
+    HubModel("Qwen/Qwen2.5-0.5B-Instruct", 494e6, instruct=True, tokenizer="qwen2.5"),
+    HubModel("Qwen/Qwen3-0.6B", 596e6, instruct=True, tokenizer="qwen3"),
+    HubModel("meta-llama/Llama-3.2-1B", 1.24e9, gated=True, tokenizer="llama3"),
+    HubModel("meta-llama/Llama-3.2-1B-Instruct", 1.24e9, instruct=True, gated=True, tokenizer="llama3"),
+    HubModel("HuggingFaceTB/SmolLM3-3B", 3.08e9, instruct=True, tokenizer="smollm3"),
+    HubModel("openai-community/gpt2", 124e6, tokenizer="gpt2"),
+]
+HUB_EXAMPLES = [m.repo_id for m in HUB_MODELS]
+
+
+def smallest_sibling(repo_id: str) -> str | None:
+    """The smallest listed model that shares `repo_id`'s tokenizer, other than itself (a base model before an
+    instruct one of the same size): contrastive decoding's amateur and speculative decoding's drafter for it."""
+    listed = {m.repo_id: m for m in HUB_MODELS}
+    model = listed.get(repo_id)
+    if model is None:
+        return None
+    siblings = [m for m in HUB_MODELS if m.tokenizer == model.tokenizer and m.repo_id != repo_id
+                and m.params < model.params]
+    return min(siblings, key=lambda m: (m.params, m.instruct)).repo_id if siblings else None
 
 # torch.cuda.OutOfMemoryError is this class; it exists in CPU builds too, so the handlers can name it
 OutOfMemoryError = torch.OutOfMemoryError
@@ -72,6 +128,25 @@ def pick_device() -> tuple[torch.device, torch.dtype]:
     return torch.device("cpu"), torch.float32
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX, as oneDNN reports it)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def hub_dtype(device: torch.device, dtype: torch.dtype, env=os.environ) -> torch.dtype:
+    """The precision a Hub model is served in: bf16 on a CPU that has it (half the memory of fp32, and faster
+    there), unless AXW_HUB_DTYPE=float32 asks for fp32; on a GPU the device's own choice."""
+    choice = env.get("AXW_HUB_DTYPE", "").strip().lower()
+    if choice not in ("", "float32", "bfloat16"):
+        raise ValueError(f"AXW_HUB_DTYPE must be float32 or bfloat16, got {choice!r}")
+    if device.type == "cpu" and choice != "float32" and (choice == "bfloat16" or cpu_has_bf16()):
+        return torch.bfloat16
+    return dtype
+
+
 class ModelCache:
     """Models by name, loaded once and kept in a bounded LRU cache. The local
     folders it was built with (the bundled models) are pinned; any other name
@@ -110,8 +185,9 @@ class ModelCache:
             raise ValueError(f"cannot load {name!r}: {e}") from None
         if model.tokenizer is None:
             raise ValueError(f"{name!r} has no tokenizer.json, so the playground cannot turn text into tokens")
-        if self.dtype != torch.float32:
-            model.to(self.dtype)
+        dtype = self.dtype if name in self.local else hub_dtype(self.device, self.dtype)
+        if dtype != torch.float32:
+            model.to(dtype)
         return model.eval()
 
     def get(self, name: str) -> AutoregressiveWrapper:
@@ -138,7 +214,18 @@ class ModelCache:
             return model
 
 
-def check_hub_size(repo_id: str, limit: int = MAX_HUB_MODEL_BYTES):
+def hub_cap(env=os.environ) -> int:
+    """The most bytes of safetensors a Hub model may have here: AXW_HUB_MODEL_BYTES, else 2 GB (about 1B parameters
+    in bf16; Llama-3.2-1B's 2.5 GB needs it raised)."""
+    raw = env.get("AXW_HUB_MODEL_BYTES", "").strip()
+    if not raw:
+        return MAX_HUB_MODEL_BYTES
+    if not raw.isdigit():
+        raise ValueError(f"AXW_HUB_MODEL_BYTES must be a whole number of bytes, got {raw!r}")
+    return int(raw)
+
+
+def check_hub_size(repo_id: str, limit: int | None = None):
     """Refuse, before downloading, a Hub model whose weights are over `limit` bytes: one visitor must not fill
     the server's memory and disk or hold the loader for minutes. Offline, nothing is downloaded (the cache
     serves or the load fails), so there is nothing to check."""
@@ -147,12 +234,24 @@ def check_hub_size(repo_id: str, limit: int = MAX_HUB_MODEL_BYTES):
 
     if HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return
+    from huggingface_hub.errors import GatedRepoError
+
+    limit = hub_cap() if limit is None else limit
+
     try:
         info = HfApi().model_info(repo_id, files_metadata=True)
-    except Exception as e:  # not found, gated, unreachable: the Hub's reason, without a download
+    except GatedRepoError:
+        raise ValueError(f"{repo_id!r} is gated on the Hub: accept its license on its page, then give this server "
+                         "a token of yours (the HF_TOKEN secret of the Space, or `hf auth login`)") from None
+    except Exception as e:  # not found, unreachable: the Hub's reason, without a download
         raise ValueError(f"cannot load {repo_id!r}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                          ) from None
+    files = [f.rfilename for f in info.siblings or []]
     size = sum(f.size or 0 for f in info.siblings or [] if f.rfilename.endswith(".safetensors"))
+    if not any(name.endswith(".safetensors") for name in files):
+        pickles = [name for name in files if name.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        raise ValueError(f"{repo_id!r} has no safetensors weights" + (f" (only {', '.join(pickles)}, which would have "
+                         "to be unpickled: never done here)" if pickles else ""))
     if size > limit:
         raise ValueError(f"{repo_id!r} has {size / 1e9:.1f} GB of weights; this playground loads at most "
                          f"{limit / 1e9:.1f} GB")
