@@ -212,6 +212,160 @@ def make_optimizer(model, config: TrainConfig) -> torch.optim.AdamW:
 
 
 
+def _check_inputs(model, train_ids: Tensor, heldout_ids: Tensor | None, config: TrainConfig, seq_len: int,
+                 teacher=None, generated: Tensor | None = None):
+    """ValueError, before any compute, unless `train` can run on these token
+    ids, `generated` windows and `teacher` (see `train`)."""
+    for name, ids in (("train_ids", train_ids), ("heldout_ids", heldout_ids), ("generated", generated)):
+        if ids is None and name != "train_ids":
+            continue
+        ndim = 2 if name == "generated" else 1
+        if not isinstance(ids, Tensor) or ids.ndim != ndim or ids.dtype != torch.long:
+            raise ValueError(f"{name} must be a {ndim}-D long tensor of token ids")
+        if ids.numel() and (ids.min() < 0 or ids.max() >= model.net.num_tokens):
+            raise ValueError(f"{name} holds ids outside the vocabulary [0, {model.net.num_tokens})")
+    if train_ids.numel() < seq_len + 1:
+        raise ValueError(f"train_ids has {train_ids.numel()} tokens; a window needs seq_len + 1 = {seq_len + 1}")
+    if exists(heldout_ids) and heldout_ids.numel() < 2:
+        raise ValueError("heldout_ids needs at least 2 tokens")
+    if exists(generated) != (config.generated_fraction > 0):
+        raise ValueError("generated windows and a generated_fraction > 0 go together: give both or neither")
+    if exists(generated) and (generated.shape[0] < 1 or generated.shape[1] < seq_len + 1):
+        raise ValueError(f"generated must hold rows of at least seq_len + 1 = {seq_len + 1} tokens, "
+                         f"got shape {tuple(generated.shape)}")
+    if exists(teacher):
+        check_teacher(model, teacher, seq_len)
+    elif config.distill_alpha != 1.0 or config.distill_temperature != 1.0:
+        raise ValueError("distill_alpha and distill_temperature need a teacher")
+
+
+class _Run:
+    """What the steps of one `train` call share: the model (and teacher) on
+    the device, the optimizer, the data and the history so far."""
+
+    def __init__(self, model, config: TrainConfig, seq_len: int, train_ids: Tensor, heldout_ids: Tensor | None,
+                 heldout_chars: int | None, teacher, generated: Tensor | None, resume,
+                 model_card: Callable[[dict], str] | None, extra_state: dict | None):
+        self.model, self.config, self.seq_len, self.teacher = model, config, seq_len, teacher
+        self.train_ids = train_ids.cpu()  # windows are cut on the CPU, then moved
+        self.generated = generated.cpu() if exists(generated) else None
+        self.heldout_ids, self.heldout_chars = heldout_ids, heldout_chars
+        self.model_card, self.extra_state = model_card, extra_state
+        self.device = torch.device(config.device)
+        model.to(self.device).train()
+        if exists(teacher):
+            teacher.to(self.device)
+        if exists(config.mask_prob):
+            model.mask_prob = config.mask_prob
+        self.optimizer = make_optimizer(model, config)
+        self.start_step, self.history = 0, []
+        if exists(resume):
+            state = load_checkpoint(resume, model, self.optimizer)
+            self.start_step, self.history = state["step"], state["history"]
+        self.n_generated = round(config.batch_size * config.generated_fraction) if exists(generated) else 0
+        self.teacher_top1 = None  # the teacher's held-out argmax, computed at the first evaluation
+        self.began = time.perf_counter()  # the call's wall time and throughput leave out this setup
+
+    def batch(self, step: int) -> Tensor:
+        """Step `step`'s windows of seq_len + 1 tokens, on the device."""
+        config, length = self.config, self.seq_len + 1
+        windows = step_generator(config.seed, step, 0)
+        batch = random_windows(self.train_ids, config.batch_size - self.n_generated, length, windows)
+        if self.n_generated:  # drawn after the text windows, so runs without them draw what they always did
+            batch = torch.cat((batch, generated_windows(self.generated, self.n_generated, length, windows)))
+        return batch.to(self.device)
+
+    def optimizer_step(self, step: int, lr: float) -> tuple[Tensor, Tensor | None, int]:
+        """One update at learning rate `lr`: (loss, the distillation KL or None, rows in the batch)."""
+        model, teacher, config, device = self.model, self.teacher, self.config, self.device
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = self.batch(step)
+        kl = None
+        with _autocast(device):
+            if exists(teacher):
+                loss, (logits, _) = model(batch, return_outputs=True,
+                                          generator=step_generator(config.seed, step, 1, device))
+                with torch.no_grad():
+                    teacher_logits = teacher.net(batch[:, :-1])
+                kl = distillation_loss(logits, teacher_logits, config.distill_temperature)
+                loss = config.distill_alpha * kl + (1 - config.distill_alpha) * loss
+            else:
+                loss = model(batch, generator=step_generator(config.seed, step, 1, device))
+        loss.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, kl, batch.shape[0]
+
+    def heldout_record(self) -> dict:
+        """The held-out evaluation's fields of a progress record (none without held-out ids)."""
+        if self.heldout_ids is None:
+            return {}
+        config, heldout_ids, teacher = self.config, self.heldout_ids, self.teacher
+        args = (heldout_ids, self.seq_len, config.eval_batch_size, config.eval_tokens, self.device)
+        total, count, top1 = score(self.model, *args, argmax=exists(teacher))
+        record = {"heldout_loss": total / count}
+        if exists(self.heldout_chars):
+            # a capped evaluation covers about count / all tokens of the characters
+            chars = self.heldout_chars * count / (heldout_ids.numel() - 1)
+            record["heldout_nats_per_char"] = total / chars
+        if exists(teacher):
+            if self.teacher_top1 is None:
+                self.teacher_top1 = score(teacher, *args, argmax=True)[2]
+            record["heldout_agreement"] = (top1 == self.teacher_top1).float().mean().item()
+        return record
+
+    def checkpoint(self, step: int, record: dict):
+        """Save to `config.out_dir`, if any, with the model card of `record`."""
+        if exists(self.config.out_dir):
+            card = self.model_card(record) if exists(self.model_card) else None
+            save_checkpoint(self.config.out_dir, self.model, self.optimizer, step, self.config, self.history,
+                            model_card=card, extra_state=self.extra_state)
+
+    def report(self, record: dict, callback: Callable[[dict], None] | None, evaluate: bool) -> dict:
+        """`record`, with the held-out evaluation when `evaluate` (then kept in
+        the history), passed to `callback`."""
+        if evaluate:
+            record.update(self.heldout_record())
+            self.history.append(record)
+        if exists(callback):
+            callback(record)
+        return record
+
+
+def _train_steps(run: _Run, callback, should_stop) -> tuple[int, bool, float | None, dict]:
+    """Step from where `run` starts to `config.steps` or until `should_stop()`;
+    evaluate and checkpoint on schedule. Returns (step, stopped, last loss, last record)."""
+    config = run.config
+    tokens_seen, loss_value, record, stopped = 0, None, {}, False
+    step = run.start_step
+    while step < config.steps:
+        if exists(should_stop) and should_stop():
+            stopped = True
+            break
+        lr = lr_at(step, config)
+        loss, kl, rows = run.optimizer_step(step, lr)
+        step += 1
+
+        loss_value = loss.item()
+        tokens_seen += rows * run.seq_len
+        elapsed = time.perf_counter() - run.began
+        record = dict(step=step, steps=config.steps, loss=loss_value, lr=lr,
+                      tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed, start_step=run.start_step)
+        if exists(kl):
+            record["kl"] = kl.item()
+        is_last = step == config.steps
+        run.report(record, callback, evaluate=(config.eval_every and step % config.eval_every == 0) or is_last)
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and not is_last:
+            run.checkpoint(step, record)
+
+    if stopped and "heldout_loss" not in record and step > run.start_step:
+        record = run.report(dict(record), callback, evaluate=True)
+    return step, stopped, loss_value, record
+
+
 def train(
     model,
     train_ids: Tensor,
@@ -247,129 +401,19 @@ def train(
     training prompts, make up `config.generated_fraction` of each batch."""
     config.validate(model)
     seq_len = config.seq_len or model.max_seq_len
-    for name, ids in (("train_ids", train_ids), ("heldout_ids", heldout_ids), ("generated", generated)):
-        if ids is None and name != "train_ids":
-            continue
-        ndim = 2 if name == "generated" else 1
-        if not isinstance(ids, Tensor) or ids.ndim != ndim or ids.dtype != torch.long:
-            raise ValueError(f"{name} must be a {ndim}-D long tensor of token ids")
-        if ids.numel() and (ids.min() < 0 or ids.max() >= model.net.num_tokens):
-            raise ValueError(f"{name} holds ids outside the vocabulary [0, {model.net.num_tokens})")
-    train_ids = train_ids.cpu()  # windows are cut on the CPU, then moved
-    if train_ids.numel() < seq_len + 1:
-        raise ValueError(f"train_ids has {train_ids.numel()} tokens; a window needs seq_len + 1 = {seq_len + 1}")
-    if exists(heldout_ids) and heldout_ids.numel() < 2:
-        raise ValueError("heldout_ids needs at least 2 tokens")
-    if exists(generated) != (config.generated_fraction > 0):
-        raise ValueError("generated windows and a generated_fraction > 0 go together: give both or neither")
-    if exists(generated):
-        if generated.shape[0] < 1 or generated.shape[1] < seq_len + 1:
-            raise ValueError(f"generated must hold rows of at least seq_len + 1 = {seq_len + 1} tokens, "
-                             f"got shape {tuple(generated.shape)}")
-        generated = generated.cpu()
-    if exists(teacher):
-        check_teacher(model, teacher, seq_len)
-    elif config.distill_alpha != 1.0 or config.distill_temperature != 1.0:
-        raise ValueError("distill_alpha and distill_temperature need a teacher")
+    _check_inputs(model, train_ids, heldout_ids, config, seq_len, teacher, generated)
     if exists(resume):
         check_unfinished(resume, read_trainer_state(resume)["step"], config.steps)
     if exists(config.out_dir):
         check_out_dir(config.out_dir)
 
-    device = torch.device(config.device)
-    model.to(device).train()
-    if exists(teacher):
-        teacher.to(device)
-    if exists(config.mask_prob):
-        model.mask_prob = config.mask_prob
-    optimizer = make_optimizer(model, config)
-    start_step, history = 0, []
-    if exists(resume):
-        state = load_checkpoint(resume, model, optimizer)
-        start_step, history = state["step"], state["history"]
-    n_generated = round(config.batch_size * config.generated_fraction) if exists(generated) else 0
-    teacher_top1 = None  # the teacher's held-out argmax, computed at the first evaluation
-
-    def heldout_record():
-        nonlocal teacher_top1
-        if heldout_ids is None:
-            return {}
-        args = (heldout_ids, seq_len, config.eval_batch_size, config.eval_tokens, device)
-        total, count, top1 = score(model, *args, argmax=exists(teacher))
-        record = {"heldout_loss": total / count}
-        if exists(heldout_chars):
-            # a capped evaluation covers about count / all tokens of the characters
-            chars = heldout_chars * count / (heldout_ids.numel() - 1)
-            record["heldout_nats_per_char"] = total / chars
-        if exists(teacher):
-            if teacher_top1 is None:
-                teacher_top1 = score(teacher, *args, argmax=True)[2]
-            record["heldout_agreement"] = (top1 == teacher_top1).float().mean().item()
-        return record
-
-    def checkpoint(step, record):
-        if exists(config.out_dir):
-            save_checkpoint(config.out_dir, model, optimizer, step, config, history,
-                            model_card=model_card(record) if exists(model_card) else None, extra_state=extra_state)
-
-    began = time.perf_counter()
-    tokens_seen, loss_value, record, stopped = 0, None, {}, False
-    step = start_step
+    run = _Run(model, config, seq_len, train_ids, heldout_ids, heldout_chars, teacher, generated, resume,
+               model_card, extra_state)
     with eval_mode(*([teacher] if exists(teacher) else [])):
-        while step < config.steps:
-            if exists(should_stop) and should_stop():
-                stopped = True
-                break
-            lr = lr_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            windows = step_generator(config.seed, step, 0)
-            batch = random_windows(train_ids, config.batch_size - n_generated, seq_len + 1, windows)
-            if n_generated:  # drawn after the text windows, so runs without them draw what they always did
-                batch = torch.cat((batch, generated_windows(generated, n_generated, seq_len + 1, windows)))
-            batch = batch.to(device)
-            kl = None
-            with _autocast(device):
-                if exists(teacher):
-                    loss, (logits, _) = model(batch, return_outputs=True,
-                                              generator=step_generator(config.seed, step, 1, device))
-                    with torch.no_grad():
-                        teacher_logits = teacher.net(batch[:, :-1])
-                    kl = distillation_loss(logits, teacher_logits, config.distill_temperature)
-                    loss = config.distill_alpha * kl + (1 - config.distill_alpha) * loss
-                else:
-                    loss = model(batch, generator=step_generator(config.seed, step, 1, device))
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-
-            loss_value = loss.item()
-            tokens_seen += batch.shape[0] * seq_len
-            elapsed = time.perf_counter() - began
-            record = dict(step=step, steps=config.steps, loss=loss_value, lr=lr,
-                          tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed, start_step=start_step)
-            if exists(kl):
-                record["kl"] = kl.item()
-            is_last = step == config.steps
-            if (config.eval_every and step % config.eval_every == 0) or is_last:
-                record.update(heldout_record())
-                history.append(record)
-            if exists(callback):
-                callback(record)
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and not is_last:
-                checkpoint(step, record)
-
-        if stopped and "heldout_loss" not in record and step > start_step:
-            record = dict(record, **heldout_record())
-            history.append(record)
-            if exists(callback):
-                callback(record)
-    if step > start_step or not exists(resume):
-        checkpoint(step, record)
+        step, stopped, loss_value, record = _train_steps(run, callback, should_stop)
+    if step > run.start_step or not exists(resume):
+        run.checkpoint(step, record)
     return TrainResult(step=step, stopped=stopped, loss=loss_value, heldout_loss=record.get("heldout_loss"),
                        heldout_nats_per_char=record.get("heldout_nats_per_char"),
-                       seconds=time.perf_counter() - began, history=history,
+                       seconds=time.perf_counter() - run.began, history=run.history,
                        heldout_agreement=record.get("heldout_agreement"))
