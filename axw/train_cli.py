@@ -111,94 +111,100 @@ def load_teacher(path):
     return teacher
 
 
-def main(argv: list[str] | None = None) -> TrainResult:
-    from .data import encode_split, eos_id, read_text, split_text, train_tokenizer
-    from .transformer import Decoder, TransformerWrapper
-    from .wrapper import AutoregressiveWrapper
-
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+def _run_config(args: argparse.Namespace, state: dict) -> TrainConfig:
+    """The run's TrainConfig from the flags given and, on --resume, the
+    checkpoint's `state`; checked, with the output folder, before any
+    tokenizer or model work."""
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if f.name != "out_dir" and getattr(args, f.name) is not None}
-    # resume only reads a checkpoint: anything else is refused here
-    state = read_trainer_state(args.out) if args.resume else {}
     saved = {k: v for k, v in state.get("config", {}).items() if k != "out_dir"}
     # a resumed run keeps its saved settings unless a flag overrides one
     config = TrainConfig(**{**saved, **given}, out_dir=args.out)
-    # every argument is checked before any tokenizer or model work
     config.validate()
     check_out_dir(args.out)
     if args.resume:
         check_unfinished(args.out, state["step"], config.steps, option="--steps")
-    teacher_path = args.teacher or state.get("teacher")
-    generated_path = args.generated_data or state.get("generated_data")
+    return config
+
+
+def _check_distill_flags(config: TrainConfig, teacher_path: str | None, generated_path: str | None):
+    """ValueError for distillation and data flags that do not go together."""
     if not exists(teacher_path) and (config.distill_alpha != 1.0 or config.distill_temperature != 1.0):
         raise ValueError("--distill-alpha and --distill-temperature need a --teacher")
     if exists(generated_path) != (config.generated_fraction > 0):
         raise ValueError("--generated-data and --generated-fraction (> 0) go together: give both or neither")
+
+
+def _set_threads(args: argparse.Namespace):
     if exists(args.threads):
         if args.threads < 1:
             raise ValueError(f"threads must be a positive integer, got {args.threads}")
         torch.set_num_threads(args.threads)
-    text = read_text(args.data)
-    if not args.resume:
-        if exists(args.tokenizer) and not Path(args.tokenizer).is_file():
-            raise ValueError(f"--tokenizer {args.tokenizer} is not a file")
-        if exists(args.vocab_size) and args.vocab_size < 257:
-            raise ValueError(f"vocab_size must be >= 257 (256 bytes + end-of-text), got {args.vocab_size}")
-        if args.dim % args.heads and args.dim_head is None:
-            raise ValueError(f"dim ({args.dim}) must be divisible by heads ({args.heads}), or pass --dim-head")
-        if args.max_seq_len < 1:
-            raise ValueError(f"max_seq_len must be a positive integer, got {args.max_seq_len}")
-        decoder = Decoder(dim=args.dim, depth=args.depth, heads=args.heads,
-                          dim_head=args.dim_head or args.dim // args.heads, ff_mult=args.ff_mult,
-                          attn_dropout=args.dropout, ff_dropout=args.dropout, rotary_pos_emb=not args.abs_pos_emb)
-    generated = load_generated(generated_path) if exists(generated_path) else None
-    teacher = load_teacher(teacher_path) if exists(teacher_path) else None
-    if exists(teacher) and not args.resume:
-        vocab = teacher.tokenizer.get_vocab_size()
-        if exists(args.vocab_size) and args.vocab_size != vocab:
-            raise ValueError(f"--vocab-size {args.vocab_size} differs from the teacher's vocabulary ({vocab}); "
-                             "with --teacher the model uses the teacher's tokenizer")
-        if exists(args.tokenizer):
-            from tokenizers import Tokenizer
 
-            if Tokenizer.from_file(args.tokenizer).get_vocab() != teacher.tokenizer.get_vocab():
-                raise ValueError(f"--tokenizer {args.tokenizer} differs from the teacher's tokenizer; "
-                                 "distillation needs the same token ids")
 
-    torch.manual_seed(config.seed)
+def _new_decoder(args: argparse.Namespace):
+    """The Decoder of a new model, after checking the tokenizer and model flags."""
+    from .transformer import Decoder
+
+    if exists(args.tokenizer) and not Path(args.tokenizer).is_file():
+        raise ValueError(f"--tokenizer {args.tokenizer} is not a file")
+    if exists(args.vocab_size) and args.vocab_size < 257:
+        raise ValueError(f"vocab_size must be >= 257 (256 bytes + end-of-text), got {args.vocab_size}")
+    if args.dim % args.heads and args.dim_head is None:
+        raise ValueError(f"dim ({args.dim}) must be divisible by heads ({args.heads}), or pass --dim-head")
+    if args.max_seq_len < 1:
+        raise ValueError(f"max_seq_len must be a positive integer, got {args.max_seq_len}")
+    return Decoder(dim=args.dim, depth=args.depth, heads=args.heads,
+                   dim_head=args.dim_head or args.dim // args.heads, ff_mult=args.ff_mult,
+                   attn_dropout=args.dropout, ff_dropout=args.dropout, rotary_pos_emb=not args.abs_pos_emb)
+
+
+def _check_teacher_tokenizer(args: argparse.Namespace, teacher):
+    """ValueError if --vocab-size or --tokenizer contradicts the teacher's tokenizer, which a new student uses."""
+    vocab = teacher.tokenizer.get_vocab_size()
+    if exists(args.vocab_size) and args.vocab_size != vocab:
+        raise ValueError(f"--vocab-size {args.vocab_size} differs from the teacher's vocabulary ({vocab}); "
+                         "with --teacher the model uses the teacher's tokenizer")
+    if exists(args.tokenizer):
+        from tokenizers import Tokenizer
+
+        if Tokenizer.from_file(args.tokenizer).get_vocab() != teacher.tokenizer.get_vocab():
+            raise ValueError(f"--tokenizer {args.tokenizer} differs from the teacher's tokenizer; "
+                             "distillation needs the same token ids")
+
+
+def _load_or_build_model(args: argparse.Namespace, config: TrainConfig, text: str, decoder, teacher):
+    """The checkpoint's model on --resume, else a new one around `decoder`
+    with the teacher's tokenizer, the --tokenizer file or one trained on the
+    training split; checked against `config`."""
+    from .data import eos_id, split_text, train_tokenizer
+    from .transformer import TransformerWrapper
+    from .wrapper import AutoregressiveWrapper
+
     if args.resume:
         model = AutoregressiveWrapper.from_pretrained(args.out)
-        tokenizer = model.tokenizer
         config.validate(model)
-    else:
-        if exists(teacher):
-            tokenizer = teacher.tokenizer
-        elif exists(args.tokenizer):
-            from tokenizers import Tokenizer
-
-            tokenizer = Tokenizer.from_file(args.tokenizer)
-        else:
-            tokenizer = train_tokenizer(split_text(text)[0], args.vocab_size or DEFAULT_VOCAB_SIZE)
-        net = TransformerWrapper(num_tokens=tokenizer.get_vocab_size(), max_seq_len=args.max_seq_len,
-                                 attn_layers=decoder, emb_dropout=args.dropout, use_abs_pos_emb=args.abs_pos_emb)
-        model = AutoregressiveWrapper(net)
-        model.tokenizer = tokenizer
-        model.eos_token_id = eos_id(tokenizer)
-        config.validate(model)
+        return model
     if exists(teacher):
-        check_teacher(model, teacher, config.seq_len or model.max_seq_len)
-    train_ids, heldout_ids, heldout_text = encode_split(text, tokenizer)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"{params / 1e6:.2f}M parameters, vocabulary {tokenizer.get_vocab_size()}, "
-          f"{train_ids.numel():,} training / {heldout_ids.numel():,} held-out tokens "
-          f"({len(heldout_text) / (heldout_ids.numel() - 1):.2f} characters per token), "
-          f"{torch.get_num_threads()} threads on {config.device}"
-          + (f", teacher {teacher_path}" if exists(teacher) else "")
-          + (f", {generated.shape[0]:,} generated windows of {generated.shape[1]}" if exists(generated) else ""),
-          flush=True)
+        tokenizer = teacher.tokenizer
+    elif exists(args.tokenizer):
+        from tokenizers import Tokenizer
 
+        tokenizer = Tokenizer.from_file(args.tokenizer)
+    else:
+        tokenizer = train_tokenizer(split_text(text)[0], args.vocab_size or DEFAULT_VOCAB_SIZE)
+    net = TransformerWrapper(num_tokens=tokenizer.get_vocab_size(), max_seq_len=args.max_seq_len,
+                             attn_layers=decoder, emb_dropout=args.dropout, use_abs_pos_emb=args.abs_pos_emb)
+    model = AutoregressiveWrapper(net)
+    model.tokenizer = tokenizer
+    model.eos_token_id = eos_id(tokenizer)
+    config.validate(model)
+    return model
+
+
+def _run_state(args: argparse.Namespace, argv: list[str], state: dict, teacher_path: str | None,
+              generated_path: str | None) -> tuple[list[str], dict]:
+    """(every command of the run so far, the extra state its checkpoints keep)."""
     commands = state.get("commands", []) + ["python -m axw.train " + " ".join(argv)]
     extra = {"commands": commands}
     # the teacher and generated data are re-read from these paths on --resume
@@ -206,6 +212,11 @@ def main(argv: list[str] | None = None) -> TrainResult:
         extra["teacher"] = teacher_path
     if exists(generated_path):
         extra["generated_data"] = generated_path
+    return commands, extra
+
+
+def _reporters(model, config: TrainConfig, commands: list[str], params: int, teacher_path: str | None, state: dict):
+    """(model card writer, progress callback) of a run starting now."""
     # wall time of earlier invocations, so a resumed run's card reports the whole run
     previous_seconds = next((r["total_seconds"] for r in reversed(state.get("history", []))
                              if "total_seconds" in r), 0.0)
@@ -221,6 +232,47 @@ def main(argv: list[str] | None = None) -> TrainResult:
         record["total_seconds"] = previous_seconds + time.perf_counter() - began
         progress(record)
 
+    return card, on_progress
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    """`python -m axw.train` with `argv` (default: the process's arguments)."""
+    from .data import encode_split, read_text
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    # resume only reads a checkpoint: anything else is refused here
+    state = read_trainer_state(args.out) if args.resume else {}
+    # every argument is checked before any tokenizer or model work
+    config = _run_config(args, state)
+    teacher_path = args.teacher or state.get("teacher")
+    generated_path = args.generated_data or state.get("generated_data")
+    _check_distill_flags(config, teacher_path, generated_path)
+    _set_threads(args)
+    text = read_text(args.data)
+    decoder = None if args.resume else _new_decoder(args)
+    generated = load_generated(generated_path) if exists(generated_path) else None
+    teacher = load_teacher(teacher_path) if exists(teacher_path) else None
+    if exists(teacher) and not args.resume:
+        _check_teacher_tokenizer(args, teacher)
+
+    torch.manual_seed(config.seed)
+    model = _load_or_build_model(args, config, text, decoder, teacher)
+    tokenizer = model.tokenizer
+    if exists(teacher):
+        check_teacher(model, teacher, config.seq_len or model.max_seq_len)
+    train_ids, heldout_ids, heldout_text = encode_split(text, tokenizer)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{params / 1e6:.2f}M parameters, vocabulary {tokenizer.get_vocab_size()}, "
+          f"{train_ids.numel():,} training / {heldout_ids.numel():,} held-out tokens "
+          f"({len(heldout_text) / (heldout_ids.numel() - 1):.2f} characters per token), "
+          f"{torch.get_num_threads()} threads on {config.device}"
+          + (f", teacher {teacher_path}" if exists(teacher) else "")
+          + (f", {generated.shape[0]:,} generated windows of {generated.shape[1]}" if exists(generated) else ""),
+          flush=True)
+
+    commands, extra = _run_state(args, argv, state, teacher_path, generated_path)
+    card, on_progress = _reporters(model, config, commands, params, teacher_path, state)
     result = train(model, train_ids, heldout_ids, config, callback=on_progress, resume=args.out if args.resume else None,
                    heldout_chars=len(heldout_text), model_card=card, extra_state=extra, teacher=teacher,
                    generated=generated)
