@@ -420,7 +420,7 @@ def kill_at(monkeypatch, k):
     import shutil
 
     import axw.hub
-    import axw.train
+    import axw.train_checkpoint
 
     seen = []
 
@@ -459,7 +459,7 @@ def kill_at(monkeypatch, k):
     monkeypatch.setattr(builtins, "open", opening(real_open))
     monkeypatch.setattr(io, "open", opening(real_open))
     monkeypatch.setattr(axw.hub, "save_file", saving(axw.hub.save_file))
-    monkeypatch.setattr(axw.train, "save_file", saving(axw.train.save_file))
+    monkeypatch.setattr(axw.train_checkpoint, "save_file", saving(axw.train_checkpoint.save_file))
     return seen
 
 
