@@ -56,7 +56,8 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
         gr.Markdown(INTRO)
         with gr.Row():
             model_box = gr.Dropdown(choices, value=model, allow_custom_value=True, label="model", scale=2,
-                                    info="a bundled model or a Hub repo id (axw, gpt2 or llama checkpoints)",
+                                    info="a bundled model or a Hub repo id (axw, or transformers: "
+                                         "docs/import.md lists the families)",
                                     elem_id="model")
             model_info = gr.Markdown(app.info(model))
 

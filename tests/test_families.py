@@ -196,6 +196,56 @@ def test_options_mapped(pair):
         assert c.rotary_scaling["rope_type"] == hf.config.rope_parameters["rope_type"]
 
 
+def rewrite_config(folder, drop=(), **changes):
+    path = folder / "config.json"
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k not in drop}
+    path.write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize("case, drop, changes", [
+    # Gemma 3's configs before transformers 5: rope settings at the top level, the layer pattern as a number
+    ("gemma3_text", ("rope_parameters", "layer_types"),
+     dict(rope_theta=100000.0, rope_local_base_freq=100.0, rope_scaling=dict(rope_type="linear", factor=2.0),
+          sliding_window_pattern=2)),
+    # Gemma 2's: no layer_types, every other layer local
+    ("gemma2", ("layer_types",), dict(hidden_act="gelu_pytorch_tanh", cache_implementation="hybrid")),
+    # SmolLM3's: no layer_types, derived from no_rope_layers
+    ("smollm3", ("layer_types",), {}),
+    # Llama 3's: rope_scaling and rope_theta at the top level
+    ("llama-llama3", ("rope_parameters",),
+     dict(rope_theta=10000.0, rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                                high_freq_factor=4.0, original_max_position_embeddings=16))),
+])
+def test_configs_of_older_transformers(tmp_path, case, drop, changes):
+    hf = build(case)
+    hf.save_pretrained(tmp_path)
+    rewrite_config(tmp_path, drop, **changes)
+    assert_same_logits(hf, AutoregressiveWrapper.from_pretrained(tmp_path))
+
+
+def test_sliding_window_off_unless_used(tmp_path):
+    """Qwen2 repos write a sliding_window beside use_sliding_window=false:
+    transformers attends everything then, and so does axw."""
+    hf = build("qwen3")
+    hf.save_pretrained(tmp_path)
+    rewrite_config(tmp_path, ("layer_types",), use_sliding_window=False, sliding_window=WINDOW, max_window_layers=0)
+    model = AutoregressiveWrapper.from_pretrained(tmp_path)
+    assert model.net.attn_layers.sliding_window is None
+    assert_same_logits(hf, model)
+
+
+def test_eos_lists(tmp_path):
+    """Several EOS ids, in config.json and generation_config.json: the first
+    the vocabulary holds, generation_config.json's first."""
+    build("qwen3").save_pretrained(tmp_path)
+    rewrite_config(tmp_path, eos_token_id=[VOCAB + 5, 7, 3])
+    (tmp_path / "generation_config.json").unlink()
+    with pytest.warns(UserWarning, match=f"eos_token_id {VOCAB + 5} is outside the vocabulary"):
+        assert AutoregressiveWrapper.from_pretrained(tmp_path).eos_token_id == 7
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [9, 7]}))
+    assert AutoregressiveWrapper.from_pretrained(tmp_path).eos_token_id == 9
+
+
 # --- the options from scratch ---
 
 
