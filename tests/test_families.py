@@ -246,6 +246,64 @@ def test_eos_lists(tmp_path):
     assert AutoregressiveWrapper.from_pretrained(tmp_path).eos_token_id == 9
 
 
+# --- the other strategies on sliding windows ---
+
+
+@pytest.fixture(scope="module", params=["mistral", "gemma2", "gemma3_text"])
+def sliding(request, tmp_path_factory):
+    folder = tmp_path_factory.mktemp(request.param)
+    build(request.param).save_pretrained(folder)
+    return AutoregressiveWrapper.from_pretrained(folder)
+
+
+def test_parallel_candidates_equal_full_forwards(sliding):
+    """Contrastive search's forward of k alternatives for one position through
+    the cache (past the window) equals a full forward of each continuation."""
+    net = sliding.net
+    x = sequences(20)
+    candidates = torch.tensor([[5, 9, 14], [2, 40, 77]])
+    with torch.no_grad():
+        cache = net.new_cache()
+        net.decode(x, cache)
+        hidden = net.decode(candidates, cache, parallel=True)
+        for j in range(candidates.shape[1]):
+            full = net(torch.cat((x, candidates[:, j:j + 1]), dim=1))[:, -1]
+            torch.testing.assert_close(net.logits(hidden[:, j]), full, atol=1e-4, rtol=0)
+
+
+def test_speculative_and_sampling_past_the_window(sliding):
+    """Speculative decoding rolls the cache back past the window and still
+    gives greedy decoding's tokens; sampling with the cache gives the tokens
+    it gives recomputing every step."""
+    x = sequences(6)
+    plain = sliding.generate(x, 30, temperature=0.0)
+    assert torch.equal(sliding.generate(x, 30, temperature=0.0, prompt_lookup_num_tokens=3), plain)
+    assert torch.equal(sliding.generate(x, 30, temperature=0.0, assistant_model=sliding, num_assistant_tokens=4),
+                       plain)
+    sampled = sliding.generate(x, 30, temperature=1.0, seed=3)
+    assert torch.equal(sliding.generate(x, 30, temperature=1.0, seed=3, cache_kv=False), sampled)
+
+
+def test_fine_tuning_reaches_every_weight(pair):
+    """The training loss of an imported model against transformers' (same
+    next-token cross-entropy), and a gradient for every parameter, the new
+    norms and soft-capped attention included."""
+    hf, model = pair
+    x = sequences(24)
+    model.train()
+    try:
+        loss = model(x)
+        with torch.no_grad():
+            expected = hf(x, labels=x).loss
+        torch.testing.assert_close(loss, expected, atol=1e-4, rtol=0)
+        loss.backward()
+        missing = [n for n, p in model.named_parameters() if p.grad is None or not bool(p.grad.abs().sum() > 0)]
+        assert not missing
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+
+
 # --- the options from scratch ---
 
 
