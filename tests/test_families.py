@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 VOCAB = 96
 WINDOW = 8  # sliding window of the tiny models: every test sequence is longer
+NEW = 30  # tokens generated after a 6-token prompt
 TOKENS = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=3, pad_token_id=0)
 # initializer_range=0.3: weights large enough that greedy and beam continuations vary
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=40,
@@ -124,11 +125,11 @@ def test_logits_and_cached_decode_match_transformers(pair):
 def test_greedy_matches_transformers(pair):
     hf, model = pair
     x = sequences(6)
-    ours = model.generate(x, 40, temperature=0.0)
+    ours = model.generate(x, NEW, temperature=0.0)
     # an explicit mask: transformers would take a prompt's token 0 (its pad id) for padding
-    theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=40, do_sample=False,
+    theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW, do_sample=False,
                          eos_token_id=None, pad_token_id=0)
-    assert ours.shape == (2, 46) and torch.equal(ours, theirs)
+    assert ours.shape == (2, 6 + NEW) and torch.equal(ours, theirs)
 
 
 def test_beam_search_matches_transformers(pair):
@@ -136,12 +137,12 @@ def test_beam_search_matches_transformers(pair):
     transformers' beams are the top 4 by summed log-prob, as axw's are."""
     hf, model = pair
     x = sequences(6)
-    theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=40, do_sample=False, num_beams=4,
+    theirs = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=NEW, do_sample=False, num_beams=4,
                          length_penalty=0.0,
                          early_stopping=True, eos_token_id=None, pad_token_id=0)
-    ours = model.beam_search(x, 40, beams=4)
+    ours = model.beam_search(x, NEW, beams=4)
     assert torch.equal(ours, theirs)
-    assert not torch.equal(ours, model.generate(x, 40, temperature=0.0))  # not greedy in disguise
+    assert not torch.equal(ours, model.generate(x, NEW, temperature=0.0))  # not greedy in disguise
 
 
 def test_save_pretrained_round_trip(pair, tmp_path):
@@ -276,12 +277,12 @@ def test_speculative_and_sampling_past_the_window(sliding):
     gives greedy decoding's tokens; sampling with the cache gives the tokens
     it gives recomputing every step."""
     x = sequences(6)
-    plain = sliding.generate(x, 30, temperature=0.0)
-    assert torch.equal(sliding.generate(x, 30, temperature=0.0, prompt_lookup_num_tokens=3), plain)
-    assert torch.equal(sliding.generate(x, 30, temperature=0.0, assistant_model=sliding, num_assistant_tokens=4),
+    plain = sliding.generate(x, 24, temperature=0.0)
+    assert torch.equal(sliding.generate(x, 24, temperature=0.0, prompt_lookup_num_tokens=3), plain)
+    assert torch.equal(sliding.generate(x, 24, temperature=0.0, assistant_model=sliding, num_assistant_tokens=4),
                        plain)
-    sampled = sliding.generate(x, 30, temperature=1.0, seed=3)
-    assert torch.equal(sliding.generate(x, 30, temperature=1.0, seed=3, cache_kv=False), sampled)
+    sampled = sliding.generate(x, 24, temperature=1.0, seed=3)
+    assert torch.equal(sliding.generate(x, 24, temperature=1.0, seed=3, cache_kv=False), sampled)
 
 
 def test_fine_tuning_reaches_every_weight(pair):
