@@ -3,9 +3,10 @@ the wrapper that turns token ids into logits.
 
 `Decoder` and `TransformerWrapper` take x-transformers' argument names for
 the subset they implement, so `from axw import TransformerWrapper, Decoder`
-replaces `from x_transformers import ...`. The options needed by GPT-2 and
-Llama-family checkpoints (biases, RMSNorm, SwiGLU, grouped-query attention,
-rotary base) are ordinary constructor arguments.
+replaces `from x_transformers import ...`. The options imported checkpoint
+families need (`axw.families`: biases, RMSNorm, SwiGLU / GeGLU, grouped-query
+attention, rope scaling, qk-norm, soft-capping, sliding-window layers, ...)
+are ordinary constructor arguments, each off by default.
 """
 
 from __future__ import annotations
@@ -248,7 +249,7 @@ class Decoder(nn.Module):
                            unit_offset=config.norm_unit_offset)
         sliding = config.sliding_layers()
         # every layer sliding: the wrapper's KV cache keeps only the window;
-        # some: those layers mask their keys to it (`local_window`)
+        # some (Gemma 2 / 3): the cache keeps every key, those layers mask theirs to the window
         self.sliding_window = config.sliding_window if any(sliding) else None
         self.all_sliding = all(sliding)
 
