@@ -17,9 +17,6 @@ from torch import Tensor
 
 from . import hub
 from .families import FAMILIES
-from .families.common import positive_int as _positive_int
-from .families.common import reader as _reader
-from .families.common import require as _require
 from .families.gpt2 import GPT2_ACTIVATIONS
 from .families.gpt2 import arguments as gpt2_arguments
 from .families.gpt2 import state as gpt2_state
@@ -32,7 +29,6 @@ __all__ = [
     "FAMILIES", "GPT2_ACTIVATIONS", "build_net", "from_transformers_folder", "gpt2_arguments", "gpt2_state",
     "llama_arguments", "llama_state", "special_token_ids", "transformers_arguments",
 ]
-_ = (_positive_int, _reader, _require)  # the helpers' former names, kept importable from here
 
 
 # --- the import ---
