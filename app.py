@@ -28,7 +28,7 @@ import gradio as gr  # noqa: E402
 import playground as pg  # noqa: E402
 from playground.service import Playground, gpu, throttle, user_errors  # noqa: E402,F401
 from playground.sessions import visitor  # noqa: E402,F401
-from playground.views import api, compare, finetune, generate, settings  # noqa: E402
+from playground.views import api, check_handlers, compare, finetune, generate, settings  # noqa: E402
 from playground.views.compare import COMPARE  # noqa: E402,F401
 
 CONCURRENCY = int(os.environ.get("AXW_CONCURRENCY", "2"))
@@ -44,10 +44,12 @@ CSS = ""  # gathered from the views at build
 
 
 def build(model: str, amateur: str | None = None, visitor_budget_s: float | None = None,
-          trust_proxy: bool | None = None, trusted_proxies: int | None = None, draft: str | None = None) -> gr.Blocks:
+          trust_proxy: bool | None = None, trusted_proxies: int | None = None, draft: str | None = None,
+          address_budget_s: float | None = None, finetunes: int | None = None) -> gr.Blocks:
     global CSS
     app = Playground(model, amateur, visitor_budget_s=visitor_budget_s, trust_proxy=trust_proxy,
-                     trusted_proxies=trusted_proxies, draft=draft)
+                     trusted_proxies=trusted_proxies, draft=draft, address_budget_s=address_budget_s,
+                     finetunes=finetunes)
     # bundled models by name, Hub ids as they are; the value passed on is the path or id
     choices = [(f"{Path(c).name} (bundled)", c) for c in [model, amateur] if c and (pg.ROOT / c).is_dir()]
     choices += [(c, c) for c in [model, amateur] + pg.HUB_EXAMPLES if c and c not in dict(choices).values()]
@@ -56,8 +58,7 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
         gr.Markdown(INTRO)
         with gr.Row():
             model_box = gr.Dropdown(choices, value=model, allow_custom_value=True, label="model", scale=2,
-                                    info="a bundled model or a Hub repo id (axw, or transformers: "
-                                         "docs/import.md lists the families)",
+                                    info="a bundled model or a Hub repo id (axw, gpt2 or llama checkpoints)",
                                     elem_id="model")
             model_info = gr.Markdown(app.info(model))
 
@@ -70,7 +71,7 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
         with gr.Tab("API"):
             api.build()
 
-        def picked(name):
+        def picked(name, request: gr.Request = None):
             # the context slider follows the model (a window is at most its max_seq_len); the settings follow
             # its generation_config.json when it has one
             text = app.info(name)  # a bad name stops here with its gr.Error
@@ -88,6 +89,7 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
                concurrency_id="gen")
         demo.unload(app.unload)
         gr.api(gpu(app.finetune_api, duration=300), api_name="finetune", concurrency_limit=1, concurrency_id="train")
+    check_handlers(demo)
     keep_old_calls(demo, "generate", app.generate_api)
     demo.queue(max_size=64, default_concurrency_limit=CONCURRENCY)
     demo.playground, demo.controls = app, controls
