@@ -19,6 +19,9 @@ from .kernels import Linear
 from .utils import default, exists
 
 
+QK_NORMS = (None, "head", "full")
+
+
 class KVCache:
     """Keys and values of all attention layers, plus which keys may be attended.
 
@@ -203,17 +206,109 @@ class KVCache:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
 
 
+# rope scaling types axw computes, with the parameters each one needs (the
+# names transformers' configs use, `rope_parameters` / `rope_scaling`)
+ROPE_SCALING = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings"),
+}
+
+
+def check_rope_scaling(scaling: dict | None) -> dict | None:
+    """A rope scaling dict axw computes, or a ValueError naming its type or
+    the parameter it lacks."""
+    if scaling is None:
+        return None
+    if not isinstance(scaling, dict):
+        raise ValueError(f"rotary_scaling must be a dict with a 'rope_type', got {scaling!r}")
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_SCALING:
+        raise ValueError(
+            f"rope scaling of type {kind!r} is not implemented in axw; supported: "
+            + ", ".join(repr(k) for k in ROPE_SCALING)
+        )
+    missing = [k for k in ROPE_SCALING[kind] if not isinstance(scaling.get(k), (int, float))]
+    if missing:
+        raise ValueError(f"rope scaling of type {kind!r} needs the number(s) {', '.join(missing)}")
+    return scaling
+
+
+def rope_frequencies(dim: int, base: float, scaling: dict | None = None) -> tuple[Tensor, float]:
+    """Inverse frequencies of a rotary embedding and the factor its cos and
+    sin are multiplied by, as transformers' `modeling_rope_utils` computes them."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    kind = scaling["rope_type"] if scaling else None
+    if kind == "linear":
+        # position interpolation (Chen et al. 2023, arXiv:2306.15595): positions divided by `factor`
+        return inv_freq / scaling["factor"], 1.0
+    if kind == "llama3":
+        return _llama3_frequencies(inv_freq, scaling), 1.0
+    if kind == "yarn":
+        return _yarn_frequencies(dim, base, scaling)
+    return inv_freq, 1.0
+
+
+def _llama3_frequencies(inv_freq: Tensor, s: dict) -> Tensor:
+    """Llama 3.1's rope scaling (transformers' `_compute_llama3_parameters`):
+    wavelengths longer than the original context / low_freq_factor are
+    stretched by `factor`, those shorter than context / high_freq_factor kept,
+    those between interpolated smoothly."""
+    factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+    context = s["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > context / low, inv_freq / factor, inv_freq)
+    smooth = (context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < context / high) & ~(wavelen > context / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def _yarn_frequencies(dim: int, base: float, s: dict) -> tuple[Tensor, float]:
+    """YaRN (Peng et al. 2023, arXiv:2309.00071), as transformers'
+    `_compute_yarn_parameters`: high frequencies kept, low ones interpolated
+    by `factor`, a linear ramp between; cos and sin scaled by the attention factor."""
+    factor, context = s["factor"], s["original_max_position_embeddings"]
+
+    def mscale(scale, m=1.0):
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention_factor = s.get("attention_factor")
+    if attention_factor is None:
+        m, m_all = s.get("mscale"), s.get("mscale_all_dim")
+        attention_factor = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+    def correction_dim(rotations):
+        return dim * math.log(context / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, dim - 1)
+    if low == high:
+        high += 0.001  # no division by zero
+    ramp = ((torch.arange(dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    pos_freqs = base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    extrapolation = 1 - ramp
+    inv_freq = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv_freq, float(attention_factor)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (Su et al. 2021, arXiv:2104.09864), in the
-    half-split layout Llama and GPT-NeoX use: channel i pairs with i + d/2."""
+    half-split layout Llama and GPT-NeoX use: channel i pairs with i + d/2.
+    `scaling`: a rope scaling dict (`ROPE_SCALING`) for a context longer than
+    the one trained on."""
 
-    def __init__(self, dim: int, base: float = 10000.0):
+    def __init__(self, dim: int, base: float = 10000.0, scaling: dict | None = None):
         super().__init__()
         if dim % 2:
             raise ValueError(f"rotary dimension must be even, got {dim}")
         self.dim = dim
         self.base = base
-        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.scaling = check_rope_scaling(scaling)
+        inv_freq, self.attention_factor = rope_frequencies(dim, base, self.scaling)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self._cos: Tensor | None = None  # (positions, dim) tables
         self._sin: Tensor | None = None
@@ -228,7 +323,7 @@ class RotaryEmbedding(nn.Module):
             size = max(needed, 2 * (self._cos.shape[0] if self._cos is not None else 256))
             freqs = torch.arange(size, device=positions.device, dtype=torch.float32)[:, None] * self.inv_freq
             emb = torch.cat((freqs, freqs), dim=-1)
-            self._cos, self._sin = emb.cos(), emb.sin()
+            self._cos, self._sin = emb.cos() * self.attention_factor, emb.sin() * self.attention_factor
         cos, sin = self._cos[positions], self._sin[positions]
         if cos.ndim == 3:
             cos, sin = cos[:, None], sin[:, None]
@@ -253,7 +348,16 @@ def apply_rotary(t: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class Attention(nn.Module):
     """Multi-head causal self-attention with grouped-query heads
-    (Ainslie et al. 2023, arXiv:2305.13245) when `kv_heads < heads`."""
+    (Ainslie et al. 2023, arXiv:2305.13245) when `kv_heads < heads`.
+
+    Options imported families need, each off by default:
+    `qkv_bias` apart from the output's `bias` (Qwen2); `qk_norm`, RMSNorm of
+    queries and keys before rotary (Dehghani et al. 2023, arXiv:2302.05442):
+    'head' over each head's channels (Qwen3, Gemma 3), 'full' over the whole
+    projection (OLMo 2, arXiv:2501.00656); `scale` other than dim_head ** -0.5
+    (Gemma's query_pre_attn_scalar); `softcap`, tanh soft-capping of the
+    attention logits (Gemma 2, arXiv:2408.00118), which runs attention written
+    out since fused kernels cannot cap."""
 
     def __init__(
         self,
@@ -263,16 +367,31 @@ class Attention(nn.Module):
         kv_heads: int | None = None,
         dropout: float = 0.0,
         bias: bool = False,
+        qkv_bias: bool | None = None,
+        qk_norm: str | None = None,
+        norm_kwargs: dict | None = None,
+        scale: float | None = None,
+        softcap: float | None = None,
     ):
         super().__init__()
         kv_heads = default(kv_heads, heads)
         if heads % kv_heads:
             raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
+        if qk_norm not in QK_NORMS:
+            raise ValueError(f"qk_norm must be one of {QK_NORMS}, got {qk_norm!r}")
         self.heads, self.kv_heads, self.dim_head = heads, kv_heads, dim_head
-        self.scale = dim_head ** -0.5
+        self.scale = default(scale, dim_head ** -0.5)
+        self.softcap = softcap
         self.dropout = dropout
-        self.to_qkv = Linear(dim, (heads + 2 * kv_heads) * dim_head, bias=bias)
+        self.to_qkv = Linear(dim, (heads + 2 * kv_heads) * dim_head, bias=default(qkv_bias, bias))
         self.to_out = Linear(heads * dim_head, dim, bias=bias)
+        self.qk_norm = qk_norm
+        if exists(qk_norm):
+            from .transformer import Norm  # the decoder's norm, RMS here whatever the decoder uses
+
+            kwargs = {**(norm_kwargs or {}), "rms": True, "bias": False}
+            self.q_norm = Norm(dim_head if qk_norm == "head" else heads * dim_head, **kwargs)
+            self.k_norm = Norm(dim_head if qk_norm == "head" else kv_heads * dim_head, **kwargs)
 
     def forward(
         self,
@@ -288,7 +407,10 @@ class Attention(nn.Module):
         b, n, _ = x.shape
         h, kvh, d = self.heads, self.kv_heads, self.dim_head
 
-        qkv = self.to_qkv(x).view(b, n, h + 2 * kvh, d).transpose(1, 2)
+        qkv = self.to_qkv(x).view(b, n, h + 2 * kvh, d)
+        if exists(self.qk_norm):
+            qkv = self._norm_qk(qkv)
+        qkv = qkv.transpose(1, 2)
         qk, v = qkv[:, :h + kvh], qkv[:, h + kvh:]
         if exists(rotary):
             qk = apply_rotary(qk, *rotary)  # queries and keys in one pass
@@ -299,22 +421,38 @@ class Attention(nn.Module):
 
         dropout = self.dropout if self.training else 0.0
         lse = None
-        if return_lse:
+        if return_lse or exists(self.softcap):
             out, lse = self._explicit(q, k, v, attn_mask, is_causal, dropout)
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout, enable_gqa=kvh != h
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout, enable_gqa=kvh != h,
+                scale=self.scale,
             )
         out = out.transpose(1, 2).reshape(b, n, h * d)
         return self.to_out(out), lse
 
+    def _norm_qk(self, qkv: Tensor) -> Tensor:
+        """qkv (b, n, heads + 2 kv_heads, d) with queries and keys normalised."""
+        b, n = qkv.shape[:2]
+        h, kvh = self.heads, self.kv_heads
+        q, k, v = qkv[:, :, :h], qkv[:, :, h:h + kvh], qkv[:, :, h + kvh:]
+        if self.qk_norm == "full":
+            q = self.q_norm(q.reshape(b, n, -1)).view_as(q)
+            k = self.k_norm(k.reshape(b, n, -1)).view_as(k)
+        else:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return torch.cat((q, k, v), dim=2)
+
     def _explicit(self, q, k, v, attn_mask, is_causal, dropout):
         """Attention written out, for when the pre-softmax logits are needed
-        (the attention z-loss): returns the output and logsumexp per query."""
+        (the attention z-loss) or changed (soft-capping): returns the output
+        and logsumexp per query."""
         if self.kv_heads != self.heads:
             groups = self.heads // self.kv_heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
         scores = (q @ k.transpose(-1, -2)) * self.scale
+        if exists(self.softcap):
+            scores = torch.tanh(scores / self.softcap) * self.softcap
         if is_causal:
             i, j = scores.shape[-2:]
             attn_mask = torch.ones((i, j), dtype=torch.bool, device=q.device).tril(j - i)

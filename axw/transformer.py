@@ -3,20 +3,22 @@ the wrapper that turns token ids into logits.
 
 `Decoder` and `TransformerWrapper` take x-transformers' argument names for
 the subset they implement, so `from axw import TransformerWrapper, Decoder`
-replaces `from x_transformers import ...`. The options needed by GPT-2 and
-Llama-family checkpoints (biases, RMSNorm, SwiGLU, grouped-query attention,
-rotary base) are ordinary constructor arguments.
+replaces `from x_transformers import ...`. The options imported checkpoint
+families need (`axw.families`: biases, RMSNorm, SwiGLU / GeGLU, grouped-query
+attention, rope scaling, qk-norm, soft-capping, sliding-window layers, ...)
+are ordinary constructor arguments, each off by default.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Attention, KVCache, RotaryEmbedding
+from .attention import QK_NORMS, Attention, KVCache, RotaryEmbedding, check_rope_scaling
 from .kernels import Linear, TokenEmbedding
 from .utils import ConfigMixin, build_config, check_number, default, exists
 
@@ -42,18 +44,22 @@ class Intermediates:
 
 
 class Norm(nn.Module):
-    """LayerNorm (optionally without bias) or RMSNorm (Zhang & Sennrich 2019)."""
+    """LayerNorm (optionally without bias) or RMSNorm (Zhang & Sennrich 2019).
+    With `unit_offset` the scale is 1 + weight, the weight starting at 0
+    (Gemma's RMSNorm)."""
 
-    def __init__(self, dim: int, rms: bool = False, bias: bool = False, eps: float = 1e-5):
+    def __init__(self, dim: int, rms: bool = False, bias: bool = False, eps: float = 1e-5,
+                 unit_offset: bool = False):
         super().__init__()
-        self.rms, self.eps = rms, eps
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.rms, self.eps, self.unit_offset = rms, eps, unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
         self.bias = nn.Parameter(torch.zeros(dim)) if bias and not rms else None
 
     def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight + 1.0 if self.unit_offset else self.weight
         if self.rms:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.eps)
+            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+        return F.layer_norm(x, (x.shape[-1],), weight, self.bias, self.eps)
 
 
 class FeedForward(nn.Module):
@@ -80,13 +86,27 @@ class FeedForward(nn.Module):
         return self.proj_out(self.dropout(x) if self.training else x)
 
 
+# which rotary table a layer reads: `Decoder.forward` indexes its tuple of tables with these
+NO_ROTARY, GLOBAL_ROTARY, LOCAL_ROTARY = 0, 1, 2
+LAYER_TYPES = ("full_attention", "sliding_attention")  # transformers' names
+
+
 class Block(nn.Module):
-    def __init__(self, dim, attn: Attention, ff: FeedForward, norm_kwargs: dict):
+    """One layer: attention then feed-forward, each a residual branch with a
+    norm before it (unless `pre_norm=False`) and, with `post_norm`, one on its
+    output before the residual add."""
+
+    def __init__(self, dim, attn: Attention, ff: FeedForward, norm_kwargs: dict, pre_norm: bool = True,
+                 post_norm: bool = False, sliding: bool = False, rotary: int = GLOBAL_ROTARY):
         super().__init__()
-        self.attn_norm = Norm(dim, **norm_kwargs)
+        self.attn_norm = Norm(dim, **norm_kwargs) if pre_norm else None
         self.attn = attn
-        self.ff_norm = Norm(dim, **norm_kwargs)
+        self.attn_post_norm = Norm(dim, **norm_kwargs) if post_norm else None
+        self.ff_norm = Norm(dim, **norm_kwargs) if pre_norm else None
         self.ff = ff
+        self.ff_post_norm = Norm(dim, **norm_kwargs) if post_norm else None
+        self.sliding = sliding  # attends a sliding window of keys, not all
+        self.rotary = rotary
 
 
 @dataclass
@@ -95,7 +115,9 @@ class DecoderConfig(ConfigMixin):
     `from_pretrained` reads. Options beyond x-transformers' basic ones exist for
     imported checkpoints: `attn_bias` (GPT-2), `use_rmsnorm`, `ff_glu` +
     `ff_swish`, `attn_kv_heads`, `rotary_emb_base` (Llama),
-    `ff_activation='gelu_tanh'` and `norm_bias` (GPT-2)."""
+    `ff_activation='gelu_tanh'` and `norm_bias` (GPT-2); and those below the
+    line, each documented where it is declared, for the other families
+    (`axw.families`). Every one of them is usable from scratch."""
 
     dim: int
     depth: int
@@ -117,6 +139,36 @@ class DecoderConfig(ConfigMixin):
     rotary_pos_emb: bool = False
     rotary_emb_dim: int | None = None  # default dim_head
     rotary_emb_base: float = 10000.0
+
+    # q/k/v projections biased apart from the output one (Qwen2); None: as attn_bias
+    attn_qkv_bias: bool | None = None
+    # RMSNorm of queries and keys (Dehghani et al. 2023, arXiv:2302.05442): 'head'
+    # normalises each head (Qwen3, Gemma 3), 'full' the whole projection (OLMo 2)
+    attn_qk_norm: str | None = None
+    # attention logits' scale; None: dim_head ** -0.5 (Gemma: query_pre_attn_scalar ** -0.5)
+    attn_scale: float | None = None
+    # tanh soft-capping of attention logits, cap * tanh(logit / cap) (Gemma 2, arXiv:2408.00118)
+    attn_softcap: float | None = None
+    # keys each query of a sliding layer sees, itself included (Mistral, arXiv:2310.06825;
+    # Longformer, arXiv:2004.05150); which layers slide: `layer_types`
+    sliding_window: int | None = None
+    # per layer 'full_attention' or 'sliding_attention' (transformers' names); None: every
+    # layer slides when sliding_window is set (Mistral), else none; alternating in Gemma 2 / 3
+    layer_types: list[str] | None = None
+    # rope scaling of the rotary positions, transformers' dict: {'rope_type': 'linear' |
+    # 'llama3' | 'yarn', ...} (axw.attention.ROPE_SCALING lists each one's parameters)
+    rotary_scaling: dict | None = None
+    # rotary base of sliding layers, unscaled (Gemma 3's rope_local_base_freq); None: rotary_emb_base
+    rotary_emb_base_local: float | None = None
+    # layers without positions (NoPE, Kazemnejad et al. 2023, arXiv:2305.19466; SmolLM3)
+    nope_layers: list[int] | None = None
+    # RMSNorm scale 1 + weight (Gemma)
+    norm_unit_offset: bool = False
+    # norm each branch's input (pre-norm); False: OLMo 2's, which norms outputs only
+    pre_norm: bool = True
+    # norm each branch's output before the residual add (Gemma 2's norms before and after
+    # each block, arXiv:2408.00118; OLMo 2, arXiv:2501.00656)
+    post_branch_norm: bool = False
 
     # x-transformers' names for options axw has under another name, and its
     # options that change nothing here (attention already runs through
@@ -145,6 +197,39 @@ class DecoderConfig(ConfigMixin):
                 raise ValueError(f"rotary_emb_dim ({rot}) cannot exceed dim_head ({self.dim_head})")
             if rot % 2:
                 raise ValueError(f"rotary dimension must be even, got {rot}")
+            check_rope_scaling(self.rotary_scaling)
+        if self.attn_qk_norm not in QK_NORMS:
+            raise ValueError(f"attn_qk_norm must be one of {QK_NORMS}, got {self.attn_qk_norm!r}")
+        for name in ("attn_scale", "attn_softcap"):
+            if exists(getattr(self, name)):
+                check_number(getattr(self, name), name, 0.0, low_open=True)
+        if exists(self.sliding_window):
+            check_number(self.sliding_window, "sliding_window", 1, integer=True)
+        if exists(self.layer_types):
+            self.layer_types = list(self.layer_types)
+            if len(self.layer_types) != self.depth or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ValueError(f"layer_types must list one of {LAYER_TYPES} per layer ({self.depth}), "
+                                 f"got {self.layer_types!r}")
+            if "sliding_attention" in self.layer_types and self.sliding_window is None:
+                raise ValueError("layer_types has sliding layers but sliding_window is not set")
+        if exists(self.nope_layers):
+            self.nope_layers = sorted(set(self.nope_layers))
+            if not all(isinstance(i, int) and 0 <= i < self.depth for i in self.nope_layers):
+                raise ValueError(f"nope_layers must be layer indices in [0, {self.depth}), got {self.nope_layers!r}")
+
+    def sliding_layers(self) -> list[bool]:
+        """Per layer, whether it attends a sliding window."""
+        if self.sliding_window is None:
+            return [False] * self.depth
+        if self.layer_types is None:
+            return [True] * self.depth
+        return [t == "sliding_attention" for t in self.layer_types]
+
+    def layer_rotary(self, i: int, sliding: bool) -> int:
+        """Which rotary table layer i reads (NO_ROTARY, GLOBAL_ROTARY or LOCAL_ROTARY)."""
+        if not self.rotary_pos_emb or i in (self.nope_layers or ()):
+            return NO_ROTARY
+        return LOCAL_ROTARY if sliding and exists(self.rotary_emb_base_local) else GLOBAL_ROTARY
 
 
 class Decoder(nn.Module):
@@ -160,23 +245,42 @@ class Decoder(nn.Module):
         self.dim, self.depth, self.heads = config.dim, config.depth, config.heads
         self.kv_heads = default(config.attn_kv_heads, config.heads)
         self.dim_head = config.dim_head
-        norm_kwargs = dict(rms=config.use_rmsnorm, bias=config.norm_bias, eps=config.norm_eps)
+        norm_kwargs = dict(rms=config.use_rmsnorm, bias=config.norm_bias, eps=config.norm_eps,
+                           unit_offset=config.norm_unit_offset)
+        sliding = config.sliding_layers()
+        # every layer sliding: the wrapper's KV cache keeps only the window;
+        # some (Gemma 2 / 3): the cache keeps every key, those layers mask theirs to the window
+        self.sliding_window = config.sliding_window if any(sliding) else None
+        self.all_sliding = all(sliding)
 
         self.layers = nn.ModuleList(
             Block(
                 config.dim,
                 Attention(config.dim, config.heads, config.dim_head, config.attn_kv_heads, config.attn_dropout,
-                          bias=config.attn_bias),
+                          bias=config.attn_bias, qkv_bias=config.attn_qkv_bias, qk_norm=config.attn_qk_norm,
+                          norm_kwargs=norm_kwargs, scale=config.attn_scale, softcap=config.attn_softcap),
                 FeedForward(config.dim, config.ff_inner_dim, config.ff_activation, config.ff_glu,
                             bias=not config.ff_no_bias, dropout=config.ff_dropout),
                 norm_kwargs,
+                pre_norm=config.pre_norm,
+                post_norm=config.post_branch_norm,
+                sliding=sliding[i],
+                rotary=config.layer_rotary(i, sliding[i]),
             )
-            for _ in range(config.depth)
+            for i in range(config.depth)
         )
         self.final_norm = Norm(config.dim, **norm_kwargs)
-        self.rotary = None
+        self.reset_rotary()
+
+    def reset_rotary(self):
+        """(Re)build the rotary tables, which are not saved with the weights."""
+        config = self.config
+        self.rotary = self.rotary_local = None
         if config.rotary_pos_emb:
-            self.rotary = RotaryEmbedding(default(config.rotary_emb_dim, config.dim_head), config.rotary_emb_base)
+            dim = default(config.rotary_emb_dim, config.dim_head)
+            self.rotary = RotaryEmbedding(dim, config.rotary_emb_base, config.rotary_scaling)
+            if any(block.rotary == LOCAL_ROTARY for block in self.layers):
+                self.rotary_local = RotaryEmbedding(dim, config.rotary_emb_base_local)
 
     def forward(
         self,
@@ -193,22 +297,31 @@ class Decoder(nn.Module):
         """x (b, n, dim) at `positions` ((n,) or (b, n)); `key_mask` (b, n)
         marks which new positions may be attended as keys; with `window`, each
         query sees at most that many keys, itself included (sliding window);
-        `max_position`, a bound on the positions when the caller knows one."""
+        `max_position`, a bound on the positions when the caller knows one.
+        Sliding layers see at most `sliding_window` keys whatever `window` is."""
         n = x.shape[1]
-        attn_mask, is_causal = self._attention_mask(x, n, cache, key_mask, parallel, window)
-        rotary = None
+        past, keys = self._prepare_keys(x, n, cache, key_mask)
+        masks = [self._attention_mask(x, n, past, keys, parallel, window)] * 2  # indexed by block.sliding
+        if exists(self.sliding_window) and (window is None or self.sliding_window < window):
+            masks[1] = self._attention_mask(x, n, past, keys, parallel, self.sliding_window)
+        rotary = [None, None, None]  # indexed by block.rotary
+        limit = max_position + 1 if exists(max_position) else None
         if exists(self.rotary):
-            limit = max_position + 1 if exists(max_position) else None
-            rotary = self.rotary(positions, x.dtype, limit)
+            rotary[GLOBAL_ROTARY] = self.rotary(positions, x.dtype, limit)
+        if exists(self.rotary_local):
+            rotary[LOCAL_ROTARY] = self.rotary_local(positions, x.dtype, limit)
 
         lses = []
         for i, block in enumerate(self.layers):
+            attn_mask, is_causal = masks[block.sliding]
+            h = x if block.attn_norm is None else block.attn_norm(x)
             out, lse = block.attn(
-                block.attn_norm(x), rotary=rotary, cache=cache, layer=i,
+                h, rotary=rotary[block.rotary], cache=cache, layer=i,
                 attn_mask=attn_mask, is_causal=is_causal, return_lse=return_lse,
             )
-            x = x + out
-            x = x + block.ff(block.ff_norm(x))
+            x = x + (out if block.attn_post_norm is None else block.attn_post_norm(out))
+            out = block.ff(x if block.ff_norm is None else block.ff_norm(x))
+            x = x + (out if block.ff_post_norm is None else block.ff_post_norm(out))
             if return_lse:
                 lses.append(lse)
 
@@ -217,20 +330,23 @@ class Decoder(nn.Module):
         return self.final_norm(x), lses
 
     @staticmethod
-    def _attention_mask(x, n, cache, key_mask, parallel, window):
-        """One boolean mask (True = attend) shared by all layers, or None with
-        `is_causal` when plain causal attention is all that is needed."""
-        device = x.device
-        past = 0
+    def _prepare_keys(x, n, cache, key_mask) -> tuple[int, Tensor | None]:
+        """Make room in the cache for n new keys; the count of cached keys
+        the new queries see and which keys may be attended (None: all)."""
         if exists(cache):
             cache.prepare(n)
             cache.write_key_mask(key_mask, n)
-            past = cache.live()
             keys = cache.key_mask[:, cache.key_slice()] if exists(cache.key_mask) else None
-        else:
-            keys = key_mask
+            return cache.live(), keys
+        return 0, key_mask
 
-        banded = exists(window) and not parallel and past + n > window
+    @staticmethod
+    def _attention_mask(x, n, past, keys, parallel, window):
+        """One boolean mask (True = attend), or None with `is_causal` when
+        plain causal attention is all that is needed."""
+        device = x.device
+        # in a parallel forward every query is at position `past`
+        banded = exists(window) and past + (1 if parallel else n) > window
         if keys is None and not banded and (n == 1 or (past == 0 and not parallel)):
             return None, n > 1
 
@@ -238,9 +354,10 @@ class Decoder(nn.Module):
         q_idx = torch.arange(n, device=device)[:, None]
         k_idx = torch.arange(m, device=device)[None, :]
         diagonal = k_idx == q_idx + past
-        allowed = (k_idx < past) | diagonal if parallel else k_idx <= q_idx + past
+        q_pos = past if parallel else q_idx + past
+        allowed = (k_idx < past) | diagonal if parallel else k_idx <= q_pos
         if banded:
-            allowed = allowed & (k_idx > q_idx + past - window)
+            allowed = allowed & ((k_idx > q_pos - window) | diagonal)
         if keys is None:
             return allowed, False
         allowed = allowed & keys[:, None, None, :]
@@ -261,6 +378,10 @@ class TransformerConfig(ConfigMixin):
     use_abs_pos_emb: bool = True
     add_continuous_pred_head: bool = False
     attn_z_loss_weight: float = 1e-4
+    # token embeddings times sqrt(dim) (Gemma; Vaswani et al. 2017, section 3.4), the tied head unscaled
+    scale_emb: bool = False
+    # tanh soft-capping of the output logits, cap * tanh(logit / cap) (Gemma 2, arXiv:2408.00118)
+    logit_softcap: float | None = None
 
     ALIASES = {}
     NO_OPS = {}
@@ -271,6 +392,8 @@ class TransformerConfig(ConfigMixin):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         check_number(self.emb_dropout, "emb_dropout", 0.0, 1.0, high_open=True)
+        if exists(self.logit_softcap):
+            check_number(self.logit_softcap, "logit_softcap", 0.0, low_open=True)
 
 
 class TransformerWrapper(nn.Module):
@@ -290,6 +413,8 @@ class TransformerWrapper(nn.Module):
         dim = attn_layers.dim
         self.num_tokens, self.max_seq_len = config.num_tokens, config.max_seq_len
         self.attn_z_loss_weight = config.attn_z_loss_weight
+        self.emb_scale = dim ** 0.5 if config.scale_emb else None
+        self.logit_softcap = config.logit_softcap
         self.token_emb = TokenEmbedding(config.num_tokens, dim)
         self.pos_emb = nn.Embedding(config.max_seq_len, dim) if config.use_abs_pos_emb else None
         self.emb_dropout = nn.Dropout(config.emb_dropout)
@@ -324,9 +449,10 @@ class TransformerWrapper(nn.Module):
         return KVCache(self.attn_layers.depth, window=self._window(), capacity=capacity)
 
     def logits(self, hidden: Tensor) -> Tensor:
-        if self.to_logits is None:
-            return self.token_emb.logits(hidden)
-        return self.to_logits(hidden)
+        logits = self.token_emb.logits(hidden) if self.to_logits is None else self.to_logits(hidden)
+        if exists(self.logit_softcap):
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
 
     def _embed(self, x: Tensor, seen: int, seq_start_pos: Tensor | None, parallel: bool = False,
                key_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -341,6 +467,8 @@ class TransformerWrapper(nn.Module):
             key_mask = _and(key_mask, positions[None, :] >= seq_start_pos[:, None])
             positions = (positions[None, :] - seq_start_pos[:, None]).clamp(min=0)
         tokens = self.token_emb(x)
+        if exists(self.emb_scale):
+            tokens = tokens * _in_dtype(self.emb_scale, tokens.dtype)
         if exists(self.pos_emb):
             last = seen + (0 if parallel else n - 1)
             if last >= self.max_seq_len:
@@ -365,7 +493,13 @@ class TransformerWrapper(nn.Module):
         return hidden
 
     def _window(self) -> int | None:
-        return self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None
+        """Keys a query may see, itself included: the KV cache keeps no more.
+        Past max_seq_len a rotary model slides; a model whose every layer
+        slides keeps only its sliding window."""
+        window = self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None
+        if self.attn_layers.all_sliding:
+            window = min(default(window, self.attn_layers.sliding_window), self.attn_layers.sliding_window)
+        return window
 
     def forward(
         self,
@@ -462,6 +596,13 @@ def attn_z_loss(lses: list[Tensor]) -> Tensor:
     normaliser towards 1 so bf16 softmax stays stable."""
     z = sum(lse.float().square().sum(dim=1) for lse in lses)  # (b, n)
     return z.mean()
+
+
+@functools.lru_cache(maxsize=None)
+def _in_dtype(value: float, dtype: torch.dtype) -> float:
+    """`value` rounded to `dtype`, as transformers multiplies Gemma's
+    embeddings by sqrt(dim) held in the weights' dtype."""
+    return float(torch.tensor(value, dtype=dtype))
 
 
 def _and(a: Tensor | None, b: Tensor | None) -> Tensor | None:

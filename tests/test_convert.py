@@ -363,8 +363,9 @@ def config_only(tmp_path, hf_config, **changes):
         (GPT2Config, dict(scale_attn_weights=False), "scale_attn_weights=False"),
         (GPT2Config, dict(add_cross_attention=True), "add_cross_attention=True"),
         (GPT2Config, dict(activation_function="quick_gelu"), "activation_function='quick_gelu'.*gelu_new"),
+        # rope scaling without the parameters its type needs (llama3 and linear scaling themselves load)
         (LlamaConfig, dict(rope_parameters={"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}), "'llama3'"),
-        (LlamaConfig, dict(rope_parameters=None, rope_theta=1e4, rope_scaling={"type": "linear", "factor": 2.0}),
+        (LlamaConfig, dict(rope_parameters=None, rope_theta=1e4, rope_scaling={"type": "linear"}),
          "'linear'"),
         (LlamaConfig, dict(hidden_act="gelu"), "hidden_act='gelu'.*'silu'"),
         (LlamaConfig, dict(num_key_value_heads=3), "multiple of num_key_value_heads"),
