@@ -28,7 +28,7 @@ import gradio as gr  # noqa: E402
 import playground as pg  # noqa: E402
 from playground.service import Playground, gpu, throttle, user_errors  # noqa: E402,F401
 from playground.sessions import visitor  # noqa: E402,F401
-from playground.views import api, check_handlers, compare, finetune, generate, settings  # noqa: E402
+from playground.views import api, check_handlers, compare, finetune, generate, lessons, settings  # noqa: E402
 from playground.views.compare import COMPARE  # noqa: E402,F401
 
 CONCURRENCY = int(os.environ.get("AXW_CONCURRENCY", "2"))
@@ -52,36 +52,48 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
                      finetunes=finetunes)
     # bundled models by name, Hub ids as they are; the value passed on is the path or id
     choices = [(f"{Path(c).name} (bundled)", c) for c in [model, amateur] if c and (pg.ROOT / c).is_dir()]
-    choices += [(c, c) for c in [model, amateur] + pg.HUB_EXAMPLES if c and c not in dict(choices).values()]
+    choices += [(c, c) for c in [model, amateur] if c and c not in dict(choices).values()]
+    choices += [(m.label(), m.repo_id) for m in pg.HUB_MODELS if m.repo_id not in dict(choices).values()]
     # gradio's copies of downloads older than an hour are deleted every hour
     with gr.Blocks(title="axw decoding playground", delete_cache=(3600, 3600)) as demo:
         gr.Markdown(INTRO)
         with gr.Row():
             model_box = gr.Dropdown(choices, value=model, allow_custom_value=True, label="model", scale=2,
-                                    info="a bundled model or a Hub repo id (axw, gpt2 or llama checkpoints)",
+                                    info="a bundled model, one of today's small Hub models, or any Hub repo id of a family axw "
+                                         "imports",
                                     elem_id="model")
             model_info = gr.Markdown(app.info(model))
 
-        with gr.Tab("Generate"):
-            controls, load_link, css = generate.build(app, gpu, model_box, choices, CONCURRENCY)
-        with gr.Tab("Compare"):
-            compare_css = compare.build(app, gpu, model_box, controls["amateur"], CONCURRENCY)
-        with gr.Tab("Fine-tune"):
-            ft_ctx = finetune.build(app, gpu, model_box, CONCURRENCY)
-        with gr.Tab("API"):
-            api.build()
+        with gr.Tabs() as tabs:  # ids: a paired lesson opens Compare
+            with gr.Tab("Generate", id="generate"):
+                controls, load_link, css = generate.build(app, gpu, model_box, choices, CONCURRENCY)
+            with gr.Tab("Compare", id="compare"):
+                compare_css, compare_panel = compare.build(app, gpu, model_box, controls["amateur"], CONCURRENCY,
+                                                             controls["chat"], controls["system"])
+            with gr.Tab("Fine-tune", id="finetune"):
+                ft_ctx = finetune.build(app, gpu, model_box, CONCURRENCY)
+            with gr.Tab("API", id="api"):
+                api.build()
+        lessons.build(tabs, controls.lessons, compare_panel)
 
-        def picked(name, request: gr.Request = None):
+        def picked(name, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
             # the context slider follows the model (a window is at most its max_seq_len); the settings follow
-            # its generation_config.json when it has one
+            # its generation_config.json when it has one; chat mode is on for a model with a chat template; the
+            # amateur (and drafter) is the smallest listed model sharing its tokenizer. A Hub download shows its
+            # progress (huggingface_hub's bars, tracked)
             text = app.info(name)  # a bad name stops here with its gr.Error
-            size = app.model(name).max_seq_len
+            model = app.model(name)
             start, _ = app.starting_settings(name)
             fills = settings.fill(None, settings.starting(start)) if start is not None else \
                 [gr.skip()] * len(settings.UI_INPUTS)
-            return [text, gr.Slider(maximum=size, value=min(64, size)), *fills[1:]]
+            fills[settings.UI_INPUTS.index("chat")] = model.chat_template is not None
+            sibling = pg.smallest_sibling(name)
+            if sibling:
+                fills[settings.UI_INPUTS.index("amateur")] = gr.Dropdown(value=sibling)
+            return [text, gr.Slider(maximum=model.max_seq_len, value=min(64, model.max_seq_len)), *fills[1:]]
 
-        model_box.input(picked, model_box, [model_info, ft_ctx, *controls.inputs()[1:]], api_visibility="private")
+        model_box.input(picked, model_box, [model_info, ft_ctx, *controls.inputs()[1:]], api_visibility="private",
+                        show_progress_on=[model_info])
         demo.load(load_link, None, controls.inputs(), api_visibility="private")
 
         gr.api(gpu(app.generate_api), api_name="generate", concurrency_limit=CONCURRENCY, concurrency_id="gen")

@@ -6,48 +6,129 @@ Pure functions of the data, escaped throughout: the views only place them.
 
 from __future__ import annotations
 
+import bisect
 import html
+import re
 
 from .settings import Settings
 
 
+# The colour scale: bins on log probability. The probabilities the bundled model's tokens were chosen with
+# (assets/models/shakespeare, 5 prompts x 120 tokens, seeds 0-4; beam search: the model's probability of each
+# token of the returned beam), as quantiles:
+#                              5%      10%     25%     50%     75%     90%
+#   temperature 0.8, top-p 0.9 0.003   0.006   0.037   0.206   0.599   1.000
+#   greedy                     0.070   0.094   0.148   0.302   0.621   0.990
+#   temperature 1.0            0.0005  0.002   0.011   0.068   0.375   0.933
+#   beam search, 4 beams       0.096   0.135   0.291   0.597   0.983   1.000
+# A hue linear in p drew half of a T 0.8 text (p < 0.2) red to orange. With edges at 0.001, 0.01, 0.05, 0.2,
+# 0.5 and 0.9 the quartiles of each row fall in three different colours, and a T 0.8, top-p 0.9 text spreads
+# over all seven (2%, 12%, 16%, 20%, 20%, 14%, 16% of its tokens, least likely first).
+PROB_STOPS = (0.001, 0.01, 0.05, 0.2, 0.5, 0.9)
+# one colour per bin (below the first stop, between two, from the last on): red (unlikely) through yellow to
+# green (likely), light enough to read dark text on
+PROB_COLOURS = ("hsl(0, 80%, 75%)", "hsl(17, 88%, 74%)", "hsl(36, 95%, 68%)", "hsl(53, 92%, 66%)",
+                "hsl(75, 65%, 67%)", "hsl(100, 50%, 73%)", "hsl(140, 45%, 74%)")
+
+
+def prob_bin(p: float) -> int:
+    """Which of the colour scale's bins p falls in: 0 below PROB_STOPS[0], i from PROB_STOPS[i - 1] on."""
+    p = float(p)
+    return 0 if p != p else bisect.bisect_right(PROB_STOPS, p)  # NaN (no probability): the first bin
+
+
 def prob_colour(p: float) -> str:
-    """Red (unlikely) through yellow to green (likely), light enough to read text on."""
-    p = min(max(float(p), 0.0), 1.0)
-    return f"hsl({120 * p:.0f}, 75%, 80%)"
+    """The colour of a token chosen with probability p: its bin's (see PROB_STOPS)."""
+    return PROB_COLOURS[prob_bin(p)]
+
+
+def show_p(p: float) -> str:
+    """A probability for a hover title: three decimals, or two significant digits below 0.001 (the first bin)."""
+    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.2g}"
 
 
 def _text(s: str) -> str:
     return html.escape(s).replace("\n", "<br>")
 
 
-def show_token(tokenizer, token_id: int) -> str:
-    """A token as a label: whitespace made visible."""
+BYTE_FALLBACK = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")  # SentencePiece's byte tokens, as Llama and Gemma write them
+
+
+def _byte_level_table() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the printable character that stands for each byte in its vocabulary."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    extra = [b for b in range(256) if b not in printable]
+    chars = printable + [256 + i for i in range(len(extra))]
+    return {chr(c): b for c, b in zip(chars, printable + extra)}
+
+
+BYTE_LEVEL = _byte_level_table()
+
+
+def token_text(tokenizer, token_id: int) -> str:
+    """What one token reads as in a text: its decoded text, with the space a SentencePiece token (`▁the`) starts
+    with kept (decoding it alone drops it), and a token that holds only part of a character (a byte-fallback
+    `<0xE2>`, or a byte-level piece of one) as its bytes, `‹E2›`, since alone it decodes to nothing readable."""
+    raw = tokenizer.id_to_token(token_id) or ""
+    byte = BYTE_FALLBACK.match(raw)
+    if byte:
+        value = int(byte.group(1), 16)
+        return chr(value) if value < 0x80 else f"‹{value:02X}›"
     text = tokenizer.decode([token_id])
+    if "\ufffd" in text and raw and all(c in BYTE_LEVEL for c in raw):
+        data = bytes(BYTE_LEVEL[c] for c in raw)
+        text = data.decode("utf-8", errors="replace")
+        if "\ufffd" in text:
+            return "".join(f"‹{b:02X}›" for b in data)
+    if raw.startswith("▁") and not text.startswith(" "):
+        text = " " + text
+    return text
+
+
+def show_token(tokenizer, token_id: int) -> str:
+    """A token as a label: what it reads as (token_text), whitespace made visible."""
+    text = token_text(tokenizer, token_id)
     return text.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥") or f"#{token_id}"
 
 
+def raw_token(tokenizer, token_id: int) -> str:
+    """The token as its vocabulary writes it (`▁the`, `Ġthe`, `<0xE2>`) and its id: what a label's hover shows."""
+    return f"{tokenizer.id_to_token(token_id)} (id {token_id})"
+
+
+def prompt_html(prompt: str, specials: tuple[str, ...] = ()) -> str:
+    """The prompt's text, each of the special tokens `specials` (a chat template's turn markers) marked."""
+    if not specials:
+        return _text(prompt)
+    parts = re.split("(" + "|".join(re.escape(t) for t in specials) + ")", prompt)
+    return "".join(f'<span class="axw-special" title="special token">{_text(part)}</span>' if i % 2 else _text(part)
+                   for i, part in enumerate(parts))
+
+
 def tokens_html(prompt: str, pieces: list[str], probs: list, selected: int | None = None,
-                forced: int | None = None, shared: int = 0) -> str:
-    """The prompt, then each generated token as a span (`data-i` = its step, 0-based) coloured by the
-    probability it was chosen with; `selected` is highlighted, `forced` (a branch's forced token) outlined, the
-    first `shared` tokens (a prefix two branches share) dimmed."""
-    out = [f'<div class="axw-out"><span class="axw-prompt">{_text(prompt)}</span>']
+                forced: int | None = None, shared: int = 0, specials: tuple[str, ...] = ()) -> str:
+    """The prompt (its special tokens marked), then each generated token as a span (`data-i` = its step,
+    0-based) coloured by the probability it was chosen with; `selected` is highlighted, `forced` (a branch's
+    forced token) outlined, the first `shared` tokens (a prefix two branches share) dimmed."""
+    out = [f'<div class="axw-out"><span class="axw-prompt">{prompt_html(prompt, specials)}</span>']
     for i, (piece, p) in enumerate(zip(pieces, probs)):
         classes = ["axw-tok"] + (["axw-sel"] if i == selected else []) + (["axw-forced"] if i == forced else []) \
             + (["axw-shared"] if i < shared else [])
         style = f' style="background:{prob_colour(p)}"' if p is not None else ""
-        title = f"step {i + 1}" + (f": p = {p:.3f}" if p is not None else "") + (" (forced)" if i == forced else "")
+        title = f"step {i + 1}" + (f": p = {show_p(p)}" if p is not None else "") + (" (forced)" if i == forced else "")
         out.append(f'<span class="{" ".join(classes)}" data-i="{i}"{style} title="{title}">{_text(piece)}</span>')
     out.append("</div>")
     return "".join(out)
 
 
 def legend() -> str:
+    """The colour scale's bins, each in its colour, least likely first."""
+    edges = [f"{p:g}" for p in PROB_STOPS]
+    labels = [f"&lt; {edges[0]}"] + [f"{a}&ndash;{b}" for a, b in zip(edges, edges[1:])] + [f"&ge; {edges[-1]}"]
     return ('<div class="axw-legend">colour = probability the token was chosen with (beam search: the model\'s '
             'probability of it): '
-            + " ".join(f'<span style="background:{prob_colour(p)}">{p:.2f}</span>' for p in (0.05, 0.25, 0.5, 0.75, 1))
-            + ' &middot; click a token to open its step</div>')
+            + " ".join(f'<span style="background:{c}">{label}</span>' for c, label in zip(PROB_COLOURS, labels))
+            + ' &middot; hover a token for its p, click it to open its step</div>')
 
 
 # --- one step ---
@@ -143,11 +224,13 @@ def candidates_html(row: dict, tokenizer, branching: bool = True) -> str:
         classes = (["axw-chosen"] if rec["chosen"] else []) + (["axw-cand"] if branching else [])
         mark = f' class="{" ".join(classes)}"' if classes else ""
         data = f' data-token="{rec["id"]}" title="force {html.escape(rec["token"])} here"' if branching else ""
+        raw = html.escape(raw_token(tokenizer, rec["id"]), quote=True)
         cells = "".join('<td class="axw-cut">cut</td>' if rec["cut"][s] else f"<td>{_bar(rec['probs'][s])}</td>"
                         for s in stages)
         gone = ' class="axw-gone"' if any(rec["cut"].values()) else ""
         what_if = '<td class="axw-whatif">what if? ↳</td>' if branching else ""
-        parts.append(f"<tr{mark}{data}><td{gone}><code>{html.escape(rec['token'])}</code></td>{cells}{what_if}</tr>")
+        parts.append(f'<tr{mark}{data}><td{gone}><code title="{raw}">{html.escape(rec["token"])}</code></td>{cells}'
+                     f"{what_if}</tr>")
     parts.append("</table>")
     return "".join(parts)
 
@@ -215,5 +298,5 @@ def side_by_side(a, b, tokenizer) -> tuple[str, str]:
         empty = '<p class="axw-note">Pick two runs to compare.</p>'
         return empty, empty
     shared = shared_length(a.new_ids, b.new_ids)  # where they part: marked on both sides
-    return (tokens_html(a.prompt, a.pieces, a.probs, forced=shared, shared=shared),
-            tokens_html(b.prompt, b.pieces, b.probs, forced=shared, shared=shared))
+    return (tokens_html(a.prompt, a.pieces, a.probs, forced=shared, shared=shared, specials=a.specials),
+            tokens_html(b.prompt, b.pieces, b.probs, forced=shared, shared=shared, specials=b.specials))

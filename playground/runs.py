@@ -121,6 +121,7 @@ class Run:
     ended: str = ""  # "eos", "length", or "" while it runs or when it was stopped
     done: bool = False
     session: str = ""  # whose it is (a fine-tuned model's run needs its visitor's copy)
+    specials: tuple[str, ...] = ()  # chat mode: the special tokens' texts, marked in the shown prompt
 
     @property
     def beam(self) -> bool:
@@ -153,7 +154,18 @@ def floats(values: list) -> array:
     return array("f", [math.nan if v is None else v for v in values])
 
 
-def _add_step(run: Run, step, detok: Detokenizer, eos: int | None) -> bool:
+def stop_set(model, settings: Settings) -> set[int]:
+    """The ids a run's text ends at (left out of its text): the model's EOS, or in chat mode its stop ids."""
+    stops = settings.stop_ids(model)
+    return set(stops) if isinstance(stops, list) else {stops} if stops is not None else set()
+
+
+def cut_at_stop(new: list[int], stops: set[int]) -> int:
+    """How many of `new` come before the first stop id."""
+    return next((i for i, t in enumerate(new) if t in stops), len(new))
+
+
+def _add_step(run: Run, step, detok: Detokenizer, stops: set[int]) -> bool:
     """Take in one `Step` of the library's stream; True when the text has ended."""
     row = step.trace.row(0) if step.trace is not None else None
     if row is not None:
@@ -163,14 +175,13 @@ def _add_step(run: Run, step, detok: Detokenizer, eos: int | None) -> bool:
         probs = step.probs[0].tolist()
         if run.beam_probs is not None:
             run.beam_probs.append(floats(probs))  # 4 bytes a number: a list for each step adds up
-        if eos is not None and eos in new:
-            cut = new.index(eos)
-            new, probs = new[:cut], probs[:cut]
+        cut = cut_at_stop(new, stops)
+        new, probs = new[:cut], probs[:cut]
         detok.follow(new)
         run.new_ids, run.probs = new, probs
     else:
         token = int(step.tokens[0])
-        if eos is not None and token == eos:
+        if token in stops:
             return True
         run.new_ids.append(token)
         detok.push(token)
@@ -182,10 +193,10 @@ def _add_step(run: Run, step, detok: Detokenizer, eos: int | None) -> bool:
 def follow(model, run: Run, steps, detok: Detokenizer | None = None):
     """Grow `run` from the library's stream of steps, yielding it after each (and once more, done, at the end)."""
     detok = detok or Detokenizer(model.tokenizer)
-    eos = model.eos_token_id
+    stops = stop_set(model, run.settings)
     ended = False
     for step in steps:
-        ended = _add_step(run, step, detok, eos)
+        ended = _add_step(run, step, detok, stops)
         if ended:
             break
         yield run
@@ -201,12 +212,36 @@ def uses_cache(settings: Settings) -> bool:
     return settings.strategy in ("sampling", "contrastive decoding")
 
 
+def chat_prompt(model, message: str, system: str = "") -> tuple[str, torch.Tensor]:
+    """(the text, its ids) of a chat turn: the system message (if any) and the user's `message`, laid out with the
+    model's chat template up to the start of the assistant's reply."""
+    if getattr(model, "chat_template", None) is None:
+        raise ValueError("this model has no chat template (a base model): turn chat mode off, or pick an instruct "
+                         "model")
+    messages = ([{"role": "system", "content": system}] if system.strip() else []) + \
+        [{"role": "user", "content": message}]
+    text = model.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    ids = model.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return text, torch.tensor(ids, dtype=torch.long, device=model.device)
+
+
+def special_pieces(model) -> tuple[str, ...]:
+    """The texts of the tokenizer's special tokens, which the page marks in a chat prompt."""
+    added = model.tokenizer.get_added_tokens_decoder() if model.tokenizer is not None else {}
+    return tuple(sorted({t.content for t in added.values() if t.special and t.content}, key=len, reverse=True))
+
+
 def start(model, prompt: str, settings: Settings, config, amateur=None, cache=None, assistant=None, datastore=None):
     """(run, its stream of updates) for a new generation; everything is checked before the first step runs.
     `amateur`: contrastive decoding's amateur model; `assistant`, `datastore`: speculative decoding's draft model
-    and n-gram datastore."""
-    ids = encode_prompt(model, prompt)
+    and n-gram datastore. In chat mode `prompt` is the user's message and the run's prompt is the rendered chat."""
+    if settings.chat:
+        prompt, ids = chat_prompt(model, prompt, settings.system)
+    else:
+        ids = encode_prompt(model, prompt)
     run = Run(settings, prompt, ids.tolist(), beam_probs=[] if settings.strategy == "beam search" else None)
+    if settings.chat:
+        run.specials = special_pieces(model)
     steps = model.stream(ids, settings.max_new_tokens, config, amateur_model=amateur, assistant_model=assistant,
                          assistant_datastore=datastore, cache=cache)
     return run, follow(model, run, steps)
@@ -224,14 +259,14 @@ def stream_text(model, prompt: str, max_new_tokens: int, config, amateur=None, s
 # --- what-if branches ---
 
 
-def check_fork(run: Run | None, step, token, vocab: int, eos: int | None) -> tuple[int, int]:
+def check_fork(run: Run | None, step, token, vocab: int, stops: set[int]) -> tuple[int, int]:
     """(step, token) if `run` can branch there, else ValueError; before any compute."""
     if run is None or not run.rows:
         raise ValueError("generate some text first: a branch starts from a step of it")
     step = number("step", step, 0, len(run.rows) - 1, integer=True)
     token = number("token", token, 0, vocab - 1, integer=True)
     prefix = run.prefix(step)
-    if eos is not None and eos in prefix[len(run.prompt_ids):]:
+    if any(t in stops for t in prefix[len(run.prompt_ids):]):
         raise ValueError(f"the text had ended before step {step + 1}")
     return step, token
 
@@ -291,7 +326,7 @@ def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept
         row.get("chosen_prob")
     run = Run(settings, parent.prompt, parent.prompt_ids, new_ids=list(base),
               probs=parent.prefix_probs(step) + [forced_prob], rows=parent.rows[:step] + [row], parent=parent.id,
-              step=step, taken=taken(parent, step), forced=token)
+              step=step, taken=taken(parent, step), forced=token, specials=parent.specials)
     if parent.beam:
         run.beam_probs = (parent.beam_probs or [])[:step] + [floats(run.probs)]
     detok = Detokenizer(model.tokenizer)
@@ -299,14 +334,14 @@ def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept
         detok.push(t)
     run.pieces = detok.pieces
     remaining = settings.max_new_tokens - step - 1
-    eos = model.eos_token_id
-    if remaining <= 0 or (eos is not None and token == eos):
-        if eos is not None and token == eos:
+    stops = stop_set(model, settings)
+    if remaining <= 0 or token in stops:
+        if token in stops:
             run.new_ids, run.probs = run.new_ids[:-1], run.probs[:-1]
             detok = Detokenizer(model.tokenizer)
             for t in run.new_ids:
                 detok.push(t)
-        run.pieces, run.done, run.ended = detok.finish(), True, "eos" if token == eos else "length"
+        run.pieces, run.done, run.ended = detok.finish(), True, "eos" if token in stops else "length"
         return run, iter([run]), None
     strategy = settings.strategy
     # contrastive search cannot continue from a cache; speculative decoding's caches (the model's and the
@@ -322,7 +357,7 @@ def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept
 def _grow_branch(model, run: Run, steps, detok: Detokenizer, base: list[int], at: int):
     """The branch's own steps after the forced token: their trace rows renumbered to count from the parent's
     start, beams given from the prompt on, and the text of beam search's best beam after the forced token."""
-    eos = model.eos_token_id
+    stops = stop_set(model, run.settings)
     head_probs = list(run.probs)
     ended = False
     for step in steps:
@@ -335,14 +370,13 @@ def _grow_branch(model, run: Run, steps, detok: Detokenizer, base: list[int], at
         if step.probs is not None:
             new, probs = step.sequences[0].tolist(), step.probs[0].tolist()
             run.beam_probs.append(floats(head_probs + probs))
-            if eos is not None and eos in new:
-                cut = new.index(eos)
-                new, probs = new[:cut], probs[:cut]
+            cut = cut_at_stop(new, stops)
+            new, probs = new[:cut], probs[:cut]
             detok.follow(base + new)
             run.new_ids, run.probs = base + new, head_probs + probs
         else:
             token = int(step.tokens[0])
-            if eos is not None and token == eos:
+            if token in stops:
                 ended = True
                 break
             run.new_ids.append(token)

@@ -181,7 +181,7 @@ class Playground:
     def branch(self, parent: R.Run, step, token, session: str, kept=None):
         """(model, branch run, its updates, its KV cache or None), checked before any compute."""
         m, helpers, config = self.prepare(parent.settings, session)
-        step, token = R.check_fork(parent, step, token, m.net.num_tokens, m.eos_token_id)
+        step, token = R.check_fork(parent, step, token, m.net.num_tokens, R.stop_set(m, parent.settings))
         return (m, *R.branch(m, parent, step, token, config, kept=kept, **helpers))
 
     def forced(self, prompt, settings: Settings, session: str, keep_cache: bool = False):
@@ -248,6 +248,8 @@ class Playground:
         num_assistant_tokens_schedule: str = "constant",
         force_step: int = 0,
         force_token: int = 0,
+        chat: bool = False,
+        system: str = "",
         request: gr.Request = None,
     ) -> tuple[str, list, list]:
         """Continue `prompt`. Returns (generated text, the new tokens as [token, probability], the per-step
@@ -257,7 +259,9 @@ class Playground:
         dynatemp_range, mirostat_tau and dry_multiplier are off at 0. strategy "speculative decoding" drafts
         num_assistant_tokens a round with the drafter ("draft model", "draft model + prompt lookup", "amateur" or
         "prompt lookup"). force_step (1-based; 0 = none) with force_token (a token id) is a what-if branch: the
-        same run with that token forced at that step, continued with the same settings and seed."""
+        same run with that token forced at that step, continued with the same settings and seed. chat (for a
+        model with a chat template) makes `prompt` the user's message after the system message `system`, laid out
+        with the template; the text then ends at any of the model's stop ids."""
         values = dict(locals())
         del values["self"], values["prompt"], values["request"]
         settings = Settings(**values)
@@ -330,7 +334,8 @@ class Playground:
         previous = run.rows[selected - 1] if selected else None
         strategy = run.settings.strategy
         shown = dict(tree=tree, run=run, selected=selected, steps=len(run.rows), tokenizer=m.tokenizer,
-                     output=tokens_html(run.prompt, run.pieces, run.probs, selected=selected, forced=run.step),
+                     output=tokens_html(run.prompt, run.pieces, run.probs, selected=selected, forced=run.step,
+                                         specials=run.specials),
                      step=step_html(row, m.tokenizer, run.settings, previous=previous))
         if full:
             shown.update(beam_tree=beam_tree_svg(run.rows, m.tokenizer, run.prompt, selected,
@@ -369,7 +374,7 @@ class Playground:
                 settings.check(m.net.num_tokens)
             for run in throttle(updates):
                 if not run.done:
-                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs))
+                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, specials=run.specials))
             tree = tree if isinstance(tree, R.Tree) else R.Tree()
             run.session = session
             tree.add(run)
@@ -390,7 +395,8 @@ class Playground:
             m, run, updates, cache = self.branch(parent, step, token, session, kept=self.caches.get(session, parent.id))
             for run in throttle(updates):
                 if not run.done:
-                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, forced=run.step))
+                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, forced=run.step,
+                                                    specials=run.specials))
             run.session = session
             tree.add(run)
             self.caches.drop(session, keep=set(tree.runs))
@@ -444,19 +450,21 @@ class Playground:
     # --- the other tabs ---
 
     def compare_view_ui(self, model_name, prompt, seed, max_new_tokens, amateur, columns,
-                        request: gr.Request = None):
-        """The Compare tab: (the columns' HTML, their numbers) as they stream."""
+                        request: gr.Request = None, chat: bool = False, system: str = ""):
+        """The Compare tab: (the columns' HTML, their numbers) as they stream; in chat mode (`chat`, `system`)
+        every column answers the same laid-out chat."""
         from .views.compare import grid_html, metrics_frame
 
         with self.metered(request):
             tokenizer = None
-            for cols in self._compare(model_name, prompt, seed, max_new_tokens, amateur, columns, session_of(request)):
+            for cols in self._compare(model_name, prompt, seed, max_new_tokens, amateur, columns, session_of(request),
+                                      chat, system):
                 if tokenizer is None:
                     with user_errors():
                         tokenizer = self.model(model_name).tokenizer
                 yield grid_html(cols, tokenizer), metrics_frame(cols)
 
-    def _compare(self, model_name, prompt, seed, max_new_tokens, amateur, labels, session):
+    def _compare(self, model_name, prompt, seed, max_new_tokens, amateur, labels, session, chat=False, system=""):
         """Yields the columns (dicts: label, run or error, and once done its numbers) as they stream, greedy first
         (whether picked or not: the others are measured against it). Everything is checked
         before the first column runs; a column that cannot run (no amateur, say) says why in its place."""
@@ -466,7 +474,9 @@ class Playground:
         with user_errors():
             check_prompt(prompt)
             m = self.model(model_name)
-            common = Settings(seed=seed, max_new_tokens=max_new_tokens).check()
+            common = Settings(seed=seed, max_new_tokens=max_new_tokens, chat=chat, system=system).check()
+            if common.chat:
+                R.chat_prompt(m, prompt, common.system)  # a model without a template is refused once, not per column
             if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) and x in LABELS for x in labels):
                 raise ValueError(f"columns must be a list of these: {', '.join(LABELS)}")
             if len(labels) > MAX_COMPARE_COLUMNS:
@@ -478,7 +488,8 @@ class Playground:
             cols = []
             for label, strategy, values in chosen:
                 settings = replace(settings_of(strategy, values), model=model_name or "", amateur=amateur or "",
-                                   seed=common.seed, max_new_tokens=common.max_new_tokens)
+                                   seed=common.seed, max_new_tokens=common.max_new_tokens, chat=common.chat,
+                                   system=common.system)
                 try:
                     cols.append(dict(label=label, updates=self.start(prompt, settings, session, trace=False)[2]))
                 except ValueError as e:  # e.g. no amateur model: say so in that column, run the others

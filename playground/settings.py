@@ -129,6 +129,9 @@ class Settings:
     # a what-if branch: force token `force_token` at step `force_step` (1-based; 0 = none)
     force_step: int = 0
     force_token: int = 0
+    # chat mode: the prompt is the user's message, laid out with the model's chat template after `system` (if any)
+    chat: bool = False
+    system: str = ""
 
     # --- checks, before any compute ---
 
@@ -162,6 +165,11 @@ class Settings:
                 label, allowed = CHOICES[name]
                 if not isinstance(value, str) or value not in allowed:
                     raise ValueError(f"{label} must be one of {', '.join(allowed)}, got {value!r}")
+        if not isinstance(self.chat, bool):
+            raise ValueError(f"chat must be true or false, got {self.chat!r}")
+        if not isinstance(self.system, str) or len(self.system) > MAX_PROMPT_CHARS:
+            raise ValueError(f"system must be a text of at most {MAX_PROMPT_CHARS} characters (the system message "
+                             "of chat mode)")
         s["force_step"] = number("force_step", self.force_step, 0, s["max_new_tokens"], integer=True)
         if s["force_step"]:
             top = vocab - 1 if vocab is not None else math.inf
@@ -188,7 +196,7 @@ class Settings:
         amateur model and speculative decoding's assistant are passed beside it (`amateur_model=`,
         `assistant_model=`), as generate takes them."""
         s = self.check(model.net.num_tokens)
-        kw = dict(eos_token=model.eos_token_id, repetition_penalty=s.repetition_penalty,
+        kw = dict(eos_token=self.stop_ids(model), repetition_penalty=s.repetition_penalty,
                   no_repeat_ngram_size=s.no_repeat_ngram_size, seed=s.seed, trace=trace, trace_top=TRACE_TOP,
                   filter_logits_fn=[])
         if s.dry_multiplier:
@@ -217,6 +225,14 @@ class Settings:
             elif s.drafter == "draft model + prompt lookup":
                 kw["assistant_lookup_ngram"] = LOOKUP_NGRAM
         return GenerationConfig(**kw)
+
+    def stop_ids(self, model) -> int | list[int] | None:
+        """Where the text ends: in chat mode any of the model's stop ids (its EOS and end-of-turn tokens), else its
+        EOS."""
+        stops = list(getattr(model, "stop_token_ids", None) or [])
+        if self.chat and stops:
+            return stops
+        return model.eos_token_id
 
     def unforced(self) -> Settings:
         """The same settings without the what-if branch."""

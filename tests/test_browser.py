@@ -469,16 +469,16 @@ def test_a_lesson_link_opens_its_settings(served_app, page):
 
     page.goto(served_app[0])
     page.get_by_label("beam search").check()
-    link = page.locator("#lesson a").first
-    link.wait_for(timeout=5000)
-    with page.context.expect_page(timeout=10000) as opened:
-        link.click()
-    lesson = opened.value
-    lesson.wait_for_function("(p) => document.querySelector('#prompt textarea')?.value === p",
-                             arg=pg.lessons.LOOP_PROMPT, timeout=10000)
-    assert lesson.get_by_label("beam search").is_checked()
-    assert lesson.get_by_label("number input for max new tokens").input_value() == "60"
-    lesson.close()
+    lesson = page.locator("#lesson .axw-lesson-run").first
+    lesson.wait_for(timeout=5000)
+    pages = len(page.context.pages)
+    lesson.click()  # the lesson opens in this tab, and runs
+    page.wait_for_function("(p) => document.querySelector('#prompt textarea')?.value === p",
+                           arg=pg.lessons.LOOP_PROMPT, timeout=10000)
+    assert page.get_by_label("beam search").is_checked()
+    assert page.get_by_label("number input for max new tokens").input_value() == "60"
+    page.wait_for_function(FINISHED, timeout=30000)
+    assert len(page.context.pages) == pages
 
 
 def test_a_share_link_carries_a_what_if_branch(served_app, page, expert, client):

@@ -495,21 +495,29 @@ def lesson_run(model, draft, prompt, settings):
 
 
 def test_each_lesson_shows_what_it_says_on_the_bundled_model(bundled):
+    import html
+
     model, draft = bundled
-    lessons = {title: lesson_run(model, draft, prompt, s) + (s,) for strategy in pg.lessons.LESSONS
-               for title, prompt, s in pg.lessons.LESSONS[strategy]}
-    loop = next(v for k, v in lessons.items() if k.startswith("beam search's repetition loop"))
-    left = next(v for k, v in lessons.items() if k.startswith("contrastive search leaves the loop"))
+    # each text a lesson shows, by (lesson title, run): its own, or each of its Compare columns, greedy first
+    lessons = {(lesson.title, name): lesson_run(model, draft, lesson.prompt, s) + (s,)
+               for items in pg.lessons.LESSONS.values() for lesson in items for name, s in lesson.runs()}
+
+    def shown(title, name=None):
+        return next(v for (t, n), v in lessons.items() if t.startswith(title) and (name is None or n == name))
+
+    loop, left = shown("beam search's repetition loop"), shown("contrastive search leaves the loop")
     assert pg.runs.repeated_ngram_share(loop[1]) > 0.5 > 0.1 > pg.runs.repeated_ngram_share(left[1])
-    same, greedy = (next(v for k, v in lessons.items() if k.startswith(p)) for p in ("speculative", "greedy"))
+    pair = "speculative decoding against greedy"
+    same, greedy = shown(pair, "speculative decoding (greedy, draft model)"), shown(pair, "greedy")
     assert same[1] == greedy[1] and same[2].strategy == "speculative decoding"
-    free = next(v for k, v in lessons.items() if k.startswith("drafts that cost nothing"))
+    free = shown("drafts that cost nothing")
     assert free[1] == greedy[1] and free[2].drafter == "draft model + datastore"
-    hot_p, hot_min = (next(v for k, v in lessons.items() if k.startswith(p)) for p in ("top-p at temperature 2",
-                                                                                   "min-p at the same"))
+    hot = "top-p against min-p at temperature 2"
+    hot_p, hot_min = shown(hot, "top-p 0.9 (T 2, temperature first)"), shown(hot, "min-p 0.1 (T 2, temperature first)")
     assert pg.runs.mean_logprob(model, *hot_min[:2]) > pg.runs.mean_logprob(model, *hot_p[:2]) + 0.5
-    for strategy, items in pg.lessons.LESSONS.items():  # each link opens the page with the lesson's settings
-        for title, prompt, settings in items:
-            query = dict(urllib.parse.parse_qsl(pg.lessons.link(prompt, settings)[1:]))
-            assert pg.from_query(query) == (prompt, settings.check())
-            assert f"]({pg.lessons.link(prompt, settings)})" in pg.lessons.explain(strategy)
+    for strategy, items in pg.lessons.LESSONS.items():  # each share link opens the page with the run's settings
+        for lesson in items:
+            for _, settings in lesson.runs():
+                query = dict(urllib.parse.parse_qsl(pg.lessons.link(lesson.prompt, settings)[1:]))
+                assert pg.from_query(query) == (lesson.prompt, settings.check())
+                assert f'href="{html.escape(pg.lessons.link(lesson.prompt, settings))}"' in pg.lessons.explain(strategy)

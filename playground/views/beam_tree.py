@@ -11,6 +11,10 @@ from . import View, step_panel
 CSS = """
 .axw-tree-scroll { overflow-x: auto; border: 1px solid var(--border-color-primary); border-radius: 8px;
                    padding: 4px; max-height: 520px; overflow-y: auto; contain: content; }
+/* phones: the tree is many screens wide; its box takes the card's whole width and most of the screen's height */
+@media (max-width: 640px) {
+  .axw-tree-scroll { max-height: 70vh; padding: 2px; margin: 0 -6px; }
+}
 .axw-tree text { fill: var(--body-text-color); }
 .axw-tree .axw-tree-head { font-weight: 600; cursor: pointer; }
 .axw-tree .axw-tree-sel { fill: #4f46e5; text-decoration: underline; }

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import gradio as gr
 import pandas as pd
@@ -52,12 +54,31 @@ DEFAULT_COLUMNS = [label for label, *_ in COMPARE] + [MORE[0][0]]
 METRICS = ["column", "departs from greedy at", "mean log p (model)", "distinct-2", "repeated 4-grams", "tokens/s"]
 
 CSS = """
-.axw-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(300px, 1fr)); gap: 10px; }
-.axw-col { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; }
+.axw-grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(300px, 100%), 1fr)); gap: 10px;
+            overflow-x: auto; }
+.axw-col { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px; min-width: 0; }
 .axw-col h4 { margin: 0 0 4px; font-size: 14px; }
-.axw-col .axw-out { min-height: 80px; font-size: 13px; border: none; padding: 2px; }
+.axw-col .axw-out { min-height: 80px; font-size: 13px; border: none; padding: 2px; overflow-wrap: anywhere; }
 .axw-col .axw-metrics { font-size: 12px; opacity: 0.85; margin-top: 6px; }
 .axw-col .axw-err { color: #b91c1c; }
+/* phones: the numbers table scrolls sideways in its own box (gradio's); its columns are narrowed and their labels
+   wrapped, so the first column (the long strategy names) leaves room for the numbers beside it */
+@media (max-width: 640px) {
+  #compare-metrics th, #compare-metrics td { width: 84px !important; min-width: 84px !important;
+                                             max-width: 84px !important; }
+  #compare-metrics th:first-child, #compare-metrics td:first-child { width: 140px !important;
+                                                                     min-width: 140px !important;
+                                                                     max-width: 140px !important; }
+  #compare-metrics th span, #compare-metrics .body-cell:first-child span,
+  #compare-metrics td:first-child .cell-wrap { white-space: normal; overflow-wrap: anywhere; }
+}
+"""
+
+
+NOTE_CSS = """
+.axw-lesson-note { margin: 0; padding: 4px 10px; border-left: 3px solid var(--color-accent);
+                   background: var(--color-accent-soft); border-radius: 4px; font-size: 14px; }
+.axw-lesson-note b { font-size: inherit; }
 """
 
 
@@ -82,7 +103,8 @@ def column_html(col: dict, tokenizer) -> str:
     at = col.get("departs")
     reference = col["label"] == COMPARE[0][0]
     shared = 0 if reference else len(run.new_ids) if at is None and col.get("done") else (at or 0)
-    text = tokens_html(run.prompt, run.pieces, [None] * len(run.pieces), forced=at, shared=shared)
+    text = tokens_html(run.prompt, run.pieces, [None] * len(run.pieces), forced=at, shared=shared,
+                       specials=run.specials)
     if not col.get("done"):
         return f'<div class="axw-col" data-label="{label}"><h4>{label}</h4>{text}</div>'
     if reference:
@@ -122,7 +144,21 @@ def _round(value, digits):
     return None if value is None else round(value, digits)
 
 
-def build(app, gpu, model_box, amateur_box, concurrency: int):
+@dataclass
+class Panel:
+    """What a lesson sets in the Compare tab, and `run(event)`, which chains the Compare button's handler after
+    `event` (the page's own: the visitor's request, fair share and concurrency as for the button)."""
+
+    prompt: gr.Textbox
+    seed: gr.Number
+    new: gr.Slider
+    columns: gr.CheckboxGroup
+    note: gr.HTML
+    run: Callable
+
+
+def build(app, gpu, model_box, amateur_box, concurrency: int, chat_box=None, system_box=None):
+    """The tab; the model, amateur, chat mode and system message are the Generate tab's (its components)."""
     gr.Markdown("One prompt and seed through the strategies you pick, each beside **greedy decoding** (always the "
                 "first column). The sampling columns draw from the same random numbers (one uniform number per "
                 "step from the seed; XTC flips its coins from a generator of its own), so where their "
@@ -130,9 +166,12 @@ def build(app, gpu, model_box, amateur_box, concurrency: int):
                 "dimmed and its first token that departs is underlined. Per column: the mean log-probability of "
                 "its tokens under the model, distinct-2 (the share of different token pairs), the share of 4-grams "
                 "that repeat an earlier one (a loop), and tokens per second.")
+    # a paired lesson's title and what to look for (views.lessons), until the visitor changes what it set
+    note = gr.HTML("", visible=False, elem_id="compare-lesson", css_template=NOTE_CSS)
     with gr.Row():
         prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, scale=3, max_length=MAX_PROMPT_CHARS,
-                            elem_id="compare-prompt")
+                            elem_id="compare-prompt",
+                            info="with chat mode ticked in the Generate tab: your message, in the model's template")
         seed = gr.Number(0, precision=0, label="seed", scale=1, elem_id="compare-seed")
         new = gr.Slider(1, MAX_NEW_TOKENS, 60, step=1, label="max new tokens", scale=2, elem_id="compare-new")
     columns = gr.CheckboxGroup(LABELS, value=DEFAULT_COLUMNS, label="columns", elem_id="compare-columns",
@@ -141,11 +180,26 @@ def build(app, gpu, model_box, amateur_box, concurrency: int):
     go = gr.Button("Compare", variant="primary", elem_id="compare-go")
     grid = gr.HTML(grid_html([], None), elem_id="compare-grid")
     table = gr.Dataframe(metrics_frame([]), label="numbers", interactive=False, elem_id="compare-metrics")
-    def compare_ui(model_name, prompt, seed, new, amateur, columns, request: gr.Request = None):
-        yield from app.compare_view_ui(model_name, prompt, seed, new, amateur, columns, request)
+    def compare_ui(model_name, prompt, seed, new, amateur, columns, chat=False, system="", request: gr.Request = None):
+        yield from app.compare_view_ui(model_name, prompt, seed, new, amateur, columns, request, chat=bool(chat),
+                                       system=system or "")
 
-    compared = go.click(gpu(compare_ui), [model_box, prompt, seed, new, amateur_box, columns], [grid, table],
-                        api_visibility="private", concurrency_limit=concurrency, concurrency_id="gen",
-                        preprocess=False)
+    inputs = [model_box, prompt, seed, new, amateur_box, columns] + [c for c in (chat_box, system_box) if c]
+    compared = go.click(gpu(compare_ui), inputs, [grid, table], api_visibility="private",
+                        concurrency_limit=concurrency, concurrency_id="gen", preprocess=False)
     keep_on_failure(compared, [grid, table])  # a refused Compare leaves the last result as it was
-    return CSS
+
+    def run(event):
+        """The Compare button's run, chained after `event` (a lesson that set the controls) when it succeeds."""
+        chained = event.success(gpu(compare_ui), inputs, [grid, table], api_visibility="private",
+                                concurrency_limit=concurrency, concurrency_id="gen", preprocess=False)
+        keep_on_failure(chained, [grid, table])
+        return chained
+
+    def unnote(request: gr.Request = None):
+        return gr.HTML(visible=False)
+
+    gr.on([prompt.input, seed.input, new.input, columns.input], unnote, None, note, api_visibility="private",
+          queue=False, show_progress="hidden")
+    return CSS, Panel(prompt, seed, new, columns, note, run)
+

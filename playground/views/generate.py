@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import gradio as gr
 
-from . import (View, beam_tree, event_data, forks, keep_on_failure, output, sample, settings, share, skip, speculative, step, timeline,
-               with_visitor)
+from . import (View, beam_tree, event_data, forks, keep_on_failure, lessons, output, sample, settings, share, skip,
+               speculative, step, timeline, with_visitor)
 
 
 # after another step of the same run opens (the slider holds it, 1-based), the beam tree and the speculative
@@ -92,6 +92,9 @@ def build(app, gpu, model_box, choices, concurrency: int):
     generate = gpu(with_visitor(generate_ui, len(inputs)))
     run = go.click(generate, inputs, outputs, api_name="generate_controls", api_visibility="undocumented", **raw)
     submitted = controls["prompt"].submit(generate, inputs, outputs, api_visibility="private", **raw)
+    # a lesson of this tab fills the controls as its share link would, then runs as the button does
+    lesson = controls.lessons.click(lessons.open_in_generate, None, controls.inputs(), api_visibility="private",
+                                    queue=False).success(generate, inputs, outputs, api_visibility="private", **raw)
     # the Generate button's endpoint as it was before the later controls: those take their defaults (a client
     # passing the first values only would otherwise be refused by gradio for the missing ones)
     with gr.Row(visible=False):
@@ -102,7 +105,7 @@ def build(app, gpu, model_box, choices, concurrency: int):
     branched = chart.click(gpu(branch_ui), [tree], outputs, api_visibility="private", **gen)
     branch_go_event = branch_go.click(gpu(branch_stream), [tree, branch_step, branch_token], outputs,
                                       api_name="branch_stream", api_visibility="undocumented", **raw)
-    stop.click(None, cancels=[run, submitted, branched, old_run])
+    stop.click(None, cancels=[run, submitted, branched, old_run, lesson])
     quick = dict(api_visibility="private", show_progress="hidden")
     opened_step = [out.click(select_step, [tree], outputs, **quick)]
     for clickable in (bridge, tree_html, rounds):
@@ -111,9 +114,9 @@ def build(app, gpu, model_box, choices, concurrency: int):
     for event in opened_step:
         event.then(None, [slider], None, js=MARK_STEP, api_visibility="private", show_progress="hidden")
     opened_event = opened.input(open_run, [tree, opened], outputs, **quick)
-    for event in (run, submitted, old_run, branched, branch_go_event, opened_event):
+    for event in (run, submitted, lesson, old_run, branched, branch_go_event, opened_event):
         refresh_link(event)
-    for event in (run, submitted, old_run, branched, branch_go_event, opened_event, *opened_step):
+    for event in (run, submitted, lesson, old_run, branched, branch_go_event, opened_event, *opened_step):
         keep_on_failure(event, outputs)
     css = "\n".join(v.css for v in views)
     return controls, load_link, css

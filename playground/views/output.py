@@ -12,6 +12,8 @@ CSS = """
 .axw-out { font-family: ui-monospace, monospace; white-space: pre-wrap; line-height: 1.7; font-size: 15px;
            padding: 10px; border: 1px solid var(--border-color-primary); border-radius: 8px; min-height: 120px; }
 .axw-out .axw-prompt { font-weight: 600; }
+.axw-out .axw-special { font-weight: 400; font-size: 12px; color: #6d28d9; background: #ede9fe; border-radius: 3px;
+                       padding: 0 2px; }
 .axw-out .axw-tok { border-radius: 3px; color: #111; cursor: pointer; }
 .axw-out .axw-tok:hover { outline: 1px solid #6366f1; }
 .axw-out .axw-sel { outline: 2px solid #4f46e5; box-shadow: 0 0 0 3px rgba(79, 70, 229, 0.25); }

@@ -25,7 +25,8 @@ UI_INPUTS = ["model", "prompt", "strategy", "max_new_tokens", "temperature", "us
              "sampler_order", "use_typical", "typical", "use_eps", "eps", "use_eta", "eta", "use_toph", "toph",
              "use_nsigma", "nsigma", "xtc_probability", "xtc_threshold", "dynatemp_range", "dynatemp_exponent",
              "mirostat_tau", "mirostat_eta", "dry_multiplier", "dry_base", "dry_allowed_length", "stochastic",
-             "drafter", "num_assistant_tokens", "num_assistant_tokens_schedule", "force_step", "force_token"]
+             "drafter", "num_assistant_tokens", "num_assistant_tokens_schedule", "force_step", "force_token", "chat",
+             "system"]
 FIRST_INPUTS = UI_INPUTS.index("use_finetuned") + 1  # what /generate_stream takes; the later ones by default
 # each filter: its checkbox, its slider, the Settings field
 FILTER_CONTROLS = [("use_k", "k", "top_k"), ("use_p", "p", "top_p"), ("use_min", "minp", "min_p"),
@@ -80,7 +81,7 @@ def settings_from_ui(model, prompt, strategy, max_new_tokens, temperature, use_k
                      dynatemp_range=0.0, dynatemp_exponent=1.0, mirostat_tau=0.0, mirostat_eta=0.1,
                      dry_multiplier=0.0, dry_base=1.75, dry_allowed_length=2, stochastic=False,
                      drafter="draft model", num_assistant_tokens=5, num_assistant_tokens_schedule="constant",
-                     force_step=0, force_token=0) -> tuple[str, Settings]:
+                     force_step=0, force_token=0, chat=False, system="") -> tuple[str, Settings]:
     """(prompt, Settings) from the controls; a switched-off filter is its /generate value for off."""
     check_prompt(prompt)
     return prompt, Settings(
@@ -96,7 +97,8 @@ def settings_from_ui(model, prompt, strategy, max_new_tokens, temperature, use_k
         mirostat_eta=mirostat_eta, dry_multiplier=dry_multiplier, dry_base=dry_base,
         dry_allowed_length=dry_allowed_length, stochastic=stochastic, drafter=drafter,
         num_assistant_tokens=num_assistant_tokens, num_assistant_tokens_schedule=num_assistant_tokens_schedule,
-        force_step=0 if force_step is None else force_step, force_token=0 if force_token is None else force_token)
+        force_step=0 if force_step is None else force_step, force_token=0 if force_token is None else force_token,
+        chat=bool(chat), system=system or "")
 
 
 def ui_values(prompt: str, settings: Settings) -> list:
@@ -128,7 +130,8 @@ def fill(prompt: str | None, settings: Settings, model: str | None = None, amate
                   amateur=gr.Dropdown(value=amateur) if amateur else gr.skip(),
                   sampler_order=settings.sampler_order, stochastic=settings.stochastic, drafter=settings.drafter,
                   num_assistant_tokens_schedule=settings.num_assistant_tokens_schedule,
-                  force_step=settings.force_step, force_token=settings.force_token)
+                  force_step=settings.force_step, force_token=settings.force_token, chat=settings.chat,
+                  system=settings.system)
     for use, slider, field in FILTER_CONTROLS:
         on = getattr(settings, field) != getattr(Settings(), field)
         values[use] = on
@@ -136,6 +139,35 @@ def fill(prompt: str | None, settings: Settings, model: str | None = None, amate
     for name in PLAIN_SLIDERS:
         values[name] = _slider(name, getattr(settings, name))
     return [values[name] for name in UI_INPUTS]
+
+
+# a lesson's button: its look-for line shows, and the page runs it where it runs (a paired lesson opens Compare:
+# another event, so each chains its own tab's handler); its share links stay plain links
+LESSON_CLICK = """element.addEventListener('click', (e) => {
+  const button = e.target.closest('.axw-lesson-run');
+  const item = button && button.closest('.axw-lesson-item');
+  if (!item) return;
+  element.querySelectorAll('.axw-lesson-item').forEach((other) =>
+    other.classList.toggle('axw-lesson-open', other === item));
+  trigger(item.dataset.tab === 'compare' ? 'submit' : 'click',
+          {strategy: item.dataset.strategy, index: Number(item.dataset.index)});
+});"""
+LESSON_CSS = """
+.axw-explain { margin: 0 0 4px; }
+.axw-lessons-head { margin: 6px 0 2px; font-weight: 600; font-size: inherit; }
+.axw-lessons { margin: 0; padding: 0; list-style: none; }
+.axw-lesson-item { margin: 4px 0; }
+.axw-lesson-run { font: inherit; text-align: left; cursor: pointer; padding: 3px 8px; border-radius: 6px;
+                  border: 1px solid var(--border-color-primary); background: var(--background-fill-secondary);
+                  color: var(--body-text-color); }
+.axw-lesson-run:hover { border-color: var(--color-accent); }
+.axw-lesson-open .axw-lesson-run { border-color: var(--color-accent); background: var(--color-accent-soft); }
+.axw-lesson-links { display: block; margin: 1px 0 0 10px; font-size: 12px; opacity: 0.85; }
+.axw-lesson-look { display: none; margin: 4px 0 6px 10px; padding-left: 8px; font-size: 13px;
+                   border-left: 3px solid var(--color-accent); }
+.axw-lesson-look b { font-size: inherit; }
+.axw-lesson-open .axw-lesson-look { display: block; }
+"""
 
 
 def filter_row(name: str, on: bool, slider: tuple, label: str, info: str):
@@ -153,6 +185,7 @@ class Controls:
 
     components: dict
     groups: dict
+    lessons: gr.HTML | None = None  # the strategy's explanation and lessons: a click on one runs it (views.lessons)
 
     def inputs(self) -> list:
         return [self.components[name] for name in UI_INPUTS]
@@ -195,8 +228,15 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
                                          info)
 
     c["prompt"] = gr.Textbox("ROMEO:", label="prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt")
+    with gr.Row(equal_height=True):
+        c["chat"] = gr.Checkbox(s.chat, label="chat mode", scale=1, min_width=120, elem_id="chat",
+                                info="an instruct model: the prompt is your message, laid out with the model's "
+                                     "chat template; the reply ends at its end-of-turn token")
+        c["system"] = gr.Textbox(s.system, label="system message", lines=1, scale=3, max_length=MAX_PROMPT_CHARS,
+                                 placeholder="optional, chat mode only", elem_id="system")
     c["strategy"] = gr.Radio(STRATEGIES, value=s.strategy, label="strategy", elem_id="strategy")
-    lesson = gr.Markdown(explain(s.strategy), elem_id="lesson", elem_classes=["axw-lesson"])
+    lesson = gr.HTML(explain(s.strategy), elem_id="lesson", elem_classes=["axw-lesson"], js_on_load=LESSON_CLICK,
+                     css_template=LESSON_CSS)
     with gr.Group(visible=shown["beam"]) as groups["beam"]:
         c["beams"] = slider("beams", "beams", "how many sequences are kept at each step")
         c["length_penalty"] = slider("length_penalty", "length penalty",
@@ -282,7 +322,7 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
     with gr.Row(visible=False):
         c["force_step"] = gr.Number(s.force_step, precision=0, label="force step", elem_id="force-step")
         c["force_token"] = gr.Number(s.force_token, precision=0, label="force token", elem_id="force-token")
-    controls = Controls(c, groups)
+    controls = Controls(c, groups, lesson)
     names = list(groups)
 
     def show(strategy, stochastic, request: gr.Request = None):

@@ -10,7 +10,15 @@ from ..render import step_html
 from . import View, skip
 
 CSS = """
-.axw-table { border-collapse: collapse; font-size: 13px; width: 100%; }
+/* a table wider than its place (many stages, a phone) scrolls sideways in its own box, the page keeps its width:
+   the table element is that box, its body (all its rows: no <thead>) the table, stretched to the box's width and
+   growing past it */
+.axw-table { font-size: 13px; }
+table.axw-table, .prose table.axw-table { display: block; overflow-x: auto; width: 100%; max-width: 100%;
+                                          padding: 0; border: 0; }
+.axw-table > tbody { display: table; width: 100%; border-collapse: collapse;
+                     border: 1px solid var(--body-text-color); }
+.axw-alpha { max-width: 100%; height: auto; }
 .axw-table th, .axw-table td { border-bottom: 1px solid var(--border-color-primary); padding: 3px 6px;
                                text-align: left; }
 .axw-table tr.axw-chosen { background: rgba(99, 102, 241, 0.15); font-weight: 600; }
