@@ -22,7 +22,8 @@ from axw import NgramDatastore
 from . import models as model_store
 from . import runs as R
 from .caps import FINETUNE_BYTES, MAX_SESSIONS, VISITOR_BUDGET_S, VISITOR_WINDOW_S
-from .finetune import FineTune, finetune_setup, model_zip, read_upload
+from .finetune import (CONTINUE, START_FROM, START_OVER, FineTune, finetune_setup, loss_curves, model_zip,
+                       read_upload, split_heldout)
 from .models import ModelCache
 from .panels import beam_tree_svg, speculative_html
 from .render import forks_html, side_by_side, step_html, tokens_html
@@ -54,6 +55,16 @@ def throttle(items, interval: float = STREAM_INTERVAL_S):
             shown, pending = time.perf_counter(), None
     if pending is not None:
         yield pending
+
+
+def progress_text(history: list[dict], total: int) -> str:
+    """The fine-tune's progress line: the step, its training loss and the latest held-out loss."""
+    r = history[-1]
+    text = f"step {r['step']} of {total}: training loss {r['loss']:.3f}"
+    heldout = next((h for h in reversed(history) if h.get("heldout_loss") is not None), None)
+    if heldout is not None:
+        text += f", held-out {heldout['heldout_loss']:.3f} (step {heldout['step']})"
+    return text
 
 
 @contextmanager
@@ -307,18 +318,48 @@ class Playground:
         model: str = "",
         request: gr.Request = None,
     ) -> dict:
-        """Fine-tune a private copy of the model on `text`; returns {steps, loss, losses}. Generate from it with
-        /generate and use_finetuned=True (same client session)."""
+        """Fine-tune a private copy of the model on `text`; returns {steps, stopped, loss, losses, val_losses}:
+        the training loss of each step, and [step, loss] of the held-out last tenth of the text's tokens every
+        tenth of the run and at its end (empty when that tenth is shorter than one window: context_length + 1
+        tokens). Generate from it with /generate and use_finetuned=True (same client session)."""
+        session = session_of(request)
         with self.metered(request), user_errors():
-            base = self.model(model)
-            ids, config = finetune_setup(base, text, steps, learning_rate, batch_size, context_length, mask_prob,
-                                         seed)
-            run = FineTune(base, ids, config)
-            self.sessions.put(session_of(request), run)
+            run, _ = self._finetune_run(model, text, steps, learning_rate, batch_size, context_length, mask_prob,
+                                        seed, session)
+            self.sessions.put(session, run)
             for _ in run.run():
                 pass
+        train_curve, heldout = loss_curves(run.history)
         return dict(steps=run.result.step, stopped=run.result.stopped, loss=run.result.loss,
-                    losses=[r["loss"] for r in run.history])
+                    losses=[loss for _, loss in train_curve], val_losses=[[step, loss] for step, loss in heldout])
+
+    def _finetune_run(self, model_name, text, steps, lr, batch_size, context, mask_prob, seed, session,
+                      start_from=START_OVER) -> tuple[FineTune, str | None]:
+        """A fine-tune checked and made, not started or registered: (run, why it has no held-out curve, or None).
+        It trains a copy of the base model, or to continue (`start_from` CONTINUE) a copy of the session's
+        finished fine-tuned copy. Everything is checked before any compute."""
+        if start_from not in START_FROM:
+            raise ValueError(f"start from must be one of: {', '.join(START_FROM)}")
+        name = model_name or self.model_name
+        earlier = None
+        if start_from == CONTINUE:
+            earlier = self.sessions.get(session)
+            if earlier is None:
+                why = self.sessions.why_dropped(session)
+                raise ValueError("there is no fine-tuned copy to continue: "
+                                 + (f"yours was dropped ({why})" if why else "you have not fine-tuned one yet")
+                                 + f"; pick start from {START_OVER!r}")
+            base = self.model("", True, session)  # refused while it trains, or when its fine-tune failed
+            if earlier.base_name != name:
+                raise ValueError(f"your fine-tuned copy is of {Path(earlier.base_name or '').name or earlier.base_name}"
+                                 f", not {Path(name).name or name}: pick that model to continue it, or start over")
+        else:
+            base = self.model(model_name)
+        ids, config = finetune_setup(base, text, steps, lr, batch_size, context, mask_prob, seed)
+        train_ids, heldout_ids, no_heldout = split_heldout(ids, config.seq_len)
+        run = FineTune(base, train_ids, config, heldout_ids, earlier=earlier.history if earlier is not None else None)
+        run.base_name = name
+        return run, no_heldout
 
     # --- the Generate tab: a run, its steps, its branches ---
 
@@ -518,33 +559,54 @@ class Playground:
         yield cols
 
     def finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,
-                    request: gr.Request, progress=gr.Progress()):
+                    request: gr.Request, start_from=START_OVER, progress=None):
+        """The Fine-tune button: yields (the loss curves, the status line) while it trains; the status line says
+        how far it got (`progress`, a gr.Progress, is accepted from older callers and not used: a progress bar
+        would cover what it tracks). `start_from` (START_FROM) comes after the request, so calls written before
+        it existed still start over."""
         with self.metered(request):
             yield from self._finetune_ui(model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,
-                                         request, progress)
+                                         request, start_from)
 
     def _finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed, request,
-                     progress):
+                     start_from=START_OVER):
         from .views.finetune import loss_frame
 
+        session = session_of(request)
         with user_errors():
             if upload:
                 text = read_upload(upload)
-            base = self.model(model_name)
-            ids, config = finetune_setup(base, text, steps, lr, batch_size, context, mask_prob, seed)
-            run = FineTune(base, ids, config)
-            self.sessions.put(request.session_hash, run)
-        progress(0, desc="starting")
-        with user_errors():
-            for history in run.run():
-                if history:
-                    r = history[-1]
-                    progress((r["step"], r["steps"]), desc=f"loss {r['loss']:.3f}")
-                yield loss_frame(history), gr.skip()
+            run, no_heldout = self._finetune_run(model_name, text, steps, lr, batch_size, context, mask_prob, seed,
+                                                 session, start_from)
+            earlier = self.sessions.get(session)
+            self.sessions.put(session, run)
+        heldout_note = (f"held-out: the last tenth of your text ({run.heldout_ids.numel()} tokens), not trained on"
+                        if run.heldout_ids is not None else no_heldout)
+        heldout_note = heldout_note[0].upper() + heldout_note[1:] + "."
+        try:
+            with user_errors():
+                for history in run.run():
+                    line = "starting"
+                    if history and history[-1]["step"] > run.start_step:
+                        line = progress_text(history, run.start_step + run.config.steps)
+                    yield loss_frame(history), f"**training**: {line}\n\n{heldout_note}"
+        except gr.Error as e:
+            if run.continued and earlier is not None:  # a failed continue leaves the copy it started from
+                self.sessions.put(session, earlier)
+                raise gr.Error(f"{e.message}; your fine-tuned copy is as it was before") from None
+            raise
         r = run.result
+        if run.continued:
+            how = f"continued your fine-tuned copy: now {run.steps} steps in all ({r.step} more in {r.seconds:.1f} s)"
+        else:
+            how = "started over from the base model" if earlier is not None else "trained from the base model"
+            how += f", {r.step} steps in {r.seconds:.1f} s"
+        losses = f"last training loss {r.loss:.3f}" if r.loss is not None else "no step trained"
+        if r.heldout_loss is not None:
+            losses += f", held-out loss {r.heldout_loss:.3f}"
         word = "stopped" if r.stopped else "done"
-        yield loss_frame(run.history), (f"**{word}** after {r.step} steps in {r.seconds:.1f} s, last loss "
-                                        f"{r.loss:.3f}. Generate from it below or in the Generate tab.")
+        yield loss_frame(run.history), (f"**{word}**: {how}; {losses}. Generate from it below or in the Generate "
+                                        f"tab.\n\n{heldout_note}")
 
     def generate_tuned_ui(self, prompt, request: gr.Request):
         """The fine-tune tab's own box: sampling at temperature 0.8 with top-p 0.9 from the visitor's copy."""

@@ -185,8 +185,12 @@ def main():
         page.get_by_role("tab", name="Fine-tune").click()
         text = (ROOT / "assets/data/tinyshakespeare.txt").read_text()[:20000]
         page.get_by_label("training text").fill(text)
+        # long enough at a high enough rate that the held-out curve rises while the training loss falls
+        for label, value in (("steps", "150"), ("learning rate", "0.001")):
+            page.get_by_label(f"number input for {label}").fill(value)
+            page.get_by_label(f"number input for {label}").press("Enter")
         page.get_by_role("button", name="Fine-tune", exact=True).click()
-        page.wait_for_selector("text=done", timeout=180000)
+        page.locator("#ft-status").get_by_text("done").wait_for(timeout=300000)
         page.get_by_role("button", name="Generate from my model").click()
         page.wait_for_timeout(4000)
         page.screenshot(path=str(out / "fine-tune.png"), full_page=True)

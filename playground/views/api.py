@@ -51,7 +51,11 @@ token with its rank and probability; beam search's `beam_tree` (every candidate 
   token forced at that step and continued with the same settings and seed.
 
 **/finetune** (`text`, `steps`, `learning_rate`, `batch_size`, `context_length`, `mask_prob`, `seed`) trains
-your own copy of the model and returns `{{steps, stopped, loss, losses}}`.
+your own copy of the model and returns `{{steps, stopped, loss, losses, val_losses}}` (`val_losses`: the
+held-out slice's `[step, loss]` pairs, the last tenth of your text's tokens).
+
+**Chat mode**: `chat=True` (for a model with a chat template) makes `prompt` your message after the system
+message `system`, laid out with the model's template; the text ends at any of the model's stop ids.
 
 **Share links** use /generate's names: `?prompt=ROMEO:&strategy=beam+search&beams=3&seed=5` opens the page with
 those settings (`force_step` and `force_token` included: Generate then opens that branch).
