@@ -24,6 +24,8 @@ from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
 
+from .hub import read_json
+
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_NAME = "special_tokens_map.json"
 CHAT_TEMPLATE_NAME = "chat_template.jinja"  # transformers' newer home of a template ("default" of several)
@@ -328,7 +330,7 @@ class ChatTemplate:
         the `chat_template` of `tokenizer_config.json` (a string, or a list of
         {"name", "template"}). The special tokens come from the same config."""
         folder = Path(folder)
-        config = _read_json(folder / TOKENIZER_CONFIG_NAME)
+        config = read_json(folder / TOKENIZER_CONFIG_NAME)
         template = _template_files(folder) or config.get("chat_template")
         if template is None:
             return None
@@ -380,7 +382,7 @@ def special_tokens(folder: Path, config: dict) -> dict[str, str]:
     an old one, whose `special_tokens_map.json` overrides it."""
     values = dict(config)
     if "added_tokens_decoder" not in config:
-        values.update(_read_json(folder / SPECIAL_TOKENS_MAP_NAME))
+        values.update(read_json(folder / SPECIAL_TOKENS_MAP_NAME))
     if isinstance(values.get("extra_special_tokens"), dict):
         values.update(values["extra_special_tokens"])
     tokens = {}
@@ -389,19 +391,6 @@ def special_tokens(folder: Path, config: dict) -> dict[str, str]:
         if token is not None and name.endswith("_token"):
             tokens[name] = token
     return tokens
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    with open(path, encoding="utf-8") as f:
-        try:
-            values = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} does not hold a JSON object")
-    return values
 
 
 # --- ids ---
@@ -467,12 +456,12 @@ def stop_token_ids(folder: Path, config: dict, tokenizer, num_tokens: int) -> li
     `eot_token` strings of `tokenizer_config.json` looked up in the tokenizer.
     Ids outside the vocabulary are left out (the model never produces them)."""
     ids = []
-    for source in (_read_json(folder / "generation_config.json"), config):
+    for source in (read_json(folder / "generation_config.json"), config):
         value = source.get("eos_token_id")
         for i in value if isinstance(value, list) else [value]:
             if isinstance(i, int) and not isinstance(i, bool):
                 ids.append(i)
-    tokens = special_tokens(folder, _read_json(folder / TOKENIZER_CONFIG_NAME))
+    tokens = special_tokens(folder, read_json(folder / TOKENIZER_CONFIG_NAME))
     if tokenizer is not None:
         for name in ("eos_token", "eot_token"):
             if name in tokens:

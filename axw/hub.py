@@ -101,6 +101,20 @@ def read_config(folder: Path) -> dict:
         return json.load(f)
 
 
+def read_json(path: Path, what: str = "a JSON object") -> dict:
+    """The JSON object in `path` ({} when there is no such file), or a ValueError naming the file."""
+    if not path.is_file():
+        return {}
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} does not hold {what}")
+    return values
+
+
 def load_safetensors(folder: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """All tensors of a folder's safetensors weights, single file or sharded."""
     index = folder / f"{WEIGHTS_NAME}.index.json"
@@ -151,13 +165,7 @@ def load_generation_config(folder: Path):
     path = folder / GENERATION_CONFIG_NAME
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        try:
-            values = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path} does not hold a dict of settings")
+    values = read_json(path, "a dict of settings")
     if values.get("format") == FORMAT:
         return GenerationConfig.from_pretrained(folder)
     if not set(values) & TRANSFORMERS_DECODING_KEYS:

@@ -73,11 +73,13 @@ def save(hf, folder, **kwargs):
     return folder
 
 
-def assert_same_logits(hf, model, length=24, batch=2):
-    """Whole-sequence logits, and a KV-cache decode one token at a time,
-    against transformers' whole-sequence logits."""
-    torch.manual_seed(1)
-    x = torch.randint(0, VOCAB, (batch, length))
+def assert_same_logits(hf, model, length=24, batch=2, x=None):
+    """Whole-sequence logits of `x` (random ids by default), and a KV-cache decode one token at a time from a
+    5-token prefill, against transformers' whole-sequence logits; returns the cache."""
+    if x is None:
+        torch.manual_seed(1)
+        x = torch.randint(0, VOCAB, (batch, length))
+    length = x.shape[1]
     with torch.no_grad():
         expected = hf(x).logits
         torch.testing.assert_close(model.net(x), expected, atol=1e-4, rtol=0)
@@ -87,6 +89,7 @@ def assert_same_logits(hf, model, length=24, batch=2):
             logits, cache = model.net(x[:, :t], cache=cache, return_intermediates=True)
             steps.append(logits)
         torch.testing.assert_close(torch.cat(steps, dim=1), expected, atol=1e-4, rtol=0)
+    return cache
 
 
 GPT2_CASES = {

@@ -15,6 +15,7 @@ from axw import AutoregressiveWrapper, Decoder, TransformerWrapper
 from axw.families import FAMILIES
 
 transformers = pytest.importorskip("transformers")
+from test_convert import assert_same_logits as same_logits  # noqa: E402
 
 VOCAB = 96
 WINDOW = 8  # sliding window of the tiny models: every test sequence is longer
@@ -98,19 +99,8 @@ def sequences(length=24, batch=2):
 
 
 def assert_same_logits(hf, model, length=24):
-    """Whole-sequence logits, and a KV-cache decode one token at a time from
-    a 5-token prefill, against transformers' whole-sequence logits."""
-    x = sequences(length)
-    with torch.no_grad():
-        expected = hf(x).logits
-        torch.testing.assert_close(model.net(x), expected, atol=1e-4, rtol=0)
-        logits, cache = model.net(x[:, :5], return_intermediates=True)
-        steps = [logits]
-        for t in range(6, length + 1):
-            logits, cache = model.net(x[:, :t], cache=cache, return_intermediates=True)
-            steps.append(logits)
-        torch.testing.assert_close(torch.cat(steps, dim=1), expected, atol=1e-4, rtol=0)
-    return cache
+    """test_convert's check on this file's sequences (their vocabulary): returns the cache."""
+    return same_logits(hf, model, x=sequences(length))
 
 
 def test_logits_and_cached_decode_match_transformers(pair):
