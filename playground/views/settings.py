@@ -230,10 +230,11 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
     c["prompt"] = gr.Textbox("ROMEO:", label="prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt")
     with gr.Row(equal_height=True):
         c["chat"] = gr.Checkbox(s.chat, label="chat mode", scale=1, min_width=120, elem_id="chat",
-                                info="an instruct model: the prompt is your message, laid out with the model's "
-                                     "chat template; the reply ends at its end-of-turn token")
+                                info="instruct models")
         c["system"] = gr.Textbox(s.system, label="system message", lines=1, scale=3, max_length=MAX_PROMPT_CHARS,
-                                 placeholder="optional, chat mode only", elem_id="system")
+                                 placeholder="optional", elem_id="system",
+                                 info="chat mode: the prompt is your message, laid out with the model's chat "
+                                      "template; the reply ends at its end-of-turn token")
     c["strategy"] = gr.Radio(STRATEGIES, value=s.strategy, label="strategy", elem_id="strategy")
     lesson = gr.HTML(explain(s.strategy), elem_id="lesson", elem_classes=["axw-lesson"], js_on_load=LESSON_CLICK,
                      css_template=LESSON_CSS)
