@@ -659,7 +659,8 @@ page_controls = st.fixed_dictionaries(dict(
     nsigma=numbers(0.1, 5.0), xtc_probability=numbers(0.0, 1.0), mirostat_tau=numbers(0.0, 10.0),
     dry_multiplier=numbers(0.0, 2.0), stochastic=st.one_of(st.booleans(), wrong),
     drafter=st.one_of(st.sampled_from(pg.DRAFTERS), wrong), num_assistant_tokens=numbers(1, pg.MAX_DRAFT_TOKENS),
-    force_step=st.one_of(st.just(0), numbers(0, 6), st.none()), force_token=numbers(0, 319)))
+    force_step=st.one_of(st.just(0), numbers(0, 6), st.none()), force_token=numbers(0, 319),
+    chat=st.one_of(st.booleans(), wrong), system=st.one_of(unicode_text, wrong)))
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck))
@@ -677,7 +678,8 @@ def test_hostile_page_controls_answer_or_refuse_cleanly(url, forwards, values):
                     use_toph=False, toph=0.4, use_nsigma=False, nsigma=1.0, xtc_probability=0.0, xtc_threshold=0.1,
                     dynatemp_range=0.0, dynatemp_exponent=1.0, mirostat_tau=0.0, mirostat_eta=0.1,
                     dry_multiplier=0.0, dry_base=1.75, dry_allowed_length=2, stochastic=False, drafter="draft model",
-                    num_assistant_tokens=3, num_assistant_tokens_schedule="constant", force_step=0, force_token=0)
+                    num_assistant_tokens=3, num_assistant_tokens_schedule="constant", force_step=0, force_token=0,
+                    chat=False, system="")
     assert list(controls) == UI_INPUTS
     controls.update(values)
     client = new_client(url)

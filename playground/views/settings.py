@@ -98,7 +98,7 @@ def settings_from_ui(model, prompt, strategy, max_new_tokens, temperature, use_k
         dry_allowed_length=dry_allowed_length, stochastic=stochastic, drafter=drafter,
         num_assistant_tokens=num_assistant_tokens, num_assistant_tokens_schedule=num_assistant_tokens_schedule,
         force_step=0 if force_step is None else force_step, force_token=0 if force_token is None else force_token,
-        chat=bool(chat), system=system or "")
+        chat=False if chat is None else chat, system="" if system is None else system)
 
 
 def ui_values(prompt: str, settings: Settings) -> list:
