@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from test_browser import ARGS, CHROMIUM
+from test_browser import ARGS, CHROMIUM, page  # noqa: F401 (its page fixture)
 
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no browser at {CHROMIUM}")
 
@@ -35,14 +35,6 @@ LIVE = """() => {
 }"""
 
 
-@pytest.fixture(scope="module")
-def page():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        yield page
-        browser.close()
 
 
 def watch(page, ready, timeout_s=240.0):

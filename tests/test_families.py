@@ -15,7 +15,7 @@ from axw import AutoregressiveWrapper, Decoder, TransformerWrapper
 from axw.families import FAMILIES
 
 transformers = pytest.importorskip("transformers")
-from test_convert import assert_same_logits as same_logits  # noqa: E402
+from test_convert import assert_same_logits as same_logits, one_thread  # noqa: E402,F401 (one thread here too)
 
 VOCAB = 96
 WINDOW = 8  # sliding window of the tiny models: every test sequence is longer
@@ -24,16 +24,6 @@ TOKENS = dict(vocab_size=VOCAB, bos_token_id=1, eos_token_id=3, pad_token_id=0)
 # initializer_range=0.3: weights large enough that greedy and beam continuations vary
 SIZES = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=40,
              max_position_embeddings=64, initializer_range=0.3, **TOKENS)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny models gain nothing from a second thread, and on a busy machine
-    # its spin-waits cost seconds per test
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # model_type's classes in transformers, and the config of each case: every
