@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -233,6 +234,24 @@ class NgramDatastore:
         return cls(table, vocab_size, max_n, min_n, extra)
 
 
+@dataclass
+class SpeculativeStats:
+    """A speculative run's counts so far: `Decoding.stats`, and the `stats` of
+    each `Step` it yields (one object, kept up to date). Rows stopped at EOS
+    count for nothing."""
+
+    rounds: int = 0  # rounds of drafting and verifying
+    drafted: int = 0  # drafted tokens, over the rows
+    accepted: int = 0  # drafted tokens the model accepted
+    emitted: int = 0  # tokens emitted per row: the accepted drafts and one of the model's a round
+    target_forwards: int = 0  # the model's forwards, one a round
+    copied: int = 0  # drafted tokens copied from the text or the datastore rather than the assistant's
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(self.drafted, 1)
+
+
 def lookup_drafts(index: NgramIndex, seq: Tensor, end: int, n_draft: int, pad: int) -> Tensor:
     """Prompt-lookup drafts (b, n_draft): for each row, the tokens that followed
     the latest earlier occurrence of the longest suffix of `seq[:, :end]` that
@@ -318,6 +337,7 @@ def steps(run: Decoding) -> Iterator[Step]:
     c = run.config
     b, t = run.tokens.shape
     out = run.new_output()
+    stats = run.stats = SpeculativeStats()
     if run.seq_len == 0:
         return
     eos, greedy = c.eos_token, c.greedy
@@ -337,7 +357,6 @@ def steps(run: Decoding) -> Iterator[Step]:
     elif c.assistant_lookup_ngram:
         index = NgramIndex(c.assistant_lookup_ngram, starts)
     drafter = "prompt lookup" if lookup else "assistant" if exists(draft) else "datastore"
-    stats = run.stats = dict(rounds=0, drafted=0, accepted=0, emitted=0, target_forwards=0, copied=0)
 
     cur, step = t, 0
     while step < run.seq_len:
@@ -365,7 +384,7 @@ def steps(run: Decoding) -> Iterator[Step]:
         # --- one forward of the model over the last token and the drafts ---
         hidden = target.hidden(out, cur + gamma, last=gamma + 1)
         model_logits = run.net.logits(hidden)  # (b, gamma + 1, vocab): position cur + j for j = 0..gamma
-        stats["target_forwards"] += 1
+        stats.target_forwards += 1
         traces = ([run.new_trace(step + j, model_logits[:, j]) for j in range(gamma + 1)] if c.trace
                   else [None] * (gamma + 1))
         plain_argmax = greedy and not pipeline.scores and not c.trace  # no stage changes greedy scores
@@ -416,15 +435,15 @@ def steps(run: Decoding) -> Iterator[Step]:
         last = torch.where(n_row > n, drafts[:, n], replacement) if n < gamma else replacement
         emitted = torch.cat((drafts[:, :n], last[:, None]), dim=1)  # (b, n + 1)
 
-        stats["rounds"] += 1
+        stats.rounds += 1
         if exists(eos):  # stopped rows count for nothing
             live_accepted, live_copied = torch.where(finished, 0, n_row), copied & ~finished[:, None]
-            stats["drafted"] += gamma * int((~finished).sum())
+            stats.drafted += gamma * int((~finished).sum())
         else:
             live_accepted, live_copied = n_row, copied
-            stats["drafted"] += gamma * b
-        stats["accepted"] += int(live_accepted.sum())
-        stats["copied"] += int(live_copied.sum())
+            stats.drafted += gamma * b
+        stats.accepted += int(live_accepted.sum())
+        stats.copied += int(live_copied.sum())
 
         # --- both caches forget the rejected positions ---
         target.rollback(gamma - n)
@@ -434,7 +453,7 @@ def steps(run: Decoding) -> Iterator[Step]:
         # --- emit, stopping rows at EOS ---
         round_info = None
         if c.trace:
-            round_info = dict(round=stats["rounds"] - 1, drafted=drafts, draft_probs=draft_p, model_probs=model_p,
+            round_info = dict(round=stats.rounds - 1, drafted=drafts, draft_probs=draft_p, model_probs=model_p,
                               accepted=accepted, n_accepted=n_row, replacement=replacement, copied=copied,
                               sources=source, drafter=drafter)
         for j in range(n + 1):
@@ -447,13 +466,13 @@ def steps(run: Decoding) -> Iterator[Step]:
             if trace:
                 trace.choose(token, model_logits[:, j], processed_all[j])
                 trace.speculative = dict(round_info, position=j, emitted=n + 1,
-                                         acceptance_rate=stats["accepted"] / max(stats["drafted"], 1),
-                                         tokens_per_forward=(stats["emitted"] + j + 1) / stats["target_forwards"])
+                                         acceptance_rate=stats.acceptance_rate,
+                                         tokens_per_forward=(stats.emitted + j + 1) / stats.target_forwards)
             if exists(eos):
                 finished = finished | (token == eos)
             cur, step = cur + 1, step + 1
-            yield Step(step - 1, token, out[:, t:cur], finished, trace)
-        stats["emitted"] += n + 1
+            yield Step(step - 1, token, out[:, t:cur], finished, trace, stats=stats)
+        stats.emitted += n + 1
         out[:, cur:cur + gamma - n - 1] = run.pad  # rejected drafts leave nothing behind
         if exists(eos) and bool(finished.all()):
             break
