@@ -19,7 +19,7 @@ from .filters import (
 from .generation import Step
 from .generation_config import GenerationConfig
 from .processors import contrastive_decode_fn
-from .speculative import NgramDatastore
+from .speculative import NgramDatastore, SpeculativeStats
 from .trace import StepTrace
 from .transformer import Decoder, DecoderConfig, Intermediates, TransformerConfig, TransformerWrapper
 from .wrapper import AutoregressiveWrapper, WrapperConfig
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoregressiveWrapper", "Decoder", "DecoderConfig", "FILTER_LOGITS_FN", "GenerationConfig", "Intermediates",
-    "KVCache", "NgramDatastore", "Step", "StepTrace", "TransformerConfig", "TransformerWrapper", "WrapperConfig",
-    "contrastive_decode_fn", "epsilon_cutoff", "eta_cutoff", "min_p", "top_a", "top_h", "top_k", "top_n_sigma",
-    "top_p", "typical_p",
+    "KVCache", "NgramDatastore", "SpeculativeStats", "Step", "StepTrace", "TransformerConfig", "TransformerWrapper",
+    "WrapperConfig", "contrastive_decode_fn", "epsilon_cutoff", "eta_cutoff", "min_p", "top_a", "top_h", "top_k",
+    "top_n_sigma", "top_p", "typical_p",
 ]

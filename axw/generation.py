@@ -11,7 +11,7 @@ and the teaching trace are by-products of their loops.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import torch
 from torch import Tensor
@@ -20,6 +20,9 @@ from .generation_config import DRY_BREAKERS, GenerationConfig
 from .processors import Pipeline, build_pipeline
 from .trace import StepTrace, new_trace
 from .utils import check_number, exists
+
+if TYPE_CHECKING:
+    from .speculative import SpeculativeStats
 
 INT_DTYPES = (torch.long, torch.int, torch.int16, torch.int8, torch.uint8)
 
@@ -36,6 +39,8 @@ class Step:
     trace: the teaching trace of this step, when asked for.
     probs: beam search: (batch, generated so far) the model's probability of
         each token of the best beam, given what it saw when the token was chosen.
+    stats: speculative decoding: the run's counts so far (rounds, drafted,
+        accepted and copied tokens, the model's forwards).
     """
 
     step: int
@@ -44,6 +49,7 @@ class Step:
     finished: Tensor
     trace: StepTrace | None = None
     probs: Tensor | None = None
+    stats: SpeculativeStats | None = None
 
 
 # --- prompts, checked before any compute ---
@@ -285,6 +291,7 @@ class Decoding:
         self.generator = generator
         if exists(c.seed):
             self.generator = torch.Generator(device=tokens.device).manual_seed(c.seed)
+        self.stats: SpeculativeStats | None = None  # speculative decoding's counts, from its first step on
         self._out: Tensor | None = None
         self._scores: Tensor | None = None
         self._beam_out: Tensor | None = None

@@ -13,32 +13,30 @@ copied as the draft and the assistant does not run. Small models' greedy
 text repeats itself, and there the copy is both free and more often right
 than a small draft (benchmarks/speculative.py).
 
-The accept/reject rule runs on the model's and the draft's distributions
-after the same pipeline (penalties, filters, temperature): a drafted token d
-is accepted with probability min(1, p(d) / q(d)); at the first rejection the
-token is drawn from max(0, p - q), normalised; when all are accepted, one
-more comes from p (when every stage is row-wise, as temperature and the
-built-in filters are, the model's checked positions go through the pipeline
-in one call). Greedy, a drafted token is accepted when it is the model's
-argmax. A batch advances by the fewest tokens any row accepted in a round
-(plus the one token every row then draws); every emitted token still has the
-model's distribution, since each row's stop point only decides where its next
-round of drafting begins.
+A round has four parts, read top to bottom in `steps`: the `Drafter`
+proposes; `verify` runs the model once over the drafts and, at each checked
+position, the pipeline (penalties, filters, temperature) plain decoding
+applies; `accept` is the accept/reject rule; `emit` yields the kept tokens
+and their trace rows, once both caches have forgotten the rejected positions.
+`SpeculativeStats` counts the rounds.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Generator, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .generation import Decoding, Step, sample
+from .generation import Decoding, ModelRunner, Step, sample
 from .hub import DATASTORE_NAME, push_folder, resolve
+from .processors import Pipeline
+from .trace import StepTrace
 from .utils import exists
 
 MAX_DRAFT = 64  # the heuristic schedule never drafts more per round
@@ -245,218 +243,350 @@ def lookup_drafts(index: NgramIndex, seq: Tensor, end: int, n_draft: int, pad: i
     return torch.tensor(drafts, dtype=torch.long, device=seq.device).view(len(drafts), n_draft)
 
 
-def model_drafts(run: Decoding, draft, pipeline, index: NgramIndex | None, store: NgramDatastore | None,
-                 starts: list[int], out: Tensor, cur: int, n: int, cap: int, need_q: bool,
-                 valid: Tensor | None, stopped: list[bool] | None = None) -> tuple[Tensor, list, Tensor]:
-    """Draft up to `n` tokens with the assistant `draft` for positions cur,
-    cur + 1, ... of `out`, with copies between them where the text (`index`)
-    or the datastore (`store`) knows what comes next, up to `cap` drafts in
-    all (the drafts before each assistant step are written to `out` for it to
-    read). Without an assistant, the copies alone draft, until a position
-    where some row has none. `starts`: each row's first real (not left-pad)
-    position; rows `stopped` at EOS draft padding, so they never make the
-    others wait for a draft. Returns the drafts (b, gamma), the drafter's
-    processed distribution q at each (one-hot for a copy) when `need_q`, and
-    where each draft came from (b, gamma): ASSISTANT, TEXT or DATASTORE."""
-    c, b, device = run.config, out.shape[0], out.device
-    greedy, threshold, vocab = c.greedy, c.assistant_confidence_threshold, run.net.num_tokens
-    rows = torch.arange(b, device=device)
-    tokens: list[list[int]] = []  # per position, each row's draft
-    sources: list[list[int]] = []
-    q: list = []
-    tails = None
-    if exists(index) or exists(store):  # each row's last tokens, none from its left padding
-        keep = max(index.n if exists(index) else 0, store.max_n if exists(store) else 0)
+# --- the run's counts, and what a round hands from one part to the next ---
+
+
+@dataclass
+class SpeculativeStats:
+    """A speculative run's counts so far: `Decoding.stats`, and the `stats` of
+    each `Step` it yields (one object, kept up to date). Rows stopped at EOS
+    count for nothing."""
+
+    rounds: int = 0  # rounds of drafting and verifying
+    drafted: int = 0  # drafted tokens, over the rows
+    accepted: int = 0  # drafted tokens the model accepted
+    emitted: int = 0  # tokens emitted per row: the accepted drafts and one of the model's a round
+    target_forwards: int = 0  # the model's forwards, one a round
+    copied: int = 0  # drafted tokens copied from the text or the datastore rather than the assistant's
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(self.drafted, 1)
+
+    def count(self, gamma: int, n_row: Tensor, copied: Tensor, finished: Tensor):
+        """One round of `gamma` drafts, of which each row accepted `n_row`."""
+        live = ~finished
+        self.rounds += 1
+        self.target_forwards += 1
+        self.drafted += gamma * int(live.sum())
+        self.accepted += int(n_row[live].sum())
+        self.copied += int((copied & live[:, None]).sum())
+
+
+@dataclass
+class Round:
+    """One round's drafts, as the drafter hands them to the model."""
+
+    cur: int  # the first drafted position
+    step: int  # the step of the round's first emitted token
+    drafts: Tensor  # (b, gamma) the proposed tokens
+    q: list[Tensor]  # per draft (b, vocab): the drafter's processed distribution, one-hot for a copy; when needed
+    sources: Tensor  # (b, gamma) where each draft came from: ASSISTANT, TEXT or DATASTORE
+    drafter: str  # "assistant", "prompt lookup" or "datastore"
+
+    @property
+    def gamma(self) -> int:
+        return self.drafts.shape[1]
+
+    @property
+    def copied(self) -> Tensor:
+        return self.sources != ASSISTANT
+
+
+@dataclass
+class Checked:
+    """The model's view of a round's positions cur + j, j = 0..gamma."""
+
+    logits: Tensor  # (b, gamma + 1, vocab)
+    processed: list[Tensor] | None  # per position, after the pipeline (None: sampled untraced, in one call)
+    p: list[Tensor | None]  # per position (b, vocab): the processed distribution, when sampling or tracing
+    choice: Tensor | None  # greedy: (b, gamma + 1) the model's own token
+    traces: list[StepTrace | None]
+
+
+@dataclass
+class Verdict:
+    """What the accept/reject rule decided for a round."""
+
+    accepted: Tensor  # (b, gamma) each draft's test
+    n_row: Tensor  # (b,) each row's accepted prefix (gamma for a stopped row)
+    n: int  # the batch's: the shortest
+    replacement: Tensor  # (b,) the token drawn after a row's prefix
+    emitted: Tensor  # (b, n + 1) the round's tokens
+    model_p: Tensor | None  # (b, gamma) p(d) of each draft d, when sampling or tracing
+    draft_p: Tensor | None  # (b, gamma) q(d)
+
+
+# --- draft ---
+
+
+class Drafter:
+    """A run's drafters and how many tokens a round drafts: prompt lookup
+    alone, or the assistant model (with its own cache and pipeline) and/or
+    the n-gram datastore, with copies from the text (`assistant_lookup_ngram`)
+    in place of the assistant's tokens where the text knows what follows."""
+
+    def __init__(self, run: Decoding, valid: Tensor | None):
+        c = run.config
+        self.run, self.valid = run, valid
+        self.starts = [0] * run.tokens.shape[0] if run.seq_start_pos is None else run.seq_start_pos.tolist()
+        self.lookup = exists(c.prompt_lookup_num_tokens)
+        self.model = run.runner(run.assistant, extra=MAX_DRAFT + 1) if exists(run.assistant) else None
+        self.pipeline = run.pipeline()
+        self.store = run.datastore
+        self.index = None
+        if self.lookup:  # the longest suffix that occurred before, up to max_matching_ngram_size tokens
+            self.index = NgramIndex(c.max_matching_ngram_size, self.starts, min_n=1)
+        elif c.assistant_lookup_ngram:
+            self.index = NgramIndex(c.assistant_lookup_ngram, self.starts)
+        self.name = "prompt lookup" if self.lookup else "assistant" if exists(self.model) else "datastore"
+        self.n_draft = c.prompt_lookup_num_tokens if self.lookup else c.num_assistant_tokens
+
+    def propose(self, out: Tensor, cur: int, room: int, finished: Tensor, need_q: bool) -> tuple[Tensor, list, Tensor]:
+        """Drafts for positions cur, cur + 1, ..., at most `room`: the tokens
+        (b, gamma), the drafter's processed distribution at each when `need_q`,
+        and where each came from (b, gamma)."""
+        c, gamma = self.run.config, min(self.n_draft, room)
+        if exists(self.index):
+            self.index.update(out, cur)
+        if self.lookup:  # each token proposed with certainty: q(d) = 1
+            drafts = lookup_drafts(self.index, out, cur, gamma, self.run.pad)
+            return drafts, [self.one_hot(d) for d in drafts.unbind(1)] if need_q else [], torch.full_like(drafts, TEXT)
+        # copies cost no forward: beside an assistant they do not count towards its tokens
+        copying = exists(self.model) and (exists(self.index) or exists(self.store))
+        cap = min(room, COPY_CAP * gamma) if copying else gamma
+        stopped = finished.tolist() if exists(c.eos_token) and bool(finished.any()) else None
+        return self.chain(out, cur, gamma, cap, need_q or c.assistant_confidence_threshold > 0, stopped)
+
+    def chain(self, out: Tensor, cur: int, n: int, cap: int, need_q: bool,
+              stopped: list[bool] | None) -> tuple[Tensor, list, Tensor]:
+        """Up to `n` of the assistant's tokens, with copies between them where
+        the text or the datastore knows what comes next, `cap` drafts at most;
+        without an assistant, copies until a position where some row has none.
+        Rows `stopped` at EOS draft padding, never making the others wait."""
+        b, device, threshold = out.shape[0], out.device, self.run.config.assistant_confidence_threshold
+        tokens, q, sources = [], [], []  # per position, each row's
+        tails = self.tails(out, cur)
+        written = ran = 0
+        while len(tokens) < cap and ran < n:
+            j = len(tokens)
+            found, source = self.copies(tails, cur + j, stopped)
+            if min(found) >= 0:  # every row's next token is known: the assistant does not run
+                chosen, probs = found, self.one_hot(torch.tensor(found, device=device)) if need_q else None
+            elif self.model is None:
+                break  # no assistant to ask
+            else:
+                if written < j:  # the assistant reads the drafts before it
+                    out[:, cur + written:cur + j] = torch.tensor(tokens[written:], device=device).T
+                ran, written = ran + 1, j
+                chosen, probs = self.ask(out, cur + j, found, need_q)
+            tokens.append(chosen)
+            sources.append(source)
+            q += [probs] if need_q else []
+            if exists(tails):
+                tails = [tail + [t] for tail, t in zip(tails, chosen)]
+            # the draft stops once it is unsure of what it proposed (transformers' assistant confidence)
+            if threshold > 0 and bool((probs[torch.arange(b, device=device), torch.tensor(chosen, device=device)]
+                                       < threshold).any()):
+                break
+        if not tokens:
+            none = torch.empty((b, 0), dtype=torch.long, device=device)
+            return none, [], none
+        return torch.tensor(tokens, device=device).T, q, torch.tensor(sources, device=device).T
+
+    def tails(self, out: Tensor, cur: int) -> list[list[int]] | None:
+        """Each row's last tokens before `cur`, none from its left padding, as
+        many as the copies match on; None when nothing is copied."""
+        if not (exists(self.index) or exists(self.store)):
+            return None
+        keep = max(self.index.n if exists(self.index) else 0, self.store.max_n if exists(self.store) else 0)
         base = max(cur - keep, 0)
-        tails = [row[max(first - base, 0):] for row, first in zip(out[:, base:cur].tolist(), starts)]
-    written = ran = 0
-    while len(tokens) < cap and ran < n:
-        j = len(tokens)
-        found = index.next_tokens(tails, cur + j) if exists(index) else [-1] * b
+        return [row[max(first - base, 0):] for row, first in zip(out[:, base:cur].tolist(), self.starts)]
+
+    def copies(self, tails: list | None, end: int, stopped: list[bool] | None) -> tuple[list[int], list[int]]:
+        """Per row, the token the text (else the datastore) says follows its
+        `tails`, -1 where neither knows (padding for a stopped row), and its source."""
+        found = self.index.next_tokens(tails, end) if exists(self.index) else [-1] * len(self.starts)
         source = [TEXT if f >= 0 else ASSISTANT for f in found]
-        if exists(store) and min(found) < 0:
-            stored = store.next_tokens(tails)
+        if exists(self.store) and min(found) < 0:
+            stored = self.store.next_tokens(tails)
             source = [DATASTORE if f < 0 <= s else kind for f, s, kind in zip(found, stored, source)]
             found = [f if f >= 0 else s for f, s in zip(found, stored)]
         if stopped is not None:
-            found = [run.pad if done else f for f, done in zip(found, stopped)]
-        if min(found) >= 0:
-            # every row's next token is known: the copies are the drafts, and the assistant does not run
-            chosen = found
-            if need_q:
-                q.append(F.one_hot(torch.tensor(found, device=device), vocab).float())
-        elif draft is None:
-            break  # no assistant to ask
-        else:
-            ran += 1
-            if written < j:  # the assistant reads the copies before it
-                out[:, cur + written:cur + j] = torch.tensor(tokens[written:], device=device).T
-            written = j
-            processed = pipeline(draft.logits(out, cur + j), *run.context(out, cur + j, valid), sampling=not greedy)
-            probs = processed.float().softmax(dim=-1) if need_q or not greedy else None
-            token = processed.argmax(dim=-1) if greedy else sample(probs, run.generator, logits=False)
-            chosen = [f if f >= 0 else t for f, t in zip(found, token.tolist())]  # rows whose next is known copy
-            if need_q:
-                if max(found) >= 0:
-                    copy = torch.tensor(found, device=device)
-                    probs = torch.where((copy >= 0)[:, None], F.one_hot(copy.clamp(min=0), vocab).float(), probs)
-                q.append(probs)
-        tokens.append(chosen)
-        sources.append(source)
-        if exists(tails):
-            tails = [tail + [t] for tail, t in zip(tails, chosen)]
-        # the draft stops once it is unsure of what it proposed (transformers' assistant confidence)
-        if threshold > 0 and bool((q[j][rows, torch.tensor(chosen, device=device)] < threshold).any()):
-            break
-    if not tokens:
-        none = torch.empty((b, 0), dtype=torch.long, device=device)
-        return none, [], none
-    return torch.tensor(tokens, device=device).T, q, torch.tensor(sources, device=device).T
+            found = [self.run.pad if done else f for f, done in zip(found, stopped)]
+        return found, source
+
+    def ask(self, out: Tensor, end: int, found: list[int], need_q: bool) -> tuple[list[int], Tensor | None]:
+        """The assistant's token after `out[:, :end]` where a row has no copy
+        (`found` < 0), and, when `need_q`, its processed distribution (one-hot
+        where a row copies)."""
+        run, greedy = self.run, self.run.config.greedy
+        processed = self.pipeline(self.model.logits(out, end), *run.context(out, end, self.valid), sampling=not greedy)
+        probs = processed.float().softmax(dim=-1) if need_q or not greedy else None
+        token = processed.argmax(dim=-1) if greedy else sample(probs, run.generator, logits=False)
+        chosen = [f if f >= 0 else t for f, t in zip(found, token.tolist())]
+        if need_q and max(found) >= 0:
+            copy = torch.tensor(found, device=out.device)
+            probs = torch.where((copy >= 0)[:, None], self.one_hot(copy.clamp(min=0)), probs)
+        return chosen, probs
+
+    def one_hot(self, tokens: Tensor) -> Tensor:
+        """A copy's distribution: its token, certain."""
+        return F.one_hot(tokens, self.run.net.num_tokens).float()
+
+    def rollback(self, end: int):
+        """The assistant forgets what it read from position `end` on."""
+        if exists(self.model):
+            self.model.rollback(max(self.model.fed - end, 0), exact=False)
+
+    def adapt(self, n: int, gamma: int):
+        """transformers' heuristic schedule: draft more after a round that was
+        all accepted, fewer after one that was not."""
+        if self.run.config.num_assistant_tokens_schedule == "heuristic" and not self.lookup:
+            self.n_draft = min(self.n_draft + 2, MAX_DRAFT) if n == gamma else max(1, self.n_draft - 1)
+
+
+# --- verify ---
+
+
+def verify(run: Decoding, target: ModelRunner, pipeline: Pipeline, valid: Tensor | None, out: Tensor,
+           rnd: Round) -> Checked:
+    """The model's one forward over the last token and the drafts, and the
+    pipeline plain decoding applies, at each checked position (the trace
+    records it there)."""
+    c, b, positions = run.config, out.shape[0], range(rnd.gamma + 1)
+    logits = run.net.logits(target.hidden(out, rnd.cur + rnd.gamma, last=rnd.gamma + 1))
+    traces = [run.new_trace(rnd.step + j, logits[:, j]) for j in positions]
+    none = [None] * len(positions)
+    if c.greedy and not pipeline.scores and not c.trace:  # no stage changes greedy scores
+        return Checked(logits, list(logits.unbind(1)), none, logits.argmax(dim=-1), traces)
+    if not c.greedy and not c.trace and pipeline.row_wise:
+        # sampling through stages that read no text (temperature, the filters): every position in one call
+        p = pipeline(logits.flatten(0, 1), None).float().softmax(dim=-1).view(b, len(positions), -1).unbind(1)
+        return Checked(logits, None, list(p), None, traces)
+    processed = [pipeline(logits[:, j], *run.context(out, rnd.cur + j, valid), traces[j], sampling=not c.greedy)
+                 for j in positions]
+    p = [pr.float().softmax(dim=-1) for pr in processed] if not c.greedy or c.trace else none
+    choice = torch.stack([pr.argmax(dim=-1) for pr in processed], dim=1) if c.greedy else None
+    return Checked(logits, processed, p, choice, traces)
+
+
+# --- accept ---
+
+
+def accept(run: Decoding, rnd: Round, checked: Checked, finished: Tensor) -> Verdict:
+    """The accept/reject rule (Leviathan et al. 2023, arXiv:2211.17192;
+    Chen et al. 2023, arXiv:2302.01318), on the model's distribution p and
+    the drafter's q after the same pipeline.
+
+    Greedy: a draft is accepted when it is the model's own token, and the
+    token after the accepted ones is the model's: the text is token for token
+    the model's greedy text. Sampling: a draft d is accepted with probability
+    min(1, p(d) / q(d)); at the first rejection the token is drawn from the
+    residual max(0, p - q), renormalised; when every draft is accepted, one
+    more is drawn from p. Each token then has exactly the distribution p.
+
+    The batch advances by its rows' shortest accepted prefix (a row stopped
+    at EOS holds none back); at that position a row that accepted its draft
+    keeps it, the others take the token drawn there. Every token still has
+    the distribution p: a row's stop point only decides where its next round
+    of drafting begins."""
+    c, p, q, drafts, gamma = run.config, checked.p, rnd.q, rnd.drafts, rnd.gamma
+    model_p = draft_p = None
+    if not c.greedy or c.trace:
+        model_p, draft_p = chances(p[:gamma], drafts), chances(q, drafts)
+    accepted = torch.ones_like(drafts, dtype=torch.bool)
+    if c.greedy:
+        accepted = drafts == checked.choice[:, :gamma]
+    elif gamma:
+        u = torch.rand(drafts.shape, device=drafts.device, generator=run.generator)
+        accepted = u * draft_p < model_p  # u < p / q, without dividing
+    n_row = torch.where(finished, gamma, accepted.long().cumprod(dim=1).sum(dim=1))
+    n = int(n_row.min())
+    if c.greedy:
+        replacement = checked.choice[:, n]
+    elif n < gamma:  # some row rejected the draft at n
+        residual = (p[n] - q[n]).clamp(min=0)
+        residual = torch.where(residual.sum(dim=-1, keepdim=True) <= 0, p[n], residual)  # p = q: nothing to reject
+        replacement = sample(residual / residual.sum(dim=-1, keepdim=True), run.generator, logits=False)
+    else:
+        replacement = sample(p[n], run.generator, logits=False)
+    last = torch.where(n_row > n, drafts[:, n], replacement) if n < gamma else replacement
+    emitted = torch.cat((drafts[:, :n], last[:, None]), dim=1)
+    return Verdict(accepted, n_row, n, replacement, emitted, model_p, draft_p)
+
+
+def chances(dists: list[Tensor], tokens: Tensor) -> Tensor:
+    """(b, gamma): the probability `dists[j]` gives `tokens[:, j]`."""
+    if not dists:
+        return torch.ones(tokens.shape, device=tokens.device)
+    rows = torch.arange(tokens.shape[0], device=tokens.device)
+    return torch.stack([d[rows, tokens[:, j]] for j, d in enumerate(dists)], dim=1)
+
+
+# --- emit ---
+
+
+def emit(run: Decoding, out: Tensor, rnd: Round, checked: Checked, verdict: Verdict, finished: Tensor,
+         stats: SpeculativeStats) -> Generator[Step, None, Tensor]:
+    """Yield the round's tokens, one step each, with pad_value after a row's
+    EOS and, traced, what the round did; return which rows have stopped."""
+    t, n, eos = run.tokens.shape[1], verdict.n, run.config.eos_token
+    about = round_trace(rnd, verdict, stats) if run.config.trace else None
+    for j in range(n + 1):
+        cur, token = rnd.cur + j, verdict.emitted[:, j]
+        if exists(eos):
+            token = token.masked_fill(finished, run.pad)
+            finished = finished | run.is_eos(token)
+        out[:, cur] = token
+        trace = checked.traces[j]
+        if trace:
+            trace.choose(token, checked.logits[:, j], checked.processed[j])
+            trace.speculative = dict(about, position=j, emitted=n + 1, acceptance_rate=stats.acceptance_rate,
+                                     tokens_per_forward=(stats.emitted + j + 1) / stats.target_forwards)
+        yield Step(rnd.step + j, token, out[:, t:cur + 1], finished, trace, stats=stats)
+    stats.emitted += n + 1
+    out[:, rnd.cur + n + 1:rnd.cur + rnd.gamma] = run.pad  # rejected drafts leave nothing behind
+    return finished
+
+
+def round_trace(rnd: Round, verdict: Verdict, stats: SpeculativeStats) -> dict:
+    """What the trace shows of a round, beside each token it emitted."""
+    return dict(round=stats.rounds - 1, drafted=rnd.drafts, draft_probs=verdict.draft_p, model_probs=verdict.model_p,
+                accepted=verdict.accepted, n_accepted=verdict.n_row, replacement=verdict.replacement,
+                copied=rnd.copied, sources=rnd.sources, drafter=rnd.drafter)
+
+
+# --- the loop ---
 
 
 def steps(run: Decoding) -> Iterator[Step]:
-    c = run.config
+    """Rounds of draft, verify, accept and emit, until `seq_len` tokens or
+    every row's EOS."""
     b, t = run.tokens.shape
     out = run.new_output()
+    stats = run.stats = SpeculativeStats()
     if run.seq_len == 0:
         return
-    eos, greedy = c.eos_token, c.greedy
-    lookup = exists(c.prompt_lookup_num_tokens)
-    store = run.datastore
-    n_draft = c.prompt_lookup_num_tokens if lookup else c.num_assistant_tokens
-    target = run.runner(run.net, extra=MAX_DRAFT + 1)
-    draft = run.runner(run.assistant, extra=MAX_DRAFT + 1) if exists(run.assistant) else None
-    pipeline, draft_pipeline = run.pipeline(), run.pipeline()
+    c = run.config
+    target, pipeline = run.runner(run.net, extra=MAX_DRAFT + 1), run.pipeline()
     valid = run.valid(t + run.seq_len)
+    drafter = Drafter(run, valid)
+    need_q = not c.greedy or c.trace  # the drafter's distributions: sampling's test reads them, the trace shows them
     finished = torch.zeros(b, dtype=torch.bool, device=out.device)
-    rows = torch.arange(b, device=out.device)
-    starts = [0] * b if run.seq_start_pos is None else run.seq_start_pos.tolist()
-    index = None
-    if lookup:  # the longest suffix that occurred before, up to max_matching_ngram_size tokens
-        index = NgramIndex(c.max_matching_ngram_size, starts, min_n=1)
-    elif c.assistant_lookup_ngram:
-        index = NgramIndex(c.assistant_lookup_ngram, starts)
-    drafter = "prompt lookup" if lookup else "assistant" if exists(draft) else "datastore"
-    stats = run.stats = dict(rounds=0, drafted=0, accepted=0, emitted=0, target_forwards=0, copied=0)
-
     cur, step = t, 0
     while step < run.seq_len:
-        # never draft past the end: the last emitted token comes from the model
-        room = run.seq_len - step - 1
-        gamma = min(n_draft, room)
-
-        # --- draft gamma tokens (and, to sample or trace, the drafter's processed distribution q at each) ---
-        need_q = not greedy or c.trace
-        if exists(index):
-            index.update(out, cur)
-        if lookup:
-            drafts = lookup_drafts(index, out, cur, gamma, run.pad)
-            q, source = [None] * gamma, torch.full_like(drafts, TEXT)
-        else:
-            # copies cost no forward: beside an assistant they do not count towards its tokens
-            cap = min(room, COPY_CAP * gamma) if exists(draft) and (exists(index) or exists(store)) else gamma
-            stopped = finished.tolist() if exists(eos) and bool(finished.any()) else None
-            drafts, q, source = model_drafts(run, draft, draft_pipeline, index, store, starts, out, cur, gamma, cap,
-                                             need_q or c.assistant_confidence_threshold > 0, valid, stopped)
-            gamma = drafts.shape[1]
-        copied = source != ASSISTANT
-        out[:, cur:cur + gamma] = drafts
-
-        # --- one forward of the model over the last token and the drafts ---
-        hidden = target.hidden(out, cur + gamma, last=gamma + 1)
-        model_logits = run.net.logits(hidden)  # (b, gamma + 1, vocab): position cur + j for j = 0..gamma
-        stats["target_forwards"] += 1
-        traces = ([run.new_trace(step + j, model_logits[:, j]) for j in range(gamma + 1)] if c.trace
-                  else [None] * (gamma + 1))
-        plain_argmax = greedy and not pipeline.scores and not c.trace  # no stage changes greedy scores
-        if not greedy and not c.trace and pipeline.row_wise:
-            # sampling through stages that read no text (temperature, the filters): every position in one call
-            processed = pipeline(model_logits.flatten(0, 1), None)
-            p = processed.float().softmax(dim=-1).view(b, gamma + 1, -1).unbind(1)
-        else:
-            if plain_argmax:
-                processed_all = model_logits.unbind(1)
-            else:
-                processed_all = [pipeline(model_logits[:, j], *run.context(out, cur + j, valid), traces[j],
-                                          sampling=not greedy) for j in range(gamma + 1)]
-            p = [pr.float().softmax(dim=-1) for pr in processed_all] if need_q else [None] * (gamma + 1)
-        choice = None
-        if greedy:  # the model's own token at each position
-            choice = (model_logits.argmax(dim=-1) if plain_argmax
-                      else torch.stack([pr.argmax(dim=-1) for pr in processed_all], dim=1))
-
-        # --- accept or reject each drafted token ---
-        accepted = torch.ones((b, gamma), dtype=torch.bool, device=out.device)
-        model_p = draft_p = accepted.float() if need_q else None
-        if gamma:
-            if need_q:
-                model_p = torch.stack([p[j][rows, drafts[:, j]] for j in range(gamma)], dim=1)
-                if not lookup:  # prompt lookup proposes each token with certainty: q(d) = 1
-                    draft_p = torch.stack([q[j][rows, drafts[:, j]] for j in range(gamma)], dim=1)
-            if greedy:
-                accepted = drafts == choice[:, :gamma]
-            else:
-                u = torch.rand((b, gamma), device=out.device, generator=run.generator)
-                accepted = u * draft_p < model_p  # u < p / q, without dividing
-        n_row = accepted.long().cumprod(dim=1).sum(dim=1)  # (b,) each row's accepted prefix
-        n_row = torch.where(finished, gamma, n_row)  # a stopped row never holds the others back
-        n = int(n_row.min())
-
-        # --- the token after the accepted prefix: a drafted one some rows accepted, else the model's own ---
-        if greedy:
-            replacement = choice[:, n]
-        elif n < gamma:
-            proposal = F.one_hot(drafts[:, n], p[n].shape[-1]).float() if lookup else q[n]
-            residual = (p[n] - proposal).clamp(min=0)
-            empty = residual.sum(dim=-1, keepdim=True) <= 0
-            residual = torch.where(empty, p[n], residual)
-            replacement = sample(residual / residual.sum(dim=-1, keepdim=True), run.generator, logits=False)
-        else:
-            replacement = sample(p[n], run.generator, logits=False)
-        last = torch.where(n_row > n, drafts[:, n], replacement) if n < gamma else replacement
-        emitted = torch.cat((drafts[:, :n], last[:, None]), dim=1)  # (b, n + 1)
-
-        stats["rounds"] += 1
-        if exists(eos):  # stopped rows count for nothing
-            live_accepted, live_copied = torch.where(finished, 0, n_row), copied & ~finished[:, None]
-            stats["drafted"] += gamma * int((~finished).sum())
-        else:
-            live_accepted, live_copied = n_row, copied
-            stats["drafted"] += gamma * b
-        stats["accepted"] += int(live_accepted.sum())
-        stats["copied"] += int(live_copied.sum())
-
-        # --- both caches forget the rejected positions ---
-        target.rollback(gamma - n)
-        if exists(draft):
-            draft.rollback(max(draft.fed - (cur + n), 0), exact=False)
-
-        # --- emit, stopping rows at EOS ---
-        round_info = None
-        if c.trace:
-            round_info = dict(round=stats["rounds"] - 1, drafted=drafts, draft_probs=draft_p, model_probs=model_p,
-                              accepted=accepted, n_accepted=n_row, replacement=replacement, copied=copied,
-                              sources=source, drafter=drafter)
-        for j in range(n + 1):
-            token = emitted[:, j]
-            if exists(eos):
-                token = token.masked_fill(finished, run.pad)
-            if exists(eos) or j == n:  # the accepted drafts are in place already
-                out[:, cur] = token
-            trace = traces[j]
-            if trace:
-                trace.choose(token, model_logits[:, j], processed_all[j])
-                trace.speculative = dict(round_info, position=j, emitted=n + 1,
-                                         acceptance_rate=stats["accepted"] / max(stats["drafted"], 1),
-                                         tokens_per_forward=(stats["emitted"] + j + 1) / stats["target_forwards"])
-            if exists(eos):
-                finished = finished | run.is_eos(token)
-            cur, step = cur + 1, step + 1
-            yield Step(step - 1, token, out[:, t:cur], finished, trace)
-        stats["emitted"] += n + 1
-        out[:, cur:cur + gamma - n - 1] = run.pad  # rejected drafts leave nothing behind
-        if exists(eos) and bool(finished.all()):
+        room = run.seq_len - step - 1  # never draft past the end: the last emitted token comes from the model
+        rnd = Round(cur, step, *drafter.propose(out, cur, room, finished, need_q), drafter.name)
+        out[:, cur:cur + rnd.gamma] = rnd.drafts
+        checked = verify(run, target, pipeline, valid, out, rnd)
+        verdict = accept(run, rnd, checked, finished)
+        stats.count(rnd.gamma, verdict.n_row, rnd.copied, finished)
+        # both caches forget the rejected positions
+        target.rollback(rnd.gamma - verdict.n)
+        drafter.rollback(cur + verdict.n)
+        finished = yield from emit(run, out, rnd, checked, verdict, finished, stats)
+        cur, step = cur + verdict.n + 1, step + verdict.n + 1
+        if exists(c.eos_token) and bool(finished.all()):
             break
-        if c.num_assistant_tokens_schedule == "heuristic" and not lookup:
-            # transformers' heuristic: draft more after a round that was all accepted, fewer after one that was not
-            n_draft = min(n_draft + 2, MAX_DRAFT) if n == gamma else max(1, n_draft - 1)
+        drafter.adapt(verdict.n, rnd.gamma)

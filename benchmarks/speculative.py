@@ -38,7 +38,7 @@ from pathlib import Path
 
 import torch
 
-from axw import AutoregressiveWrapper, NgramDatastore
+from axw import AutoregressiveWrapper, NgramDatastore, SpeculativeStats
 from axw.data import load_split
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,12 +52,12 @@ def timed(fn) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def run_stats(model, ids, tokens, **kwargs) -> tuple[torch.Tensor, dict]:
-    """The output of one run and its counts."""
+def run_stats(model, ids, tokens, **kwargs) -> tuple[torch.Tensor, SpeculativeStats | None]:
+    """The output of one run and its counts (None for plain decoding)."""
     run = model._decoding(ids, tokens, None, dict(kwargs))
     with torch.no_grad():
         out = run.output()
-    return out, getattr(run, "stats", {})
+    return out, run.stats
 
 
 def main():
@@ -131,7 +131,7 @@ def main():
             # the counts and the output of the last run (greedy and seeded runs repeat themselves)
             same = same and (reference is None or torch.equal(out, reference[i]))
             for k in totals:
-                totals[k] += stats.get(k, 0)
+                totals[k] += getattr(stats, k)
         tokens = args.tokens * len(prompts)
         return dict(plain=tokens / sum(plain), spec=tokens / sum(spec), speedup=sum(plain) / sum(spec),
                     named=sum(plain[:named]) / sum(spec[:named]),

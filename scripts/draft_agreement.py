@@ -106,7 +106,7 @@ def speculative_timing(expert, draft, heldout_ids, prompts: int, prompt_len: int
             tokens = run.output()
         spec.append(time.perf_counter() - began)
         same += torch.equal(tokens, reference)
-        rounds += run.stats["rounds"]
+        rounds += run.stats.rounds
     per_token = 1e3 / (prompts * new)
     print(f"speculative decoding, gamma {gamma}, {prompts} held-out prompts of {prompt_len} tokens, {new} new "
           f"tokens each: {prompts * new / rounds:.2f} tokens per round; plain greedy {sum(plain) * per_token:.3f} "

@@ -125,9 +125,8 @@ def test_sampling_has_exactly_the_models_distribution(close):
     if not close:  # the bound tells the draft's own distribution from the target's
         assert ((drafts_own - exact).abs() > 2 * bound).any()
     # and the acceptance rate behaves: close drafts are mostly accepted
-    run = target._decoding(prompt.repeat(64, 1), n, None, dict(kwargs, seed=0))
-    run.output()
-    rate = run.stats["accepted"] / run.stats["drafted"]
+    *_, last = target.stream(prompt.repeat(64, 1), n, **kwargs, seed=0)
+    rate = last.stats.accepted / last.stats.drafted
     assert rate > 0.6 if close else rate < 0.9
 
 
@@ -339,10 +338,9 @@ def test_greedy_with_the_assistant_and_prompt_lookup(ngram):
         hook.remove()
     assert torch.equal(alone, plain) and torch.equal(both, plain)
     assert len(calls) < n_alone
-    run = target._decoding(prompts, 40, None, dict(temperature=0.0, assistant_model=draft, num_assistant_tokens=3,
-                                                  assistant_lookup_ngram=ngram))
-    run.output()
-    assert 0 < run.stats["copied"] <= run.stats["drafted"]
+    *_, last = target.stream(prompts, 40, temperature=0.0, assistant_model=draft, num_assistant_tokens=3,
+                             assistant_lookup_ngram=ngram)
+    assert 0 < last.stats.copied <= last.stats.drafted
     # without an assistant the setting changes nothing: plain decoding
     assert torch.equal(target.generate(prompts, 40, temperature=0.0, assistant_lookup_ngram=ngram), plain)
 
@@ -354,10 +352,8 @@ def test_sampling_with_the_assistant_and_prompt_lookup_has_the_models_distributi
     prompt = torch.tensor([1, 2, 3, 1, 2, 0])  # "1 2" recurs; what follows "2 0" must come from the assistant
     kwargs = dict(assistant_model=draft, num_assistant_tokens=2, assistant_lookup_ngram=1)
     assert sampled_like_the_model(target, prompt, 3, 4, **kwargs)
-    run = target._decoding(prompt.repeat(64, 1), 3, None, dict(kwargs, temperature=1.0, filter_logits_fn=None,
-                                                              seed=0))
-    run.output()
-    assert 0 < run.stats["copied"] < run.stats["drafted"]  # both drafters proposed tokens
+    *_, last = target.stream(prompt.repeat(64, 1), 3, **kwargs, temperature=1.0, filter_logits_fn=None, seed=0)
+    assert 0 < last.stats.copied < last.stats.drafted  # both drafters proposed tokens
 
 
 def test_the_trace_says_which_drafts_were_copied():
@@ -493,9 +489,8 @@ def test_greedy_with_a_datastore(extra):
     for n_draft in (1, 3, 6):  # the datastore alone
         assert torch.equal(target.generate(prompts, 40, temperature=0.0, assistant_datastore=store,
                                            num_assistant_tokens=n_draft, **extra), plain), n_draft
-    run = target._decoding(prompts, 40, None, dict(temperature=0.0, assistant_datastore=store, **extra))
-    run.output()
-    assert 0 < run.stats["accepted"] <= run.stats["copied"] == run.stats["drafted"]
+    *_, last = target.stream(prompts, 40, temperature=0.0, assistant_datastore=store, **extra)
+    assert 0 < last.stats.accepted <= last.stats.copied == last.stats.drafted
     # with EOS, each row stops as plain decoding stops it
     eos = int(plain[1, 20])
     assert torch.equal(target.generate(prompts, 40, temperature=0.0, eos_token=eos, assistant_datastore=store),
@@ -517,7 +512,7 @@ def test_a_row_stopped_at_eos_does_not_hold_the_datastores_drafts_back():
     assert torch.equal(both.output(), target.generate(prompts, 30, temperature=0.0, eos_token=eos))
     assert torch.equal(alone.output(), row1)
     # one round more: the first, where row 0 still drafted (and emitted EOS)
-    assert both.stats["target_forwards"] <= alone.stats["target_forwards"] + 1 < 10
+    assert both.stats.target_forwards <= alone.stats.target_forwards + 1 < 10
 
 
 def test_sampling_with_a_datastore_has_the_models_distribution():
@@ -530,10 +525,8 @@ def test_sampling_with_a_datastore_has_the_models_distribution():
     for extra in (dict(assistant_model=draft, num_assistant_tokens=2), dict(num_assistant_tokens=3)):
         kwargs = dict(assistant_datastore=store, **extra)
         assert sampled_like_the_model(target, prompt, 3, 4, **kwargs), extra
-        run = target._decoding(prompt.repeat(64, 1), 3, None, dict(kwargs, temperature=1.0, filter_logits_fn=None,
-                                                                  seed=0))
-        run.output()
-        assert 0 < run.stats["copied"] <= run.stats["drafted"]
+        *_, last = target.stream(prompt.repeat(64, 1), 3, **kwargs, temperature=1.0, filter_logits_fn=None, seed=0)
+        assert 0 < last.stats.copied <= last.stats.drafted
 
 
 def test_the_trace_says_where_each_draft_came_from():
