@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .utils import check_number
+from .specs import filter_param_spec
 
 NEG_INF = -math.inf
 
@@ -169,31 +169,39 @@ FILTER_LOGITS_FN: dict[str, Callable] = dict(
     eta_cutoff=eta_cutoff, top_h=top_h, top_n_sigma=top_n_sigma,
 )
 
-# each built-in filter's parameters: (low, high, integer, low_open, high_open, default)
-FILTER_PARAMS: dict[Callable, dict[str, tuple]] = {
-    top_k: {"k": (1, None, True, False, False, None), "frac_num_tokens": (0, 1, False, True, False, 0.1)},
-    top_p: {"thres": (0, 1, False, True, False, 0.9)},
-    min_p: {"min_p": (0, 1, False, False, False, 0.1)},
-    top_a: {"min_p_pow": (0, 100, False, True, False, 2.0), "min_p_ratio": (0, 1, False, False, False, 0.02)},
-    typical_p: {"mass": (0, 1, False, True, False, 0.9)},
-    epsilon_cutoff: {"epsilon": (0, 1, False, False, True, 3e-4)},
-    eta_cutoff: {"epsilon": (0, 1, False, False, True, 3e-4)},
-    top_h: {"top_h": (0, 1, False, True, False, 0.4)},
-    top_n_sigma: {"n": (0, 100, False, False, False, 1.0)},
+# each built-in filter's parameters and their defaults; their ranges are declared in axw.specs
+FILTER_PARAMS: dict[Callable, dict[str, object]] = {
+    top_k: {"k": None, "frac_num_tokens": 0.1}, top_p: {"thres": 0.9}, min_p: {"min_p": 0.1},
+    top_a: {"min_p_pow": 2.0, "min_p_ratio": 0.02}, typical_p: {"mass": 0.9}, epsilon_cutoff: {"epsilon": 3e-4},
+    eta_cutoff: {"epsilon": 3e-4}, top_h: {"top_h": 0.4}, top_n_sigma: {"n": 1.0},
 }
 
 
+def filter_name(fn: Callable) -> str:
+    """A filter's name: its registry name (or a callable's own)."""
+    for name, builtin in FILTER_LOGITS_FN.items():
+        if fn is builtin:
+            return name
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def is_stateful(fn) -> bool:
+    """A filter that keeps state from token to token: a class, built afresh for each run."""
+    return isinstance(fn, type)
+
+
 def check_filter_kwargs(fn: Callable, kwargs: dict):
-    """The ranges each built-in filter accepts; checked before any compute."""
+    """The ranges each built-in filter accepts (declared in axw.specs); checked before any compute."""
     params = FILTER_PARAMS.get(fn)
     if params is None:
         return
+    name = filter_name(fn)
     unknown = set(kwargs) - set(params)
     if unknown:
-        raise ValueError(f"{fn.__name__} takes {sorted(params)}, got unknown {sorted(unknown)}")
-    for name, (low, high, integer, low_open, high_open, default_value) in params.items():
-        value = kwargs.get(name, default_value)
-        if value is None and default_value is None:
+        raise ValueError(f"{name} takes {sorted(params)}, got unknown {sorted(unknown)}")
+    for param, default_value in params.items():
+        value = kwargs.get(param, default_value)
+        if value is None:
             continue
-        label = name if name == fn.__name__ else f"{fn.__name__}'s {name}"
-        check_number(value, label, low, high, integer=integer, low_open=low_open, high_open=high_open)
+        label = param if param == name else f"{name}'s {param}"
+        filter_param_spec(name, param).check(value, label)

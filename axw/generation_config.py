@@ -13,25 +13,18 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .filters import FILTER_LOGITS_FN, identity
 from .processors import build_filters
+from .specs import ASSISTANT_SCHEDULES, LIBRARY_SPECS, SAMPLER_ORDERS, SPEC, STRATEGIES  # noqa: F401 (re-exported)
 from .utils import check_number
 
 GENERATION_CONFIG_NAME = "generation_config.json"
-SAMPLER_ORDERS = ("filters_first", "temperature_first")
-ASSISTANT_SCHEDULES = ("constant", "heuristic")
 # DRY's default sequence breakers (text-generation-webui's), given as text
 DRY_BREAKERS = ("\n", ":", '"', "*")
-
-
-def _flag(value, name: str) -> bool:
-    if value not in (True, False) or not isinstance(value, (bool, int)):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
 
 
 def _filter_name(fn):
@@ -97,25 +90,11 @@ class GenerationConfig:
     trace_top: int = 10
 
     def __post_init__(self):
-        check_number(self.temperature, "temperature", 0, allowed="a finite number >= 0 (0 = greedy)")
         self._normalise_filters()
-        if self.sampler_order not in SAMPLER_ORDERS:
-            raise ValueError(f"sampler_order must be one of {', '.join(SAMPLER_ORDERS)}, got {self.sampler_order!r}")
-        check_number(self.xtc_probability, "xtc_probability", 0, 1)
-        check_number(self.xtc_threshold, "xtc_threshold", 0, 1)
-        check_number(self.dynatemp_range, "dynatemp_range", 0, allowed="a finite number >= 0 (0 = off)")
-        check_number(self.dynatemp_exponent, "dynatemp_exponent", 0, 100, low_open=True)
-        if self.mirostat_tau is not None:
-            check_number(self.mirostat_tau, "mirostat_tau", 0, 100, low_open=True,
-                         allowed="a target surprise in (0, 100] bits (None = off)")
-        check_number(self.mirostat_eta, "mirostat_eta", 0, 1, low_open=True)
-        check_number(self.repetition_penalty, "repetition_penalty", 0, low_open=True,
-                     allowed="a finite number > 0 (1 = off)")
-        check_number(self.no_repeat_ngram_size, "no_repeat_ngram_size", 0, integer=True,
-                     allowed="an integer >= 1 (0 = off)")
-        check_number(self.dry_multiplier, "dry_multiplier", 0, allowed="a finite number >= 0 (0 = off)")
-        check_number(self.dry_base, "dry_base", 1, 100)
-        check_number(self.dry_allowed_length, "dry_allowed_length", 1, integer=True)
+        for spec in LIBRARY_SPECS:  # ranges and kinds, as declared in axw.specs
+            value = getattr(self, spec.name)
+            if value is not None or _DEFAULTS[spec.name] is not None:  # None is off where it is the default
+                setattr(self, spec.name, spec.check(value))
         if self.dry_sequence_breakers is not None:
             if not isinstance(self.dry_sequence_breakers, (list, tuple)) or not all(
                     isinstance(b, str) and b or isinstance(b, int) and not isinstance(b, bool) and b >= 0
@@ -123,24 +102,7 @@ class GenerationConfig:
                 raise ValueError("dry_sequence_breakers must be a list of token ids and non-empty strings, got "
                                  f"{self.dry_sequence_breakers!r}")
             self.dry_sequence_breakers = list(self.dry_sequence_breakers)
-        check_number(self.beams, "beams", 1, integer=True)
-        check_number(self.length_penalty, "length_penalty")
-        self.stochastic = _flag(self.stochastic, "stochastic")
-        if self.penalty_alpha is not None:
-            check_number(self.penalty_alpha, "penalty_alpha", 0, 1, allowed="in [0, 1] (None = off)")
-        check_number(self.contrastive_k, "contrastive_k", 1, integer=True)
         self._normalise_contrastive_decode_kwargs()
-        check_number(self.num_assistant_tokens, "num_assistant_tokens", 1, 128, integer=True)
-        if self.num_assistant_tokens_schedule not in ASSISTANT_SCHEDULES:
-            raise ValueError(f"num_assistant_tokens_schedule must be one of {', '.join(ASSISTANT_SCHEDULES)}, "
-                             f"got {self.num_assistant_tokens_schedule!r}")
-        check_number(self.assistant_confidence_threshold, "assistant_confidence_threshold", 0, 1, high_open=True)
-        if self.prompt_lookup_num_tokens is not None:
-            check_number(self.prompt_lookup_num_tokens, "prompt_lookup_num_tokens", 1, 128, integer=True,
-                         allowed="an integer in [1, 128] (None = off)")
-        check_number(self.max_matching_ngram_size, "max_matching_ngram_size", 1, 32, integer=True)
-        check_number(self.assistant_lookup_ngram, "assistant_lookup_ngram", 0, 32, integer=True,
-                     allowed="an integer in [0, 32] (0 = off)")
         if isinstance(self.eos_token, (list, tuple)):  # several stop ids (Llama 3 instruct lists three)
             if not self.eos_token:
                 raise ValueError("eos_token is a token id or a non-empty list of them (None = none), got []")
@@ -149,12 +111,6 @@ class GenerationConfig:
         elif self.eos_token is not None:
             check_number(self.eos_token, "eos_token", 0, integer=True,
                          allowed="a token id >= 0 or a list of them (None = none)")
-        self.restrict_to_max_seq_len = _flag(self.restrict_to_max_seq_len, "restrict_to_max_seq_len")
-        self.cache_kv = _flag(self.cache_kv, "cache_kv")
-        if self.seed is not None:
-            check_number(self.seed, "seed", 0, 2**63, integer=True, high_open=True)
-        self.trace = _flag(self.trace, "trace")
-        check_number(self.trace_top, "trace_top", 1, integer=True)
 
     def _normalise_filters(self):
         fns, kwargs = self.filter_logits_fn, self.filter_kwargs
@@ -181,8 +137,8 @@ class GenerationConfig:
             unknown = set(kw) - {"alpha", "beta"}
             if unknown:
                 raise ValueError(f"contrastive_decode_kwargs take alpha and beta, got {sorted(unknown)}")
-            check_number(kw.get("alpha", 0.1), "contrastive decoding alpha", 0, 1, low_open=True)
-            check_number(kw.get("beta", 0.5), "contrastive decoding beta", 0)
+            SPEC["cd_alpha"].check(kw.get("alpha", 0.1))
+            SPEC["cd_beta"].check(kw.get("beta", 0.5))
         self.contrastive_decode_kwargs = [dict(kw) for kw in kwargs] if many else dict(kwargs)
 
     # --- what the strategy is ---
@@ -245,6 +201,9 @@ class GenerationConfig:
         if values.pop("format", None) == "axw":
             return cls.from_dict(values)
         return cls.from_dict(from_transformers(values))
+
+
+_DEFAULTS = {f.name: f.default for f in fields(GenerationConfig) if f.default is not MISSING}
 
 
 # transformers' GenerationConfig fields that are filters here: name -> (filter, its parameter, the value that is off)

@@ -10,6 +10,8 @@ import bisect
 import html
 import re
 
+from axw.specs import FILTER_SPECS
+
 from .settings import Settings
 
 
@@ -139,10 +141,8 @@ def stage_setting(stage: str, settings: Settings | None) -> str:
     if settings is None:
         return stage
     s = settings
-    values = dict(top_k=s.top_k, top_p=s.top_p, min_p=s.min_p, top_a=s.top_a, typical_p=s.typical_p,
-                  epsilon_cutoff=s.epsilon_cutoff, eta_cutoff=s.eta_cutoff, top_h=s.top_h, top_n_sigma=s.top_n_sigma,
-                  temperature=s.temperature, repetition_penalty=s.repetition_penalty,
-                  no_repeat_ngram=s.no_repeat_ngram_size)
+    values = {f.name: getattr(s, f.name) for f in FILTER_SPECS} | dict(
+        temperature=s.temperature, repetition_penalty=s.repetition_penalty, no_repeat_ngram=s.no_repeat_ngram_size)
     described = dict(xtc=f"xtc (probability {s.xtc_probability:g}, threshold {s.xtc_threshold:g})",
                      dynamic_temperature=f"dynamic temperature {s.temperature:g} ± {s.dynatemp_range:g}",
                      mirostat=f"mirostat (tau {s.mirostat_tau:g} bits)",
@@ -151,7 +151,7 @@ def stage_setting(stage: str, settings: Settings | None) -> str:
     if stage in described:
         return described[stage]
     value = values.get(stage)
-    return f"{stage} {value:g}" if isinstance(value, (int, float)) else stage
+    return f"{stage} {value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else stage
 
 
 def stage_numbers(row: dict, settings: Settings | None = None) -> list[dict]:
