@@ -164,16 +164,27 @@ def top_n_sigma(logits: Tensor, n: float = 1.0) -> Tensor:
     return logits.masked_fill(logits.float() < limit, NEG_INF)
 
 
+def p_less(logits: Tensor) -> Tensor:
+    """p-less sampling (arXiv:2509.23234, ICLR 2026): keep the tokens
+    with p >= sum of p², the chance that two draws agree, a cut with no
+    parameter: it keeps one token where the model is sure and many where it
+    is not. (Rounding must not drop a whole flat row: the cut is lowered by a
+    millionth of itself.)"""
+    probs = logits.float().softmax(dim=-1)
+    limit = probs.square().sum(dim=-1, keepdim=True)
+    return logits.masked_fill(_keep_top1(probs < limit * (1 - 1e-6), logits), NEG_INF)
+
+
 FILTER_LOGITS_FN: dict[str, Callable] = dict(
     top_k=top_k, top_p=top_p, min_p=min_p, top_a=top_a, typical_p=typical_p, epsilon_cutoff=epsilon_cutoff,
-    eta_cutoff=eta_cutoff, top_h=top_h, top_n_sigma=top_n_sigma,
+    eta_cutoff=eta_cutoff, top_h=top_h, top_n_sigma=top_n_sigma, p_less=p_less,
 )
 
 # each built-in filter's parameters and their defaults; their ranges are declared in axw.specs
 FILTER_PARAMS: dict[Callable, dict[str, object]] = {
     top_k: {"k": None, "frac_num_tokens": 0.1}, top_p: {"thres": 0.9}, min_p: {"min_p": 0.1},
     top_a: {"min_p_pow": 2.0, "min_p_ratio": 0.02}, typical_p: {"mass": 0.9}, epsilon_cutoff: {"epsilon": 3e-4},
-    eta_cutoff: {"epsilon": 3e-4}, top_h: {"top_h": 0.4}, top_n_sigma: {"n": 1.0},
+    eta_cutoff: {"epsilon": 3e-4}, top_h: {"top_h": 0.4}, top_n_sigma: {"n": 1.0}, p_less: {},
 }
 
 

@@ -264,6 +264,10 @@ SPECS: list[Spec] = [
     Spec("chat", bool, False, "chat mode", "the prompt is your message, laid out with the model's chat template after "
          "the system message", group="app", library=False),
     Spec("system", str, "", "system message", "chat mode's system message", group="app", library=False),
+    # later settings come last, so calls that give /generate's parameters by position mean what they meant
+    _filter("p_less", bool, False, "p-less", "keep tokens with p >= Σ p², the chance two draws agree: no parameter, "
+            "strict when the model is sure", "p-less sampling, arXiv:2509.23234", None, None, None, "use_pless",
+            None, None, None, off=False, checked="hand computation"),
     # the library's alone
     Spec("frac_num_tokens", float, 0.1, "top_k's frac_num_tokens", "k as a share of the vocabulary, when k is not "
          "given (x-transformers')", low=0, high=1, low_open=True, group="filters", filter="top_k",
