@@ -268,6 +268,13 @@ SPECS: list[Spec] = [
     _filter("p_less", bool, False, "p-less", "keep tokens with p >= Σ p², the chance two draws agree: no parameter, "
             "strict when the model is sure", "p-less sampling, arXiv:2509.23234", None, None, None, "use_pless",
             None, None, None, off=False, checked="hand computation"),
+    _filter("adaptive_p", float, -1.0, "adaptive-p target", "steer the chosen tokens' probability towards this "
+            "target over time: after safe choices it favours less likely tokens, after risky ones safer ones "
+            "(sampling only; runs last)", "MrJackSpade; llama.cpp #17927", "target", 0, 1, "use_adaptive",
+            "adaptive", (0, 1, 0.05), 0.5, off=-1.0, short="target", group="stateful", checked="hand computation"),
+    Spec("adaptive_p_decay", float, 0.9, "adaptive-p decay", "how slowly the average of the chosen probabilities "
+         "forgets", low=0, high=0.99, group="stateful", filter="adaptive_p", param="decay", main=False,
+         library=False, slider=(0, 0.99, 0.01)),
     # the library's alone
     Spec("frac_num_tokens", float, 0.1, "top_k's frac_num_tokens", "k as a share of the vocabulary, when k is not "
          "given (x-transformers')", low=0, high=1, low_open=True, group="filters", filter="top_k",
