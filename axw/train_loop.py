@@ -376,6 +376,7 @@ class _Run:
                 card = self.model_card(record) if exists(self.model_card) else None
                 save_checkpoint(self.config.out_dir, self.model, self.optimizer, step, self.config, self.history,
                                 model_card=card, extra_state=self.extra_state, weights=weights, moments=moments)
+                self.saved_step = step
 
         train_dist.checked(self.ranks, save)
         self.saved_step = step
