@@ -180,10 +180,16 @@ def whole(tensor: Tensor) -> Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def broadcast_weights(model):
-    """Rank 0's weights on every rank: FSDP shards each rank's own copy, so they must agree."""
-    for tensor in model.net.state_dict().values():
-        dist.broadcast(tensor.data, 0)
+def check_same_weights(model, ranks: Ranks):
+    """ValueError on every rank unless every rank holds the same weights:
+    FSDP shards each rank's own copy (DDP would copy rank 0's)."""
+    with torch.no_grad():
+        total = sum(t.double().sum() for t in model.net.state_dict().values())
+    low_high = torch.tensor([total, -total], dtype=torch.float64)
+    dist.all_reduce(low_high, op=dist.ReduceOp.MIN)
+    if low_high[0] != -low_high[1]:
+        raise ValueError("the ranks hold different weights: build the model the same way on every rank "
+                         "(the same seed, or the same checkpoint) before training it with fsdp")
 
 
 def _fsdp_groups(net) -> list[list]:
@@ -210,7 +216,7 @@ def wrap(model, ranks: Ranks, device: torch.device):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
-    broadcast_weights(model)
+    check_same_weights(model, ranks)
     mesh = init_device_mesh(device.type, (ranks.world,))
     for group in _fsdp_groups(model.net):
         fully_shard(group, mesh=mesh)

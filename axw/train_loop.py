@@ -262,7 +262,8 @@ class _Run:
         self.heldout_ids, self.heldout_chars = heldout_ids, heldout_chars
         self.model_card, self.extra_state, self.ranks = model_card, extra_state, ranks
         self.device = ranks.device(config.device)
-        model.to(self.device).train()
+        # FSDP moves each rank's shards to the device, never the whole model
+        (model if ranks.fsdp else model.to(self.device)).train()
         if exists(teacher):
             teacher.to(self.device)
         if exists(config.mask_prob):

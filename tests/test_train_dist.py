@@ -31,7 +31,8 @@ TOLERANCE = 1e-5
 
 def _context():
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["torch", "torch.distributed.fsdp", "axw.train"])
+    # torch only: axw is imported by each rank from the sys.path the test runs with
+    context.set_forkserver_preload(["torch", "torch.distributed.fsdp"])
     return context
 
 
@@ -66,7 +67,7 @@ def launch(tmp_path, target, *args, world=2, timeout=120) -> list[tuple[int, str
 def cli(argv: list[str]):
     """`python -m axw.train ARGV` in this process."""
     sys.argv = ["axw.train", *argv]
-    warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*found in sys.modules")  # preloaded
+    warnings.filterwarnings("ignore", category=RuntimeWarning, message=".*found in sys.modules")  # imported above
     runpy.run_module("axw.train", run_name="__main__", alter_sys=True)
 
 
@@ -237,6 +238,22 @@ def test_a_batch_the_world_size_does_not_divide_is_refused_on_every_rank(setup, 
         assert "batch_size (3) is the global batch: it must be a multiple of the world size (2)" in log
         assert "parameters" not in log  # nothing was loaded or built
     assert not out.exists()
+
+
+def train_unlike_models():
+    """Each rank builds its model from another seed, then asks FSDP to shard it."""
+    model = tiny_model(seed=int(os.environ["RANK"]))
+    try:
+        train(model, torch.arange(300) % 97, None, TrainConfig(steps=1, batch_size=2, seq_len=16, warmup_steps=0),
+              fsdp=True)
+    except ValueError as e:
+        print(f"refused: {e}", flush=True)
+        raise SystemExit(3)
+
+
+def test_fsdp_refuses_ranks_holding_different_weights(tmp_path):
+    for code, log in launch(tmp_path, train_unlike_models):
+        assert code == 3 and "refused: the ranks hold different weights" in log, log
 
 
 def test_bad_distributed_and_init_arguments_are_refused(setup, tmp_path):
