@@ -22,7 +22,15 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .train_checkpoint import check_out_dir, check_unfinished, read_trainer_state
-from .train_dist import Ranks, TrainingStopped, check_ranks, checked, on_main_first, process_group
+from .train_dist import (
+    Ranks,
+    TrainingStopped,
+    check_ranks,
+    checked,
+    on_main_first,
+    process_group,
+    same_on_every_rank,
+)
 from .train_loop import TrainConfig, TrainResult, check_teacher, train
 from .utils import exists
 
@@ -378,6 +386,8 @@ def _main(args: argparse.Namespace, argv: list[str], ranks: Ranks) -> TrainResul
     init_folder = on_main_first(ranks, lambda: _resolve_init(args.init)) if exists(args.init) else None
     inputs = checked(ranks, lambda: _prepare(args, config, teacher_path, generated_path, init_folder))
     model = inputs.model
+    if not same_on_every_rank(ranks, model.tokenizer.to_str()):  # each rank made or read its own
+        raise ValueError("the ranks' tokenizers differ: give them one with --tokenizer FILE")
     params = sum(p.numel() for p in model.parameters())
     if ranks.is_main:
         print(_describe(inputs, config, params, teacher_path, ranks), flush=True)

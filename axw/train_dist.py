@@ -157,6 +157,18 @@ def on_main_first(ranks: Ranks, step):
     return first if ranks.is_main else then
 
 
+def same_on_every_rank(ranks: Ranks, text: str) -> bool:
+    """Whether every rank holds the same `text` (compared by a hash)."""
+    if ranks.world == 1:
+        return True
+    import hashlib
+
+    digest = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:7], "big")
+    low_high = torch.tensor([digest, -digest], dtype=torch.int64)
+    dist.all_reduce(low_high, op=dist.ReduceOp.MIN)
+    return int(low_high[0]) == -int(low_high[1])
+
+
 def any_rank(ranks: Ranks, flag: bool) -> bool:
     """True on every rank when `flag` is on any."""
     if not ranks.distributed:

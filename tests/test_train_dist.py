@@ -152,6 +152,17 @@ def test_fsdp_ranks_resume_one_process_as_an_uninterrupted_run(setup, one_proces
     assert AutoregressiveWrapper.from_pretrained(run).net.token_emb.weight.shape == (300, 32)
 
 
+def test_two_ranks_build_the_new_model_one_process_builds(setup, tmp_path):
+    """No --init: every rank trains the tokenizer and draws the weights from the seed, as one process does."""
+    new = ["--data", str(setup / "data.txt"), "--vocab-size", "280", "--dim", "32", "--depth", "1", "--heads", "2",
+           "--max-seq-len", "16", "--steps", "2", "--warmup-steps", "1", "--batch-size", "2", "--threads", "1"]
+    main([*new, "--out", str(tmp_path / "one")])
+    results = launch(tmp_path, cli, [*new, "--out", str(tmp_path / "two")])
+    assert [code for code, _ in results] == [0, 0], results
+    assert (tmp_path / "one" / "tokenizer.json").read_bytes() == (tmp_path / "two" / "tokenizer.json").read_bytes()
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
 # --- a rank that dies ---
 
 
