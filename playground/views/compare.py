@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from ..caps import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
-from ..render import show_token, tokens_html
+from ..render import rounded, show_number, show_token, tokens_html
 from ..settings import Settings
 from . import keep_on_failure
 
@@ -88,7 +88,9 @@ def settings_of(strategy: str, settings: dict) -> Settings:
 
 
 def _number(value, fmt: str) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return show_number(value, fmt)
 
 
 def column_html(col: dict, tokenizer) -> str:
@@ -135,13 +137,9 @@ def metrics_frame(cols: list[dict]) -> pd.DataFrame:
             continue
         at = c.get("departs")
         rows.append({"column": c["label"], "departs from greedy at": "–" if at is None else str(at + 1),
-                     "mean log p (model)": _round(c["logprob"], 3), "distinct-2": _round(c["distinct2"], 3),
-                     "repeated 4-grams": _round(c["repeated4"], 3), "tokens/s": _round(c["speed"], 0)})
+                     "mean log p (model)": rounded(c["logprob"], 3), "distinct-2": rounded(c["distinct2"], 3),
+                     "repeated 4-grams": rounded(c["repeated4"], 3), "tokens/s": rounded(c["speed"], 0)})
     return pd.DataFrame(rows, columns=METRICS)
-
-
-def _round(value, digits):
-    return None if value is None else round(value, digits)
 
 
 @dataclass

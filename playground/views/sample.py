@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from ..caps import MAX_DRAWS, MAX_NEW_TOKENS
+from ..render import show_number
 from ..service import user_errors
 from ..settings import number
 from . import View
@@ -21,8 +22,8 @@ def frames(labels: list[str], exact: list[float], counts: list[int]) -> tuple[pd
     n = sum(counts)
     exact_frame = pd.DataFrame(dict(token=labels, probability=exact))
     drawn = pd.DataFrame(dict(token=labels, share=[c / n for c in counts], count=counts))
-    rows = "".join(f"<tr><td><code>{html.escape(t)}</code></td><td>{p:.4f}</td><td>{c:,}</td><td>{c / n:.4f}</td></tr>"
-                   for t, p, c in zip(labels, exact, counts))
+    rows = "".join(f"<tr><td><code>{html.escape(t)}</code></td><td>{show_number(p, '.4f')}</td><td>{c:,}</td>"
+                   f"<td>{show_number(c / n, '.4f')}</td></tr>" for t, p, c in zip(labels, exact, counts))
     table = (f'<table class="axw-table axw-draws"><tr><th>token</th><th>exact p</th><th>drawn</th>'
              f'<th>share of {n:,}</th></tr>{rows}</table>')
     return exact_frame, drawn, table

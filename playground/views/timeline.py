@@ -9,6 +9,7 @@ import math
 import gradio as gr
 import pandas as pd
 
+from ..render import rounded
 from . import View, skip
 
 MEASURES = {  # what the radio offers: the series drawn (label, timeline field), and the y axis's title
@@ -50,9 +51,10 @@ def frame(records: list[dict], measure: str = DEFAULT, tokenizer=None) -> pd.Dat
             value = r[key]
             if value is None or (isinstance(value, float) and not math.isfinite(value)):
                 continue
-            rows.append(dict(step=r["step"], value=float(value), series=series, token=repr(label)[1:-1],
-                             p=None if r["chosen_prob"] is None else round(r["chosen_prob"], 4),
-                             rank=r["chosen_rank"], kept=r["kept"], entropy=round(r["final_entropy"], 3)))
+            # rounded as the tooltip shows them (no negative zero: an entropy of -1e-9 bits is 0)
+            rows.append(dict(step=r["step"], value=rounded(float(value), 4), series=series, token=repr(label)[1:-1],
+                             p=rounded(r["chosen_prob"], 4), rank=r["chosen_rank"], kept=r["kept"],
+                             entropy=rounded(r["final_entropy"], 3)))
     return pd.DataFrame(rows, columns=COLUMNS).astype(TYPES)  # typed even when empty: the axes are numbers
 
 
