@@ -41,10 +41,13 @@ def build(app, gpu, model_box, concurrency: int) -> gr.Slider:
         "rises, the model is memorising your text (overfitting): fewer steps or a lower learning rate help.")
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label="training text", lines=8, max_length=MAX_TRAIN_CHARS,
+            text = gr.Textbox(label="training text", lines=6, max_length=MAX_TRAIN_CHARS,
                               placeholder="paste text here, or upload a .txt file")
             upload = gr.File(label=f"or upload a .txt file (at most {MAX_UPLOAD_BYTES // 1_000_000} MB)",
                              file_types=[".txt"], type="filepath", height=120)
+            with gr.Row():
+                go = gr.Button("Fine-tune", variant="primary", elem_id="ft-go")
+                stop = gr.Button("Stop")
             steps = gr.Slider(1, MAX_FINETUNE_STEPS, 50, step=1, label="steps",
                               info="optimizer steps (each on one batch of random windows)")
             lr = gr.Slider(1e-5, 1e-2, 3e-4, step=1e-5, label="learning rate",
@@ -59,9 +62,6 @@ def build(app, gpu, model_box, concurrency: int) -> gr.Slider:
                                   info="continue trains a copy of your fine-tuned model further (if that run "
                                        "fails, your copy stays as it was); start over trains a new copy of the "
                                        "base model, replacing yours")
-            with gr.Row():
-                go = gr.Button("Fine-tune", variant="primary")
-                stop = gr.Button("Stop")
         with gr.Column():
             plot = gr.LinePlot(loss_frame([]), x="step", y="loss", color="curve", title="loss (nats per token)",
                                color_map={TRAINING: "#f97316", HELDOUT: "#2563eb"}, height=300, elem_id="ft-plot")
