@@ -188,10 +188,13 @@ def build(app, gpu, model_box, amateur_box, concurrency: int, chat_box=None, sys
                                info="greedy is always shown; speculative decoding at temperature 0 gives greedy's "
                                     "text in fewer model forwards")
     grid = gr.HTML(grid_html([], None), elem_id="compare-grid")
-    table = gr.Dataframe(metrics_frame([]), label="numbers", interactive=False, elem_id="compare-metrics")
+    # the numbers show once a column has them (no empty table before a run)
+    table = gr.Dataframe(metrics_frame([]), label="numbers", interactive=False, elem_id="compare-metrics",
+                         visible=False)
     def compare_ui(model_name, prompt, seed, new, amateur, columns, chat=False, system="", request: gr.Request = None):
-        yield from app.compare_view_ui(model_name, prompt, seed, new, amateur, columns, request, chat=bool(chat),
-                                       system=system or "")
+        for cols, numbers in app.compare_view_ui(model_name, prompt, seed, new, amateur, columns, request,
+                                                 chat=bool(chat), system=system or ""):
+            yield cols, gr.Dataframe(numbers, visible=True) if len(numbers) else numbers
 
     inputs = [model_box, prompt, seed, new, amateur_box, columns] + [c for c in (chat_box, system_box) if c]
     compared = go.click(gpu(compare_ui), inputs, [grid, table], api_visibility="private",

@@ -66,15 +66,17 @@ def start_frame(measure: str) -> pd.DataFrame:
 
 
 def build() -> tuple[gr.Radio, dict, gr.HTML, View]:
-    measure = gr.Radio(list(MEASURES), value=DEFAULT, label="timeline", elem_id="timeline-measure",
-                       info="how each step went; hover a point for all its numbers, click it to open that step")
-    plots = {}
-    with gr.Column(elem_id="timeline"):
-        for name, (series, unit) in MEASURES.items():
-            plots[name] = gr.LinePlot(start_frame(name), x="step", y="value",
-                                      color="series" if len(series) > 1 else None, tooltip=COLUMNS, height=240,
-                                      x_title="step", y_title=unit, show_label=False, visible=name == DEFAULT,
-                                      elem_classes=["axw-timeline"])
+    """The radio and the plots, hidden until a run has steps to draw (no empty axes before it)."""
+    with gr.Column(visible=False, elem_id="timeline-box") as box:
+        measure = gr.Radio(list(MEASURES), value=DEFAULT, label="timeline", elem_id="timeline-measure",
+                           info="how each step went; hover a point for all its numbers, click it to open that step")
+        plots = {}
+        with gr.Column(elem_id="timeline"):
+            for name, (series, unit) in MEASURES.items():
+                plots[name] = gr.LinePlot(start_frame(name), x="step", y="value",
+                                          color="series" if len(series) > 1 else None, tooltip=COLUMNS, height=240,
+                                          x_title="step", y_title=unit, show_label=False, visible=name == DEFAULT,
+                                          elem_classes=["axw-timeline"])
     bridge = gr.HTML("", elem_id="timeline-bridge", js_on_load=POINT_CLICK)
 
     def pick(name, request: gr.Request = None):
@@ -84,7 +86,8 @@ def build() -> tuple[gr.Radio, dict, gr.HTML, View]:
 
     def place(shown: dict) -> list:
         if "timeline" not in shown:
-            return skip(len(plots))
-        return [frame(shown["timeline"], name, shown.get("tokenizer")) for name in MEASURES]
+            return skip(1 + len(plots))
+        records = shown["timeline"]
+        return [gr.Column(visible=bool(records)), *(frame(records, name, shown.get("tokenizer")) for name in MEASURES)]
 
-    return measure, plots, bridge, View(list(plots.values()), place, CSS)
+    return measure, plots, bridge, View([box, *plots.values()], place, CSS)
