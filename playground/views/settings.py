@@ -203,12 +203,16 @@ def visible(strategy: str, stochastic: bool = False) -> dict:
                 speculative="drafter" in reads)
 
 
-def prompt_rows(start: Settings | None = None) -> dict:
-    """The prompt, chat mode and system message by UI_INPUTS name: the panel's head, which the Generate tab
-    places beside its button (passed to `build` as `head`)."""
+def prompt_box() -> gr.Textbox:
+    """The prompt: with `chat_rows`, the panel's head, which the Generate tab places around its button (passed to
+    `build` as `head`)."""
+    return gr.Textbox("ROMEO:", label="prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt")
+
+
+def chat_rows(start: Settings | None = None) -> dict:
+    """Chat mode and the system message, by UI_INPUTS name."""
     s = start or UI_DEFAULTS
     c = {}
-    c["prompt"] = gr.Textbox("ROMEO:", label="prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt")
     with gr.Row(equal_height=True):
         c["chat"] = gr.Checkbox(s.chat, label="chat mode", scale=1, min_width=120, elem_id="chat",
                                 info="instruct models")
@@ -221,9 +225,9 @@ def prompt_rows(start: Settings | None = None) -> dict:
 
 def build(model_box, choices, amateur: str | None, start: Settings | None = None,
           head: dict | None = None) -> Controls:
-    """The panel, starting from `start` (a model's own settings) or the page's defaults; `head`: its prompt rows
-    placed elsewhere (`prompt_rows`), else they lead it. Only the settings the chosen strategy uses are shown; the
-    samplers beyond the first four sit in an accordion."""
+    """The panel, starting from `start` (a model's own settings) or the page's defaults; `head`: its prompt and
+    chat rows placed elsewhere (`prompt_box`, `chat_rows`), else they lead it. Only the settings the chosen
+    strategy uses are shown; the samplers beyond the first four sit in an accordion."""
     s = start or UI_DEFAULTS
     c = dict(model=model_box)
     shown = visible(s.strategy, s.stochastic)
@@ -245,7 +249,7 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
             c[use], c[name] = filter_row(label, on, (min(low, value), max(high, value), value, step), slider_label,
                                          info)
 
-    c.update(prompt_rows(s) if head is None else head)
+    c.update(dict(prompt=prompt_box(), **chat_rows(s)) if head is None else head)
     c["strategy"] = gr.Radio(STRATEGIES, value=s.strategy, label="strategy", elem_id="strategy")
     lesson = gr.HTML(explain(s.strategy), elem_id="lesson", elem_classes=["axw-lesson"], js_on_load=LESSON_CLICK,
                      css_template=LESSON_CSS)
