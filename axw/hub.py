@@ -171,7 +171,8 @@ def load_generation_config(folder: Path):
     if not set(values) & TRANSFORMERS_DECODING_KEYS:
         return None
     try:
-        return GenerationConfig.from_dict(from_transformers(values))
+        # the model's EOS is its eos_token_id: generate stops there when given eos_token (x-transformers' habit)
+        return GenerationConfig.from_dict({k: v for k, v in from_transformers(values).items() if k != "eos_token"})
     except ValueError as e:
         warnings.warn(f"{path}: its decoding settings are not ones axw can use ({e}); ignoring them")
         return None

@@ -311,6 +311,33 @@ def filter_param_spec(filter_name: str, param: str) -> Spec | None:
     return None
 
 
+# transformers' names, which generate and GenerationConfig take beside axw's own: each name and what it means here.
+# The filters among them (top_k, top_p, ...) are the filter settings above of the same name, chained in
+# TRANSFORMERS_FILTER_ORDER; with do_sample given, transformers' meaning holds (True: temperature before the filters
+# and top_k 50 unless given; False: greedy, or beam search with num_beams).
+TRANSFORMERS_ALIASES = {
+    "do_sample": "sampling as transformers samples (True) or greedy / beam search (False); left out: axw's default",
+    "top_k": 'the filter "top_k" (0 = off)', "top_p": 'the filter "top_p" (1 = off)', "min_p": 'the filter "min_p"',
+    "typical_p": 'the filter "typical_p" (1 = off)', "epsilon_cutoff": 'the filter "epsilon_cutoff"',
+    "eta_cutoff": 'the filter "eta_cutoff"', "top_h": 'the filter "top_h"',
+    "num_beams": "beams", "eos_token_id": "eos_token", "use_cache": "cache_kv",
+    "max_new_tokens": "how many tokens to generate (generate's seq_len)",
+}
+TRANSFORMERS_FILTER_ORDER = ("top_h", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+TRANSFORMERS_TOP_K = 50  # transformers' default top_k when it samples
+# transformers' GenerationConfig settings axw does not have (an error names them as such)
+TRANSFORMERS_UNSUPPORTED = (
+    "assistant_early_exit", "assistant_lookbehind", "bad_words_ids", "begin_suppress_tokens", "bos_token_id",
+    "cache_config", "cache_implementation", "compile_config", "constraints", "decoder_start_token_id",
+    "disable_compile", "diversity_penalty", "dola_layers", "early_stopping", "encoder_no_repeat_ngram_size",
+    "encoder_repetition_penalty", "exponential_decay_length_penalty", "force_words_ids", "forced_bos_token_id",
+    "forced_eos_token_id", "guidance_scale", "low_memory", "max_length", "max_time", "min_length", "min_new_tokens",
+    "num_beam_groups", "num_return_sequences", "output_attentions", "output_hidden_states", "output_logits",
+    "output_scores", "pad_token_id", "remove_invalid_values", "renormalize_logits",
+    "sequence_bias", "stop_strings", "suppress_tokens", "target_lookbehind", "token_healing", "watermarking_config",
+)
+
+
 SAMPLER_GROUPS = ("temperature", "filters", "stateful", "xtc", "dynatemp", "mirostat", "penalty")
 TABLE_START, TABLE_END = "<!-- samplers: python scripts/sampler_table.py -->", "<!-- samplers end -->"
 

@@ -19,6 +19,11 @@ from .transformer import Decoder, TransformerWrapper
 from .utils import ConfigMixin, build_config, check_number, eval_mode, exists
 
 
+def is_transformers_config(config) -> bool:
+    """A transformers `GenerationConfig` (read by its module, so transformers is never imported here)."""
+    return type(config).__name__ == "GenerationConfig" and type(config).__module__.startswith("transformers")
+
+
 # what generate takes beside the settings: models and inputs
 DECODING_OBJECTS = ("amateur_model", "assistant_model", "assistant_datastore", "prompt_lens", "generator",
                     "cache")
@@ -116,19 +121,26 @@ class AutoregressiveWrapper(nn.Module):
         the method's own defaults, else the model's `generation_config.json`,
         else GenerationConfig's), with the keyword arguments on top; the model
         objects and inputs go beside it."""
+        if is_transformers_config(generation_config):
+            generation_config = GenerationConfig.from_transformers(generation_config)
         if generation_config is not None and not isinstance(generation_config, GenerationConfig):
             raise ValueError(
                 f"the third argument is a GenerationConfig, got {generation_config!r}: pass other settings by name "
                 "(eos_token=..., temperature=...)")
         objects = {k: overrides.pop(k) for k in DECODING_OBJECTS if k in overrides}
-        config = generation_config or base or self.generation_config or GenerationConfig()
-        return Decoding(self, prompts, seq_len, config.update(**overrides), strategy=strategy, **objects)
+        config = (generation_config or base or self.generation_config or GenerationConfig()).update(**overrides)
+        if seq_len is None:
+            if config.max_new_tokens is None:
+                raise ValueError("how many tokens? give seq_len (the second argument) or max_new_tokens")
+            seq_len = config.max_new_tokens
+        return Decoding(self, prompts, seq_len, config, strategy=strategy, **objects)
 
     @torch.no_grad()
-    def generate(self, prompts: Tensor | list[Tensor], seq_len: int, generation_config: GenerationConfig | None = None,
+    def generate(self, prompts: Tensor | list[Tensor], seq_len: int | None = None,
+                 generation_config: GenerationConfig | None = None,
                  **kwargs) -> Tensor:
         """The prompt followed by `seq_len` generated tokens: (batch, prompt + seq_len),
-        or 1-D for a 1-D prompt. A list of 1-D prompts of different lengths is
+        or 1-D for a 1-D prompt (`max_new_tokens=` says the same, as in transformers). A list of 1-D prompts of different lengths is
         left-padded with `pad_value`; each row continues as its prompt alone would.
 
         Settings: a `GenerationConfig` and/or its fields as keyword arguments
@@ -147,7 +159,7 @@ class AutoregressiveWrapper(nn.Module):
             return run.output()
 
     @torch.no_grad()
-    def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int, beams: int | None = None,
+    def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int | None = None, beams: int | None = None,
                     return_beams_and_scores: bool = False, generation_config: GenerationConfig | None = None,
                     **kwargs):
         """Beam search: the best beam, (batch, prompt + seq_len); with
@@ -167,8 +179,8 @@ class AutoregressiveWrapper(nn.Module):
                 return run.beams_and_scores()
             return run.output()
 
-    def stream(self, prompts: Tensor | list[Tensor], seq_len: int, generation_config: GenerationConfig | None = None,
-               **kwargs) -> Iterator[Step]:
+    def stream(self, prompts: Tensor | list[Tensor], seq_len: int | None = None,
+               generation_config: GenerationConfig | None = None, **kwargs) -> Iterator[Step]:
         """Like `generate`, but yields a `Step` as each token is chosen; stop
         early by breaking out of the loop. `trace=True` attaches the teaching
         trace to each step. Arguments are checked here, before the first step."""
