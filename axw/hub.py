@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,10 +56,70 @@ def validate_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+@dataclass(frozen=True)
+class Bar:
+    """Where one of huggingface_hub's progress bars stands: `done` of `total`
+    `unit`s ('B' for bytes; `total` None where the bar shows none)."""
+
+    desc: str
+    done: float
+    total: float | None
+    unit: str
+
+
+def reporting_bars(report: Callable[[list[Bar]], None]):
+    """A tqdm class for huggingface_hub's downloads that passes the state of
+    all its bars, in the order they were made, to `report` whenever one
+    moves. It counts by itself, so it reports with the bars hidden too (as
+    they are where stderr is not a terminal), and from whichever thread moves
+    a bar (huggingface_hub's download threads do)."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    bars: list = []
+    lock = threading.Lock()
+
+    def send():
+        report([Bar(b._desc, b._done, b._total if b._shows_total else None, b._unit) for b in bars])
+
+    class ReportingBar(hf_tqdm):
+        def __init__(self, *args, **kwargs):
+            self._desc = kwargs.get("desc") or (args[1] if len(args) > 1 and isinstance(args[1], str) else "")
+            self._done = kwargs.get("initial") or 0
+            self._unit = kwargs.get("unit", "it")
+            # huggingface_hub hides the total of a bar whose total is a guess (bytes over the network)
+            self._shows_total = "total" in (kwargs.get("bar_format") or "{total}")
+            super().__init__(*args, **kwargs)
+            with lock:
+                bars.append(self)
+                send()
+
+        @property
+        def _total(self):
+            return getattr(self, "total", None)
+
+        def update(self, n=1):
+            with lock:
+                self._done += n or 0
+                send()
+            return super().update(n)
+
+        def set_description(self, desc=None, refresh=True):
+            self._desc = desc or ""
+            return super().set_description(desc, refresh)
+
+        def set_description_str(self, desc=None, refresh=True):
+            self._desc = desc or ""
+            return super().set_description_str(desc, refresh)
+
+    return ReportingBar
+
+
 def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None,
-            cache_dir: str | os.PathLike | None = None) -> Path:
+            cache_dir: str | os.PathLike | None = None, progress: Callable[[list[Bar]], None] | None = None
+            ) -> Path:
     """A local folder as is, else the folder huggingface_hub downloads (or
-    finds in its cache) for the repo id."""
+    finds in its cache) for the repo id. `progress`, called with the state of
+    the download's bars (a list of `Bar`) as they move, from the download's threads."""
     path = Path(path_or_repo_id)
     if path.is_dir():
         return path
@@ -75,7 +138,8 @@ def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, tok
 
     try:
         folder = snapshot_download(
-            repo_id, revision=revision, token=token, cache_dir=cache_dir, allow_patterns=HUB_FILES
+            repo_id, revision=revision, token=token, cache_dir=cache_dir, allow_patterns=HUB_FILES,
+            tqdm_class=reporting_bars(progress) if exists(progress) else None,
         )
     except GatedRepoError as e:
         raise OSError(f"{repo_id!r} is gated on the Hugging Face Hub: accept its terms and pass a token") from e

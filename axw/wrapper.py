@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import chat, hub
 from .generation import Decoding, Step
@@ -246,13 +246,15 @@ class AutoregressiveWrapper(nn.Module):
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
                         token: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None,
-                        cache_dir: str | os.PathLike | None = None) -> AutoregressiveWrapper:
+                        cache_dir: str | os.PathLike | None = None,
+                        progress: Callable[[list[hub.Bar]], None] | None = None) -> AutoregressiveWrapper:
         """Load a local folder or a Hub repo id (downloaded with huggingface_hub,
-        or taken from its cache). The tokenizer, if the checkpoint has one, is
+        or taken from its cache; `progress` is given the download's progress
+        bars as they move, `axw.hub.resolve`). The tokenizer, if the checkpoint has one, is
         attached as `.tokenizer`; its `generation_config.json`, if it has one,
         as `.generation_config` (the defaults `generate` and `stream` use); its
         chat template, if it has one, as `.chat_template`."""
-        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
+        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, progress=progress)
         config = hub.read_config(folder)
         if config.get("format") == hub.FORMAT:
             model = cls._from_axw_folder(folder, config)
