@@ -14,6 +14,7 @@ import re
 import threading
 import warnings
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,11 +116,13 @@ def reporting_bars(report: Callable[[list[Bar]], None]):
 
 
 def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None,
-            cache_dir: str | os.PathLike | None = None, progress: Callable[[list[Bar]], None] | None = None
-            ) -> Path:
+            cache_dir: str | os.PathLike | None = None, progress: Callable[[list[Bar]], None] | None = None,
+            check: Callable[[dict], None] | None = None) -> Path:
     """A local folder as is, else the folder huggingface_hub downloads (or
     finds in its cache) for the repo id. `progress`, called with the state of
-    the download's bars (a list of `Bar`) as they move, from the download's threads."""
+    the download's bars (a list of `Bar`) as they move, from the download's
+    threads. `check`, called with the repo's config.json alone before the
+    rest downloads: its ValueError refuses a model before its weights come."""
     path = Path(path_or_repo_id)
     if path.is_dir():
         return path
@@ -128,7 +131,30 @@ def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, tok
         raise ValueError(f"{repo_id!r} is not a folder holding a model")
     validate_repo_id(repo_id)
 
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    if exists(check):
+        try:
+            with _download_errors(repo_id, revision):
+                config = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, token=token, cache_dir=cache_dir)
+        except OSError as e:
+            missing = e.__cause__
+            if isinstance(missing, EntryNotFoundError) and not isinstance(missing, LocalEntryNotFoundError):
+                raise ValueError(f"{repo_id!r} has no {CONFIG_NAME}: not a model repo") from None
+            raise
+        check(read_config(Path(config).parent))
+    with _download_errors(repo_id, revision):
+        folder = snapshot_download(
+            repo_id, revision=revision, token=token, cache_dir=cache_dir, allow_patterns=HUB_FILES,
+            tqdm_class=reporting_bars(progress) if exists(progress) else None,
+        )
+    return Path(folder)
+
+
+@contextmanager
+def _download_errors(repo_id: str, revision: str | None):
+    """huggingface_hub's errors as an OSError naming the repo and what to do."""
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,
@@ -137,10 +163,7 @@ def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, tok
     )
 
     try:
-        folder = snapshot_download(
-            repo_id, revision=revision, token=token, cache_dir=cache_dir, allow_patterns=HUB_FILES,
-            tqdm_class=reporting_bars(progress) if exists(progress) else None,
-        )
+        yield
     except GatedRepoError as e:
         raise OSError(f"{repo_id!r} is gated on the Hugging Face Hub: accept its terms and pass a token") from e
     except RepositoryNotFoundError as e:
@@ -154,7 +177,6 @@ def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, tok
         ) from e
     except Exception as e:  # connection resets, HTTP 5xx, bad tokens: say which repo failed
         raise OSError(f"cannot download {repo_id!r} from the Hugging Face Hub: {e}") from e
-    return Path(folder)
 
 
 def read_config(folder: Path) -> dict:

@@ -254,16 +254,16 @@ class AutoregressiveWrapper(nn.Module):
         attached as `.tokenizer`; its `generation_config.json`, if it has one,
         as `.generation_config` (the defaults `generate` and `stream` use); its
         chat template, if it has one, as `.chat_template`."""
-        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, progress=progress)
+        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, progress=progress,
+                             check=lambda config: check_config(config, path_or_repo_id))
         config = hub.read_config(folder)
+        check_config(config, folder / hub.CONFIG_NAME)
         if config.get("format") == hub.FORMAT:
             model = cls._from_axw_folder(folder, config)
-        elif "model_type" in config:
+        else:
             from .convert import from_transformers_folder
 
             model = from_transformers_folder(cls, folder, config)
-        else:
-            raise ValueError(f"{folder / hub.CONFIG_NAME} is neither an axw nor a transformers config")
         model.tokenizer = hub.load_tokenizer(folder)
         model.generation_config = hub.load_generation_config(folder)
         model.chat_template = chat.ChatTemplate.from_pretrained(folder)
@@ -276,8 +276,6 @@ class AutoregressiveWrapper(nn.Module):
 
     @classmethod
     def _from_axw_folder(cls, folder, config: dict) -> AutoregressiveWrapper:
-        if config.get("format_version", 1) > hub.FORMAT_VERSION:
-            raise ValueError(f"{folder} was written by a newer axw (format {config['format_version']})")
         net = TransformerWrapper(**config["net"], attn_layers=Decoder(**config["attn_layers"]))
         model = cls(net, **config.get("wrapper", {}))
         state = hub.load_safetensors(folder)
@@ -292,3 +290,18 @@ class AutoregressiveWrapper(nn.Module):
 def _stream(run: Decoding, modules: list) -> Iterator[Step]:
     with eval_mode(*modules):
         yield from run
+
+
+def check_config(config: dict, source) -> None:
+    """A ValueError for a config.json (of `source`) axw cannot load, read before any weights: a newer axw
+    format, a transformers family axw does not import (the message lists those it does), or an option of its
+    family axw does not implement (a rope scaling type, ...)."""
+    if config.get("format") == hub.FORMAT:
+        if config.get("format_version", 1) > hub.FORMAT_VERSION:
+            raise ValueError(f"{source} was written by a newer axw (format {config['format_version']})")
+    elif "model_type" in config:
+        from .convert import transformers_arguments
+
+        transformers_arguments(config)
+    else:
+        raise ValueError(f"{source} is neither an axw nor a transformers config")

@@ -240,3 +240,102 @@ def test_a_hub_download_shows_its_progress_on_the_page(served_app, local_hub):
     served = served_app[1].playground.models.get("someone/tiny-hub")
     local = AutoregressiveWrapper.from_pretrained(served_app[1].playground.model_name)
     assert all(torch.equal(a, b) for a, b in zip(served.state_dict().values(), local.state_dict().values()))
+
+
+# --- models the playground cannot serve: a message each, never a server error ---
+
+
+def transformers_repo(folder, tokenizer_from, **changes):
+    """A Hub folder of a tiny Llama in transformers' layout (config.json, model.safetensors) with the served app's
+    tokenizer, its config.json changed by `changes`."""
+    import json
+    import shutil
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True)
+    config = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=32, intermediate_size=40,
+                  num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=4, vocab_size=64,
+                  max_position_embeddings=64, rms_norm_eps=1e-6) | changes
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"model.embed_tokens.weight": torch.zeros(64, 32)}, folder / "model.safetensors")
+    shutil.copy(Path(tokenizer_from) / "tokenizer.json", folder / "tokenizer.json")
+    return folder
+
+
+@pytest.fixture
+def bad_hub(served_app, monkeypatch, tmp_path):
+    import shutil
+
+    served = served_app[1].playground.model_name
+    pickles = tmp_path / "pickles"
+    pickles.mkdir()
+    shutil.copy(Path(served) / "config.json", pickles / "config.json")
+    (pickles / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    repos = {
+        "someone/falcon": transformers_repo(tmp_path / "falcon", served, model_type="falcon"),
+        "someone/dynamic-rope": transformers_repo(tmp_path / "rope", served, rope_parameters=dict(
+            rope_type="dynamic", rope_theta=10000.0, factor=2.0)),
+        "someone/too-big": served,
+        "someone/gated": served,
+        "someone/pickles": pickles,
+    }
+    hub = LocalHub(repos, gated={"someone/gated"},
+                   listed_sizes={"someone/too-big": {"model.safetensors": 3_000_000_000}})
+    point_huggingface_hub_at(hub, monkeypatch, tmp_path / "hub-cache")
+    yield hub
+    hub.close()
+
+
+BAD_MODELS = {
+    "someone/falcon": r"cannot import model_type 'falcon': axw imports 'gpt2', 'llama', .*'gemma3_text'",
+    "someone/dynamic-rope": r"llama checkpoint uses rope scaling of type 'dynamic', which axw does not implement; "
+                            r"supported: 'default', 'linear', 'llama3', 'yarn'",
+    "someone/too-big": r"has 3\.0 GB of weights; this playground loads at most 2\.0 GB",
+    "someone/gated": r"is gated on the Hub: accept its license on its page, then give this server a token",
+    "someone/pickles": r"has no safetensors weights \(only pytorch_model\.bin, which would have to be unpickled: "
+                       r"never done here\)",
+}
+
+
+@pytest.mark.parametrize("name", BAD_MODELS)
+def test_a_model_that_cannot_be_served_is_refused_with_a_message_before_its_weights(served_app, bad_hub, name):
+    """Picked in the model box: the page gets the reason (for an unknown family, with the families axw imports),
+    as a gr.Error, before any weights download; and the app goes on serving."""
+    import re
+
+    from axw.families import FAMILIES
+
+    url, demo = served_app
+    done = picker_events(url, demo, name)[-1]
+    assert done["msg"] == "process_completed" and not done["success"]
+    error = done["output"]["error"]
+    assert error and re.search(BAD_MODELS[name], error), error  # a gr.Error's message, not gradio's generic one
+    if name == "someone/falcon":
+        assert all(repr(family) in error for family in FAMILIES)
+    assert not any(bad_hub.fetched(name, f) for f in ("model.safetensors", "pytorch_model.bin"))
+    assert name not in demo.playground.models.cache
+    assert picker_events(url, demo, demo.playground.model_name)[-1]["success"]
+
+
+def test_a_chat_template_that_raises_is_a_message(served_app, monkeypatch, tmp_path):
+    """A template's own raise_exception (Mistral's [INST] wants a user turn first) reaches the visitor as its
+    message, through the generate API of the served app, for a model downloaded from a local Hub."""
+    gradio_client = pytest.importorskip("gradio_client")
+    from gradio_client.exceptions import AppError
+    from test_chat_template import bpe_tokenizer, write_family
+
+    hub = LocalHub({"someone/inst-chat": write_family(tmp_path / "inst", "inst", bpe_tokenizer())})
+    point_huggingface_hub_at(hub, monkeypatch, tmp_path / "hub-cache")
+    url, demo = served_app
+    client = gradio_client.Client(url, verbose=False)
+    try:
+        with pytest.raises(AppError, match=r"^Conversation roles must alternate user/assistant/user/assistant/\.\.\.$"):
+            client.predict(prompt="Hello?", model="someone/inst-chat", chat=True, system="Be brief.",
+                           max_new_tokens=4, api_name="/generate")
+        text, *_ = client.predict(prompt="Hello?", model="someone/inst-chat", chat=True, max_new_tokens=4,
+                                  api_name="/generate")  # without the system turn the template has no complaint
+        assert isinstance(text, str)
+    finally:
+        hub.close()
+        demo.playground.models.cache.pop("someone/inst-chat", None)
