@@ -136,7 +136,8 @@ class LayerSlots:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, self.start:end], self.v[layer, :, :, self.start:end]
 
-    def write_key_mask(self, mask: Tensor | None, n: int, batch: int | None = None):
+    def write_key_mask(self, mask: Tensor | None, n: int):
+        """Record which of the `n` new keys may be attended (None: all)."""
         if mask is None and self.key_mask is None:
             return
         if self.key_mask is None:
