@@ -160,8 +160,9 @@ class ModelCache:
         self.pinned: dict[str, AutoregressiveWrapper] = {}
         self.cache: OrderedDict[str, AutoregressiveWrapper] = OrderedDict()
         self.lock = threading.Lock()
+        self.report = None  # the load in progress (one at a time, under the lock) reports its download here
 
-    def _load(self, name: str, report=None) -> AutoregressiveWrapper:
+    def _load(self, name: str) -> AutoregressiveWrapper:
         if name in self.local:
             path = Path(name) if Path(name).is_absolute() else ROOT / name
             if not path.is_dir():
@@ -178,7 +179,7 @@ class ModelCache:
             check_hub_size(name)
             source = name
         try:
-            model = AutoregressiveWrapper.from_pretrained(source, device=self.device, progress=report)
+            model = AutoregressiveWrapper.from_pretrained(source, device=self.device, progress=self.report)
         except ImportError as e:
             raise ValueError(f"cannot load {name!r}: this axw cannot import its architecture ({e})") from None
         except (OSError, ValueError, KeyError) as e:
@@ -211,7 +212,11 @@ class ModelCache:
             if name in self.cache:
                 self.cache.move_to_end(name)
                 return self.cache[name]
-            model = self._load(name, report)
+            self.report = report
+            try:
+                model = self._load(name)
+            finally:
+                self.report = None
             if name in self.local:
                 self.pinned[name] = model
             else:
