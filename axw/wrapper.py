@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import chat, hub
 from .generation import Decoding, Step
@@ -258,22 +258,24 @@ class AutoregressiveWrapper(nn.Module):
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
                         token: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None,
-                        cache_dir: str | os.PathLike | None = None) -> AutoregressiveWrapper:
+                        cache_dir: str | os.PathLike | None = None,
+                        progress: Callable[[list[hub.Bar]], None] | None = None) -> AutoregressiveWrapper:
         """Load a local folder or a Hub repo id (downloaded with huggingface_hub,
-        or taken from its cache). The tokenizer, if the checkpoint has one, is
+        or taken from its cache; `progress` is given the download's progress
+        bars as they move, `axw.hub.resolve`). The tokenizer, if the checkpoint has one, is
         attached as `.tokenizer`; its `generation_config.json`, if it has one,
         as `.generation_config` (the defaults `generate` and `stream` use); its
         chat template, if it has one, as `.chat_template`."""
-        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
+        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, progress=progress,
+                             check=lambda config: check_config(config, path_or_repo_id))
         config = hub.read_config(folder)
+        check_config(config, folder / hub.CONFIG_NAME)
         if config.get("format") == hub.FORMAT:
             model = cls._from_axw_folder(folder, config)
-        elif "model_type" in config:
+        else:
             from .convert import from_transformers_folder
 
             model = from_transformers_folder(cls, folder, config)
-        else:
-            raise ValueError(f"{folder / hub.CONFIG_NAME} is neither an axw nor a transformers config")
         model.tokenizer = hub.load_tokenizer(folder)
         model.generation_config = hub.load_generation_config(folder)
         model.chat_template = chat.ChatTemplate.from_pretrained(folder)
@@ -286,8 +288,6 @@ class AutoregressiveWrapper(nn.Module):
 
     @classmethod
     def _from_axw_folder(cls, folder, config: dict) -> AutoregressiveWrapper:
-        if config.get("format_version", 1) > hub.FORMAT_VERSION:
-            raise ValueError(f"{folder} was written by a newer axw (format {config['format_version']})")
         net = TransformerWrapper(**config["net"], attn_layers=Decoder(**config["attn_layers"]))
         model = cls(net, **config.get("wrapper", {}))
         state = hub.load_safetensors(folder)
@@ -302,3 +302,18 @@ class AutoregressiveWrapper(nn.Module):
 def _stream(run: Decoding, modules: list) -> Iterator[Step]:
     with eval_mode(*modules):
         yield from run
+
+
+def check_config(config: dict, source) -> None:
+    """A ValueError for a config.json (of `source`) axw cannot load, read before any weights: a newer axw
+    format, a transformers family axw does not import (the message lists those it does), or an option of its
+    family axw does not implement (a rope scaling type, ...)."""
+    if config.get("format") == hub.FORMAT:
+        if config.get("format_version", 1) > hub.FORMAT_VERSION:
+            raise ValueError(f"{source} was written by a newer axw (format {config['format_version']})")
+    elif "model_type" in config:
+        from .convert import transformers_arguments
+
+        transformers_arguments(config)
+    else:
+        raise ValueError(f"{source} is neither an axw nor a transformers config")
