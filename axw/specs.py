@@ -15,7 +15,7 @@ This module imports nothing of axw's but `utils`: any module may read it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .utils import check_number
@@ -159,6 +159,7 @@ MAX_BEAMS = 8
 MAX_CONTRASTIVE_K = 16
 MAX_DRAFT_TOKENS = 16
 MAX_SEED = 2**31 - 1
+MAX_TEMPERATURE = 5.0  # past it every token is about as likely: the page has nothing more to show
 
 SPECS: list[Spec] = [
     Spec("strategy", str, "sampling", "strategy", "how the next token is chosen", choices=STRATEGIES, group="app",
@@ -166,7 +167,7 @@ SPECS: list[Spec] = [
     Spec("max_new_tokens", int, 64, "max new tokens", f"how many tokens to generate (at most {MAX_NEW_TOKENS})",
          low=1, library=False, cap=(1, MAX_NEW_TOKENS), slider=(1, MAX_NEW_TOKENS, 1)),
     Spec("temperature", float, 0.8, "temperature", "divides the logits: < 1 sharpens, > 1 flattens, 0 = greedy",
-         "Ackley et al. 1985", low=0, group="temperature", slider=(0, 2, 0.05), checked="transformers' TemperatureLogitsWarper"),
+         "Ackley et al. 1985", low=0, group="temperature", cap=(0, MAX_TEMPERATURE), slider=(0, 2, 0.05), checked="transformers' TemperatureLogitsWarper"),
     _filter("top_k", int, 0, "top-k", "keep only the k most likely tokens", "Fan et al. 2018, arXiv:1805.04833",
             "k", 1, None, "use_k", "k", (1, 200, 1), 40, off=0, short="k", checked="transformers' TopKLogitsWarper"),
     _filter("top_p", float, 1.0, "top-p", "keep the fewest top tokens whose probabilities add up to p",
@@ -359,6 +360,8 @@ def sampler_table() -> str:
 
 
 def _range(s: Spec) -> str:
+    if s.cap is not None:
+        return f"[{s.cap[0]:g}, {s.cap[1]:g}] (the library: {_range(replace(s, cap=None))})"
     if s.kind is bool:
         return "true / false (false)"
     lo = "" if s.low is None else ("(" if s.low_open else "[") + f"{s.low:g}"
