@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import Linear
+from .kernels import Linear, Norm
 from .utils import default, exists
 
 
@@ -386,9 +386,7 @@ class Attention(nn.Module):
         self.to_qkv = Linear(dim, (heads + 2 * kv_heads) * dim_head, bias=default(qkv_bias, bias))
         self.to_out = Linear(heads * dim_head, dim, bias=bias)
         self.qk_norm = qk_norm
-        if exists(qk_norm):
-            from .transformer import Norm  # the decoder's norm, RMS here whatever the decoder uses
-
+        if exists(qk_norm):  # the decoder's norm, RMS here whatever the decoder uses
             kwargs = {**(norm_kwargs or {}), "rms": True, "bias": False}
             self.q_norm = Norm(dim_head if qk_norm == "head" else heads * dim_head, **kwargs)
             self.k_norm = Norm(dim_head if qk_norm == "head" else kv_heads * dim_head, **kwargs)

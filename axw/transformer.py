@@ -15,11 +15,10 @@ import functools
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import QK_NORMS, Attention, KVCache, RotaryEmbedding, check_rope_scaling
-from .kernels import Linear, TokenEmbedding
+from .kernels import Linear, Norm, TokenEmbedding
 from .utils import ConfigMixin, build_config, check_number, default, exists
 
 ACTIVATIONS = {
@@ -41,25 +40,6 @@ class Intermediates:
     initial_embeds: Tensor | None = None  # token + position embeddings of the positions run
     next_embed_pred: Tensor | None = None
     extra: dict = field(default_factory=dict)
-
-
-class Norm(nn.Module):
-    """LayerNorm (optionally without bias) or RMSNorm (Zhang & Sennrich 2019).
-    With `unit_offset` the scale is 1 + weight, the weight starting at 0
-    (Gemma's RMSNorm)."""
-
-    def __init__(self, dim: int, rms: bool = False, bias: bool = False, eps: float = 1e-5,
-                 unit_offset: bool = False):
-        super().__init__()
-        self.rms, self.eps, self.unit_offset = rms, eps, unit_offset
-        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias and not rms else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight + 1.0 if self.unit_offset else self.weight
-        if self.rms:
-            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
-        return F.layer_norm(x, (x.shape[-1],), weight, self.bias, self.eps)
 
 
 class FeedForward(nn.Module):
