@@ -19,7 +19,8 @@ from .filters import (
 from .generation import Step
 from .generation_config import GenerationConfig
 from .processors import contrastive_decode_fn
-from .speculative import NgramDatastore, SpeculativeStats
+from .ngrams import NgramDatastore
+from .speculative import SpeculativeStats
 from .trace import StepTrace
 from .transformer import Decoder, DecoderConfig, Intermediates, TransformerConfig, TransformerWrapper
 from .wrapper import AutoregressiveWrapper, WrapperConfig

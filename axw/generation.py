@@ -328,7 +328,7 @@ class Decoding:
     def _datastore(self, datastore):
         if datastore is None:
             return None
-        from .speculative import NgramDatastore
+        from .ngrams import NgramDatastore
 
         if not isinstance(datastore, NgramDatastore) or datastore.vocab_size != self.net.num_tokens:
             raise ValueError(
