@@ -16,11 +16,10 @@ from .filters import (
     top_p,
     typical_p,
 )
-from .generation import Step
 from .generation_config import GenerationConfig
-from .processors import contrastive_decode_fn
 from .ngrams import NgramDatastore
-from .speculative import SpeculativeStats
+from .processors import contrastive_decode_fn
+from .runtime import SpeculativeStats, Step
 from .trace import StepTrace
 from .transformer import Decoder, DecoderConfig, Intermediates, TransformerConfig, TransformerWrapper
 from .wrapper import AutoregressiveWrapper, WrapperConfig

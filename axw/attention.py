@@ -53,6 +53,11 @@ class KVCache:
     def batch(self) -> int | None:
         return None if self.k is None else self.k.shape[1]
 
+    @property
+    def seq_length(self) -> int:
+        """Tokens of the sequence the cache has read, those a cut prompt left out (`offset`) included."""
+        return self.offset + self.seen
+
     def live(self) -> int:
         return self.length - self.start
 

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .generation import Decoding, ModelRunner, Step, sample
 from .ngrams import NgramDatastore, NgramIndex  # noqa: F401  (NgramDatastore: its name here before axw.ngrams)
 from .processors import Pipeline
+from .runtime import ModelRunner, Run, SpeculativeStats, Step, sample
 from .trace import StepTrace
 from .utils import exists
 
@@ -55,33 +55,6 @@ def lookup_drafts(index: NgramIndex, seq: Tensor, end: int, n_draft: int, pad: i
 
 
 # --- the run's counts, and what a round hands from one part to the next ---
-
-
-@dataclass
-class SpeculativeStats:
-    """A speculative run's counts so far: `Decoding.stats`, and the `stats` of
-    each `Step` it yields (one object, kept up to date). Rows stopped at EOS
-    count for nothing."""
-
-    rounds: int = 0  # rounds of drafting and verifying
-    drafted: int = 0  # drafted tokens, over the rows
-    accepted: int = 0  # drafted tokens the model accepted
-    emitted: int = 0  # tokens emitted per row: the accepted drafts and one of the model's a round
-    target_forwards: int = 0  # the model's forwards, one a round
-    copied: int = 0  # drafted tokens copied from the text or the datastore rather than the assistant's
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted / max(self.drafted, 1)
-
-    def count(self, gamma: int, n_row: Tensor, copied: Tensor, finished: Tensor):
-        """One round of `gamma` drafts, of which each row accepted `n_row`."""
-        live = ~finished
-        self.rounds += 1
-        self.target_forwards += 1
-        self.drafted += gamma * int(live.sum())
-        self.accepted += int(n_row[live].sum())
-        self.copied += int((copied & live[:, None]).sum())
 
 
 @dataclass
@@ -137,7 +110,7 @@ class Drafter:
     the n-gram datastore, with copies from the text (`assistant_lookup_ngram`)
     in place of the assistant's tokens where the text knows what follows."""
 
-    def __init__(self, run: Decoding, valid: Tensor | None):
+    def __init__(self, run: Run, valid: Tensor | None):
         c = run.config
         self.run, self.valid = run, valid
         self.starts = [0] * run.tokens.shape[0] if run.seq_start_pos is None else run.seq_start_pos.tolist()
@@ -260,7 +233,7 @@ class Drafter:
 # --- verify ---
 
 
-def verify(run: Decoding, target: ModelRunner, pipeline: Pipeline, valid: Tensor | None, out: Tensor,
+def verify(run: Run, target: ModelRunner, pipeline: Pipeline, valid: Tensor | None, out: Tensor,
            rnd: Round) -> Checked:
     """The model's one forward over the last token and the drafts, and the
     pipeline plain decoding applies, at each checked position (the trace
@@ -285,7 +258,7 @@ def verify(run: Decoding, target: ModelRunner, pipeline: Pipeline, valid: Tensor
 # --- accept ---
 
 
-def accept(run: Decoding, rnd: Round, checked: Checked, finished: Tensor) -> Verdict:
+def accept(run: Run, rnd: Round, checked: Checked, finished: Tensor) -> Verdict:
     """The accept/reject rule (Leviathan et al. 2023, arXiv:2211.17192;
     Chen et al. 2023, arXiv:2302.01318), on the model's distribution p and
     the drafter's q after the same pipeline.
@@ -338,7 +311,7 @@ def chances(dists: list[Tensor], tokens: Tensor) -> Tensor:
 # --- emit ---
 
 
-def emit(run: Decoding, out: Tensor, rnd: Round, checked: Checked, verdict: Verdict, finished: Tensor,
+def emit(run: Run, out: Tensor, rnd: Round, checked: Checked, verdict: Verdict, finished: Tensor,
          stats: SpeculativeStats) -> Generator[Step, None, Tensor]:
     """Yield the round's tokens, one step each, with pad_value after a row's
     EOS and, traced, what the round did; return which rows have stopped."""
@@ -371,7 +344,7 @@ def round_trace(rnd: Round, verdict: Verdict, stats: SpeculativeStats) -> dict:
 # --- the loop ---
 
 
-def steps(run: Decoding) -> Iterator[Step]:
+def steps(run: Run) -> Iterator[Step]:
     """Rounds of draft, verify, accept and emit, until `seq_len` tokens or
     every row's EOS."""
     b, t = run.tokens.shape
