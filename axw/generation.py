@@ -17,6 +17,7 @@ from . import beam_search, contrastive_search, sampling, speculative
 from .runtime import (  # noqa: F401  (the names generation has always offered)
     INT_DTYPES,
     STRATEGIES,
+    GenerateOutput,
     ModelRunner,
     Run,
     Step,

@@ -79,6 +79,35 @@ class SpeculativeStats:
         self.copied += int((copied & live[:, None]).sum())
 
 
+@dataclass
+class GenerateOutput:
+    """What `generate(..., return_dict_in_generate=True)` returns: the output
+    and what the strategy knows beside it (transformers' names where it has
+    the same thing).
+
+    sequences: what `generate` returns without it, (batch, prompt + seq_len)
+        or 1-D for a 1-D prompt.
+    sequences_scores: beam search: (batch,) the best beam's score, its tokens'
+        summed log-probabilities (after the penalties) divided by
+        length ** length_penalty when that is not 0, as transformers'; None
+        for the other strategies.
+    beams, beam_scores: beam search: every beam best first, (beams, batch,
+        prompt + seq_len), and their (beams, batch) scores.
+    stats: speculative decoding: the run's `SpeculativeStats`; None otherwise.
+
+    Sampling, greedy, contrastive search and contrastive decoding give the
+    sequences alone: per-step scores (transformers' `output_scores`) are not
+    kept; `stream(..., trace=True)` records every step's distribution, stage
+    by stage.
+    """
+
+    sequences: Tensor
+    sequences_scores: Tensor | None = None
+    beams: Tensor | None = None
+    beam_scores: Tensor | None = None
+    stats: SpeculativeStats | None = None
+
+
 # --- prompts, checked before any compute ---
 
 
@@ -510,3 +539,11 @@ class Run:
         self.output()
         beams, scores = self.beams, self.beam_scores
         return (beams[:, 0], scores[:, 0]) if self.squeeze else (beams, scores)
+
+    def result(self) -> GenerateOutput:
+        """`output()` with what the strategy knows beside it."""
+        sequences = self.output()
+        if self.beams is None:
+            return GenerateOutput(sequences, stats=self.stats)
+        beams, scores = self.beams_and_scores()
+        return GenerateOutput(sequences, scores[0], beams, scores, self.stats)

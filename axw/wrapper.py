@@ -12,11 +12,11 @@ from torch import Tensor, nn
 from typing import Iterator
 
 from . import chat, hub
-from .generation import Decoding, Step
+from .generation import Decoding, GenerateOutput, Step
 from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
 from .transformer import Decoder, TransformerWrapper
-from .utils import ConfigMixin, build_config, check_number, eval_mode, exists
+from .utils import ConfigMixin, build_config, check_flag, check_number, eval_mode, exists
 
 
 # what generate takes beside the settings: models and inputs
@@ -126,7 +126,7 @@ class AutoregressiveWrapper(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: Tensor | list[Tensor], seq_len: int, generation_config: GenerationConfig | None = None,
-                 **kwargs) -> Tensor:
+                 *, return_dict_in_generate: bool = False, **kwargs) -> Tensor | GenerateOutput:
         """The prompt followed by `seq_len` generated tokens: (batch, prompt + seq_len),
         or 1-D for a 1-D prompt. A list of 1-D prompts of different lengths is
         left-padded with `pad_value`; each row continues as its prompt alone would.
@@ -140,16 +140,20 @@ class AutoregressiveWrapper(nn.Module):
         `pad_value`), ... Beside them: `amateur_model` (contrastive decoding),
         `assistant_model`, `assistant_datastore` (an `NgramDatastore`) or
         `prompt_lookup_num_tokens` (speculative decoding), `prompt_lens`, `generator`, and `cache`: a `KVCache` the
-        run fills (`net.new_cache()`) or continues from (a `fork()` of an
-        earlier run's, rolled back to where a branch starts)."""
+        run fills (`net.new_cache()`) or continues from (`prefill`, or a
+        `fork()` of an earlier run's cropped to where a branch starts).
+        `return_dict_in_generate=True` returns a `GenerateOutput`: the
+        sequences with the beams and their scores (beam search) or the
+        counts (speculative decoding)."""
+        check_flag(return_dict_in_generate, "return_dict_in_generate")
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
         with eval_mode(self, *_models(run)):
-            return run.output()
+            return run.result() if return_dict_in_generate else run.output()
 
     @torch.no_grad()
     def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int, beams: int | None = None,
                     return_beams_and_scores: bool = False, generation_config: GenerationConfig | None = None,
-                    **kwargs):
+                    *, return_dict_in_generate: bool = False, **kwargs):
         """Beam search: the best beam, (batch, prompt + seq_len); with
         `return_beams_and_scores`, all beams best first as (beams, batch, prompt +
         seq_len) and their (beams, batch) scores, summed token log-probs
@@ -157,12 +161,16 @@ class AutoregressiveWrapper(nn.Module):
         hypothesis. A beam of one is greedy search. `stochastic=True` is
         stochastic beam search (Kool et al. 2019) over the filtered, tempered
         distribution: the beams are a sample without replacement of sequences.
-        Defaults: 4 beams, no filter."""
+        Defaults: 4 beams, no filter. `return_dict_in_generate=True` returns
+        a `GenerateOutput`, as `generate` does."""
+        check_flag(return_dict_in_generate, "return_dict_in_generate")
         if beams is not None:
             kwargs["beams"] = beams
         run = self._decoding(prompts, seq_len, generation_config, kwargs, strategy="beam",
                              base=GenerationConfig(beams=4, filter_logits_fn=None))
         with eval_mode(self):
+            if return_dict_in_generate:
+                return run.result()
             if return_beams_and_scores:
                 return run.beams_and_scores()
             return run.output()
