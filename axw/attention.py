@@ -193,6 +193,24 @@ class KVCache:
             self.start = min(self.start, max(0, first))
         self.length, self.seen = length, self.seen - n
 
+    def crop(self, max_length: int):
+        """Keep the first `max_length` tokens of the sequence (`seq_length`
+        counts them) and forget the rest, as transformers' `DynamicCache.crop`;
+        a negative `max_length` forgets that many from the end. A branch
+        from an earlier step continues from a fork cropped to it. Refused
+        (ValueError) below the tokens a cut prompt left out, or where a
+        sliding window discarded keys the shorter sequence needs."""
+        if isinstance(max_length, bool) or not isinstance(max_length, int):
+            raise ValueError(f"max_length must be an integer, got {max_length!r}")
+        keep = max_length if max_length >= 0 else self.seq_length + max_length
+        if not self.offset <= keep <= self.seq_length:
+            raise ValueError(f"cannot crop to {max_length} tokens: the cache holds tokens {self.offset} to "
+                             f"{self.seq_length} of the sequence")
+        if self.seq_length - keep > self.length:
+            raise ValueError(f"cannot crop to {max_length} tokens: the sliding window discarded the keys before the "
+                             f"last {self.length} positions")
+        self.rollback(self.seq_length - keep)
+
     def fork(self) -> KVCache:
         """An independent copy holding the same keys, values and positions (a
         what-if branch continues from it while this one stays as it is): the

@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from typing import Iterator
 
 from . import chat, hub
+from .attention import KVCache
 from .generation import Decoding, GenerateOutput, Step
+from .runtime import prompt_cut, read_prompt
 from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
 from .transformer import Decoder, TransformerWrapper
@@ -182,6 +184,34 @@ class AutoregressiveWrapper(nn.Module):
         trace to each step. Arguments are checked here, before the first step."""
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
         return _stream(run, [self, *_models(run)])
+
+    @torch.no_grad()
+    def prefill(self, ids: Tensor, prompt_len: int | None = None) -> KVCache:
+        """A KV cache holding `ids` ((batch, n), or 1-D for one row) as a run
+        reads them, in one forward: pass it as `cache=` to `generate` or
+        `stream` with a prompt that goes on past `ids`, and only the rest
+        runs. `prompt_len`: how many of the first ids were a run's prompt
+        (default: all of them); a prompt past max_seq_len is cut to its last
+        max_seq_len tokens as a run cuts it (the cache's `offset` counts the
+        ones left out), and the ids after it are read as tokens it generated.
+        A what-if branch from an earlier step of a run continues from such a
+        cache, or from a `fork()` of the run's own cache cropped (`crop`) to it."""
+        if isinstance(ids, Tensor) and ids.ndim == 1:
+            ids = ids[None]
+        self._check_tokens(ids, "ids")
+        n = ids.shape[1]
+        if n == 0:
+            raise ValueError("ids must hold at least one token")
+        prompt_len = n if prompt_len is None else check_number(prompt_len, "prompt_len", 1, n, integer=True)
+        net = self.net
+        cut = prompt_cut(net, prompt_len)
+        if n - cut > net.max_seq_len and not net.can_cache_kv_outside_max_seq_len:
+            raise ValueError(f"{n - cut} tokens to read are past max_seq_len={net.max_seq_len} of a model with "
+                             "absolute positions")
+        cache = net.new_cache()
+        with eval_mode(self):
+            read_prompt(net, ids.long(), cache, cut=cut)
+        return cache
 
     def _check_tokens(self, x, name: str, allow_ignore: bool = False):
         if not isinstance(x, Tensor) or x.dtype not in (torch.long, torch.int, torch.int16, torch.uint8, torch.int8):
