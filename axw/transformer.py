@@ -481,6 +481,29 @@ class TransformerWrapper(nn.Module):
             window = min(default(window, self.attn_layers.sliding_window), self.attn_layers.sliding_window)
         return window
 
+    def _uncached(self, x: Tensor, cache: Intermediates | KVCache | None, mask: Tensor | None,
+                  self_attn_kv_mask: Tensor | None, input_not_include_cache: bool, new_cache: bool):
+        """(x, the KV cache, mask, self_attn_kv_mask) for the positions a
+        forward runs: with a cache, the tokens of x it has not read (x holds
+        the whole sequence, x-transformers' contract, unless
+        `input_not_include_cache`); without one, all of x, and a new cache
+        when `new_cache`."""
+        kv_cache = cache.cache if isinstance(cache, Intermediates) else cache
+        if exists(cache) and kv_cache is None:
+            raise ValueError("cache holds no keys and values: run the first pass with return_intermediates=True")
+        if exists(kv_cache) and not input_not_include_cache:
+            if x.shape[1] <= kv_cache.seen:
+                raise ValueError(
+                    f"with a cache of {kv_cache.seen} positions, x must hold the whole sequence and at least one "
+                    f"new token; got {x.shape[1]} tokens"
+                )
+            x = x[:, kv_cache.seen:]
+            mask = mask[:, -x.shape[1]:] if exists(mask) else None
+            self_attn_kv_mask = self_attn_kv_mask[:, -x.shape[1]:] if exists(self_attn_kv_mask) else None
+        if kv_cache is None and new_cache:
+            kv_cache = self.new_cache()
+        return x, kv_cache, mask, self_attn_kv_mask
+
     def forward(
         self,
         x: Tensor,
@@ -508,25 +531,12 @@ class TransformerWrapper(nn.Module):
         parallel: the new tokens are alternatives for the same next position,
             each attending to the cache and itself (contrastive search).
         """
-        kv_cache = cache.cache if isinstance(cache, Intermediates) else cache
-        if exists(cache) and kv_cache is None:
-            raise ValueError("cache holds no keys and values: run the first pass with return_intermediates=True")
-        if exists(kv_cache) and not input_not_include_cache:
-            if x.shape[1] <= kv_cache.seen:
-                raise ValueError(
-                    f"with a cache of {kv_cache.seen} positions, x must hold the whole sequence and at least one "
-                    f"new token; got {x.shape[1]} tokens"
-                )
-            x = x[:, kv_cache.seen:]
-            mask = mask[:, -x.shape[1]:] if exists(mask) else None
-            self_attn_kv_mask = self_attn_kv_mask[:, -x.shape[1]:] if exists(self_attn_kv_mask) else None
-        if kv_cache is None and return_intermediates and return_cache:
-            kv_cache = self.new_cache()
+        x, kv_cache, mask, self_attn_kv_mask = self._uncached(x, cache, mask, self_attn_kv_mask,
+                                                              input_not_include_cache,
+                                                              return_intermediates and return_cache)
         if exists(kv_cache) and exists(prepend_embeds) and kv_cache.seen > 0:
             raise ValueError("prepend_embeds can only be given on the first pass, not with a filled cache")
 
-        b, n = x.shape
-        device = x.device
         seen = kv_cache.seen if exists(kv_cache) else 0
         if exists(kv_cache):
             if exists(seq_start_pos):
@@ -539,13 +549,7 @@ class TransformerWrapper(nn.Module):
 
         h = tokens
         if exists(prepend_embeds):
-            p = prepend_embeds.shape[1]
-            h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
-            positions = torch.arange(seen, seen + p + n, device=device) if positions.ndim == 1 else torch.cat(
-                (positions.new_zeros((b, p)), positions + p), dim=1
-            )
-            if exists(key_mask):
-                key_mask = torch.cat((key_mask.new_ones((b, p)), key_mask), dim=1)
+            h, positions, key_mask = _prepend(prepend_embeds, h, positions, key_mask, seen)
         h = self.emb_dropout(h)
 
         hidden, lses = self.attn_layers(
@@ -567,6 +571,19 @@ class TransformerWrapper(nn.Module):
             inter.next_embed_pred = self.to_next_embed_pred(hidden)
         return out, inter
 
+
+def _prepend(embeds: Tensor, h: Tensor, positions: Tensor, key_mask: Tensor | None,
+             seen: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`prepend_embeds` (b, p, dim) put before the tokens' embeddings h (b, n,
+    dim), with their positions (first) and key mask (always attended)."""
+    b, p, n = h.shape[0], embeds.shape[1], h.shape[1]
+    h = torch.cat((embeds.to(h.dtype), h), dim=1)
+    positions = torch.arange(seen, seen + p + n, device=h.device) if positions.ndim == 1 else torch.cat(
+        (positions.new_zeros((b, p)), positions + p), dim=1
+    )
+    if exists(key_mask):
+        key_mask = torch.cat((key_mask.new_ones((b, p)), key_mask), dim=1)
+    return h, positions, key_mask
 
 
 def attn_z_loss(lses: list[Tensor]) -> Tensor:
