@@ -115,6 +115,14 @@ def test_no_function_in_axw_over_80_lines():
     assert not long, f"functions over {MAX_LINES} lines: {long}"
 
 
+def test_no_axw_module_imports_a_private_name_of_another():
+    found = [f"{name}: from {'.' * node.level}{node.module or ''} import {a.name}"
+             for name, path in library().items() for node in ast.walk(ast.parse(path.read_text(), str(path)))
+             if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("axw"))
+             for a in node.names if private(a.name)]
+    assert not found, f"private names imported across axw's modules: {found}"
+
+
 # --- the app, the benchmarks and the scripts use axw's public names only ---
 
 
