@@ -18,7 +18,8 @@ proposes; `verify` runs the model once over the drafts and, at each checked
 position, the pipeline (penalties, filters, temperature) plain decoding
 applies; `accept` is the accept/reject rule; `emit` yields the kept tokens
 and their trace rows, once both caches have forgotten the rejected positions.
-`SpeculativeStats` counts the rounds.
+`SpeculativeStats` (in `runtime`, beside the `Step` that carries it) counts
+the rounds; the n-gram tables the copies come from are in `ngrams`.
 """
 
 from __future__ import annotations
