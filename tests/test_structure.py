@@ -104,6 +104,16 @@ def test_the_strategies_share_a_runtime_that_imports_none_of_them():
         assert "axw.runtime" in graph[strategy] and "axw.generation" not in reach(strategy)
 
 
+def test_generation_still_offers_the_names_it_did_and_picks_among_the_runtimes_strategies():
+    from axw import generation, runtime
+    from axw.generation import (  # noqa: F401
+        INT_DTYPES, ModelRunner, Step, as_net, decode_one_token, prefill, prepare_prompts, sample, window)
+    from axw.speculative import NgramDatastore, NgramIndex, SpeculativeStats  # noqa: F401
+
+    assert issubclass(generation.Decoding, runtime.Run) and generation.Step is runtime.Step
+    assert set(generation.STEPS) == set(runtime.STRATEGIES)
+
+
 def test_no_function_in_axw_over_80_lines():
     long = []
     for name, path in library().items():
