@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .utils import check_number
+from .specs import filter_param_spec
 
 NEG_INF = -math.inf
 
@@ -164,36 +164,100 @@ def top_n_sigma(logits: Tensor, n: float = 1.0) -> Tensor:
     return logits.masked_fill(logits.float() < limit, NEG_INF)
 
 
+def p_less(logits: Tensor) -> Tensor:
+    """p-less sampling (arXiv:2509.23234, ICLR 2026): keep the tokens
+    with p >= sum of p², the chance that two draws agree, a cut with no
+    parameter: it keeps one token where the model is sure and many where it
+    is not. (Rounding must not drop a whole flat row: the cut is lowered by a
+    millionth of itself.)"""
+    probs = logits.float().softmax(dim=-1)
+    limit = probs.square().sum(dim=-1, keepdim=True)
+    return logits.masked_fill(keep_top1(probs < limit * (1 - 1e-6), logits), NEG_INF)
+
+
+class AdaptiveP:
+    """Adaptive-p (MrJackSpade; llama.cpp #17927, its formula as in
+    llama.cpp's src/llama-sampling.cpp): steer the probability of the chosen
+    tokens towards `target` over time. Each step, with p the distribution it
+    is given and m the moving average of the chosen tokens' p (weights
+    decay^age, started as if every earlier choice had hit the target),
+    the token logits become 5 - 10 d² / (1 + d), d = |p - a| / 0.3, around
+    the adapted target a = clamp(2 target - m, 0, 1): tokens near a are
+    favoured, so after a run of safe choices it reaches for less likely ones
+    and after risky ones for safer ones. It keeps state from token to token
+    and comes after every other stage."""
+
+    name = "adaptive_p"
+    runs_last = True
+    WIDTH, PEAK, SHARPNESS = 0.3, 5.0, 10.0
+
+    def __init__(self, target: float = 0.5, decay: float = 0.9):
+        self.target, self.decay = float(target), float(decay)
+        self.weighted: Tensor | None = None  # per row: sum of the chosen p's, weighted by decay^age
+        self.total: Tensor | None = None  # per row: sum of those weights
+        self.given: Tensor | None = None  # the latest step's p, for the choice's update
+
+    def adapted(self) -> Tensor:
+        return (2 * self.target - self.weighted / self.total).clamp(0.0, 1.0)
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        probs = logits.float().softmax(dim=-1)
+        if self.weighted is None:
+            rows = (logits.shape[0], 1)
+            self.weighted = torch.full(rows, self.target / (1 - self.decay), device=logits.device)
+            self.total = torch.full(rows, 1 / (1 - self.decay), device=logits.device)
+        self.given = probs
+        d = ((probs - self.adapted()) / self.WIDTH).abs()
+        scores = self.PEAK - self.SHARPNESS * d.square() / (1 + d)
+        return scores.masked_fill(~torch.isfinite(logits), NEG_INF).to(logits.dtype)
+
+    def update(self, chosen: Tensor, logits: Tensor):
+        if self.given is None:  # greedy decoding never sampled through it
+            return
+        p = self.given.gather(-1, chosen[:, None])
+        self.weighted, self.total = p + self.decay * self.weighted, 1 + self.decay * self.total
+
+
 FILTER_LOGITS_FN: dict[str, Callable] = dict(
     top_k=top_k, top_p=top_p, min_p=min_p, top_a=top_a, typical_p=typical_p, epsilon_cutoff=epsilon_cutoff,
-    eta_cutoff=eta_cutoff, top_h=top_h, top_n_sigma=top_n_sigma,
+    eta_cutoff=eta_cutoff, top_h=top_h, top_n_sigma=top_n_sigma, p_less=p_less,
+    adaptive_p=AdaptiveP,
 )
 
-# each built-in filter's parameters: (low, high, integer, low_open, high_open, default)
-FILTER_PARAMS: dict[Callable, dict[str, tuple]] = {
-    top_k: {"k": (1, None, True, False, False, None), "frac_num_tokens": (0, 1, False, True, False, 0.1)},
-    top_p: {"thres": (0, 1, False, True, False, 0.9)},
-    min_p: {"min_p": (0, 1, False, False, False, 0.1)},
-    top_a: {"min_p_pow": (0, 100, False, True, False, 2.0), "min_p_ratio": (0, 1, False, False, False, 0.02)},
-    typical_p: {"mass": (0, 1, False, True, False, 0.9)},
-    epsilon_cutoff: {"epsilon": (0, 1, False, False, True, 3e-4)},
-    eta_cutoff: {"epsilon": (0, 1, False, False, True, 3e-4)},
-    top_h: {"top_h": (0, 1, False, True, False, 0.4)},
-    top_n_sigma: {"n": (0, 100, False, False, False, 1.0)},
+# each built-in filter's parameters and their defaults; their ranges are declared in axw.specs
+FILTER_PARAMS: dict[Callable, dict[str, object]] = {
+    top_k: {"k": None, "frac_num_tokens": 0.1}, top_p: {"thres": 0.9}, min_p: {"min_p": 0.1},
+    top_a: {"min_p_pow": 2.0, "min_p_ratio": 0.02}, typical_p: {"mass": 0.9}, epsilon_cutoff: {"epsilon": 3e-4},
+    eta_cutoff: {"epsilon": 3e-4}, top_h: {"top_h": 0.4}, top_n_sigma: {"n": 1.0}, p_less: {},
+    AdaptiveP: {"target": 0.5, "decay": 0.9},
 }
 
 
+def filter_name(fn: Callable) -> str:
+    """A filter's name: its registry name (or a callable's own)."""
+    for name, builtin in FILTER_LOGITS_FN.items():
+        if fn is builtin:
+            return name
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def is_stateful(fn) -> bool:
+    """A filter that keeps state from token to token: a class, built afresh for each run."""
+    return isinstance(fn, type)
+
+
 def check_filter_kwargs(fn: Callable, kwargs: dict):
-    """The ranges each built-in filter accepts; checked before any compute."""
+    """The ranges each built-in filter accepts (declared in axw.specs); checked before any compute."""
     params = FILTER_PARAMS.get(fn)
     if params is None:
         return
+    name = filter_name(fn)
     unknown = set(kwargs) - set(params)
     if unknown:
-        raise ValueError(f"{fn.__name__} takes {sorted(params)}, got unknown {sorted(unknown)}")
-    for name, (low, high, integer, low_open, high_open, default_value) in params.items():
-        value = kwargs.get(name, default_value)
-        if value is None and default_value is None:
+        raise ValueError(f"{name} takes {sorted(params)}, got unknown {sorted(unknown)}")
+    for param, default_value in params.items():
+        value = kwargs.get(param, default_value)
+        if value is None:
             continue
-        label = name if name == fn.__name__ else f"{fn.__name__}'s {name}"
-        check_number(value, label, low, high, integer=integer, low_open=low_open, high_open=high_open)
+        label = param if param == name else f"{name}'s {param}"
+        filter_param_spec(name, param).check(value, label)

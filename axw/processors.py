@@ -25,7 +25,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .filters import FILTER_LOGITS_FN, NEG_INF, check_filter_kwargs, entropy_nats, identity, keep_top1
+from .filters import (FILTER_LOGITS_FN, NEG_INF, check_filter_kwargs, entropy_nats, filter_name, identity,
+                      is_stateful, keep_top1)
 from .utils import check_number, exists
 
 LN2 = math.log(2.0)
@@ -190,7 +191,9 @@ class DRY(Processor):
 
 class Filter(Processor):
     """A sampling filter from `axw.filters` (or any callable of the same
-    shape) as a pipeline stage."""
+    shape) as a pipeline stage. A filter that keeps state from token to token
+    is a class (`stateful`): each run gets a fresh one, built with the
+    filter's settings, and hears of each choice (`update`)."""
 
     sampling_only = True
 
@@ -206,11 +209,20 @@ class Filter(Processor):
         kwargs = dict(kwargs or {})
         check_filter_kwargs(fn, kwargs)
         self.fn, self.kwargs = fn, kwargs
-        self.name = getattr(fn, "__name__", type(fn).__name__)
-        self.row_wise = fn in FILTER_LOGITS_FN.values()  # a callable of the user's may look across rows
+        self.name = filter_name(fn)
+        self.stateful = is_stateful(fn)
+        if self.stateful:
+            self.fn, self.kwargs = fn(**kwargs), {}
+        # a callable of the user's may look across rows
+        self.row_wise = fn in FILTER_LOGITS_FN.values() and not self.stateful
+        self.runs_last = getattr(fn, "runs_last", False)
 
     def __call__(self, logits, tokens, valid=None):
         return self.fn(logits, **self.kwargs)
+
+    def update(self, chosen, logits):
+        if self.stateful:
+            self.fn.update(chosen, logits)
 
 
 def build_filters(filter_logits_fn, filter_kwargs) -> list[Filter]:
@@ -415,4 +427,6 @@ def build_pipeline(config, amateurs: list = (), breakers: Tensor | None = None,
     sampling = [*filters, temperature] if config.sampler_order == "filters_first" else [temperature, *filters]
     if exists(config.mirostat_tau):
         sampling.append(Mirostat(config.mirostat_tau, config.mirostat_eta))
-    return Pipeline(scores, sampling)
+    # a filter that transforms the final distribution (adaptive-p) comes after every other stage
+    last = [f for f in sampling if getattr(f, "runs_last", False)]
+    return Pipeline(scores, [f for f in sampling if f not in last] + last)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from .attention import KVCache
+from .filters import FILTER_LOGITS_FN, filter_name, is_stateful
 from .generation_config import DRY_BREAKERS, GenerationConfig
 from .ngrams import NgramDatastore
 from .processors import Pipeline, build_pipeline
@@ -359,6 +360,12 @@ class Run:
         need(c.mirostat_tau is None or strategy == "sample",
              "mirostat is a sampler: it combines with sampling, not beam search, contrastive search or "
              "speculative decoding")
+        fns = c.filter_logits_fn if isinstance(c.filter_logits_fn, list) else [c.filter_logits_fn]
+        fns = [FILTER_LOGITS_FN.get(f) if isinstance(f, str) else f for f in fns]
+        stateful = [filter_name(f) for f in fns if is_stateful(f)]
+        need(not stateful or strategy == "sample",
+             f"{stateful[0] if stateful else ''} keeps state from token to token: it combines with sampling, not "
+             "beam search, contrastive search or speculative decoding")
 
         self.amateurs, self.cd_kwargs = self._amateurs(amateur_model)
         self.assistant = self._assistant(assistant_model)

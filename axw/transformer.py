@@ -228,8 +228,8 @@ class Decoder(nn.Module):
         norm_kwargs = dict(rms=config.use_rmsnorm, bias=config.norm_bias, eps=config.norm_eps,
                            unit_offset=config.norm_unit_offset)
         sliding = config.sliding_layers()
-        # every layer sliding: the wrapper's KV cache keeps only the window;
-        # some (Gemma 2 / 3): the cache keeps every key, those layers mask theirs to the window
+        # the KV cache keeps only the window of each sliding layer, in a group of its own when
+        # other layers keep more (Gemma 2 / 3: `KVCache.groups`)
         self.sliding_window = config.sliding_window if any(sliding) else None
         self.all_sliding = all(sliding)
 
@@ -280,10 +280,10 @@ class Decoder(nn.Module):
         `max_position`, a bound on the positions when the caller knows one.
         Sliding layers see at most `sliding_window` keys whatever `window` is."""
         n = x.shape[1]
-        past, keys = self._prepare_keys(x, n, cache, key_mask)
-        masks = [self._attention_mask(x, n, past, keys, parallel, window)] * 2  # indexed by block.sliding
-        if exists(self.sliding_window) and (window is None or self.sliding_window < window):
-            masks[1] = self._attention_mask(x, n, past, keys, parallel, self.sliding_window)
+        if exists(cache):
+            cache.prepare(n, key_mask)
+        masks = {}  # one per (cache group, window) the layers use
+        windows = self.cache_windows(window)
         rotary = [None, None, None]  # indexed by block.rotary
         limit = max_position + 1 if exists(max_position) else None
         if exists(self.rotary):
@@ -293,7 +293,12 @@ class Decoder(nn.Module):
 
         lses = []
         for i, block in enumerate(self.layers):
-            attn_mask, is_causal = masks[block.sliding]
+            mask_of = (cache.layer_slot[i][0] if exists(cache) else 0, windows[i])
+            if mask_of not in masks:
+                group = cache.groups[mask_of[0]] if exists(cache) else None
+                past, keys = (group.live(), group.keys()) if exists(group) else (0, key_mask)
+                masks[mask_of] = self._attention_mask(x, n, past, keys, parallel, mask_of[1])
+            attn_mask, is_causal = masks[mask_of]
             h = x if block.attn_norm is None else block.attn_norm(x)
             out, lse = block.attn(
                 h, rotary=rotary[block.rotary], cache=cache, layer=i,
@@ -309,16 +314,15 @@ class Decoder(nn.Module):
             cache.advance(n)
         return self.final_norm(x), lses
 
-    @staticmethod
-    def _prepare_keys(x, n, cache, key_mask) -> tuple[int, Tensor | None]:
-        """Make room in the cache for n new keys; the count of cached keys
-        the new queries see and which keys may be attended (None: all)."""
-        if exists(cache):
-            cache.prepare(n)
-            cache.write_key_mask(key_mask, n)
-            keys = cache.key_mask[:, cache.key_slice()] if exists(cache.key_mask) else None
-            return cache.live(), keys
-        return 0, key_mask
+    def layer_window(self, block: Block, window: int | None) -> int | None:
+        """Keys a query of `block` sees, itself included, under a model-wide `window` (None: all)."""
+        if not block.sliding:
+            return window
+        return self.sliding_window if window is None else min(window, self.sliding_window)
+
+    def cache_windows(self, window: int | None) -> list[int | None]:
+        """Per layer, the keys a KV cache keeps for it: sliding layers only their window."""
+        return [self.layer_window(block, window) for block in self.layers]
 
     @staticmethod
     def _attention_mask(x, n, past, keys, parallel, window):
@@ -426,7 +430,8 @@ class TransformerWrapper(nn.Module):
         return self.attn_layers.dim
 
     def new_cache(self, capacity: int = 0) -> KVCache:
-        return KVCache(self.attn_layers.depth, window=self._window(), capacity=capacity)
+        layers = self.attn_layers
+        return KVCache(layers.depth, capacity=capacity, windows=layers.cache_windows(self._window()))
 
     def logits(self, hidden: Tensor) -> Tensor:
         logits = self.token_emb.logits(hidden) if self.to_logits is None else self.to_logits(hidden)
@@ -473,13 +478,10 @@ class TransformerWrapper(nn.Module):
         return hidden
 
     def _window(self) -> int | None:
-        """Keys a query may see, itself included: the KV cache keeps no more.
-        Past max_seq_len a rotary model slides; a model whose every layer
-        slides keeps only its sliding window."""
-        window = self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None
-        if self.attn_layers.all_sliding:
-            window = min(default(window, self.attn_layers.sliding_window), self.attn_layers.sliding_window)
-        return window
+        """Keys a query of a global layer may see, itself included: past
+        max_seq_len a rotary model slides. Sliding layers see less
+        (`Decoder.layer_window`); the KV cache keeps no more for each."""
+        return self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None
 
     def _uncached(self, x: Tensor, cache: Intermediates | KVCache | None, mask: Tensor | None,
                   self_attn_kv_mask: Tensor | None, input_not_include_cache: bool, new_cache: bool):

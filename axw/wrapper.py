@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import chat, hub
 from .attention import KVCache
@@ -19,6 +19,11 @@ from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
 from .transformer import Decoder, TransformerWrapper
 from .utils import ConfigMixin, build_config, check_flag, check_number, eval_mode, exists
+
+
+def is_transformers_config(config) -> bool:
+    """A transformers `GenerationConfig` (read by its module, so transformers is never imported here)."""
+    return type(config).__name__ == "GenerationConfig" and type(config).__module__.startswith("transformers")
 
 
 # what generate takes beside the settings: models and inputs
@@ -118,19 +123,26 @@ class AutoregressiveWrapper(nn.Module):
         the method's own defaults, else the model's `generation_config.json`,
         else GenerationConfig's), with the keyword arguments on top; the model
         objects and inputs go beside it."""
+        if is_transformers_config(generation_config):
+            generation_config = GenerationConfig.from_transformers(generation_config)
         if generation_config is not None and not isinstance(generation_config, GenerationConfig):
             raise ValueError(
                 f"the third argument is a GenerationConfig, got {generation_config!r}: pass other settings by name "
                 "(eos_token=..., temperature=...)")
         objects = {k: overrides.pop(k) for k in DECODING_OBJECTS if k in overrides}
-        config = generation_config or base or self.generation_config or GenerationConfig()
-        return Decoding(self, prompts, seq_len, config.update(**overrides), strategy=strategy, **objects)
+        config = (generation_config or base or self.generation_config or GenerationConfig()).update(**overrides)
+        if seq_len is None:
+            if config.max_new_tokens is None:
+                raise ValueError("how many tokens? give seq_len (the second argument) or max_new_tokens")
+            seq_len = config.max_new_tokens
+        return Decoding(self, prompts, seq_len, config, strategy=strategy, **objects)
 
     @torch.no_grad()
-    def generate(self, prompts: Tensor | list[Tensor], seq_len: int, generation_config: GenerationConfig | None = None,
-                 *, return_dict_in_generate: bool = False, **kwargs) -> Tensor | GenerateOutput:
+    def generate(self, prompts: Tensor | list[Tensor], seq_len: int | None = None,
+                 generation_config: GenerationConfig | None = None, *, return_dict_in_generate: bool = False,
+                 **kwargs) -> Tensor | GenerateOutput:
         """The prompt followed by `seq_len` generated tokens: (batch, prompt + seq_len),
-        or 1-D for a 1-D prompt. A list of 1-D prompts of different lengths is
+        or 1-D for a 1-D prompt (`max_new_tokens=` says the same, as in transformers). A list of 1-D prompts of different lengths is
         left-padded with `pad_value`; each row continues as its prompt alone would.
 
         Settings: a `GenerationConfig` and/or its fields as keyword arguments
@@ -153,7 +165,7 @@ class AutoregressiveWrapper(nn.Module):
             return run.result() if return_dict_in_generate else run.output()
 
     @torch.no_grad()
-    def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int, beams: int | None = None,
+    def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int | None = None, beams: int | None = None,
                     return_beams_and_scores: bool = False, generation_config: GenerationConfig | None = None,
                     *, return_dict_in_generate: bool = False, **kwargs):
         """Beam search: the best beam, (batch, prompt + seq_len); with
@@ -177,8 +189,8 @@ class AutoregressiveWrapper(nn.Module):
                 return run.beams_and_scores()
             return run.output()
 
-    def stream(self, prompts: Tensor | list[Tensor], seq_len: int, generation_config: GenerationConfig | None = None,
-               **kwargs) -> Iterator[Step]:
+    def stream(self, prompts: Tensor | list[Tensor], seq_len: int | None = None,
+               generation_config: GenerationConfig | None = None, **kwargs) -> Iterator[Step]:
         """Like `generate`, but yields a `Step` as each token is chosen; stop
         early by breaking out of the loop. `trace=True` attaches the teaching
         trace to each step. Arguments are checked here, before the first step."""
@@ -284,22 +296,24 @@ class AutoregressiveWrapper(nn.Module):
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
                         token: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None,
-                        cache_dir: str | os.PathLike | None = None) -> AutoregressiveWrapper:
+                        cache_dir: str | os.PathLike | None = None,
+                        progress: Callable[[list[hub.Bar]], None] | None = None) -> AutoregressiveWrapper:
         """Load a local folder or a Hub repo id (downloaded with huggingface_hub,
-        or taken from its cache). The tokenizer, if the checkpoint has one, is
+        or taken from its cache; `progress` is given the download's progress
+        bars as they move, `axw.hub.resolve`). The tokenizer, if the checkpoint has one, is
         attached as `.tokenizer`; its `generation_config.json`, if it has one,
         as `.generation_config` (the defaults `generate` and `stream` use); its
         chat template, if it has one, as `.chat_template`."""
-        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
+        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, progress=progress,
+                             check=lambda config: check_config(config, path_or_repo_id))
         config = hub.read_config(folder)
+        check_config(config, folder / hub.CONFIG_NAME)
         if config.get("format") == hub.FORMAT:
             model = cls._from_axw_folder(folder, config)
-        elif "model_type" in config:
+        else:
             from .convert import from_transformers_folder
 
             model = from_transformers_folder(cls, folder, config)
-        else:
-            raise ValueError(f"{folder / hub.CONFIG_NAME} is neither an axw nor a transformers config")
         model.tokenizer = hub.load_tokenizer(folder)
         model.generation_config = hub.load_generation_config(folder)
         model.chat_template = chat.ChatTemplate.from_pretrained(folder)
@@ -312,8 +326,6 @@ class AutoregressiveWrapper(nn.Module):
 
     @classmethod
     def _from_axw_folder(cls, folder, config: dict) -> AutoregressiveWrapper:
-        if config.get("format_version", 1) > hub.FORMAT_VERSION:
-            raise ValueError(f"{folder} was written by a newer axw (format {config['format_version']})")
         net = TransformerWrapper(**config["net"], attn_layers=Decoder(**config["attn_layers"]))
         model = cls(net, **config.get("wrapper", {}))
         state = hub.load_safetensors(folder)
@@ -328,3 +340,18 @@ class AutoregressiveWrapper(nn.Module):
 def _stream(run: Decoding, modules: list) -> Iterator[Step]:
     with eval_mode(*modules):
         yield from run
+
+
+def check_config(config: dict, source) -> None:
+    """A ValueError for a config.json (of `source`) axw cannot load, read before any weights: a newer axw
+    format, a transformers family axw does not import (the message lists those it does), or an option of its
+    family axw does not implement (a rope scaling type, ...)."""
+    if config.get("format") == hub.FORMAT:
+        if config.get("format_version", 1) > hub.FORMAT_VERSION:
+            raise ValueError(f"{source} was written by a newer axw (format {config['format_version']})")
+    elif "model_type" in config:
+        from .convert import transformers_arguments
+
+        transformers_arguments(config)
+    else:
+        raise ValueError(f"{source} is neither an axw nor a transformers config")

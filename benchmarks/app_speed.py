@@ -71,13 +71,10 @@ def start_server(model: str, amateur: str, port: int, threads: int) -> tuple[sub
 def controls(n_new: int) -> list:
     """The Generate button's values (its event, /generate_controls, takes every control): sampling, temperature
     0.8, top-p 0.9, seed 0, the later controls at the panel's defaults."""
-    import inspect
+    from playground.settings import Settings
+    from playground.views.settings import ui_values
 
-    from playground.views.settings import FIRST_INPUTS, UI_INPUTS, settings_from_ui
-
-    defaults = inspect.signature(settings_from_ui).parameters
-    return ["", PROMPT, "sampling", n_new, 0.8, False, 40, True, 0.9, False, 0.1, False, 0.2, 1.0, 0, 0, 4, 0.0,
-            0.6, 4, "", 0.1, 0.5, False] + [defaults[name].default for name in UI_INPUTS[FIRST_INPUTS:]]
+    return ui_values(PROMPT, Settings(max_new_tokens=n_new, temperature=0.8, top_p=0.9, seed=0))
 
 
 def first_update(job) -> float:

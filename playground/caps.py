@@ -1,13 +1,14 @@
-"""What one request may ask for, so one visitor cannot hold the machine, and the strategies offered."""
+"""What one request may ask for, so one visitor cannot hold the machine, and the strategies offered. The caps on
+decoding settings are declared with the settings themselves, in `axw.specs`."""
 
-MAX_NEW_TOKENS = 512
+from axw.specs import (ASSISTANT_SCHEDULES, DRAFTERS, FILTER_SPECS, MAX_BEAMS, MAX_CONTRASTIVE_K,  # noqa: F401
+                       MAX_DRAFT_TOKENS, MAX_NEW_TOKENS, SAMPLER_ORDERS, STRATEGIES)
+
 MAX_PROMPT_CHARS = 4000
 MAX_UPLOAD_BYTES = 2_000_000
 MAX_TRAIN_CHARS = 2_000_000
 MAX_FINETUNE_STEPS = 500
 MAX_BATCH_SIZE = 32
-MAX_BEAMS = 8
-MAX_CONTRASTIVE_K = 16
 MODEL_CACHE_SIZE = 3
 MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in bf16 (AXW_HUB_MODEL_BYTES)
 # visitors' fine-tuned copies kept at once (AXW_FINETUNES), and the memory they may hold together
@@ -27,15 +28,8 @@ MAX_FORKS = 16  # what-if branches kept per visitor (the oldest goes first)
 KV_STORE_BYTES = 256_000_000  # KV caches kept for branching, all visitors together (least recently used go)
 MAX_DRAWS = 100_000  # "sample this step N times"
 
-MAX_DRAFT_TOKENS = 16  # speculative decoding: tokens drafted per round
 MAX_COMPARE_COLUMNS = 12
 
-STRATEGIES = ["sampling", "beam search", "contrastive search", "contrastive decoding", "speculative decoding"]
 # the filters in the order the UI chains them: x-transformers' four, then the truncation samplers since
-FILTERS = ["top_k", "top_p", "min_p", "top_a", "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "top_n_sigma"]
-SAMPLER_ORDERS = ["filters_first", "temperature_first"]
-# speculative decoding's drafters; "datastore": the n-gram datastore in the draft model's folder
-DRAFTERS = ["draft model", "draft model + prompt lookup", "draft model + datastore", "datastore", "amateur",
-            "prompt lookup"]
+FILTERS = [s.name for s in FILTER_SPECS]
 LOOKUP_NGRAM = 2  # "draft model + prompt lookup": copy where the text's last 2 tokens occurred before
-ASSISTANT_SCHEDULES = ["constant", "heuristic"]

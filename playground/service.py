@@ -7,6 +7,8 @@ and wire them to these methods.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import shutil
 import threading
@@ -18,6 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from axw import NgramDatastore
+from axw.specs import APP_SPECS
 
 from . import models as model_store
 from . import runs as R
@@ -42,6 +45,33 @@ except ImportError:
 def gpu(fn, duration: int = 60):
     """Run `fn` on a ZeroGPU GPU for up to `duration` seconds per call, when on ZeroGPU."""
     return spaces.GPU(duration=duration)(fn) if spaces is not None else fn
+
+
+def takes_settings(fn):
+    """`fn(self, prompt, settings, request)` as an endpoint whose parameters are the prompt, every setting by
+    name with its default (axw.specs' order: the order /generate has always taken them in) and the request;
+    its docstring lists them with their help."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    # annotations as source text, as a function of this module written out by hand would have them
+    params = [inspect.Parameter("self", kind), inspect.Parameter("prompt", kind, annotation="str")]
+    params += [inspect.Parameter(s.name, kind, default=s.default, annotation=s.kind.__name__) for s in APP_SPECS]
+    params.append(inspect.Parameter("request", kind, default=None, annotation="gr.Request"))
+    signature = inspect.Signature(params, return_annotation="tuple[str, list, list]")
+
+    @functools.wraps(fn)
+    def endpoint(*args, **kwargs):
+        values = signature.bind(*args, **kwargs)
+        values.apply_defaults()
+        values = dict(values.arguments)
+        self, prompt, request = values.pop("self"), values.pop("prompt"), values.pop("request")
+        return fn(self, prompt, Settings(**values), request)
+
+    del endpoint.__wrapped__  # gradio and inspect read the signature below, not fn's
+    endpoint.__signature__ = signature
+    endpoint.__annotations__ = {p.name: p.annotation for p in params[1:]} | {"return": signature.return_annotation}
+    endpoint.__doc__ = (fn.__doc__ or "") + "\n\n        Args:\n" + "".join(
+        f"            {s.name}: {s.label}: {s.help}\n" for s in APP_SPECS)
+    return endpoint
 
 
 def throttle(items, interval: float = STREAM_INTERVAL_S):
@@ -134,6 +164,12 @@ class Playground:
             return run.model
         return self.models.get(name or self.model_name)
 
+    def load(self, name: str, progress=None):
+        """The model `name`, a Hub model downloaded first with its progress passed to gradio's `progress`; a bad
+        name, or a model that cannot load, as a gr.Error."""
+        with user_errors():
+            return self.models.get(name or self.model_name, progress=progress)
+
     def starting_settings(self, name: str | None = None) -> tuple[Settings | None, list[str]]:
         """A model's own settings (its generation_config.json) for the controls, or None when it has none."""
         config = self.models.get(name or self.model_name).generation_config
@@ -216,66 +252,15 @@ class Playground:
 
     # --- the API: /generate, /branch and /finetune ---
 
-    def generate_api(
-        self,
-        prompt: str,
-        strategy: str = "sampling",
-        max_new_tokens: int = 64,
-        temperature: float = 0.8,
-        top_k: int = 0,
-        top_p: float = 1.0,
-        min_p: float = 0.0,
-        top_a: float = 0.0,
-        repetition_penalty: float = 1.0,
-        no_repeat_ngram_size: int = 0,
-        seed: int = 0,
-        beams: int = 4,
-        length_penalty: float = 0.0,
-        penalty_alpha: float = 0.6,
-        contrastive_k: int = 4,
-        amateur: str = "",
-        cd_alpha: float = 0.1,
-        cd_beta: float = 0.5,
-        model: str = "",
-        use_finetuned: bool = False,
-        sampler_order: str = "filters_first",
-        typical_p: float = 1.0,
-        epsilon_cutoff: float = 0.0,
-        eta_cutoff: float = 0.0,
-        top_h: float = 0.0,
-        top_n_sigma: float = 0.0,
-        xtc_probability: float = 0.0,
-        xtc_threshold: float = 0.1,
-        dynatemp_range: float = 0.0,
-        dynatemp_exponent: float = 1.0,
-        mirostat_tau: float = 0.0,
-        mirostat_eta: float = 0.1,
-        dry_multiplier: float = 0.0,
-        dry_base: float = 1.75,
-        dry_allowed_length: int = 2,
-        stochastic: bool = False,
-        drafter: str = "draft model",
-        num_assistant_tokens: int = 5,
-        num_assistant_tokens_schedule: str = "constant",
-        force_step: int = 0,
-        force_token: int = 0,
-        chat: bool = False,
-        system: str = "",
-        request: gr.Request = None,
-    ) -> tuple[str, list, list]:
+    @takes_settings
+    def generate_api(self, prompt: str, settings: Settings, request: gr.Request = None) -> tuple[str, list, list]:
         """Continue `prompt`. Returns (generated text, the new tokens as [token, probability], the per-step
-        trace). Filters chain top_k -> top_p -> min_p -> top_a -> typical_p -> epsilon_cutoff -> eta_cutoff ->
-        top_h -> top_n_sigma, each off at its neutral value (top_k 0, top_p 1, min_p 0, top_a 0, typical_p 1,
-        the others 0); sampler_order "temperature_first" puts temperature before them. xtc_probability,
-        dynatemp_range, mirostat_tau and dry_multiplier are off at 0. strategy "speculative decoding" drafts
-        num_assistant_tokens a round with the drafter ("draft model", "draft model + prompt lookup", "amateur" or
-        "prompt lookup"). force_step (1-based; 0 = none) with force_token (a token id) is a what-if branch: the
-        same run with that token forced at that step, continued with the same settings and seed. chat (for a
-        model with a chat template) makes `prompt` the user's message after the system message `system`, laid out
-        with the template; the text then ends at any of the model's stop ids."""
-        values = dict(locals())
-        del values["self"], values["prompt"], values["request"]
-        settings = Settings(**values)
+        trace). Filters chain in the order of their parameters below, each off at its off value;
+        sampler_order "temperature_first" puts temperature before them. strategy "speculative decoding" drafts
+        num_assistant_tokens a round with the drafter. force_step (1-based; 0 = none) with force_token (a token
+        id) is a what-if branch: the same run with that token forced at that step, continued with the same
+        settings and seed. chat (for a model with a chat template) makes `prompt` the user's message after the
+        system message `system`, laid out with the template; the text then ends at any of the model's stop ids."""
         session = session_of(request)
         with self.metered(request), user_errors():
             if settings.check().force_step:

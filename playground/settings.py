@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import math
 import urllib.parse
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, field, fields, make_dataclass, replace
 
 from axw import GenerationConfig
 from axw.utils import check_number
+from axw.specs import APP_SPECS, FILTER_SPECS, SPEC, STOCHASTIC_BEAM_GROUPS, STRATEGIES, STRATEGY_GROUPS
 
-from .caps import (ASSISTANT_SCHEDULES, DRAFTERS, FILTERS, LOOKUP_NGRAM, MAX_BEAMS, MAX_CONTRASTIVE_K, MAX_DRAFT_TOKENS,
-                   MAX_NEW_TOKENS, MAX_PROMPT_CHARS, SAMPLER_ORDERS, STRATEGIES, TRACE_TOP)
-
-
-def number(name, value, lo, hi, integer=False):
-    """`value` if it is a finite number in [lo, hi] (a whole number when `integer`), else ValueError."""
-    if integer and isinstance(value, float) and value.is_integer():
-        value = int(value)  # sliders and JSON send whole numbers as floats
-    return check_number(value, name, lo, hi, integer=integer)
+from .caps import FILTERS, LOOKUP_NGRAM, MAX_BEAMS, MAX_CONTRASTIVE_K, MAX_PROMPT_CHARS, TRACE_TOP
 
 
 def check_prompt(prompt) -> str:
@@ -34,104 +27,19 @@ def check_prompt(prompt) -> str:
     return prompt
 
 
-# each filter: its label in messages, range (the top of top_k is the vocabulary), integer, GenerationConfig's
-# parameter name, and the value that means off in /generate
-FILTER_SPECS = dict(top_k=("top-k", 1, None, True, "k", 0), top_p=("top-p", 0.01, 1.0, False, "thres", 1.0),
-                    min_p=("min-p", 0.0, 1.0, False, "min_p", 0.0),
-                    top_a=("top-a", 0.0, 1.0, False, "min_p_ratio", 0.0),
-                    typical_p=("typical-p", 0.01, 1.0, False, "mass", 1.0),
-                    epsilon_cutoff=("epsilon cutoff", 0.0, 0.5, False, "epsilon", 0.0),
-                    eta_cutoff=("eta cutoff", 0.0, 0.5, False, "epsilon", 0.0),
-                    top_h=("top-H", 0.0, 1.0, False, "top_h", 0.0),
-                    top_n_sigma=("top-n-sigma", 0.0, 10.0, False, "n", 0.0))
-# the other settings with a range: label in messages, low, high, integer
-RANGES = dict(
-    repetition_penalty=("repetition penalty", 0.5, 3.0, False),
-    no_repeat_ngram_size=("no-repeat n-gram size", 0, 10, True),
-    max_new_tokens=("max new tokens", 1, MAX_NEW_TOKENS, True), seed=("seed", 0, 2**31 - 1, True),
-    temperature=("temperature", 0.0, 5.0, False), beams=("beams", 2, MAX_BEAMS, True),
-    length_penalty=("length penalty", -2.0, 2.0, False), penalty_alpha=("penalty alpha", 0.0, 1.0, False),
-    contrastive_k=("contrastive k", 1, MAX_CONTRASTIVE_K, True),
-    cd_alpha=("contrastive decoding alpha", 0.001, 1.0, False), cd_beta=("contrastive decoding beta", 0.0, 5.0, False),
-    xtc_probability=("XTC probability", 0.0, 1.0, False), xtc_threshold=("XTC threshold", 0.0, 1.0, False),
-    dynatemp_range=("dynamic temperature range", 0.0, 5.0, False),
-    dynatemp_exponent=("dynamic temperature exponent", 0.01, 10.0, False),
-    mirostat_tau=("mirostat tau", 0.0, 20.0, False), mirostat_eta=("mirostat eta", 0.001, 1.0, False),
-    dry_multiplier=("DRY multiplier", 0.0, 5.0, False), dry_base=("DRY base", 1.0, 4.0, False),
-    dry_allowed_length=("DRY allowed length", 1, 20, True),
-    num_assistant_tokens=("draft tokens per round", 1, MAX_DRAFT_TOKENS, True))
-# the choices: label in messages, allowed values
-CHOICES = dict(sampler_order=("sampler order", SAMPLER_ORDERS), drafter=("drafter", DRAFTERS),
-               num_assistant_tokens_schedule=("draft schedule", ASSISTANT_SCHEDULES))
+def group_names(*groups: str) -> list[str]:
+    """The settings of these groups (axw.specs), in their declared order."""
+    return [s.name for s in APP_SPECS if s.group in groups]
+
+
 # which settings each strategy reads (besides those every strategy reads); the others are not checked
-SAMPLING = ["temperature", "sampler_order", *FILTERS]
-USES = {
-    "sampling": [*SAMPLING, "xtc_probability", "xtc_threshold", "dynatemp_range", "dynatemp_exponent", "mirostat_tau",
-                 "mirostat_eta"],
-    "beam search": ["beams", "length_penalty", "stochastic"],
-    "contrastive search": ["penalty_alpha", "contrastive_k"],
-    "contrastive decoding": ["temperature", "cd_alpha", "cd_beta"],
-    "speculative decoding": [*SAMPLING, "dynatemp_range", "dynatemp_exponent", "drafter", "num_assistant_tokens",
-                             "num_assistant_tokens_schedule"],
-}
-EVERY_STRATEGY = ["max_new_tokens", "seed", "repetition_penalty", "no_repeat_ngram_size", "dry_multiplier", "dry_base",
-                  "dry_allowed_length", "force_step", "force_token"]
+USES = {strategy: group_names(*groups) for strategy, groups in STRATEGY_GROUPS.items()}
+EVERY_STRATEGY = group_names("every", "penalty")
+SAMPLING = group_names(*STOCHASTIC_BEAM_GROUPS)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Every setting of one generation, as /generate's parameters with its defaults. `check` refuses what is
-    outside the caps (ValueError saying what is allowed); `config` is the library's GenerationConfig. Every
-    sampler is off at its default (its neutral value), so a request that leaves it out means what it always did.
-    `force_step` > 0 asks for a what-if branch: the same run with token `force_token` forced at that step
-    (1-based) and continued from there."""
-
-    strategy: str = "sampling"
-    max_new_tokens: int = 64
-    temperature: float = 0.8
-    top_k: int = 0
-    top_p: float = 1.0
-    min_p: float = 0.0
-    top_a: float = 0.0
-    repetition_penalty: float = 1.0
-    no_repeat_ngram_size: int = 0
-    seed: int = 0
-    beams: int = 4
-    length_penalty: float = 0.0
-    penalty_alpha: float = 0.6
-    contrastive_k: int = 4
-    amateur: str = ""
-    cd_alpha: float = 0.1
-    cd_beta: float = 0.5
-    model: str = ""
-    use_finetuned: bool = False
-    # the samplers since x-transformers' four, and their order (all off by default)
-    sampler_order: str = "filters_first"
-    typical_p: float = 1.0
-    epsilon_cutoff: float = 0.0
-    eta_cutoff: float = 0.0
-    top_h: float = 0.0
-    top_n_sigma: float = 0.0  # 0 = off (the filter itself at n = 0 would keep only the top token)
-    xtc_probability: float = 0.0
-    xtc_threshold: float = 0.1
-    dynatemp_range: float = 0.0
-    dynatemp_exponent: float = 1.0
-    mirostat_tau: float = 0.0  # 0 = off
-    mirostat_eta: float = 0.1
-    dry_multiplier: float = 0.0
-    dry_base: float = 1.75
-    dry_allowed_length: int = 2
-    # stochastic beam search; speculative decoding
-    stochastic: bool = False
-    drafter: str = "draft model"
-    num_assistant_tokens: int = 5
-    num_assistant_tokens_schedule: str = "constant"
-    # a what-if branch: force token `force_token` at step `force_step` (1-based; 0 = none)
-    force_step: int = 0
-    force_token: int = 0
-    # chat mode: the prompt is the user's message, laid out with the model's chat template after `system` (if any)
-    chat: bool = False
-    system: str = ""
+class SettingsMethods:
+    """What `Settings` does; its fields are axw.specs' settings (APP_SPECS), with their defaults."""
 
     # --- checks, before any compute ---
 
@@ -145,28 +53,10 @@ class Settings:
     def check(self, vocab: int | None = None) -> Settings:
         """A copy with whole numbers as ints, or ValueError. Settings the strategy does not use are not checked
         (as /generate always did); `vocab` bounds top_k and force_token when known."""
-        if not isinstance(self.strategy, str) or self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
-        s = {}
-        for name in self.reads():
-            value = getattr(self, name)
-            if name in FILTER_SPECS:
-                label, lo, hi, integer, _, off = FILTER_SPECS[name]
-                if value != off or not isinstance(value, (int, float)) or isinstance(value, bool):
-                    top = vocab if hi is None else hi
-                    s[name] = number(label, value, lo, top if top is not None else math.inf, integer)
-            elif name in RANGES:
-                label, lo, hi, integer = RANGES[name]
-                s[name] = number(label, value, lo, hi, integer)
-            elif name == "stochastic":
-                if not isinstance(value, bool):
-                    raise ValueError(f"stochastic must be true or false, got {value!r}")
-            elif name in CHOICES:
-                label, allowed = CHOICES[name]
-                if not isinstance(value, str) or value not in allowed:
-                    raise ValueError(f"{label} must be one of {', '.join(allowed)}, got {value!r}")
-        if not isinstance(self.chat, bool):
-            raise ValueError(f"chat must be true or false, got {self.chat!r}")
+        SPEC["strategy"].check(self.strategy, app=True)
+        s = {name: SPEC[name].check(getattr(self, name), SPEC[name].label, high=vocab, app=True)
+             for name in self.reads()}
+        SPEC["chat"].check(self.chat, "chat", app=True)
         if not isinstance(self.system, str) or len(self.system) > MAX_PROMPT_CHARS:
             raise ValueError(f"system must be a text of at most {MAX_PROMPT_CHARS} characters (the system message "
                              "of chat mode)")
@@ -178,48 +68,37 @@ class Settings:
 
     def filters(self) -> dict:
         """The switched-on filters by name and value, in the order they chain."""
-        return {name: getattr(self, name) for name in FILTERS if getattr(self, name) != FILTER_SPECS[name][5]}
+        reads = set(self.reads())
+        return {f.name: getattr(self, f.name) for f in FILTER_SPECS
+                if f.name in reads and not f.is_off(getattr(self, f.name))}
 
     def sampling(self) -> dict:
         """GenerationConfig's sampling settings: temperature, the filters chained, their order."""
         chosen = self.filters()
-        kw = dict(temperature=self.temperature, filter_logits_fn=list(chosen),
-                  filter_kwargs=[{FILTER_SPECS[n][4]: v} for n, v in chosen.items()])
-        if self.sampler_order != "filters_first":
-            kw["sampler_order"] = self.sampler_order
-        if self.dynatemp_range and self.strategy != "beam search":
-            kw.update(dynatemp_range=self.dynatemp_range, dynatemp_exponent=self.dynatemp_exponent)
-        return kw
+        kwargs = []
+        for name, value in chosen.items():
+            kw = {} if SPEC[name].param is None else {SPEC[name].param: value}
+            kw.update({s.param: getattr(self, s.name) for s in APP_SPECS if s.filter == name and not s.main})
+            kwargs.append(kw)
+        return dict(filter_logits_fn=list(chosen), filter_kwargs=kwargs)
 
     def config(self, model, trace: bool = True) -> GenerationConfig:
         """The library's settings for `model` (its EOS, its vocabulary for top_k), checked. Contrastive decoding's
         amateur model and speculative decoding's assistant are passed beside it (`amateur_model=`,
         `assistant_model=`), as generate takes them."""
         s = self.check(model.net.num_tokens)
-        kw = dict(eos_token=self.stop_ids(model), repetition_penalty=s.repetition_penalty,
-                  no_repeat_ngram_size=s.no_repeat_ngram_size, seed=s.seed, trace=trace, trace_top=TRACE_TOP,
-                  filter_logits_fn=[])
-        if s.dry_multiplier:
-            kw.update(dry_multiplier=s.dry_multiplier, dry_base=s.dry_base, dry_allowed_length=s.dry_allowed_length)
-        if s.strategy == "sampling":
+        kw = dict(eos_token=self.stop_ids(model), seed=s.seed, trace=trace, trace_top=TRACE_TOP, filter_logits_fn=[])
+        for name in s.reads():  # the library's own settings, by their own names
+            spec, value = SPEC[name], getattr(s, name)
+            if spec.library:
+                kw[name] = None if spec.is_off(value) and not spec.in_range(value) else value
+        if any(SPEC[name].is_filter for name in s.reads()):
             kw.update(s.sampling())
-            if s.xtc_probability:
-                kw.update(xtc_probability=s.xtc_probability, xtc_threshold=s.xtc_threshold)
-            # greedy skips the sampling stages, mirostat among them (and the library's mirostat would then
-            # update a target it never set)
-            if s.mirostat_tau and s.temperature > 0:
-                kw.update(mirostat_tau=s.mirostat_tau, mirostat_eta=s.mirostat_eta)
-        elif s.strategy == "beam search":
-            kw.update(beams=s.beams, length_penalty=s.length_penalty)
-            if s.stochastic:
-                kw.update(stochastic=True, **s.sampling())
-        elif s.strategy == "contrastive search":
-            kw.update(penalty_alpha=s.penalty_alpha, contrastive_k=s.contrastive_k)
-        elif s.strategy == "contrastive decoding":
-            kw.update(temperature=s.temperature, contrastive_decode_kwargs=dict(alpha=s.cd_alpha, beta=s.cd_beta))
-        else:
-            kw.update(s.sampling(), num_assistant_tokens=s.num_assistant_tokens,
-                      num_assistant_tokens_schedule=s.num_assistant_tokens_schedule)
+        if s.temperature == 0 or s.strategy != "sampling":
+            kw["mirostat_tau"] = None  # greedy never samples, so mirostat would steer a target it never set
+        if s.strategy == "contrastive decoding":
+            kw["contrastive_decode_kwargs"] = dict(alpha=s.cd_alpha, beta=s.cd_beta)
+        elif s.strategy == "speculative decoding":
             if s.drafter == "prompt lookup":
                 kw["prompt_lookup_num_tokens"] = s.num_assistant_tokens
             elif s.drafter == "draft model + prompt lookup":
@@ -240,6 +119,24 @@ class Settings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+Settings = make_dataclass(
+    "Settings", [(s.name, s.kind, field(default=s.default)) for s in APP_SPECS], bases=(SettingsMethods,),
+    frozen=True)
+Settings.__module__ = __name__
+Settings.__doc__ = """Every setting of one generation, as /generate's parameters with its defaults (axw.specs
+declares them). `check` refuses what is outside the library's ranges and the caps (ValueError saying what is
+allowed); `config` is the library's GenerationConfig. Every sampler is off at its default (its off value), so a
+request that leaves it out means what it always did. `force_step` > 0 asks for a what-if branch: the same run
+with token `force_token` forced at that step (1-based) and continued from there."""
+
+
+def number(name, value, lo, hi, integer=False):
+    """`value` if it is a finite number in [lo, hi] (a whole number when `integer`), else ValueError."""
+    if integer and isinstance(value, float) and value.is_integer():
+        value = int(value)  # sliders and JSON send whole numbers as floats
+    return check_number(value, name, lo, hi, integer=integer)
 
 
 PARAMS = [f.name for f in fields(Settings)]
@@ -355,7 +252,7 @@ def from_generation_config(config: GenerationConfig | None) -> tuple[Settings, l
     kws = config.filter_kwargs if isinstance(config.filter_kwargs, list) else [config.filter_kwargs]
     for fn, kw in zip(fns, kws + [{}] * len(fns)):
         if fn in FILTERS:
-            param = FILTER_SPECS[fn][4]
+            param = SPEC[fn].param
             if param in (kw or {}):
                 values[fn] = kw[param]
             elif fn == "top_k":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gradio as gr
 
+from axw.specs import FILTER_SPECS
+
 from ..caps import (MAX_BATCH_SIZE, MAX_BEAMS, MAX_DRAFT_TOKENS, MAX_FINETUNE_STEPS, MAX_HUB_MODEL_BYTES,
                     MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_UPLOAD_BYTES, STRATEGIES)
 
+FILTERS_OFF = ", ".join(f"`{f.name}` ({'false' if f.kind is bool else f'{f.off:g}'})" for f in FILTER_SPECS)
 API_DOC = f"""Everything the Generate and Fine-tune tabs do is also a named API endpoint; every parameter but the
 first has a default.
 
@@ -36,8 +39,7 @@ token with its rank and probability; beam search's `beam_tree` (every candidate 
 (`speculative`). `strategy`: {", ".join(f"`{s}`" for s in STRATEGIES)}.
 
 - Sampling: `temperature` (0 = greedy) and the filters, chained in this order, each off at its neutral value:
-  `top_k` (0), `top_p` (1), `min_p` (0), `top_a` (0), `typical_p` (1), `epsilon_cutoff` (0), `eta_cutoff` (0),
-  `top_h` (0), `top_n_sigma` (0 = off); `sampler_order` (`filters_first` or `temperature_first`);
+  {FILTERS_OFF}; `sampler_order` (`filters_first` or `temperature_first`);
   `xtc_probability` (0 = off), `xtc_threshold`; `mirostat_tau` (0 = off), `mirostat_eta`; `dynatemp_range`
   (0 = off), `dynatemp_exponent`; `seed`.
 - Beam search: `beams`, `length_penalty`, `stochastic` (stochastic beams: with the temperature and filters).
