@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import Linear
+from .kernels import Linear, Norm
 from .utils import default, exists
 
 
@@ -256,6 +256,11 @@ class KVCache:
     def batch(self) -> int | None:
         return self.groups[0].batch
 
+    @property
+    def seq_length(self) -> int:
+        """Tokens of the sequence the cache has read, those a cut prompt left out (`offset`) included."""
+        return self.offset + self.seen
+
     def live(self) -> int:
         """The most slots a layer attends to (the widest window's)."""
         return max(g.live() for g in self.groups)
@@ -323,6 +328,21 @@ class KVCache:
         for g in self.groups:
             g.rollback(n)
         self.seen -= n
+
+    def crop(self, max_length: int):
+        """Keep the first `max_length` tokens of the sequence (`seq_length`
+        counts them) and forget the rest, as transformers' `DynamicCache.crop`;
+        a negative `max_length` forgets that many from the end. A branch
+        from an earlier step continues from a fork cropped to it. Refused
+        (ValueError) below the tokens a cut prompt left out, or where a
+        sliding window discarded keys the shorter sequence needs."""
+        if isinstance(max_length, bool) or not isinstance(max_length, int):
+            raise ValueError(f"max_length must be an integer, got {max_length!r}")
+        keep = max_length if max_length >= 0 else self.seq_length + max_length
+        if not self.offset <= keep <= self.seq_length:
+            raise ValueError(f"cannot crop to {max_length} tokens: the cache holds tokens {self.offset} to "
+                             f"{self.seq_length} of the sequence")
+        self.rollback(self.seq_length - keep)
 
     def fork(self) -> KVCache:
         """An independent copy holding the same keys, values and positions (a
@@ -517,9 +537,7 @@ class Attention(nn.Module):
         self.to_qkv = Linear(dim, (heads + 2 * kv_heads) * dim_head, bias=default(qkv_bias, bias))
         self.to_out = Linear(heads * dim_head, dim, bias=bias)
         self.qk_norm = qk_norm
-        if exists(qk_norm):
-            from .transformer import Norm  # the decoder's norm, RMS here whatever the decoder uses
-
+        if exists(qk_norm):  # the decoder's norm, RMS here whatever the decoder uses
             kwargs = {**(norm_kwargs or {}), "rms": True, "bias": False}
             self.q_norm = Norm(dim_head if qk_norm == "head" else heads * dim_head, **kwargs)
             self.k_norm = Norm(dim_head if qk_norm == "head" else kv_heads * dim_head, **kwargs)

@@ -28,7 +28,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
-DATASTORE_NAME = "ngrams.safetensors"  # a speculative drafter's n-gram datastore (axw.speculative.NgramDatastore)
+DATASTORE_NAME = "ngrams.safetensors"  # a speculative drafter's n-gram datastore (axw.ngrams.NgramDatastore)
 # what a download fetches: configs, safetensors weights (sharded too), tokenizer, chat templates, card
 HUB_FILES = [
     "config.json",

@@ -12,11 +12,13 @@ from torch import Tensor, nn
 from typing import Callable, Iterator
 
 from . import chat, hub
-from .generation import Decoding, Step
+from .attention import KVCache
+from .generation import Decoding, GenerateOutput, Step
+from .runtime import prompt_cut, read_prompt
 from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
 from .transformer import Decoder, TransformerWrapper
-from .utils import ConfigMixin, build_config, check_number, eval_mode, exists
+from .utils import ConfigMixin, build_config, check_flag, check_number, eval_mode, exists
 
 
 def is_transformers_config(config) -> bool:
@@ -137,8 +139,8 @@ class AutoregressiveWrapper(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: Tensor | list[Tensor], seq_len: int | None = None,
-                 generation_config: GenerationConfig | None = None,
-                 **kwargs) -> Tensor:
+                 generation_config: GenerationConfig | None = None, *, return_dict_in_generate: bool = False,
+                 **kwargs) -> Tensor | GenerateOutput:
         """The prompt followed by `seq_len` generated tokens: (batch, prompt + seq_len),
         or 1-D for a 1-D prompt (`max_new_tokens=` says the same, as in transformers). A list of 1-D prompts of different lengths is
         left-padded with `pad_value`; each row continues as its prompt alone would.
@@ -152,16 +154,20 @@ class AutoregressiveWrapper(nn.Module):
         `pad_value`), ... Beside them: `amateur_model` (contrastive decoding),
         `assistant_model`, `assistant_datastore` (an `NgramDatastore`) or
         `prompt_lookup_num_tokens` (speculative decoding), `prompt_lens`, `generator`, and `cache`: a `KVCache` the
-        run fills (`net.new_cache()`) or continues from (a `fork()` of an
-        earlier run's, rolled back to where a branch starts)."""
+        run fills (`net.new_cache()`) or continues from (`prefill`, or a
+        `fork()` of an earlier run's cropped to where a branch starts).
+        `return_dict_in_generate=True` returns a `GenerateOutput`: the
+        sequences with the beams and their scores (beam search) or the
+        counts (speculative decoding)."""
+        check_flag(return_dict_in_generate, "return_dict_in_generate")
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
         with eval_mode(self, *_models(run)):
-            return run.output()
+            return run.result() if return_dict_in_generate else run.output()
 
     @torch.no_grad()
     def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int | None = None, beams: int | None = None,
                     return_beams_and_scores: bool = False, generation_config: GenerationConfig | None = None,
-                    **kwargs):
+                    *, return_dict_in_generate: bool = False, **kwargs):
         """Beam search: the best beam, (batch, prompt + seq_len); with
         `return_beams_and_scores`, all beams best first as (beams, batch, prompt +
         seq_len) and their (beams, batch) scores, summed token log-probs
@@ -169,12 +175,16 @@ class AutoregressiveWrapper(nn.Module):
         hypothesis. A beam of one is greedy search. `stochastic=True` is
         stochastic beam search (Kool et al. 2019) over the filtered, tempered
         distribution: the beams are a sample without replacement of sequences.
-        Defaults: 4 beams, no filter."""
+        Defaults: 4 beams, no filter. `return_dict_in_generate=True` returns
+        a `GenerateOutput`, as `generate` does."""
+        check_flag(return_dict_in_generate, "return_dict_in_generate")
         if beams is not None:
             kwargs["beams"] = beams
         run = self._decoding(prompts, seq_len, generation_config, kwargs, strategy="beam",
                              base=GenerationConfig(beams=4, filter_logits_fn=None))
         with eval_mode(self):
+            if return_dict_in_generate:
+                return run.result()
             if return_beams_and_scores:
                 return run.beams_and_scores()
             return run.output()
@@ -186,6 +196,34 @@ class AutoregressiveWrapper(nn.Module):
         trace to each step. Arguments are checked here, before the first step."""
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
         return _stream(run, [self, *_models(run)])
+
+    @torch.no_grad()
+    def prefill(self, ids: Tensor, prompt_len: int | None = None) -> KVCache:
+        """A KV cache holding `ids` ((batch, n), or 1-D for one row) as a run
+        reads them, in one forward: pass it as `cache=` to `generate` or
+        `stream` with a prompt that goes on past `ids`, and only the rest
+        runs. `prompt_len`: how many of the first ids were a run's prompt
+        (default: all of them); a prompt past max_seq_len is cut to its last
+        max_seq_len tokens as a run cuts it (the cache's `offset` counts the
+        ones left out), and the ids after it are read as tokens it generated.
+        A what-if branch from an earlier step of a run continues from such a
+        cache, or from a `fork()` of the run's own cache cropped (`crop`) to it."""
+        if isinstance(ids, Tensor) and ids.ndim == 1:
+            ids = ids[None]
+        self._check_tokens(ids, "ids")
+        n = ids.shape[1]
+        if n == 0:
+            raise ValueError("ids must hold at least one token")
+        prompt_len = n if prompt_len is None else check_number(prompt_len, "prompt_len", 1, n, integer=True)
+        net = self.net
+        cut = prompt_cut(net, prompt_len)
+        if n - cut > net.max_seq_len and not net.can_cache_kv_outside_max_seq_len:
+            raise ValueError(f"{n - cut} tokens to read are past max_seq_len={net.max_seq_len} of a model with "
+                             "absolute positions")
+        cache = net.new_cache()
+        with eval_mode(self):
+            read_prompt(net, ids.long(), cache, cut=cut)
+        return cache
 
     def _check_tokens(self, x, name: str, allow_ignore: bool = False):
         if not isinstance(x, Tensor) or x.dtype not in (torch.long, torch.int, torch.int16, torch.uint8, torch.int8):
