@@ -22,6 +22,7 @@ from .filters import FILTER_LOGITS_FN, filter_name, is_stateful
 from .generation_config import DRY_BREAKERS, GenerationConfig
 from .ngrams import NgramDatastore
 from .processors import Pipeline, build_pipeline
+from .specs import STRATEGY_STEPS
 from .trace import StepTrace, new_trace
 from .utils import check_number, exists
 
@@ -95,6 +96,7 @@ class GenerateOutput:
     beams, beam_scores: beam search: every beam best first, (beams, batch,
         prompt + seq_len), and their (beams, batch) scores.
     stats: speculative decoding: the run's `SpeculativeStats`; None otherwise.
+    strategy: the strategy's name, as the docs and the playground name it.
 
     Sampling, greedy, contrastive search and contrastive decoding give the
     sequences alone: per-step scores (transformers' `output_scores`) are not
@@ -107,6 +109,7 @@ class GenerateOutput:
     beams: Tensor | None = None
     beam_scores: Tensor | None = None
     stats: SpeculativeStats | None = None
+    strategy: str = "sampling"  # its name in axw.specs.STRATEGIES
 
 
 # --- prompts, checked before any compute ---
@@ -551,6 +554,13 @@ class Run:
         """`output()` with what the strategy knows beside it."""
         sequences = self.output()
         if self.beams is None:
-            return GenerateOutput(sequences, stats=self.stats)
+            return GenerateOutput(sequences, stats=self.stats, strategy=self.strategy_name)
         beams, scores = self.beams_and_scores()
-        return GenerateOutput(sequences, scores[0], beams, scores, self.stats)
+        return GenerateOutput(sequences, scores[0], beams, scores, self.stats, self.strategy_name)
+
+    @property
+    def strategy_name(self) -> str:
+        """The strategy as the docs and the playground name it (axw.specs.STRATEGIES)."""
+        if self.strategy == "sample" and self.amateurs:
+            return "contrastive decoding"
+        return next(name for name, steps in STRATEGY_STEPS.items() if steps == self.strategy)

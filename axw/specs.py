@@ -20,8 +20,13 @@ from typing import Any
 
 from .utils import check_number
 
-# the strategies, one name each in the library (`GenerationConfig.strategy`) and the playground
+# the strategies, one name each in the library (`GenerateOutput.strategy`, `Run.strategy_name`), the playground
+# and the docs
 STRATEGIES = ("sampling", "beam search", "contrastive search", "contrastive decoding", "speculative decoding")
+# the one mapping table: the runtime's step functions (`Run.strategy`) by these names; contrastive decoding is
+# sampling's steps with an amateur model
+STRATEGY_STEPS = {"sampling": "sample", "beam search": "beam", "contrastive search": "contrastive",
+                  "contrastive decoding": "sample", "speculative decoding": "speculative"}
 SAMPLER_ORDERS = ("filters_first", "temperature_first")
 ASSISTANT_SCHEDULES = ("constant", "heuristic")
 # speculative decoding's drafters in the playground; "datastore": the n-gram datastore in the draft model's folder

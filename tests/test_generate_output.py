@@ -4,7 +4,7 @@ full forward recomputes, and speculative counts that the trace of the same run r
 import pytest
 import torch
 
-from axw import GenerateOutput, SpeculativeStats
+from axw import AutoregressiveWrapper, GenerateOutput, SpeculativeStats
 from conftest import tiny_model
 
 
@@ -110,3 +110,22 @@ def test_return_dict_in_generate_is_true_or_false(model):
         model.generate(torch.tensor([1, 2]), 3, return_dict_in_generate="yes")
     with pytest.raises(ValueError, match="return_dict_in_generate must be True or False"):
         model.beam_search(torch.tensor([1, 2]), 3, return_dict_in_generate=1)
+
+
+def test_the_strategy_has_the_playgrounds_name():
+    """One name per strategy: the library's output names its strategy as the playground's settings do, and the
+    playground's settings for that name run it."""
+    from types import SimpleNamespace
+
+    from axw.specs import STRATEGIES
+    from playground.settings import Settings
+
+    model = AutoregressiveWrapper.from_pretrained("assets/models/shakespeare")
+    amateur = AutoregressiveWrapper.from_pretrained("assets/models/shakespeare-tiny")
+    ids = torch.tensor(model.tokenizer.encode("ROMEO:").ids)
+    beside = {"contrastive decoding": dict(amateur_model=amateur), "speculative decoding": dict(assistant_model=amateur)}
+    for name in STRATEGIES:
+        config = Settings(strategy=name, temperature=0.0).config(SimpleNamespace(
+            net=model.net, eos_token_id=None, stop_token_ids=[]), trace=False)
+        out = model.generate(ids, 4, config, return_dict_in_generate=True, **beside.get(name, {}))
+        assert out.strategy == name
