@@ -76,13 +76,13 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
                 api.build()
         lessons.build(tabs, controls.lessons, compare_panel)
 
-        def picked(name, request: gr.Request = None, progress=gr.Progress(track_tqdm=True)):
+        def picked(name, request: gr.Request = None, progress=gr.Progress()):
             # the context slider follows the model (a window is at most its max_seq_len); the settings follow
             # its generation_config.json when it has one; chat mode is on for a model with a chat template; the
             # amateur (and drafter) is the smallest listed model sharing its tokenizer. A Hub download shows its
-            # progress (huggingface_hub's bars, tracked)
-            text = app.info(name)  # a bad name stops here with its gr.Error
-            model = app.model(name)
+            # progress, bytes and files, over the model's info
+            model = app.load(name, progress)  # a bad name stops here with its gr.Error
+            text = app.info(name)
             start, _ = app.starting_settings(name)
             fills = settings.fill(None, settings.starting(start)) if start is not None else \
                 [gr.skip()] * len(settings.UI_INPUTS)

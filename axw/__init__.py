@@ -16,10 +16,10 @@ from .filters import (
     top_p,
     typical_p,
 )
-from .generation import Step
 from .generation_config import GenerationConfig
+from .ngrams import NgramDatastore
 from .processors import contrastive_decode_fn
-from .speculative import NgramDatastore, SpeculativeStats
+from .runtime import GenerateOutput, SpeculativeStats, Step
 from .trace import StepTrace
 from .transformer import Decoder, DecoderConfig, Intermediates, TransformerConfig, TransformerWrapper
 from .wrapper import AutoregressiveWrapper, WrapperConfig
@@ -27,8 +27,8 @@ from .wrapper import AutoregressiveWrapper, WrapperConfig
 __version__ = "0.1.0"
 
 __all__ = [
-    "AutoregressiveWrapper", "Decoder", "DecoderConfig", "FILTER_LOGITS_FN", "GenerationConfig", "Intermediates",
-    "KVCache", "NgramDatastore", "SpeculativeStats", "Step", "StepTrace", "TransformerConfig", "TransformerWrapper",
-    "WrapperConfig", "contrastive_decode_fn", "epsilon_cutoff", "eta_cutoff", "min_p", "top_a", "top_h", "top_k",
-    "top_n_sigma", "top_p", "typical_p",
+    "AutoregressiveWrapper", "Decoder", "DecoderConfig", "FILTER_LOGITS_FN", "GenerateOutput", "GenerationConfig",
+    "Intermediates", "KVCache", "NgramDatastore", "SpeculativeStats", "Step", "StepTrace", "TransformerConfig",
+    "TransformerWrapper", "WrapperConfig", "contrastive_decode_fn", "epsilon_cutoff", "eta_cutoff", "min_p", "top_a",
+    "top_h", "top_k", "top_n_sigma", "top_p", "typical_p",
 ]

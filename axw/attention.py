@@ -1,10 +1,10 @@
 """Causal self-attention with rotary positions and a preallocated KV cache.
 
-The cache follows gpt-fast: keys and values of every layer live in one
-preallocated tensor, written in place, so a decode step allocates nothing
-that grows with the context. Past `window` keys (rotary or no positions)
-the oldest keys slide out, which is what lets decoding run past
-`max_seq_len`.
+The cache follows gpt-fast: keys and values of the layers that share a
+window live in one preallocated tensor, written in place, so a decode step
+allocates nothing that grows with the context. Past `window` keys (rotary or
+no positions) the oldest keys slide out, which is what lets decoding run past
+`max_seq_len`; sliding-window layers keep only their own window.
 """
 
 from __future__ import annotations
@@ -15,35 +15,39 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .kernels import Linear
+from .kernels import Linear, Norm
 from .utils import default, exists
 
 
 QK_NORMS = (None, "head", "full")
 
 
-class KVCache:
-    """Keys and values of all attention layers, plus which keys may be attended.
+class LayerSlots:
+    """Keys and values of the attention layers that share one window, in one
+    preallocated buffer per tensor.
 
-    Slots `[start, length)` of the buffers are live. `seen` counts every
-    position processed so far and gives the positions of the next tokens;
-    `seq_start_pos` holds each row's left padding so positions and attention
-    skip it. Rows are reordered in place by `reorder` (beam search).
-    """
+    Slots `[start, length)` are live. With a `window`, the oldest keys slide
+    out: the slots keep the last window - 1 keys plus the new ones of a
+    forward, in a buffer of `bound` slots (the window and a quarter) whose
+    live slots move back to its front, in place, when it is full: once per
+    quarter window of decoded tokens, so amortised O(1) per token. Slots
+    before `start` stay until then, so a rollback can bring them back."""
 
     def __init__(self, num_layers: int, window: int | None = None, capacity: int = 0):
         self.num_layers = num_layers
         self.window = window
-        self.reserved = capacity
+        # a quarter window of spare slots: what the steps between two compactions write
+        self.bound = None if window is None else window + max(1, window // 4)
+        self.reserved = self._bounded(capacity)
         self.k: Tensor | None = None  # (layers, batch, kv_heads, capacity, dim_head)
         self.v: Tensor | None = None
         self.key_mask: Tensor | None = None  # (batch, capacity), True where a key may be attended
-        self.seq_start_pos: Tensor | None = None
         self.start = 0
         self.length = 0
-        self.seen = 0
-        self.offset = 0  # tokens of the sequence before the first position seen (a prompt cut to the window)
         self._pending = 0
+
+    def _bounded(self, capacity: int) -> int:
+        return capacity if self.bound is None else min(capacity, self.bound)
 
     @property
     def capacity(self) -> int:
@@ -57,12 +61,8 @@ class KVCache:
         return self.length - self.start
 
     def reserve(self, capacity: int):
-        """Make the buffers, when they are first made, hold at least `capacity` slots (no effect on a cache that
-        holds keys already)."""
         if self.k is None:
-            self.reserved = max(self.reserved, capacity)
-
-    # --- called once per forward, before the layers ---
+            self.reserved = max(self.reserved, self._bounded(capacity))
 
     def prepare(self, n: int):
         """Make room for `n` new slots, dropping keys that slid out of the window."""
@@ -73,29 +73,40 @@ class KVCache:
         self._pending = n
         if self.k is None or self.length + n <= self.capacity:
             return
-        live = self.live()
-        target = live + n
-        if exists(self.window):
-            # a buffer of twice the window makes the compaction below happen
-            # once per `window` steps: amortised O(1) per decoded token
-            target = max(target, min(2 * self.window, max(2 * self.capacity, target)))
+        needed = self.live() + n
+        if self.bound is None:
+            self._resize(max(needed, 2 * self.capacity))
+        elif needed <= self.capacity <= max(needed, self.bound):
+            self._compact()
         else:
-            target = max(target, 2 * self.capacity)
-        self._resize(target)
+            # a chunk longer than the spare slots, or the first step after one: the buffer grows, then shrinks back
+            self._resize(max(needed, self.bound))
+
+    def _buffers(self) -> list[tuple[Tensor, int]]:
+        """Each buffer with its slot dimension."""
+        return [(self.k, 3), (self.v, 3)] + ([(self.key_mask, 1)] if exists(self.key_mask) else [])
+
+    def _compact(self):
+        """Move the live slots to the front of the buffers, in place, in
+        pieces no longer than the distance they move, so none overlaps itself."""
+        size, gap = self.live(), self.start
+        for buf, dim in self._buffers():
+            if size > 8 * gap:  # many small pieces: one copy through a temporary instead
+                buf.narrow(dim, 0, size).copy_(buf.narrow(dim, gap, size).clone())
+                continue
+            for done in range(0, size, gap):
+                piece = min(gap, size - done)
+                buf.narrow(dim, done, piece).copy_(buf.narrow(dim, gap + done, piece))
+        self.start, self.length = 0, size
 
     def _resize(self, capacity: int):
-        live = slice(self.start, self.length)
         size = self.live()
 
         def move(buf, dim):
             shape = list(buf.shape)
             shape[dim] = capacity
             new = buf.new_empty(shape) if buf.dtype != torch.bool else buf.new_ones(shape)
-            index = [slice(None)] * buf.ndim
-            index[dim] = live
-            dst = [slice(None)] * buf.ndim
-            dst[dim] = slice(0, size)
-            new[tuple(dst)] = buf[tuple(index)]
+            new.narrow(dim, 0, size).copy_(buf.narrow(dim, self.start, size))
             return new
 
         self.k, self.v = move(self.k, 3), move(self.v, 3)
@@ -107,7 +118,9 @@ class KVCache:
         """Slots the new queries attend to, after `prepare`."""
         return slice(self.start, self.length + self._pending)
 
-    # --- called by each attention layer ---
+    def keys(self) -> Tensor | None:
+        """Which of the slots the new queries attend to may be attended (None: all)."""
+        return self.key_mask[:, self.key_slice()] if exists(self.key_mask) else None
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         n = k.shape[2]
@@ -123,8 +136,6 @@ class KVCache:
         self.v[layer, :, :, self.length:end] = v
         return self.k[layer, :, :, self.start:end], self.v[layer, :, :, self.start:end]
 
-    # --- called once per forward, after the layers ---
-
     def write_key_mask(self, mask: Tensor | None, n: int):
         """Record which of the `n` new keys may be attended (None: all)."""
         if mask is None and self.key_mask is None:
@@ -136,14 +147,11 @@ class KVCache:
             self.key_mask = torch.ones((batch, capacity), dtype=torch.bool, device=device)
         self.key_mask[:, self.length:self.length + n] = True if mask is None else mask
 
-    def advance(self, n: int, positions: int | None = None):
+    def advance(self, n: int):
         self.length += n
-        self.seen += default(positions, n)
         self._pending = 0
 
     def keep_candidate(self, choice: Tensor):
-        """After a parallel forward of k candidates, keep the chosen one's keys
-        and values (per row) in the first new slot and drop the others."""
         b = choice.shape[0]
         src = self.length + choice  # (b,)
         rows = torch.arange(b, device=choice.device)
@@ -155,7 +163,6 @@ class KVCache:
         self.advance(1)
 
     def reorder(self, index: Tensor):
-        """Select rows (beam search): row i of the result is row index[i]."""
         if self.k is not None:
             if index.shape[0] == self.batch:
                 # copy only the live slots, in place: the buffers keep their size
@@ -167,43 +174,187 @@ class KVCache:
                 self.v = self.v.index_select(1, index)
         if exists(self.key_mask):
             self.key_mask = self.key_mask.index_select(0, index)
+
+    def rollback_error(self, n: int, seen: int) -> str | None:
+        """Why the last `n` of `seen` positions cannot be forgotten exactly (None: they can)."""
+        if self.window is None:
+            return None
+        discarded = seen > self.length  # positions older than slot 0 existed
+        if discarded and self.length - n - (self.window - 1) < 0:
+            return f"cannot roll back {n} positions exactly: keys the window needs were discarded"
+        return None
+
+    def rollback(self, n: int):
+        length = max(self.length - n, 0)
+        if exists(self.window):
+            self.start = min(self.start, max(0, length - (self.window - 1)))
+        self.start = min(self.start, length)
+        self.length = length
+
+    def fork(self) -> LayerSlots:
+        other = LayerSlots(self.num_layers, window=self.window, capacity=self.reserved)
+        held = slice(0, self.length)
+        if self.k is not None:
+            other.k, other.v = self.k[:, :, :, held].clone(), self.v[:, :, :, held].clone()
+        if exists(self.key_mask):
+            other.key_mask = self.key_mask[:, held].clone()
+        other.start, other.length = self.start, self.length
+        return other
+
+    def memory_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+
+
+class KVCache:
+    """Keys and values of all attention layers, plus which keys may be attended.
+
+    Layers that see the same window of keys share one `LayerSlots` (its
+    buffers, live slots and key mask): one group in most models, two in
+    Gemma 2 / 3, whose sliding layers keep only their window while the global
+    layers keep every key. `windows` gives each layer's window (default
+    `window` for all). `seen` counts every position processed so far and
+    gives the positions of the next tokens; `seq_start_pos` holds each row's
+    left padding so positions and attention skip it. Rows are reordered in
+    place by `reorder` (beam search).
+    """
+
+    def __init__(self, num_layers: int, window: int | None = None, capacity: int = 0,
+                 windows: list[int | None] | None = None):
+        windows = list(windows) if exists(windows) else [window] * num_layers
+        if len(windows) != num_layers:
+            raise ValueError(f"windows must give one window per layer ({num_layers}), got {len(windows)}")
+        self.num_layers = num_layers
+        self.windows = windows
+        # the widest window first, so `groups[0]` holds the layers that keep the most keys
+        distinct = sorted(set(windows), key=lambda w: -math.inf if w is None else -w)
+        self.groups = [LayerSlots(windows.count(w), w, capacity) for w in distinct]
+        # layer -> (group, index of the layer in the group's buffers)
+        self.layer_slot = [(distinct.index(w), windows[:i].count(w)) for i, w in enumerate(windows)]
+        self.seq_start_pos: Tensor | None = None
+        self.seen = 0
+        self.offset = 0  # tokens of the sequence before the first position seen (a prompt cut to the window)
+
+    @property
+    def window(self) -> int | None:
+        """The widest window a layer keeps (None: every key)."""
+        return self.groups[0].window
+
+    @property
+    def k(self) -> Tensor | None:
+        """The key buffer of the layers with the widest window (all layers, when they share one)."""
+        return self.groups[0].k
+
+    @property
+    def v(self) -> Tensor | None:
+        return self.groups[0].v
+
+    @property
+    def capacity(self) -> int:
+        return max(g.capacity for g in self.groups)
+
+    @property
+    def batch(self) -> int | None:
+        return self.groups[0].batch
+
+    @property
+    def seq_length(self) -> int:
+        """Tokens of the sequence the cache has read, those a cut prompt left out (`offset`) included."""
+        return self.offset + self.seen
+
+    def live(self) -> int:
+        """The most slots a layer attends to (the widest window's)."""
+        return max(g.live() for g in self.groups)
+
+    def group_of(self, layer: int) -> LayerSlots:
+        return self.groups[self.layer_slot[layer][0]]
+
+    def reserve(self, capacity: int):
+        """Make the buffers, when they are first made, hold at least `capacity` slots (no effect on a cache that
+        holds keys already; a windowed group reserves at most twice its window)."""
+        for g in self.groups:
+            g.reserve(capacity)
+
+    # --- called once per forward, before the layers ---
+
+    def prepare(self, n: int, key_mask: Tensor | None = None):
+        """Make room for `n` new slots in every group, dropping keys that slid
+        out of each window, and record which new keys may be attended (None: all)."""
+        for g in self.groups:
+            g.prepare(n)
+            g.write_key_mask(key_mask, n)
+
+    # --- called by each attention layer ---
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store layer's new keys and values; all the keys and values its queries see."""
+        group, index = self.layer_slot[layer]
+        return self.groups[group].write(index, k, v)
+
+    # --- called once per forward, after the layers ---
+
+    def advance(self, n: int, positions: int | None = None):
+        for g in self.groups:
+            g.advance(n)
+        self.seen += default(positions, n)
+
+    def keep_candidate(self, choice: Tensor):
+        """After a parallel forward of k candidates, keep the chosen one's keys
+        and values (per row) in the first new slot and drop the others."""
+        for g in self.groups:
+            g.keep_candidate(choice)
+        self.seen += 1
+
+    def reorder(self, index: Tensor):
+        """Select rows (beam search): row i of the result is row index[i]."""
+        for g in self.groups:
+            g.reorder(index)
         if exists(self.seq_start_pos):
             self.seq_start_pos = self.seq_start_pos.index_select(0, index)
 
     def rollback(self, n: int, exact: bool = True):
         """Forget the last `n` positions (speculative decoding's rejected
         drafts, or a what-if branch from an earlier step): their slots are
-        overwritten by the next write, and keys that slid out of the window
+        overwritten by the next write, and keys that slid out of a window
         for them come back into it. Keys a compaction already discarded cannot
-        come back: then rolling back is refused, or with `exact=False` the
-        next query sees fewer than a window of keys (good enough for a draft)."""
-        if not 0 <= n <= self.length:
-            raise ValueError(f"cannot roll back {n} of the {self.length} positions held")
-        length = self.length - n
-        if exists(self.window):
-            first = length - (self.window - 1)  # the oldest slot the next query needs
-            discarded = self.seen - self.length > 0  # positions older than slot 0 existed
-            if first < 0 and discarded and exact:
-                raise ValueError(f"cannot roll back {n} positions exactly: keys the window needs were discarded")
-            self.start = min(self.start, max(0, first))
-        self.length, self.seen = length, self.seen - n
+        come back: then rolling back is refused (no group changes), or with
+        `exact=False` the next query sees fewer than a window of keys (good
+        enough for a draft)."""
+        if not 0 <= n <= self.seen:
+            raise ValueError(f"cannot roll back {n} of the {self.seen} positions held")
+        if exact:
+            errors = [e for g in self.groups if (e := g.rollback_error(n, self.seen))]
+            if errors:
+                raise ValueError(errors[0])
+        for g in self.groups:
+            g.rollback(n)
+        self.seen -= n
+
+    def crop(self, max_length: int):
+        """Keep the first `max_length` tokens of the sequence (`seq_length`
+        counts them) and forget the rest, as transformers' `DynamicCache.crop`;
+        a negative `max_length` forgets that many from the end. A branch
+        from an earlier step continues from a fork cropped to it. Refused
+        (ValueError) below the tokens a cut prompt left out, or where a
+        sliding window discarded keys the shorter sequence needs."""
+        if isinstance(max_length, bool) or not isinstance(max_length, int):
+            raise ValueError(f"max_length must be an integer, got {max_length!r}")
+        keep = max_length if max_length >= 0 else self.seq_length + max_length
+        if not self.offset <= keep <= self.seq_length:
+            raise ValueError(f"cannot crop to {max_length} tokens: the cache holds tokens {self.offset} to "
+                             f"{self.seq_length} of the sequence")
+        self.rollback(self.seq_length - keep)
 
     def fork(self) -> KVCache:
         """An independent copy holding the same keys, values and positions (a
         what-if branch continues from it while this one stays as it is): the
         slots are copied, nothing is recomputed."""
-        other = KVCache(self.num_layers, window=self.window, capacity=self.reserved)
-        held = slice(0, self.length)
-        if self.k is not None:
-            other.k, other.v = self.k[:, :, :, held].clone(), self.v[:, :, :, held].clone()
-        if exists(self.key_mask):
-            other.key_mask = self.key_mask[:, held].clone()
-        other.seq_start_pos, other.offset = self.seq_start_pos, self.offset
-        other.start, other.length, other.seen = self.start, self.length, self.seen
+        other = KVCache(self.num_layers, windows=self.windows)
+        other.groups = [g.fork() for g in self.groups]
+        other.seq_start_pos, other.offset, other.seen = self.seq_start_pos, self.offset, self.seen
         return other
 
     def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v) if t is not None)
+        return sum(g.memory_bytes() for g in self.groups)
 
 
 # rope scaling types axw computes, with the parameters each one needs (the
@@ -386,9 +537,7 @@ class Attention(nn.Module):
         self.to_qkv = Linear(dim, (heads + 2 * kv_heads) * dim_head, bias=default(qkv_bias, bias))
         self.to_out = Linear(heads * dim_head, dim, bias=bias)
         self.qk_norm = qk_norm
-        if exists(qk_norm):
-            from .transformer import Norm  # the decoder's norm, RMS here whatever the decoder uses
-
+        if exists(qk_norm):  # the decoder's norm, RMS here whatever the decoder uses
             kwargs = {**(norm_kwargs or {}), "rms": True, "bias": False}
             self.q_norm = Norm(dim_head if qk_norm == "head" else heads * dim_head, **kwargs)
             self.k_norm = Norm(dim_head if qk_norm == "head" else kv_heads * dim_head, **kwargs)

@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from .generation import Decoding, Step
+from .runtime import Run, Step
 from .utils import exists
 
 
@@ -166,7 +166,7 @@ class BeamState:
         return seqs, rearrange(self.ranked_scores().gather(1, order), "b beams -> beams b")
 
 
-def steps(run: Decoding) -> Iterator[Step]:
+def steps(run: Run) -> Iterator[Step]:
     """Beam search over the scores (the model after the penalties); with
     `stochastic` (and a temperature above 0), Kool et al.'s stochastic beam
     search over the sampling distribution (penalties, filters, temperature)."""
@@ -178,8 +178,7 @@ def steps(run: Decoding) -> Iterator[Step]:
     state = BeamState(b, n_beams, out, run.pad, run.eos, c.length_penalty,
                       stochastic=c.stochastic and not c.greedy, generator=run.generator)
     if run.seq_len == 0:
-        run._scores = torch.zeros((1, b), device=out.device)
-        run._beam_out = out[None]
+        run.beams, run.beam_scores = out[None], torch.zeros((1, b), device=out.device)
         return
     model = run.runner(run.net)
     pipeline = run.pipeline()
@@ -210,5 +209,5 @@ def steps(run: Decoding) -> Iterator[Step]:
         if step == run.seq_len - 1 or (exists(c.eos_token) and state.all_finished()):
             break
         logits = model.logits(state.sequences, cur + 1)
-    run._beam_out, run._scores = state.final(t)
-    run._out = run._beam_out[0]
+    run.beams, run.beam_scores = state.final(t)
+    run.sequences = run.beams[0]

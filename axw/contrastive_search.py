@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .generation import Decoding, Step
+from .runtime import Run, Step
 from .utils import exists
 
 
@@ -34,7 +34,7 @@ def contrastive_scores(confidence: Tensor, penalty: Tensor, alpha: float) -> Ten
     return score.masked_fill(confidence <= 0, -math.inf)
 
 
-def steps(run: Decoding) -> Iterator[Step]:
+def steps(run: Run) -> Iterator[Step]:
     net, c = run.net, run.config
     b, t = run.tokens.shape
     total = t + run.seq_len

@@ -24,7 +24,7 @@ def identity(logits: Tensor, **kwargs) -> Tensor:
     return logits
 
 
-def _keep_top1(remove: Tensor, logits: Tensor) -> Tensor:
+def keep_top1(remove: Tensor, logits: Tensor) -> Tensor:
     """Never remove the most likely token (or the tokens tied with it)."""
     return remove & (logits < logits.amax(dim=-1, keepdim=True))
 
@@ -86,7 +86,7 @@ def top_a(logits: Tensor, min_p_pow: float = 2.0, min_p_ratio: float = 0.02) -> 
     return logits.masked_fill(probs < limit, NEG_INF)
 
 
-def _entropy(log_probs: Tensor) -> Tensor:
+def entropy_nats(log_probs: Tensor) -> Tensor:
     """Entropy in nats of each row, (b, 1); removed tokens (-inf) add nothing."""
     probs = log_probs.exp()
     return -torch.where(probs > 0, probs * log_probs, 0.0).sum(dim=-1, keepdim=True)
@@ -99,7 +99,7 @@ def typical_p(logits: Tensor, mass: float = 0.9) -> Tensor:
     if mass >= 1.0:
         return logits
     log_probs = logits.float().log_softmax(dim=-1)
-    distance = (-log_probs - _entropy(log_probs)).abs()
+    distance = (-log_probs - entropy_nats(log_probs)).abs()
     sorted_distance, order = distance.sort(dim=-1)
     cumulative = logits.gather(-1, order).float().softmax(dim=-1).cumsum(dim=-1)
     # the last kept token is the first whose cumulative mass reaches `mass`
@@ -114,7 +114,7 @@ def epsilon_cutoff(logits: Tensor, epsilon: float = 3e-4) -> Tensor:
     """Epsilon sampling (Hewitt et al. 2022, arXiv:2210.15191): keep tokens with
     p >= epsilon, a fixed floor on probability."""
     probs = logits.float().softmax(dim=-1)
-    return logits.masked_fill(_keep_top1(probs < epsilon, logits), NEG_INF)
+    return logits.masked_fill(keep_top1(probs < epsilon, logits), NEG_INF)
 
 
 def eta_cutoff(logits: Tensor, epsilon: float = 3e-4) -> Tensor:
@@ -122,8 +122,8 @@ def eta_cutoff(logits: Tensor, epsilon: float = 3e-4) -> Tensor:
     p >= eta = min(epsilon, sqrt(epsilon) * exp(-H)), a floor that is lower
     when the distribution is flat (high entropy H)."""
     log_probs = logits.float().log_softmax(dim=-1)
-    eta = torch.clamp(math.sqrt(epsilon) * torch.exp(-_entropy(log_probs)), max=epsilon)
-    return logits.masked_fill(_keep_top1(log_probs.exp() < eta, logits), NEG_INF)
+    eta = torch.clamp(math.sqrt(epsilon) * torch.exp(-entropy_nats(log_probs)), max=epsilon)
+    return logits.masked_fill(keep_top1(log_probs.exp() < eta, logits), NEG_INF)
 
 
 # Top-H looks at the 100 most likely tokens, as transformers' TopHLogitsWarper does
@@ -172,7 +172,7 @@ def p_less(logits: Tensor) -> Tensor:
     millionth of itself.)"""
     probs = logits.float().softmax(dim=-1)
     limit = probs.square().sum(dim=-1, keepdim=True)
-    return logits.masked_fill(_keep_top1(probs < limit * (1 - 1e-6), logits), NEG_INF)
+    return logits.masked_fill(keep_top1(probs < limit * (1 - 1e-6), logits), NEG_INF)
 
 
 class AdaptiveP:

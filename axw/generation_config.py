@@ -11,6 +11,8 @@ folder may carry one as `generation_config.json` (`save_pretrained` /
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
@@ -19,7 +21,8 @@ from typing import Any, Callable
 
 from .filters import FILTER_LOGITS_FN, identity
 from .processors import build_filters
-from .specs import ASSISTANT_SCHEDULES, LIBRARY_SPECS, SAMPLER_ORDERS, SPEC, STRATEGIES  # noqa: F401 (re-exported)
+from .specs import (ASSISTANT_SCHEDULES, LIBRARY_SPECS, SAMPLER_ORDERS, SPEC, STRATEGIES,  # noqa: F401 (re-exported)
+                    TRANSFORMERS_ALIASES, TRANSFORMERS_FILTER_ORDER, TRANSFORMERS_TOP_K, TRANSFORMERS_UNSUPPORTED)
 from .utils import check_number
 
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -81,7 +84,8 @@ class GenerationConfig:
     # with an assistant or a datastore: copy a drafted token by prompt lookup where the text's last n tokens occurred
     # before (0 = off)
     assistant_lookup_ngram: int = 0
-    # stopping, context, randomness, the trace
+    # length, stopping, context, randomness, the trace
+    max_new_tokens: int | None = None  # how many tokens generate adds when it is not given seq_len
     eos_token: int | list[int] | None = None  # generation stops at any of these ids
     restrict_to_max_seq_len: bool = True
     cache_kv: bool = True
@@ -103,6 +107,8 @@ class GenerationConfig:
                                  f"{self.dry_sequence_breakers!r}")
             self.dry_sequence_breakers = list(self.dry_sequence_breakers)
         self._normalise_contrastive_decode_kwargs()
+        if self.max_new_tokens is not None:  # the playground passes its length to generate, not in the settings
+            SPEC["max_new_tokens"].check(self.max_new_tokens)
         if isinstance(self.eos_token, (list, tuple)):  # several stop ids (Llama 3 instruct lists three)
             if not self.eos_token:
                 raise ValueError("eos_token is a token id or a non-empty list of them (None = none), got []")
@@ -150,13 +156,9 @@ class GenerationConfig:
     # --- overrides, dicts, files ---
 
     def update(self, **overrides) -> GenerationConfig:
-        """A copy with `overrides` applied and checked (unknown names refused)."""
-        names = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise ValueError(f"unknown generation setting{'s' * (len(unknown) > 1)} {', '.join(unknown)}: "
-                             f"the settings are {', '.join(sorted(names))}")
-        return replace(self, **overrides) if overrides else self
+        """A copy with `overrides` applied and checked: axw's names or transformers' (`TRANSFORMERS_ALIASES`);
+        an unknown name is refused with the closest ones."""
+        return replace(self, **resolve_names(overrides)) if overrides else self
 
     def to_dict(self) -> dict[str, Any]:
         """Every setting as JSON-able values (a custom filter callable cannot be)."""
@@ -200,44 +202,111 @@ class GenerationConfig:
             raise ValueError(f"{path} does not hold a dict of settings")
         if values.pop("format", None) == "axw":
             return cls.from_dict(values)
+        return cls.from_transformers(values)
+
+    @classmethod
+    def from_transformers(cls, config) -> GenerationConfig:
+        """axw's settings for a transformers `GenerationConfig` (or its dict): its sampling settings with
+        transformers' meaning (temperature first; greedy unless do_sample), beams, `max_new_tokens` and EOS. The
+        rest (lengths in other forms, token ids other than EOS) is not a decoding setting here and is left out."""
+        values = config.to_dict() if hasattr(config, "to_dict") and not isinstance(config, dict) else config
+        if not isinstance(values, dict):
+            raise ValueError(f"a transformers GenerationConfig or its dict, got {type(config).__name__}")
         return cls.from_dict(from_transformers(values))
 
 
 _DEFAULTS = {f.name: f.default for f in fields(GenerationConfig) if f.default is not MISSING}
+FIELDS = [f.name for f in fields(GenerationConfig)]
+_dataclass_init = GenerationConfig.__init__
+# transformers' names that are one of axw's settings under another name (or the same)
+TRANSFORMERS_NAME_MAP = dict(num_beams="beams", eos_token_id="eos_token", use_cache="cache_kv",
+                             max_new_tokens="max_new_tokens")
 
 
-# transformers' GenerationConfig fields that are filters here: name -> (filter, its parameter, the value that is off)
-# in the order transformers chains them
-TRANSFORMERS_FILTERS = {
-    "top_h": ("top_h", "top_h", None), "top_k": ("top_k", "k", 0), "top_p": ("top_p", "thres", 1.0),
-    "min_p": ("min_p", "min_p", None), "typical_p": ("typical_p", "mass", 1.0),
-    "epsilon_cutoff": ("epsilon_cutoff", "epsilon", 0.0), "eta_cutoff": ("eta_cutoff", "epsilon", 0.0),
-}
+@functools.wraps(_dataclass_init)
+def _init(self, *args, **kwargs):
+    """GenerationConfig's fields by position or name, or transformers' names for them."""
+    _dataclass_init(self, *args, **resolve_names(kwargs))
+
+
+GenerationConfig.__init__ = _init
+
+
+def unknown_names(names: list[str]) -> str:
+    """What to say of settings that are neither axw's nor transformers' names it takes: the closest names, and
+    which are transformers' settings axw does not have."""
+    parts = []
+    for name in names:
+        if name in TRANSFORMERS_UNSUPPORTED:
+            parts.append(f"{name} is transformers' setting, which axw does not have")
+            continue
+        close = difflib.get_close_matches(str(name), [*FIELDS, *TRANSFORMERS_ALIASES], n=3, cutoff=0.6)
+        parts.append(f"{name}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))
+    return (f"unknown generation setting{'s' * (len(names) > 1)}: {'; '.join(parts)}. The settings: GenerationConfig's "
+            "fields (axw.GenerationConfig), or transformers' names for them (axw.specs.TRANSFORMERS_ALIASES)")
+
+
+def resolve_names(kwargs: dict) -> dict:
+    """`kwargs` with transformers' names (`TRANSFORMERS_ALIASES`) put as axw's settings; ValueError for an unknown
+    name, or for the same setting given by both names."""
+    unknown = [k for k in kwargs if k not in FIELDS and k not in TRANSFORMERS_ALIASES]
+    if unknown:
+        raise ValueError(unknown_names(unknown))
+    aliased = {k: v for k, v in kwargs.items() if k in TRANSFORMERS_ALIASES}
+    if not aliased:
+        return kwargs
+    translated = transformers_settings(aliased)
+    both = sorted(set(translated) & set(kwargs) - set(TRANSFORMERS_ALIASES))
+    if both:
+        raise ValueError(f"{', '.join(both)} given twice: by axw's name and by transformers' "
+                         f"({', '.join(sorted(aliased))}); give one")
+    return {**translated, **{k: v for k, v in kwargs.items() if k not in aliased}}
+
+
+def transformers_settings(values: dict) -> dict:
+    """axw's settings for transformers' names (a subset of `TRANSFORMERS_ALIASES`)."""
+    out = {TRANSFORMERS_NAME_MAP[k]: v for k, v in values.items() if k in TRANSFORMERS_NAME_MAP}
+    sample = values.get("do_sample")
+    if sample not in (None, True, False):
+        raise ValueError(f"do_sample must be True or False, got {sample!r}")
+    if sample is True and values.get("top_k") is None:
+        values = dict(values, top_k=TRANSFORMERS_TOP_K)
+    fns, kwargs = [], []
+    for name in TRANSFORMERS_FILTER_ORDER:
+        value, spec = values.get(name), SPEC[name]
+        if value is not None and not (spec.off is not None and value == spec.off and not isinstance(value, bool)):
+            fns.append(spec.filter)
+            kwargs.append({spec.param: value})
+    if fns or sample is not None:
+        out.update(filter_logits_fn=fns, filter_kwargs=kwargs)
+    if sample is True:
+        out["sampler_order"] = "temperature_first"
+    elif sample is False and (values.get("num_beams") or 1) <= 1:
+        out["temperature"] = 0.0
+    return out
 
 
 def from_transformers(values: dict) -> dict:
-    """axw settings for the sampling settings of a transformers
-    `generation_config.json` (the rest, token ids and lengths, are not
-    decoding strategy and are left to the model's own config)."""
-    out: dict[str, Any] = {"sampler_order": "temperature_first"}
-    sample = values.get("do_sample", False)
-    fns, kwargs = [], []
+    """axw settings for a transformers `generation_config.json`'s: sampling (temperature first, top_k 50 unless
+    given) or greedy, beams, the penalties, contrastive search, `max_new_tokens` and EOS (other token ids and
+    lengths are not decoding settings here)."""
+    sample = bool(values.get("do_sample", False))
+    names = ["max_new_tokens", "eos_token_id", "num_beams", *(TRANSFORMERS_FILTER_ORDER if sample else ())]
+    out: dict[str, Any] = {"sampler_order": "temperature_first", "temperature": 0.0}
     if sample:
-        values = dict(values, top_k=50 if values.get("top_k") is None else values["top_k"])  # its default
-        for key, (name, param, off) in TRANSFORMERS_FILTERS.items():
-            value = values.get(key)
-            if value is not None and value != off:
-                fns.append(name)
-                kwargs.append({param: value})
-        out.update(filter_logits_fn=fns, filter_kwargs=kwargs, temperature=values.get("temperature", 1.0))
-    else:
-        out["temperature"] = 0.0
-    for key, ours in (("repetition_penalty", "repetition_penalty"), ("no_repeat_ngram_size", "no_repeat_ngram_size"),
-                      ("penalty_alpha", "penalty_alpha")):
+        out.update(transformers_settings({"do_sample": True, **{k: values[k] for k in names if k in values}}))
+        out["temperature"] = 1.0 if values.get("temperature") is None else values["temperature"]
+    for key in ("max_new_tokens", "eos_token_id"):
         if values.get(key) is not None:
-            out[ours] = values[key]
+            out[TRANSFORMERS_NAME_MAP[key]] = values[key]
+    for key in ("repetition_penalty", "no_repeat_ngram_size", "penalty_alpha"):
+        if values.get(key) is not None:
+            out[key] = values[key]
     if values.get("penalty_alpha") is not None and values.get("top_k"):
         out["contrastive_k"] = values["top_k"]
     if (values.get("num_beams") or 1) > 1:
-        out.update(beams=values["num_beams"], length_penalty=values.get("length_penalty", 1.0))
+        out.update(beams=values["num_beams"],
+                   length_penalty=1.0 if values.get("length_penalty") is None else values["length_penalty"])
+    else:
+        out.pop("beams", None)
     return out

@@ -11,7 +11,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import warnings
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +28,7 @@ FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
-DATASTORE_NAME = "ngrams.safetensors"  # a speculative drafter's n-gram datastore (axw.speculative.NgramDatastore)
+DATASTORE_NAME = "ngrams.safetensors"  # a speculative drafter's n-gram datastore (axw.ngrams.NgramDatastore)
 # what a download fetches: configs, safetensors weights (sharded too), tokenizer, chat templates, card
 HUB_FILES = [
     "config.json",
@@ -53,10 +57,72 @@ def validate_repo_id(repo_id: str) -> str:
     return repo_id
 
 
+@dataclass(frozen=True)
+class Bar:
+    """Where one of huggingface_hub's progress bars stands: `done` of `total`
+    `unit`s ('B' for bytes; `total` None where the bar shows none)."""
+
+    desc: str
+    done: float
+    total: float | None
+    unit: str
+
+
+def reporting_bars(report: Callable[[list[Bar]], None]):
+    """A tqdm class for huggingface_hub's downloads that passes the state of
+    all its bars, in the order they were made, to `report` whenever one
+    moves. It counts by itself, so it reports with the bars hidden too (as
+    they are where stderr is not a terminal), and from whichever thread moves
+    a bar (huggingface_hub's download threads do)."""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    bars: list = []
+    lock = threading.Lock()
+
+    def send():
+        report([Bar(b._desc, b._done, b._total if b._shows_total else None, b._unit) for b in bars])
+
+    class ReportingBar(hf_tqdm):
+        def __init__(self, *args, **kwargs):
+            self._desc = kwargs.get("desc") or (args[1] if len(args) > 1 and isinstance(args[1], str) else "")
+            self._done = kwargs.get("initial") or 0
+            self._unit = kwargs.get("unit", "it")
+            # huggingface_hub hides the total of a bar whose total is a guess (bytes over the network)
+            self._shows_total = "total" in (kwargs.get("bar_format") or "{total}")
+            super().__init__(*args, **kwargs)
+            with lock:
+                bars.append(self)
+                send()
+
+        @property
+        def _total(self):
+            return getattr(self, "total", None)
+
+        def update(self, n=1):
+            with lock:
+                self._done += n or 0
+                send()
+            return super().update(n)
+
+        def set_description(self, desc=None, refresh=True):
+            self._desc = desc or ""
+            return super().set_description(desc, refresh)
+
+        def set_description_str(self, desc=None, refresh=True):
+            self._desc = desc or ""
+            return super().set_description_str(desc, refresh)
+
+    return ReportingBar
+
+
 def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None,
-            cache_dir: str | os.PathLike | None = None) -> Path:
+            cache_dir: str | os.PathLike | None = None, progress: Callable[[list[Bar]], None] | None = None,
+            check: Callable[[dict], None] | None = None) -> Path:
     """A local folder as is, else the folder huggingface_hub downloads (or
-    finds in its cache) for the repo id."""
+    finds in its cache) for the repo id. `progress`, called with the state of
+    the download's bars (a list of `Bar`) as they move, from the download's
+    threads. `check`, called with the repo's config.json alone before the
+    rest downloads: its ValueError refuses a model before its weights come."""
     path = Path(path_or_repo_id)
     if path.is_dir():
         return path
@@ -65,7 +131,30 @@ def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, tok
         raise ValueError(f"{repo_id!r} is not a folder holding a model")
     validate_repo_id(repo_id)
 
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    if exists(check):
+        try:
+            with _download_errors(repo_id, revision):
+                config = hf_hub_download(repo_id, CONFIG_NAME, revision=revision, token=token, cache_dir=cache_dir)
+        except OSError as e:
+            missing = e.__cause__
+            if isinstance(missing, EntryNotFoundError) and not isinstance(missing, LocalEntryNotFoundError):
+                raise ValueError(f"{repo_id!r} has no {CONFIG_NAME}: not a model repo") from None
+            raise
+        check(read_config(Path(config).parent))
+    with _download_errors(repo_id, revision):
+        folder = snapshot_download(
+            repo_id, revision=revision, token=token, cache_dir=cache_dir, allow_patterns=HUB_FILES,
+            tqdm_class=reporting_bars(progress) if exists(progress) else None,
+        )
+    return Path(folder)
+
+
+@contextmanager
+def _download_errors(repo_id: str, revision: str | None):
+    """huggingface_hub's errors as an OSError naming the repo and what to do."""
     from huggingface_hub.errors import (
         GatedRepoError,
         LocalEntryNotFoundError,
@@ -74,9 +163,7 @@ def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, tok
     )
 
     try:
-        folder = snapshot_download(
-            repo_id, revision=revision, token=token, cache_dir=cache_dir, allow_patterns=HUB_FILES
-        )
+        yield
     except GatedRepoError as e:
         raise OSError(f"{repo_id!r} is gated on the Hugging Face Hub: accept its terms and pass a token") from e
     except RepositoryNotFoundError as e:
@@ -90,7 +177,6 @@ def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, tok
         ) from e
     except Exception as e:  # connection resets, HTTP 5xx, bad tokens: say which repo failed
         raise OSError(f"cannot download {repo_id!r} from the Hugging Face Hub: {e}") from e
-    return Path(folder)
 
 
 def read_config(folder: Path) -> dict:
@@ -171,7 +257,8 @@ def load_generation_config(folder: Path):
     if not set(values) & TRANSFORMERS_DECODING_KEYS:
         return None
     try:
-        return GenerationConfig.from_dict(from_transformers(values))
+        # the model's EOS is its eos_token_id: generate stops there when given eos_token (x-transformers' habit)
+        return GenerationConfig.from_dict({k: v for k, v in from_transformers(values).items() if k != "eos_token"})
     except ValueError as e:
         warnings.warn(f"{path}: its decoding settings are not ones axw can use ({e}); ignoring them")
         return None

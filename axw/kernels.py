@@ -1,5 +1,5 @@
 """Low-level kernels: `linear`, `F.linear` through oneDNN on CPU where that is
-faster, and the layers built on it.
+faster, and the layers built on it; `Norm`, the normalisation every layer uses.
 
 PyTorch ships oneDNN but sends matrix products to its BLAS; `linear` calls
 oneDNN's product directly, with its own backward, and leaves everything it
@@ -188,3 +188,22 @@ class TokenEmbedding(nn.Embedding):
 
     def logits(self, hidden: Tensor) -> Tensor:
         return linear(hidden, self.weight)
+
+
+class Norm(nn.Module):
+    """LayerNorm (optionally without bias) or RMSNorm (Zhang & Sennrich 2019).
+    With `unit_offset` the scale is 1 + weight, the weight starting at 0
+    (Gemma's RMSNorm)."""
+
+    def __init__(self, dim: int, rms: bool = False, bias: bool = False, eps: float = 1e-5,
+                 unit_offset: bool = False):
+        super().__init__()
+        self.rms, self.eps, self.unit_offset = rms, eps, unit_offset
+        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias and not rms else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        weight = self.weight + 1.0 if self.unit_offset else self.weight
+        if self.rms:
+            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+        return F.layer_norm(x, (x.shape[-1],), weight, self.bias, self.eps)

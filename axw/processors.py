@@ -25,8 +25,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .filters import (FILTER_LOGITS_FN, NEG_INF, _entropy, _keep_top1, check_filter_kwargs, filter_name, identity,
-                      is_stateful)
+from .filters import (FILTER_LOGITS_FN, NEG_INF, check_filter_kwargs, entropy_nats, filter_name, identity,
+                      is_stateful, keep_top1)
 from .utils import check_number, exists
 
 LN2 = math.log(2.0)
@@ -311,7 +311,7 @@ class DynamicTemperature(Processor):
     def temperatures(self, logits: Tensor) -> Tensor:
         """(b, 1): the temperature each row gets."""
         n = torch.isfinite(logits).sum(dim=-1, keepdim=True)
-        entropy = _entropy(logits.float().log_softmax(dim=-1))
+        entropy = entropy_nats(logits.float().log_softmax(dim=-1))
         normalised = torch.where(n > 1, entropy / n.clamp(min=2).float().log(), 0.0).clamp(0.0, 1.0)
         return self.low + (self.high - self.low) * normalised.pow(self.exponent)
 
@@ -336,7 +336,7 @@ class Mirostat(Processor):
         if self.mu is None:
             self.mu = torch.full((logits.shape[0], 1), 2 * self.tau, device=logits.device)
         surprise = -logits.float().log_softmax(dim=-1) / LN2
-        return logits.masked_fill(_keep_top1(surprise > self.mu, logits), NEG_INF)
+        return logits.masked_fill(keep_top1(surprise > self.mu, logits), NEG_INF)
 
     def update(self, chosen, logits):
         if self.mu is None:  # greedy decoding never sampled through it

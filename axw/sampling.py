@@ -8,12 +8,12 @@ from typing import Iterator
 
 import torch
 
-from .generation import Decoding, Step, sample
 from .processors import ContrastiveDecoding
+from .runtime import Run, Step, sample
 from .utils import exists
 
 
-def steps(run: Decoding) -> Iterator[Step]:
+def steps(run: Run) -> Iterator[Step]:
     b, t = run.tokens.shape
     out = run.new_output()
     if run.seq_len == 0:

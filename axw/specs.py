@@ -15,13 +15,18 @@ This module imports nothing of axw's but `utils`: any module may read it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .utils import check_number
 
-# the strategies, one name each in the library (`GenerationConfig.strategy`) and the playground
+# the strategies, one name each in the library (`GenerateOutput.strategy`, `Run.strategy_name`), the playground
+# and the docs
 STRATEGIES = ("sampling", "beam search", "contrastive search", "contrastive decoding", "speculative decoding")
+# the one mapping table: the runtime's step functions (`Run.strategy`) by these names; contrastive decoding is
+# sampling's steps with an amateur model
+STRATEGY_STEPS = {"sampling": "sample", "beam search": "beam", "contrastive search": "contrastive",
+                  "contrastive decoding": "sample", "speculative decoding": "speculative"}
 SAMPLER_ORDERS = ("filters_first", "temperature_first")
 ASSISTANT_SCHEDULES = ("constant", "heuristic")
 # speculative decoding's drafters in the playground; "datastore": the n-gram datastore in the draft model's folder
@@ -159,6 +164,7 @@ MAX_BEAMS = 8
 MAX_CONTRASTIVE_K = 16
 MAX_DRAFT_TOKENS = 16
 MAX_SEED = 2**31 - 1
+MAX_TEMPERATURE = 5.0  # past it every token is about as likely: the page has nothing more to show
 
 SPECS: list[Spec] = [
     Spec("strategy", str, "sampling", "strategy", "how the next token is chosen", choices=STRATEGIES, group="app",
@@ -166,7 +172,7 @@ SPECS: list[Spec] = [
     Spec("max_new_tokens", int, 64, "max new tokens", f"how many tokens to generate (at most {MAX_NEW_TOKENS})",
          low=1, library=False, cap=(1, MAX_NEW_TOKENS), slider=(1, MAX_NEW_TOKENS, 1)),
     Spec("temperature", float, 0.8, "temperature", "divides the logits: < 1 sharpens, > 1 flattens, 0 = greedy",
-         "Ackley et al. 1985", low=0, group="temperature", slider=(0, 2, 0.05), checked="transformers' TemperatureLogitsWarper"),
+         "Ackley et al. 1985", low=0, group="temperature", cap=(0, MAX_TEMPERATURE), slider=(0, 2, 0.05), checked="transformers' TemperatureLogitsWarper"),
     _filter("top_k", int, 0, "top-k", "keep only the k most likely tokens", "Fan et al. 2018, arXiv:1805.04833",
             "k", 1, None, "use_k", "k", (1, 200, 1), 40, off=0, short="k", checked="transformers' TopKLogitsWarper"),
     _filter("top_p", float, 1.0, "top-p", "keep the fewest top tokens whose probabilities add up to p",
@@ -311,6 +317,33 @@ def filter_param_spec(filter_name: str, param: str) -> Spec | None:
     return None
 
 
+# transformers' names, which generate and GenerationConfig take beside axw's own: each name and what it means here.
+# The filters among them (top_k, top_p, ...) are the filter settings above of the same name, chained in
+# TRANSFORMERS_FILTER_ORDER; with do_sample given, transformers' meaning holds (True: temperature before the filters
+# and top_k 50 unless given; False: greedy, or beam search with num_beams).
+TRANSFORMERS_ALIASES = {
+    "do_sample": "sampling as transformers samples (True) or greedy / beam search (False); left out: axw's default",
+    "top_k": 'the filter "top_k" (0 = off)', "top_p": 'the filter "top_p" (1 = off)', "min_p": 'the filter "min_p"',
+    "typical_p": 'the filter "typical_p" (1 = off)', "epsilon_cutoff": 'the filter "epsilon_cutoff"',
+    "eta_cutoff": 'the filter "eta_cutoff"', "top_h": 'the filter "top_h"',
+    "num_beams": "beams", "eos_token_id": "eos_token", "use_cache": "cache_kv",
+    "max_new_tokens": "how many tokens to generate (generate's seq_len)",
+}
+TRANSFORMERS_FILTER_ORDER = ("top_h", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
+TRANSFORMERS_TOP_K = 50  # transformers' default top_k when it samples
+# transformers' GenerationConfig settings axw does not have (an error names them as such)
+TRANSFORMERS_UNSUPPORTED = (
+    "assistant_early_exit", "assistant_lookbehind", "bad_words_ids", "begin_suppress_tokens", "bos_token_id",
+    "cache_config", "cache_implementation", "compile_config", "constraints", "decoder_start_token_id",
+    "disable_compile", "diversity_penalty", "dola_layers", "early_stopping", "encoder_no_repeat_ngram_size",
+    "encoder_repetition_penalty", "exponential_decay_length_penalty", "force_words_ids", "forced_bos_token_id",
+    "forced_eos_token_id", "guidance_scale", "low_memory", "max_length", "max_time", "min_length", "min_new_tokens",
+    "num_beam_groups", "num_return_sequences", "output_attentions", "output_hidden_states", "output_logits",
+    "output_scores", "pad_token_id", "remove_invalid_values", "renormalize_logits",
+    "sequence_bias", "stop_strings", "suppress_tokens", "target_lookbehind", "token_healing", "watermarking_config",
+)
+
+
 SAMPLER_GROUPS = ("temperature", "filters", "stateful", "xtc", "dynatemp", "mirostat", "penalty")
 TABLE_START, TABLE_END = "<!-- samplers: python scripts/sampler_table.py -->", "<!-- samplers end -->"
 
@@ -332,6 +365,8 @@ def sampler_table() -> str:
 
 
 def _range(s: Spec) -> str:
+    if s.cap is not None:
+        return f"[{s.cap[0]:g}, {s.cap[1]:g}] (the library: {_range(replace(s, cap=None))})"
     if s.kind is bool:
         return "true / false (false)"
     lo = "" if s.low is None else ("(" if s.low_open else "[") + f"{s.low:g}"

@@ -15,11 +15,10 @@ import functools
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import QK_NORMS, Attention, KVCache, RotaryEmbedding, check_rope_scaling
-from .kernels import Linear, TokenEmbedding
+from .kernels import Linear, Norm, TokenEmbedding
 from .utils import ConfigMixin, build_config, check_number, default, exists
 
 ACTIVATIONS = {
@@ -41,25 +40,6 @@ class Intermediates:
     initial_embeds: Tensor | None = None  # token + position embeddings of the positions run
     next_embed_pred: Tensor | None = None
     extra: dict = field(default_factory=dict)
-
-
-class Norm(nn.Module):
-    """LayerNorm (optionally without bias) or RMSNorm (Zhang & Sennrich 2019).
-    With `unit_offset` the scale is 1 + weight, the weight starting at 0
-    (Gemma's RMSNorm)."""
-
-    def __init__(self, dim: int, rms: bool = False, bias: bool = False, eps: float = 1e-5,
-                 unit_offset: bool = False):
-        super().__init__()
-        self.rms, self.eps, self.unit_offset = rms, eps, unit_offset
-        self.weight = nn.Parameter(torch.zeros(dim) if unit_offset else torch.ones(dim))
-        self.bias = nn.Parameter(torch.zeros(dim)) if bias and not rms else None
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = self.weight + 1.0 if self.unit_offset else self.weight
-        if self.rms:
-            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
-        return F.layer_norm(x, (x.shape[-1],), weight, self.bias, self.eps)
 
 
 class FeedForward(nn.Module):
@@ -248,8 +228,8 @@ class Decoder(nn.Module):
         norm_kwargs = dict(rms=config.use_rmsnorm, bias=config.norm_bias, eps=config.norm_eps,
                            unit_offset=config.norm_unit_offset)
         sliding = config.sliding_layers()
-        # every layer sliding: the wrapper's KV cache keeps only the window;
-        # some (Gemma 2 / 3): the cache keeps every key, those layers mask theirs to the window
+        # the KV cache keeps only the window of each sliding layer, in a group of its own when
+        # other layers keep more (Gemma 2 / 3: `KVCache.groups`)
         self.sliding_window = config.sliding_window if any(sliding) else None
         self.all_sliding = all(sliding)
 
@@ -300,10 +280,10 @@ class Decoder(nn.Module):
         `max_position`, a bound on the positions when the caller knows one.
         Sliding layers see at most `sliding_window` keys whatever `window` is."""
         n = x.shape[1]
-        past, keys = self._prepare_keys(x, n, cache, key_mask)
-        masks = [self._attention_mask(x, n, past, keys, parallel, window)] * 2  # indexed by block.sliding
-        if exists(self.sliding_window) and (window is None or self.sliding_window < window):
-            masks[1] = self._attention_mask(x, n, past, keys, parallel, self.sliding_window)
+        if exists(cache):
+            cache.prepare(n, key_mask)
+        masks = {}  # one per (cache group, window) the layers use
+        windows = self.cache_windows(window)
         rotary = [None, None, None]  # indexed by block.rotary
         limit = max_position + 1 if exists(max_position) else None
         if exists(self.rotary):
@@ -313,7 +293,12 @@ class Decoder(nn.Module):
 
         lses = []
         for i, block in enumerate(self.layers):
-            attn_mask, is_causal = masks[block.sliding]
+            mask_of = (cache.layer_slot[i][0] if exists(cache) else 0, windows[i])
+            if mask_of not in masks:
+                group = cache.groups[mask_of[0]] if exists(cache) else None
+                past, keys = (group.live(), group.keys()) if exists(group) else (0, key_mask)
+                masks[mask_of] = self._attention_mask(x, n, past, keys, parallel, mask_of[1])
+            attn_mask, is_causal = masks[mask_of]
             h = x if block.attn_norm is None else block.attn_norm(x)
             out, lse = block.attn(
                 h, rotary=rotary[block.rotary], cache=cache, layer=i,
@@ -329,16 +314,15 @@ class Decoder(nn.Module):
             cache.advance(n)
         return self.final_norm(x), lses
 
-    @staticmethod
-    def _prepare_keys(x, n, cache, key_mask) -> tuple[int, Tensor | None]:
-        """Make room in the cache for n new keys; the count of cached keys
-        the new queries see and which keys may be attended (None: all)."""
-        if exists(cache):
-            cache.prepare(n)
-            cache.write_key_mask(key_mask, n)
-            keys = cache.key_mask[:, cache.key_slice()] if exists(cache.key_mask) else None
-            return cache.live(), keys
-        return 0, key_mask
+    def layer_window(self, block: Block, window: int | None) -> int | None:
+        """Keys a query of `block` sees, itself included, under a model-wide `window` (None: all)."""
+        if not block.sliding:
+            return window
+        return self.sliding_window if window is None else min(window, self.sliding_window)
+
+    def cache_windows(self, window: int | None) -> list[int | None]:
+        """Per layer, the keys a KV cache keeps for it: sliding layers only their window."""
+        return [self.layer_window(block, window) for block in self.layers]
 
     @staticmethod
     def _attention_mask(x, n, past, keys, parallel, window):
@@ -446,7 +430,8 @@ class TransformerWrapper(nn.Module):
         return self.attn_layers.dim
 
     def new_cache(self, capacity: int = 0) -> KVCache:
-        return KVCache(self.attn_layers.depth, window=self._window(), capacity=capacity)
+        layers = self.attn_layers
+        return KVCache(layers.depth, capacity=capacity, windows=layers.cache_windows(self._window()))
 
     def logits(self, hidden: Tensor) -> Tensor:
         logits = self.token_emb.logits(hidden) if self.to_logits is None else self.to_logits(hidden)
@@ -493,13 +478,33 @@ class TransformerWrapper(nn.Module):
         return hidden
 
     def _window(self) -> int | None:
-        """Keys a query may see, itself included: the KV cache keeps no more.
-        Past max_seq_len a rotary model slides; a model whose every layer
-        slides keeps only its sliding window."""
-        window = self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None
-        if self.attn_layers.all_sliding:
-            window = min(default(window, self.attn_layers.sliding_window), self.attn_layers.sliding_window)
-        return window
+        """Keys a query of a global layer may see, itself included: past
+        max_seq_len a rotary model slides. Sliding layers see less
+        (`Decoder.layer_window`); the KV cache keeps no more for each."""
+        return self.max_seq_len if self.can_cache_kv_outside_max_seq_len else None
+
+    def _uncached(self, x: Tensor, cache: Intermediates | KVCache | None, mask: Tensor | None,
+                  self_attn_kv_mask: Tensor | None, input_not_include_cache: bool, new_cache: bool):
+        """(x, the KV cache, mask, self_attn_kv_mask) for the positions a
+        forward runs: with a cache, the tokens of x it has not read (x holds
+        the whole sequence, x-transformers' contract, unless
+        `input_not_include_cache`); without one, all of x, and a new cache
+        when `new_cache`."""
+        kv_cache = cache.cache if isinstance(cache, Intermediates) else cache
+        if exists(cache) and kv_cache is None:
+            raise ValueError("cache holds no keys and values: run the first pass with return_intermediates=True")
+        if exists(kv_cache) and not input_not_include_cache:
+            if x.shape[1] <= kv_cache.seen:
+                raise ValueError(
+                    f"with a cache of {kv_cache.seen} positions, x must hold the whole sequence and at least one "
+                    f"new token; got {x.shape[1]} tokens"
+                )
+            x = x[:, kv_cache.seen:]
+            mask = mask[:, -x.shape[1]:] if exists(mask) else None
+            self_attn_kv_mask = self_attn_kv_mask[:, -x.shape[1]:] if exists(self_attn_kv_mask) else None
+        if kv_cache is None and new_cache:
+            kv_cache = self.new_cache()
+        return x, kv_cache, mask, self_attn_kv_mask
 
     def forward(
         self,
@@ -528,25 +533,12 @@ class TransformerWrapper(nn.Module):
         parallel: the new tokens are alternatives for the same next position,
             each attending to the cache and itself (contrastive search).
         """
-        kv_cache = cache.cache if isinstance(cache, Intermediates) else cache
-        if exists(cache) and kv_cache is None:
-            raise ValueError("cache holds no keys and values: run the first pass with return_intermediates=True")
-        if exists(kv_cache) and not input_not_include_cache:
-            if x.shape[1] <= kv_cache.seen:
-                raise ValueError(
-                    f"with a cache of {kv_cache.seen} positions, x must hold the whole sequence and at least one "
-                    f"new token; got {x.shape[1]} tokens"
-                )
-            x = x[:, kv_cache.seen:]
-            mask = mask[:, -x.shape[1]:] if exists(mask) else None
-            self_attn_kv_mask = self_attn_kv_mask[:, -x.shape[1]:] if exists(self_attn_kv_mask) else None
-        if kv_cache is None and return_intermediates and return_cache:
-            kv_cache = self.new_cache()
+        x, kv_cache, mask, self_attn_kv_mask = self._uncached(x, cache, mask, self_attn_kv_mask,
+                                                              input_not_include_cache,
+                                                              return_intermediates and return_cache)
         if exists(kv_cache) and exists(prepend_embeds) and kv_cache.seen > 0:
             raise ValueError("prepend_embeds can only be given on the first pass, not with a filled cache")
 
-        b, n = x.shape
-        device = x.device
         seen = kv_cache.seen if exists(kv_cache) else 0
         if exists(kv_cache):
             if exists(seq_start_pos):
@@ -559,13 +551,7 @@ class TransformerWrapper(nn.Module):
 
         h = tokens
         if exists(prepend_embeds):
-            p = prepend_embeds.shape[1]
-            h = torch.cat((prepend_embeds.to(h.dtype), h), dim=1)
-            positions = torch.arange(seen, seen + p + n, device=device) if positions.ndim == 1 else torch.cat(
-                (positions.new_zeros((b, p)), positions + p), dim=1
-            )
-            if exists(key_mask):
-                key_mask = torch.cat((key_mask.new_ones((b, p)), key_mask), dim=1)
+            h, positions, key_mask = _prepend(prepend_embeds, h, positions, key_mask, seen)
         h = self.emb_dropout(h)
 
         hidden, lses = self.attn_layers(
@@ -587,6 +573,19 @@ class TransformerWrapper(nn.Module):
             inter.next_embed_pred = self.to_next_embed_pred(hidden)
         return out, inter
 
+
+def _prepend(embeds: Tensor, h: Tensor, positions: Tensor, key_mask: Tensor | None,
+             seen: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`prepend_embeds` (b, p, dim) put before the tokens' embeddings h (b, n,
+    dim), with their positions (first) and key mask (always attended)."""
+    b, p, n = h.shape[0], embeds.shape[1], h.shape[1]
+    h = torch.cat((embeds.to(h.dtype), h), dim=1)
+    positions = torch.arange(seen, seen + p + n, device=h.device) if positions.ndim == 1 else torch.cat(
+        (positions.new_zeros((b, p)), positions + p), dim=1
+    )
+    if exists(key_mask):
+        key_mask = torch.cat((key_mask.new_ones((b, p)), key_mask), dim=1)
+    return h, positions, key_mask
 
 
 def attn_z_loss(lses: list[Tensor]) -> Tensor:

@@ -58,6 +58,13 @@ def check_number(value, name: str, low=None, high=None, *, integer=False, low_op
     return value
 
 
+def check_flag(value, name: str) -> bool:
+    """Raise ValueError unless `value` is True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 class ConfigMixin:
     """Read access by key (`config["dim"]`), as the plain dicts configs once were."""
 

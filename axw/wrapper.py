@@ -9,14 +9,21 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor, nn
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from . import chat, hub
-from .generation import Decoding, Step
+from .attention import KVCache
+from .generation import Decoding, GenerateOutput, Step
+from .runtime import prompt_cut, read_prompt
 from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
 from .transformer import Decoder, TransformerWrapper
-from .utils import ConfigMixin, build_config, check_number, eval_mode, exists
+from .utils import ConfigMixin, build_config, check_flag, check_number, eval_mode, exists
+
+
+def is_transformers_config(config) -> bool:
+    """A transformers `GenerationConfig` (read by its module, so transformers is never imported here)."""
+    return type(config).__name__ == "GenerationConfig" and type(config).__module__.startswith("transformers")
 
 
 # what generate takes beside the settings: models and inputs
@@ -116,19 +123,26 @@ class AutoregressiveWrapper(nn.Module):
         the method's own defaults, else the model's `generation_config.json`,
         else GenerationConfig's), with the keyword arguments on top; the model
         objects and inputs go beside it."""
+        if is_transformers_config(generation_config):
+            generation_config = GenerationConfig.from_transformers(generation_config)
         if generation_config is not None and not isinstance(generation_config, GenerationConfig):
             raise ValueError(
                 f"the third argument is a GenerationConfig, got {generation_config!r}: pass other settings by name "
                 "(eos_token=..., temperature=...)")
         objects = {k: overrides.pop(k) for k in DECODING_OBJECTS if k in overrides}
-        config = generation_config or base or self.generation_config or GenerationConfig()
-        return Decoding(self, prompts, seq_len, config.update(**overrides), strategy=strategy, **objects)
+        config = (generation_config or base or self.generation_config or GenerationConfig()).update(**overrides)
+        if seq_len is None:
+            if config.max_new_tokens is None:
+                raise ValueError("how many tokens? give seq_len (the second argument) or max_new_tokens")
+            seq_len = config.max_new_tokens
+        return Decoding(self, prompts, seq_len, config, strategy=strategy, **objects)
 
     @torch.no_grad()
-    def generate(self, prompts: Tensor | list[Tensor], seq_len: int, generation_config: GenerationConfig | None = None,
-                 **kwargs) -> Tensor:
+    def generate(self, prompts: Tensor | list[Tensor], seq_len: int | None = None,
+                 generation_config: GenerationConfig | None = None, *, return_dict_in_generate: bool = False,
+                 **kwargs) -> Tensor | GenerateOutput:
         """The prompt followed by `seq_len` generated tokens: (batch, prompt + seq_len),
-        or 1-D for a 1-D prompt. A list of 1-D prompts of different lengths is
+        or 1-D for a 1-D prompt (`max_new_tokens=` says the same, as in transformers). A list of 1-D prompts of different lengths is
         left-padded with `pad_value`; each row continues as its prompt alone would.
 
         Settings: a `GenerationConfig` and/or its fields as keyword arguments
@@ -140,16 +154,20 @@ class AutoregressiveWrapper(nn.Module):
         `pad_value`), ... Beside them: `amateur_model` (contrastive decoding),
         `assistant_model`, `assistant_datastore` (an `NgramDatastore`) or
         `prompt_lookup_num_tokens` (speculative decoding), `prompt_lens`, `generator`, and `cache`: a `KVCache` the
-        run fills (`net.new_cache()`) or continues from (a `fork()` of an
-        earlier run's, rolled back to where a branch starts)."""
+        run fills (`net.new_cache()`) or continues from (`prefill`, or a
+        `fork()` of an earlier run's cropped to where a branch starts).
+        `return_dict_in_generate=True` returns a `GenerateOutput`: the
+        sequences with the beams and their scores (beam search) or the
+        counts (speculative decoding)."""
+        check_flag(return_dict_in_generate, "return_dict_in_generate")
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
         with eval_mode(self, *_models(run)):
-            return run.output()
+            return run.result() if return_dict_in_generate else run.output()
 
     @torch.no_grad()
-    def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int, beams: int | None = None,
+    def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int | None = None, beams: int | None = None,
                     return_beams_and_scores: bool = False, generation_config: GenerationConfig | None = None,
-                    **kwargs):
+                    *, return_dict_in_generate: bool = False, **kwargs):
         """Beam search: the best beam, (batch, prompt + seq_len); with
         `return_beams_and_scores`, all beams best first as (beams, batch, prompt +
         seq_len) and their (beams, batch) scores, summed token log-probs
@@ -157,23 +175,55 @@ class AutoregressiveWrapper(nn.Module):
         hypothesis. A beam of one is greedy search. `stochastic=True` is
         stochastic beam search (Kool et al. 2019) over the filtered, tempered
         distribution: the beams are a sample without replacement of sequences.
-        Defaults: 4 beams, no filter."""
+        Defaults: 4 beams, no filter. `return_dict_in_generate=True` returns
+        a `GenerateOutput`, as `generate` does."""
+        check_flag(return_dict_in_generate, "return_dict_in_generate")
         if beams is not None:
             kwargs["beams"] = beams
         run = self._decoding(prompts, seq_len, generation_config, kwargs, strategy="beam",
                              base=GenerationConfig(beams=4, filter_logits_fn=None))
         with eval_mode(self):
+            if return_dict_in_generate:
+                return run.result()
             if return_beams_and_scores:
                 return run.beams_and_scores()
             return run.output()
 
-    def stream(self, prompts: Tensor | list[Tensor], seq_len: int, generation_config: GenerationConfig | None = None,
-               **kwargs) -> Iterator[Step]:
+    def stream(self, prompts: Tensor | list[Tensor], seq_len: int | None = None,
+               generation_config: GenerationConfig | None = None, **kwargs) -> Iterator[Step]:
         """Like `generate`, but yields a `Step` as each token is chosen; stop
         early by breaking out of the loop. `trace=True` attaches the teaching
         trace to each step. Arguments are checked here, before the first step."""
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
         return _stream(run, [self, *_models(run)])
+
+    @torch.no_grad()
+    def prefill(self, ids: Tensor, prompt_len: int | None = None) -> KVCache:
+        """A KV cache holding `ids` ((batch, n), or 1-D for one row) as a run
+        reads them, in one forward: pass it as `cache=` to `generate` or
+        `stream` with a prompt that goes on past `ids`, and only the rest
+        runs. `prompt_len`: how many of the first ids were a run's prompt
+        (default: all of them); a prompt past max_seq_len is cut to its last
+        max_seq_len tokens as a run cuts it (the cache's `offset` counts the
+        ones left out), and the ids after it are read as tokens it generated.
+        A what-if branch from an earlier step of a run continues from such a
+        cache, or from a `fork()` of the run's own cache cropped (`crop`) to it."""
+        if isinstance(ids, Tensor) and ids.ndim == 1:
+            ids = ids[None]
+        self._check_tokens(ids, "ids")
+        n = ids.shape[1]
+        if n == 0:
+            raise ValueError("ids must hold at least one token")
+        prompt_len = n if prompt_len is None else check_number(prompt_len, "prompt_len", 1, n, integer=True)
+        net = self.net
+        cut = prompt_cut(net, prompt_len)
+        if n - cut > net.max_seq_len and not net.can_cache_kv_outside_max_seq_len:
+            raise ValueError(f"{n - cut} tokens to read are past max_seq_len={net.max_seq_len} of a model with "
+                             "absolute positions")
+        cache = net.new_cache()
+        with eval_mode(self):
+            read_prompt(net, ids.long(), cache, cut=cut)
+        return cache
 
     def _check_tokens(self, x, name: str, allow_ignore: bool = False):
         if not isinstance(x, Tensor) or x.dtype not in (torch.long, torch.int, torch.int16, torch.uint8, torch.int8):
@@ -246,22 +296,24 @@ class AutoregressiveWrapper(nn.Module):
     def from_pretrained(cls, path_or_repo_id: str | os.PathLike, revision: str | None = None,
                         token: str | None = None, device: str | torch.device | None = None,
                         dtype: torch.dtype | None = None,
-                        cache_dir: str | os.PathLike | None = None) -> AutoregressiveWrapper:
+                        cache_dir: str | os.PathLike | None = None,
+                        progress: Callable[[list[hub.Bar]], None] | None = None) -> AutoregressiveWrapper:
         """Load a local folder or a Hub repo id (downloaded with huggingface_hub,
-        or taken from its cache). The tokenizer, if the checkpoint has one, is
+        or taken from its cache; `progress` is given the download's progress
+        bars as they move, `axw.hub.resolve`). The tokenizer, if the checkpoint has one, is
         attached as `.tokenizer`; its `generation_config.json`, if it has one,
         as `.generation_config` (the defaults `generate` and `stream` use); its
         chat template, if it has one, as `.chat_template`."""
-        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir)
+        folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, progress=progress,
+                             check=lambda config: check_config(config, path_or_repo_id))
         config = hub.read_config(folder)
+        check_config(config, folder / hub.CONFIG_NAME)
         if config.get("format") == hub.FORMAT:
             model = cls._from_axw_folder(folder, config)
-        elif "model_type" in config:
+        else:
             from .convert import from_transformers_folder
 
             model = from_transformers_folder(cls, folder, config)
-        else:
-            raise ValueError(f"{folder / hub.CONFIG_NAME} is neither an axw nor a transformers config")
         model.tokenizer = hub.load_tokenizer(folder)
         model.generation_config = hub.load_generation_config(folder)
         model.chat_template = chat.ChatTemplate.from_pretrained(folder)
@@ -274,8 +326,6 @@ class AutoregressiveWrapper(nn.Module):
 
     @classmethod
     def _from_axw_folder(cls, folder, config: dict) -> AutoregressiveWrapper:
-        if config.get("format_version", 1) > hub.FORMAT_VERSION:
-            raise ValueError(f"{folder} was written by a newer axw (format {config['format_version']})")
         net = TransformerWrapper(**config["net"], attn_layers=Decoder(**config["attn_layers"]))
         model = cls(net, **config.get("wrapper", {}))
         state = hub.load_safetensors(folder)
@@ -290,3 +340,18 @@ class AutoregressiveWrapper(nn.Module):
 def _stream(run: Decoding, modules: list) -> Iterator[Step]:
     with eval_mode(*modules):
         yield from run
+
+
+def check_config(config: dict, source) -> None:
+    """A ValueError for a config.json (of `source`) axw cannot load, read before any weights: a newer axw
+    format, a transformers family axw does not import (the message lists those it does), or an option of its
+    family axw does not implement (a rope scaling type, ...)."""
+    if config.get("format") == hub.FORMAT:
+        if config.get("format_version", 1) > hub.FORMAT_VERSION:
+            raise ValueError(f"{source} was written by a newer axw (format {config['format_version']})")
+    elif "model_type" in config:
+        from .convert import transformers_arguments
+
+        transformers_arguments(config)
+    else:
+        raise ValueError(f"{source} is neither an axw nor a transformers config")

@@ -54,10 +54,8 @@ def timed(fn) -> tuple[float, object]:
 
 def run_stats(model, ids, tokens, **kwargs) -> tuple[torch.Tensor, SpeculativeStats | None]:
     """The output of one run and its counts (None for plain decoding)."""
-    run = model._decoding(ids, tokens, None, dict(kwargs))
-    with torch.no_grad():
-        out = run.output()
-    return out, run.stats
+    out = model.generate(ids, tokens, return_dict_in_generate=True, **kwargs)
+    return out.sequences, out.stats
 
 
 def main():

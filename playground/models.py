@@ -160,6 +160,7 @@ class ModelCache:
         self.pinned: dict[str, AutoregressiveWrapper] = {}
         self.cache: OrderedDict[str, AutoregressiveWrapper] = OrderedDict()
         self.lock = threading.Lock()
+        self.report = None  # the load in progress (one at a time, under the lock) reports its download here
 
     def _load(self, name: str) -> AutoregressiveWrapper:
         if name in self.local:
@@ -178,7 +179,7 @@ class ModelCache:
             check_hub_size(name)
             source = name
         try:
-            model = AutoregressiveWrapper.from_pretrained(source, device=self.device)
+            model = AutoregressiveWrapper.from_pretrained(source, device=self.device, progress=self.report)
         except ImportError as e:
             raise ValueError(f"cannot load {name!r}: this axw cannot import its architecture ({e})") from None
         except (OSError, ValueError, KeyError) as e:
@@ -190,7 +191,9 @@ class ModelCache:
             model.to(dtype)
         return model.eval()
 
-    def get(self, name: str) -> AutoregressiveWrapper:
+    def get(self, name: str, progress=None) -> AutoregressiveWrapper:
+        """The model `name`, loaded once. `progress`: gradio's progress tracker (or a callable taking the same
+        arguments), shown a Hub download's progress (`show_download`)."""
         if name is not None and not isinstance(name, str):  # the API lets a client send any JSON value
             raise ValueError(f"a model is named by a string (a bundled model or a Hub repo id), got {name!r}")
         name = (name or "").strip()
@@ -198,13 +201,22 @@ class ModelCache:
             raise ValueError("choose a model: a bundled one or a Hub repo id")
         if name in self.pinned:  # the bundled models never wait behind a Hub download
             return self.pinned[name]
+        if progress is not None and name not in self.cache:
+            return show_download(lambda report: self._get(name, report), progress)
+        return self._get(name)
+
+    def _get(self, name: str, report=None) -> AutoregressiveWrapper:
         with self.lock:  # one load at a time; a second visitor asking for the same model waits for it
             if name in self.pinned:
                 return self.pinned[name]
             if name in self.cache:
                 self.cache.move_to_end(name)
                 return self.cache[name]
-            model = self._load(name)
+            self.report = report
+            try:
+                model = self._load(name)
+            finally:
+                self.report = None
             if name in self.local:
                 self.pinned[name] = model
             else:
@@ -212,6 +224,48 @@ class ModelCache:
                 while len(self.cache) > self.size:
                     self.cache.popitem(last=False)
             return model
+
+
+def show_download(load, progress, every: float = 0.25):
+    """`load(report)` run in a thread of its own while this one passes what it reports (huggingface_hub's
+    progress bars, `axw.hub.Bar`) on to gradio's `progress` every `every` seconds. Gradio takes progress only
+    from the handler's own thread (the event it belongs to lives in that thread's context), and its
+    `track_tqdm` misses what huggingface_hub's download threads report: every byte downloaded."""
+    latest, result = [None], {}
+
+    def run():
+        try:
+            result["model"] = load(lambda bars: latest.__setitem__(0, bars))
+        except BaseException as e:  # raised again in the handler's thread
+            result["error"] = e
+
+    thread = threading.Thread(target=run, name="model-download", daemon=True)
+    thread.start()
+    shown = None
+    while thread.is_alive():
+        thread.join(every)
+        bars = latest[0]
+        if bars and bars != shown:
+            progress(*download_progress(bars))
+            shown = bars
+    if "error" in result:
+        raise result["error"]
+    return result["model"]
+
+
+def download_progress(bars) -> tuple[float | None, str]:
+    """What the page shows of a download: the bytes of the first bar counting bytes towards a total (else the
+    first with a total) as a fraction, and every bar as text, as a terminal would show them."""
+    def amount(value, unit):
+        return f"{value / 1e6:.1f} MB" if unit == "B" else f"{value:g}"
+
+    parts = []
+    for bar in bars:
+        shown = amount(bar.done, bar.unit) + (f" / {amount(bar.total, bar.unit)}" if bar.total else "")
+        parts.append(f"{bar.desc}: {shown}" if bar.desc else shown)
+    counted = [b for b in bars if b.total]
+    main = next((b for b in counted if b.unit == "B"), counted[0] if counted else None)
+    return (min(main.done / main.total, 1.0) if main else None), " · ".join(parts)
 
 
 def hub_cap(env=os.environ) -> int:

@@ -11,7 +11,7 @@ import math
 from axw.speculative import DATASTORE, TEXT
 
 from . import render
-from .render import _bar, show_token
+from .render import _bar, show_number, show_token
 from .runs import alpha_sweep, beam_tree, candidate_status, speculative_rounds
 
 
@@ -35,11 +35,11 @@ STATUS_TEXT = dict(kept="kept as beam {beam}", finished="kept, finished (EOS)", 
 def _node_title(node: dict, tokenizer, lp: float | None) -> str:
     parts = [f"step {node['step'] + 1}: {show_token(tokenizer, node['token'])!r}",
              STATUS_TEXT[node["status"]].format(beam=(node["beam"] or 0) + 1),
-             f"score (summed log-probability) {node['score']:.3f}"]
+             f"score (summed log-probability) {show_number(node['score'], '.3f')}"]
     if lp:
-        parts.append(f"with the length penalty {node['ranked']:.3f}")
+        parts.append(f"with the length penalty {show_number(node['ranked'], '.3f')}")
     if node["key"] is not None:
-        parts.append(f"perturbed key {node['key']:.3f}")
+        parts.append(f"perturbed key {show_number(node['key'], '.3f')}")
     if node["returned"]:
         parts.append("on the path of the returned beam")
     return " · ".join(parts)
@@ -89,7 +89,7 @@ def beam_tree_svg(rows: list[dict], tokenizer, prompt: str = "", selected: int |
             out.append(f'<g class="axw-node axw-node-{kind}" data-step="{t}" data-token="{n["token"]}"><title>'
                        f'{_esc(_node_title(n, tokenizer, length_penalty))}</title>'
                        f'<text x="{x}" y="{y:.1f}">{_esc(text)}</text>'
-                       f'<text x="{x + SCORE_X}" y="{y:.1f}" class="axw-score">{score:.2f}</text></g>')
+                       f'<text x="{x + SCORE_X}" y="{y:.1f}" class="axw-score">{show_number(score)}</text></g>')
         ys_before = {i: ys[i] for i in range(len(nodes))}
     out.append("</svg>")
     what = "key (perturbed)" if any(n["key"] is not None for n in steps[0]) else "score"
@@ -124,10 +124,10 @@ def beam_candidates_panel(row: dict, tokenizer, settings=None, previous: dict | 
         source = f"{parent + 1}"
         if before is not None and parent < len(before):
             source += f' <span class="axw-beam">…{_esc(tokenizer.decode(before[parent])[-18:])}</span>'
-        key = f'<td>{tree["key"][i]:.3f}</td>' if has_key else ""
+        key = f'<td>{show_number(tree["key"][i], ".3f")}</td>' if has_key else ""
         parts.append(f'<tr class="{cls}"><td>{source}</td><td><code>{_esc(show_token(tokenizer, token))}</code></td>'
-                     f'<td>{tree["score"][i]:.3f}</td><td>{tree["ranked_score"][i]:.3f}</td>{key}<td>{status}</td>'
-                     "</tr>")
+                     f'<td>{show_number(tree["score"][i], ".3f")}</td>'
+                     f'<td>{show_number(tree["ranked_score"][i], ".3f")}</td>{key}<td>{status}</td></tr>')
     parts.append("</table>")
     return "".join(parts)
 
@@ -154,7 +154,7 @@ def round_html(r: dict, tokenizer, selected: int | None = None) -> str:
     chips = []
     for j, token in enumerate(r["drafted"]):
         q, p = r["draft_probs"][j], r["model_probs"][j]
-        probs = f"draft q = {q:.3f}, model p = {p:.3f}"
+        probs = f"draft q = {show_number(q, '.3f')}, model p = {show_number(p, '.3f')}"
         if j < n:
             chips.append(_chip(tokenizer, token, "ok", f"accepted: {probs}", sources[j]))
         elif j == n:
@@ -182,7 +182,8 @@ def speculative_html(rows: list[dict], tokenizer, selected: int | None = None, d
     head = (f'<p class="axw-spec-head">drafter: <b>{_esc(drafter or last["drafter"])}</b> · {len(rounds)} '
             'rounds (model '
             f'forwards) for {sum(len(r["steps"]) for r in rounds)} tokens · acceptance rate '
-            f'<b>{100 * last["acceptance_rate"]:.0f}%</b> of {drafted} drafted · <b>{last["tokens_per_forward"]:.2f}'
+            f'<b>{show_number(100 * last["acceptance_rate"], ".0f")}%</b> of {drafted} drafted · '
+            f'<b>{show_number(last["tokens_per_forward"])}'
             '</b> tokens per model forward · <span class="axw-chip axw-chip-ok">accepted</span> '
             '<span class="axw-chip axw-chip-no">rejected</span> <span class="axw-chip axw-chip-off">never used'
             '</span> <span class="axw-chip axw-chip-model">the model\'s own</span>'
@@ -199,18 +200,20 @@ def speculative_panel(row: dict, tokenizer, settings=None, previous=None) -> str
     j, n = spec["position"], spec["n_accepted"]
     if j < n:
         source = (f"{COPIED[kind][1]} (q = 1)" if (kind := spec["sources"][j]) in COPIED
-                  else f"the draft gave it q = {spec['draft_probs'][j]:.3f}")
-        how = f"drafted and accepted: {source}, the model p = {spec['model_probs'][j]:.3f}"
+                  else f"the draft gave it q = {show_number(spec['draft_probs'][j], '.3f')}")
+        how = f"drafted and accepted: {source}, the model p = {show_number(spec['model_probs'][j], '.3f')}"
     elif j < len(spec["drafted"]):
         how = (f"the model's own token, in place of the rejected draft "
-               f"<code>{_esc(show_token(tokenizer, spec['drafted'][j]))}</code> (q = {spec['draft_probs'][j]:.3f}, "
-               f"p = {spec['model_probs'][j]:.3f})")
+               f"<code>{_esc(show_token(tokenizer, spec['drafted'][j]))}</code> "
+               f"(q = {show_number(spec['draft_probs'][j], '.3f')}, "
+               f"p = {show_number(spec['model_probs'][j], '.3f')})")
     else:
         how = "the model's own token, after every draft of the round was accepted"
     r = dict(spec, steps=list(range(row["step"] - j, row["step"] - j + spec["emitted"])))
     return (f'<p>Speculative decoding, round {spec["round"] + 1} (drafter: {_esc(spec["drafter"])}): this token is '
-            f'{how}. So far {100 * spec["acceptance_rate"]:.0f}% of the drafts were accepted, '
-            f'{spec["tokens_per_forward"]:.2f} tokens per model forward.</p>' + round_html(r, tokenizer, row["step"]))
+            f'{how}. So far {show_number(100 * spec["acceptance_rate"], ".0f")}% of the drafts were accepted, '
+            f'{show_number(spec["tokens_per_forward"])} tokens per model forward.</p>'
+            + round_html(r, tokenizer, row["step"]))
 
 
 # --- contrastive search: the scores as alpha moves ---
@@ -240,14 +243,15 @@ def alpha_chart(row: dict, tokenizer, sweep: list[dict], alpha: float | None = N
            'xmlns="http://www.w3.org/2000/svg" font-size="10" font-family="ui-monospace, monospace">',
            f'<line x1="{PAD}" y1="{CHART_H - 28}" x2="{CHART_W - PAD}" y2="{CHART_H - 28}" class="axw-axis"/>']
     for a in (0, 0.5, 1):
-        out.append(f'<text x="{px(a):.0f}" y="{CHART_H - 15}" text-anchor="middle">{a:g}</text>')
+        out.append(f'<text x="{px(a):.0f}" y="{CHART_H - 15}" text-anchor="middle">{show_number(a, "g")}</text>')
     out.append(f'<text x="{CHART_W / 2:.0f}" y="{CHART_H - 3}" text-anchor="middle">alpha</text>'
                f'<text x="4" y="12">score</text>')
     for i, start, end in lines:
         cls = "axw-line-win" if i in winners else "axw-line"
         name = _esc(show_token(tokenizer, c["tokens"][i]))
         out.append(f'<line x1="{px(0):.1f}" y1="{py(start):.1f}" x2="{px(1):.1f}" y2="{py(end):.1f}" class="{cls}">'
-                   f'<title>{name}: confidence {start:.3f}, penalty {-end:.3f}</title></line>')
+                   f'<title>{name}: confidence {show_number(start, ".3f")}, '
+                   f'penalty {show_number(-end, ".3f")}</title></line>')
         out.append(f'<text x="{px(1) + 3:.0f}" y="{py(end) + 3:.1f}" class="{"axw-win" if i in winners else ""}">'
                    f'{name}</text>')
     if alpha is not None:
@@ -273,15 +277,16 @@ def contrastive_panel(row: dict, tokenizer, settings=None, previous=None) -> str
         score = c["score"][i]
         parts.append(f'<tr{mark}><td><code>{_esc(show_token(tokenizer, token))}</code></td>'
                      f'<td>{_bar(c["confidence"][i])}</td><td>{_bar(max(0.0, c["degeneration_penalty"][i]))}</td>'
-                     f'<td>{score:.3f}</td></tr>' if math.isfinite(score) else
+                     f'<td>{show_number(score, ".3f")}</td></tr>' if math.isfinite(score) else
                      f'<tr{mark}><td><code>{_esc(show_token(tokenizer, token))}</code></td><td>{_bar(0.0)}</td>'
-                     f'<td>{c["degeneration_penalty"][i]:.3f}</td><td>banned</td></tr>')
+                     f'<td>{show_number(c["degeneration_penalty"][i], ".3f")}</td><td>banned</td></tr>')
     parts.append("</table>")
     sweep = alpha_sweep(row)
     cells = "".join(f'<td><code>{_esc(show_token(tokenizer, s["token"]))}</code></td>' for s in sweep)
     parts.append('<p>Which candidate wins as alpha moves (the same step, the same candidates):</p>'
                  '<table class="axw-table axw-sweep"><tr><th>alpha</th>'
-                 + "".join(f"<th>{s['alpha']:g}</th>" for s in sweep) + f"</tr><tr><th>wins</th>{cells}</tr></table>")
+                 + "".join(f"<th>{show_number(s['alpha'], 'g')}</th>" for s in sweep)
+                 + f"</tr><tr><th>wins</th>{cells}</tr></table>")
     parts.append(alpha_chart(row, tokenizer, sweep, settings.penalty_alpha if settings is not None else None))
     return "".join(parts)
 
@@ -308,8 +313,8 @@ def contrastive_decoding_panel(row: dict, tokenizer, settings=None, previous=Non
     cut, line = "", ""
     if alpha is not None:
         cut_at = top + math.log(alpha)
-        cut = (f" The cut: log p<sub>expert</sub> &ge; log &alpha; + max log p<sub>expert</sub> = {cut_at:.2f} "
-               f"(p &ge; {alpha:g} &times; {math.exp(top):.3f}).")
+        cut = (f" The cut: log p<sub>expert</sub> &ge; log &alpha; + max log p<sub>expert</sub> = "
+               f"{show_number(cut_at)} (p &ge; {show_number(alpha, 'g')} &times; {show_number(math.exp(top), '.3f')}).")
         line = f'<i class="axw-cut-line" style="left:{width(cut_at):.1f}%" title="the plausibility cut"></i>'
     parts = [f"<p>Contrastive decoding: the expert's (blue) and the amateur's (orange) log-probability of each "
              f'candidate, on one scale from {low} to 0; the red line is the plausibility cut. Only the plausible '
@@ -322,11 +327,11 @@ def contrastive_decoding_panel(row: dict, tokenizer, settings=None, previous=Non
         bars = (f'<div class="axw-bar2"><div class="axw-e" style="width:{width(d["expert"][i]):.1f}%"></div>'
                 f'<div class="axw-a" style="width:{width(d["amateur"][i]):.1f}%"></div>{line}</div>')
         ok = d["plausible"][i]
-        score = f'{d["score"][i]:.2f}' if math.isfinite(d["score"][i]) else "cut"
+        score = show_number(d["score"][i]) if math.isfinite(d["score"][i]) else "cut"
         mark = ' class="axw-chosen"' if i == best else ("" if ok else ' class="axw-gone"')
         parts.append(f'<tr{mark}><td><code>{_esc(show_token(tokenizer, token))}</code></td><td>{bars}</td>'
-                     f'<td>{d["expert"][i]:.2f}</td><td>{d["amateur"][i]:.2f}</td><td>{"yes" if ok else "no"}</td>'
-                     f'<td>{score}</td></tr>')
+                     f'<td>{show_number(d["expert"][i])}</td><td>{show_number(d["amateur"][i])}</td>'
+                     f'<td>{"yes" if ok else "no"}</td><td>{score}</td></tr>')
     parts.append("</table>")
     return "".join(parts)
 

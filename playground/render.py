@@ -44,9 +44,25 @@ def prob_colour(p: float) -> str:
     return PROB_COLOURS[prob_bin(p)]
 
 
+def show_number(value: float, spec: str = ".2f") -> str:
+    """`value` as `format(value, spec)` writes it, but never a negative zero: a value that rounds to zero prints
+    unsigned (-0.0001 at ".2f" is "0.00", -0.0 at "g" is "0"), as a reader would write it. Every number the page
+    prints goes through here."""
+    text = format(value, spec)
+    digits = [c for c in text if c.isdigit()]
+    if text.startswith("-") and digits and set(digits) == {"0"}:
+        return text[1:]
+    return text
+
+
+def rounded(value: float | None, digits: int) -> float | None:
+    """`round(value, digits)` without a negative zero, for numbers a plot or a table formats itself."""
+    return None if value is None else round(value, digits) + 0  # -0.0 + 0 is 0.0
+
+
 def show_p(p: float) -> str:
     """A probability for a hover title: three decimals, or two significant digits below 0.001 (the first bin)."""
-    return f"{p:.3f}" if p >= 0.001 or p == 0 else f"{p:.2g}"
+    return show_number(p, ".3f") if p >= 0.001 or p == 0 else show_number(p, ".2g")
 
 
 def _text(s: str) -> str:
@@ -143,15 +159,19 @@ def stage_setting(stage: str, settings: Settings | None) -> str:
     s = settings
     values = {f.name: getattr(s, f.name) for f in FILTER_SPECS} | dict(
         temperature=s.temperature, repetition_penalty=s.repetition_penalty, no_repeat_ngram=s.no_repeat_ngram_size)
-    described = dict(xtc=f"xtc (probability {s.xtc_probability:g}, threshold {s.xtc_threshold:g})",
-                     dynamic_temperature=f"dynamic temperature {s.temperature:g} ± {s.dynatemp_range:g}",
-                     mirostat=f"mirostat (tau {s.mirostat_tau:g} bits)",
-                     dry=f"dry (x{s.dry_multiplier:g}, base {s.dry_base:g}, allowed {s.dry_allowed_length})",
-                     contrastive_decoding=f"contrastive decoding (alpha {s.cd_alpha:g}, beta {s.cd_beta:g})")
+
+    def g(value):
+        return show_number(value, "g")
+
+    described = dict(xtc=f"xtc (probability {g(s.xtc_probability)}, threshold {g(s.xtc_threshold)})",
+                     dynamic_temperature=f"dynamic temperature {g(s.temperature)} ± {g(s.dynatemp_range)}",
+                     mirostat=f"mirostat (tau {g(s.mirostat_tau)} bits)",
+                     dry=f"dry (x{g(s.dry_multiplier)}, base {g(s.dry_base)}, allowed {s.dry_allowed_length})",
+                     contrastive_decoding=f"contrastive decoding (alpha {g(s.cd_alpha)}, beta {g(s.cd_beta)})")
     if stage in described:
         return described[stage]
     value = values.get(stage)
-    return f"{stage} {value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else stage
+    return f"{stage} {g(value)}" if isinstance(value, (int, float)) and not isinstance(value, bool) else stage
 
 
 def stage_numbers(row: dict, settings: Settings | None = None) -> list[dict]:
@@ -165,8 +185,8 @@ def stages_html(row: dict, settings: Settings | None = None) -> str:
     for n in stage_numbers(row, settings):
         verb = "has" if n["stage"] == "model" else "kept"
         items.append(f'<li><b>{html.escape(n["label"])}</b> {verb} <b>{n["kept"]:,}</b> token'
-                     f'{"s" * (n["kept"] != 1)} holding <b>{100 * n["mass"]:.1f}%</b> of the model\'s probability; '
-                     f'entropy <b>{n["entropy"]:.2f}</b> bits</li>')
+                     f'{"s" * (n["kept"] != 1)} holding <b>{show_number(100 * n["mass"], ".1f")}%</b> of the '
+                     f'model\'s probability; entropy <b>{show_number(n["entropy"])}</b> bits</li>')
     return f'<ol class="axw-stages">{"".join(items)}</ol>' if items else ""
 
 
@@ -186,7 +206,7 @@ def step_table(row: dict, tokenizer) -> list[dict]:
 def _bar(p: float) -> str:
     width = max(0.0, min(1.0, p)) * 100
     return (f'<div class="axw-bar"><div style="width:{width:.1f}%"></div>'
-            f'<span>{p:.3f}</span></div>')
+            f'<span>{show_number(p, ".3f")}</span></div>')
 
 
 def beams_panel(row: dict, tokenizer, settings: Settings | None = None, previous: dict | None = None) -> str:
@@ -197,7 +217,7 @@ def beams_panel(row: dict, tokenizer, settings: Settings | None = None, previous
              '<table class="axw-table"><tr><th>#</th><th>beam</th><th>score</th><th>ended</th></tr>']
     for i, (beam, score, done) in enumerate(zip(row["beams"], row["beam_scores"], row["beam_finished"])):
         text = html.escape(tokenizer.decode(beam)).replace("\n", "↵")
-        parts.append(f'<tr><td>{i + 1}</td><td class="axw-beam">{text}</td><td>{score:.3f}</td>'
+        parts.append(f'<tr><td>{i + 1}</td><td class="axw-beam">{text}</td><td>{show_number(score, ".3f")}</td>'
                      f'<td>{"yes" if done else ""}</td></tr>')
     parts.append("</table>")
     return "".join(parts)
@@ -247,8 +267,8 @@ def step_html(row: dict | None, tokenizer, settings: Settings | None = None, bra
         token = html.escape(show_token(tokenizer, row["chosen"]))
         how = "forced" if row.get("forced") else "chose"
         rank = f'rank {row["chosen_rank"] + 1} under the model' if "chosen_rank" in row else "not among the traced"
-        prob = f', {"its probability" if row.get("forced") else "chosen with"} p = {row["chosen_prob"]:.3f}' \
-            if row.get("chosen_prob") is not None else ""
+        prob = (f', {"its probability" if row.get("forced") else "chosen with"} p = '
+                f'{show_number(row["chosen_prob"], ".3f")}' if row.get("chosen_prob") is not None else "")
         parts.append(f" &middot; {how} <code>{token}</code> ({rank}{prob})")
         if row.get("forced"):
             parts.append(' &middot; <span class="axw-forced-note">a what-if branch: you forced this token</span>')

@@ -14,8 +14,6 @@ from dataclasses import dataclass, field, replace
 import torch
 from tokenizers.decoders import DecodeStream
 
-from axw.generation import prefill
-
 from .caps import MAX_DRAWS, MAX_FORKS
 from .render import shared_length
 from .settings import Settings, number
@@ -272,23 +270,17 @@ def check_fork(run: Run | None, step, token, vocab: int, stops: set[int]) -> tup
 
 
 def prefix_cache(model, prefix: list[int], prompt_len: int, kept=None):
-    """A KV cache holding `prefix`, as the parent's run read it: `kept` (the parent's cache) forked and rolled
-    back when it still has the keys the prefix needs, else the prefix read again into a new cache, the prompt cut
-    to the last max_seq_len tokens as a run cuts it."""
+    """A KV cache holding `prefix`, as the parent's run read it: `kept` (the parent's cache) forked and cropped
+    to it when it still has the keys the prefix needs, else the prefix read again into a new cache
+    (`model.prefill`, which cuts the prompt as a run does)."""
     if kept is not None:
         fork = kept.fork()
         try:
-            fork.rollback(fork.offset + fork.seen - len(prefix))
+            fork.crop(len(prefix))
             return fork
         except ValueError:  # keys that slid out of the window were discarded: read it again
             pass
-    net = model.net
-    cache = net.new_cache()
-    cut = max(0, prompt_len - net.max_seq_len)
-    cache.offset = cut
-    with torch.no_grad():
-        prefill(net, torch.tensor([prefix[cut:]], dtype=torch.long, device=model.device), cache)
-    return cache
+    return model.prefill(torch.tensor([prefix], dtype=torch.long, device=model.device), prompt_len)
 
 
 def taken(run: Run, step: int) -> int | None:

@@ -164,6 +164,12 @@ class Playground:
             return run.model
         return self.models.get(name or self.model_name)
 
+    def load(self, name: str, progress=None):
+        """The model `name`, a Hub model downloaded first with its progress passed to gradio's `progress`; a bad
+        name, or a model that cannot load, as a gr.Error."""
+        with user_errors():
+            return self.models.get(name or self.model_name, progress=progress)
+
     def starting_settings(self, name: str | None = None) -> tuple[Settings | None, list[str]]:
         """A model's own settings (its generation_config.json) for the controls, or None when it has none."""
         config = self.models.get(name or self.model_name).generation_config

@@ -100,13 +100,11 @@ def speculative_timing(expert, draft, heldout_ids, prompts: int, prompt_len: int
         reference = expert.generate(prompt, new, temperature=0.0)
         plain.append(time.perf_counter() - began)
         began = time.perf_counter()
-        run = expert._decoding(prompt, new, None, dict(temperature=0.0, assistant_model=draft,
-                                                        num_assistant_tokens=gamma))
-        with torch.no_grad():
-            tokens = run.output()
+        out = expert.generate(prompt, new, temperature=0.0, assistant_model=draft, num_assistant_tokens=gamma,
+                              return_dict_in_generate=True)
         spec.append(time.perf_counter() - began)
-        same += torch.equal(tokens, reference)
-        rounds += run.stats.rounds
+        same += torch.equal(out.sequences, reference)
+        rounds += out.stats.rounds
     per_token = 1e3 / (prompts * new)
     print(f"speculative decoding, gamma {gamma}, {prompts} held-out prompts of {prompt_len} tokens, {new} new "
           f"tokens each: {prompts * new / rounds:.2f} tokens per round; plain greedy {sum(plain) * per_token:.3f} "

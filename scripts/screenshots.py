@@ -23,18 +23,18 @@ WIDTH = 1440
 FINISHED = "() => document.querySelector('#step-chart [data-step]') !== null"
 
 
-def region(page, path, top: str, bottom: str, pad: int = 12, full_width: bool = True):
-    """A screenshot from the top of `top` to the bottom of `bottom` (CSS selectors): the page's full width, or
-    (`full_width=False`) only across the two."""
+def region(page, path, top: str, bottom: str, pad: int = 12, full_width: bool = True, page_width: int = WIDTH):
+    """A screenshot from the top of `top` to the bottom of `bottom` (CSS selectors): the page's full width
+    (`page_width`), or (`full_width=False`) only across the two."""
     a, b = page.locator(top).first.bounding_box(), page.locator(bottom).first.bounding_box()
     scrolled = page.evaluate("window.scrollY")  # boxes are in the viewport, the clip in the page
     a, b = dict(a, y=a["y"] + scrolled), dict(b, y=b["y"] + scrolled)
     y0 = max(0, a["y"] - pad)
     height = b["y"] + b["height"] + pad - y0
-    x0, width = 0, WIDTH
+    x0, width = 0, page_width
     if not full_width:
         x0 = max(0, min(a["x"], b["x"]) - pad)
-        width = min(WIDTH, max(a["x"] + a["width"], b["x"] + b["width"]) + pad) - x0
+        width = min(page_width, max(a["x"] + a["width"], b["x"] + b["width"]) + pad) - x0
     page.screenshot(path=path, full_page=True, clip=dict(x=x0, y=y0, width=width, height=height))
 
 
@@ -51,11 +51,28 @@ def main():
     import app
     from playwright.sync_api import sync_playwright
 
-    demo = app.build(args.model, args.amateur)
+    # one browser takes every shot, a fine-tune among them: the per-visitor share would refuse the last ones
+    demo = app.build(args.model, args.amateur, visitor_budget_s=0)
     app.launch(demo, prevent_thread_lock=True, server_port=args.port, quiet=True)
     url = f"http://127.0.0.1:{args.port}/"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        # the page as a visitor first meets it: a laptop's first screen (1280 x 800), then a phone's (390 wide)
+        # after a run, from the prompt to the text
+        first = browser.new_page(viewport={"width": 1280, "height": 800})
+        first.goto(url)
+        first.locator("#generate").wait_for()
+        first.wait_for_timeout(1500)
+        first.screenshot(path=str(out / "first-screen.png"))
+        first.close()
+        phone = browser.new_page(viewport={"width": 390, "height": 844})
+        phone.goto(url)
+        phone.locator("#generate").click()
+        phone.wait_for_function(FINISHED, timeout=60000)
+        phone.wait_for_timeout(1500)
+        region(phone, str(out / "phone.png"), "#prompt", ".axw-legend", page_width=390)
+        phone.close()
+
         page = browser.new_page(viewport={"width": WIDTH, "height": 1500})
 
         # generate from a share link (sampling with top-k and top-p), then click a token: its step opens

@@ -14,7 +14,7 @@ import gradio as gr
 import pandas as pd
 
 from ..caps import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
-from ..render import show_token, tokens_html
+from ..render import rounded, show_number, show_token, tokens_html
 from ..settings import Settings
 from . import keep_on_failure
 
@@ -75,6 +75,13 @@ CSS = """
 """
 
 
+# the columns fill in below the column picker: a click on Compare brings them into view when they are below it
+SHOW_GRID = """() => {
+  const grid = document.querySelector('#compare-grid');
+  if (grid && grid.getBoundingClientRect().top > window.innerHeight - 160)
+    grid.scrollIntoView({behavior: 'smooth', block: 'start'});
+}"""
+
 NOTE_CSS = """
 .axw-lesson-note { margin: 0; padding: 4px 10px; border-left: 3px solid var(--color-accent);
                    background: var(--color-accent-soft); border-radius: 4px; font-size: 14px; }
@@ -88,7 +95,9 @@ def settings_of(strategy: str, settings: dict) -> Settings:
 
 
 def _number(value, fmt: str) -> str:
-    return "–" if value is None or (isinstance(value, float) and not math.isfinite(value)) else format(value, fmt)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return show_number(value, fmt)
 
 
 def column_html(col: dict, tokenizer) -> str:
@@ -135,13 +144,9 @@ def metrics_frame(cols: list[dict]) -> pd.DataFrame:
             continue
         at = c.get("departs")
         rows.append({"column": c["label"], "departs from greedy at": "–" if at is None else str(at + 1),
-                     "mean log p (model)": _round(c["logprob"], 3), "distinct-2": _round(c["distinct2"], 3),
-                     "repeated 4-grams": _round(c["repeated4"], 3), "tokens/s": _round(c["speed"], 0)})
+                     "mean log p (model)": rounded(c["logprob"], 3), "distinct-2": rounded(c["distinct2"], 3),
+                     "repeated 4-grams": rounded(c["repeated4"], 3), "tokens/s": rounded(c["speed"], 0)})
     return pd.DataFrame(rows, columns=METRICS)
-
-
-def _round(value, digits):
-    return None if value is None else round(value, digits)
 
 
 @dataclass
@@ -168,25 +173,33 @@ def build(app, gpu, model_box, amateur_box, concurrency: int, chat_box=None, sys
                 "that repeat an earlier one (a loop), and tokens per second.")
     # a paired lesson's title and what to look for (views.lessons), until the visitor changes what it set
     note = gr.HTML("", visible=False, elem_id="compare-lesson", css_template=NOTE_CSS)
+    # the prompt and the Compare button on the first screen; the columns to pick below them
     with gr.Row():
         prompt = gr.Textbox("ROMEO:", label="prompt", lines=2, scale=3, max_length=MAX_PROMPT_CHARS,
                             elem_id="compare-prompt",
                             info="with chat mode ticked in the Generate tab: your message, in the model's template")
-        seed = gr.Number(0, precision=0, label="seed", scale=1, elem_id="compare-seed")
-        new = gr.Slider(1, MAX_NEW_TOKENS, 60, step=1, label="max new tokens", scale=2, elem_id="compare-new")
+        with gr.Column(scale=3):
+            with gr.Row():
+                seed = gr.Number(0, precision=0, label="seed", scale=1, min_width=100, elem_id="compare-seed")
+                new = gr.Slider(1, MAX_NEW_TOKENS, 60, step=1, label="max new tokens", scale=2,
+                                elem_id="compare-new")
+            go = gr.Button("Compare", variant="primary", elem_id="compare-go")
     columns = gr.CheckboxGroup(LABELS, value=DEFAULT_COLUMNS, label="columns", elem_id="compare-columns",
                                info="greedy is always shown; speculative decoding at temperature 0 gives greedy's "
                                     "text in fewer model forwards")
-    go = gr.Button("Compare", variant="primary", elem_id="compare-go")
     grid = gr.HTML(grid_html([], None), elem_id="compare-grid")
-    table = gr.Dataframe(metrics_frame([]), label="numbers", interactive=False, elem_id="compare-metrics")
+    # the numbers show once a column has them (no empty table before a run)
+    table = gr.Dataframe(metrics_frame([]), label="numbers", interactive=False, elem_id="compare-metrics",
+                         visible=False)
     def compare_ui(model_name, prompt, seed, new, amateur, columns, chat=False, system="", request: gr.Request = None):
-        yield from app.compare_view_ui(model_name, prompt, seed, new, amateur, columns, request, chat=bool(chat),
-                                       system=system or "")
+        for cols, numbers in app.compare_view_ui(model_name, prompt, seed, new, amateur, columns, request,
+                                                 chat=bool(chat), system=system or ""):
+            yield cols, gr.Dataframe(numbers, visible=True) if len(numbers) else numbers
 
     inputs = [model_box, prompt, seed, new, amateur_box, columns] + [c for c in (chat_box, system_box) if c]
     compared = go.click(gpu(compare_ui), inputs, [grid, table], api_visibility="private",
                         concurrency_limit=concurrency, concurrency_id="gen", preprocess=False)
+    go.click(None, js=SHOW_GRID, api_visibility="private", queue=False)
     keep_on_failure(compared, [grid, table])  # a refused Compare leaves the last result as it was
 
     def run(event):

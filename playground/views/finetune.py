@@ -41,10 +41,13 @@ def build(app, gpu, model_box, concurrency: int) -> gr.Slider:
         "rises, the model is memorising your text (overfitting): fewer steps or a lower learning rate help.")
     with gr.Row():
         with gr.Column():
-            text = gr.Textbox(label="training text", lines=8, max_length=MAX_TRAIN_CHARS,
+            text = gr.Textbox(label="training text", lines=6, max_length=MAX_TRAIN_CHARS,
                               placeholder="paste text here, or upload a .txt file")
             upload = gr.File(label=f"or upload a .txt file (at most {MAX_UPLOAD_BYTES // 1_000_000} MB)",
                              file_types=[".txt"], type="filepath", height=120)
+            with gr.Row():
+                go = gr.Button("Fine-tune", variant="primary", elem_id="ft-go")
+                stop = gr.Button("Stop")
             steps = gr.Slider(1, MAX_FINETUNE_STEPS, 50, step=1, label="steps",
                               info="optimizer steps (each on one batch of random windows)")
             lr = gr.Slider(1e-5, 1e-2, 3e-4, step=1e-5, label="learning rate",
@@ -59,12 +62,11 @@ def build(app, gpu, model_box, concurrency: int) -> gr.Slider:
                                   info="continue trains a copy of your fine-tuned model further (if that run "
                                        "fails, your copy stays as it was); start over trains a new copy of the "
                                        "base model, replacing yours")
-            with gr.Row():
-                go = gr.Button("Fine-tune", variant="primary")
-                stop = gr.Button("Stop")
         with gr.Column():
+            # no empty axes before a run: the curves show with the first update
             plot = gr.LinePlot(loss_frame([]), x="step", y="loss", color="curve", title="loss (nats per token)",
-                               color_map={TRAINING: "#f97316", HELDOUT: "#2563eb"}, height=300, elem_id="ft-plot")
+                               color_map={TRAINING: "#f97316", HELDOUT: "#2563eb"}, height=300, elem_id="ft-plot",
+                               visible=False)
             status = gr.Markdown("Press **Fine-tune**: the curves draw as it trains.", elem_id="ft-status",
                                  min_height=40)
             t_prompt = gr.Textbox("ROMEO:", label="prompt for your model", lines=2)
@@ -83,7 +85,13 @@ def build(app, gpu, model_box, concurrency: int) -> gr.Slider:
     inputs = [model_box, text, upload, steps, lr, batch, ctx, mask, seed, start_from]
     # the status line says how far it got; the queue's and the timer's small marks sit on it, never over the
     # curves they would hide
-    go.click(gpu(app.finetune_ui, duration=300), inputs, [plot, status], api_visibility="private",
+    def finetune_ui(model_name, text, upload, steps, lr, batch, ctx, mask, seed, start_from,
+                    request: gr.Request = None):
+        for curves, line in app.finetune_ui(model_name, text, upload, steps, lr, batch, ctx, mask, seed, request,
+                                            start_from):
+            yield gr.LinePlot(curves, visible=True), line
+
+    go.click(gpu(finetune_ui, duration=300), inputs, [plot, status], api_visibility="private",
              concurrency_limit=1, concurrency_id="train", show_progress="minimal", show_progress_on=[status])
     # Stop asks the training loop to end after its current step (should_stop), keeping what it learned
     stop.click(app.stop_ui, None, None, api_visibility="private", queue=False)

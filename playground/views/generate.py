@@ -1,6 +1,7 @@
-"""The Generate tab: the settings panel and share link on the left; on the right the text (click a token), the
-timeline (click a point), the step view (click a candidate to branch) and sampling a step N times; the
-what-if branches below. The visitor's runs live in a gr.State (a `runs.Tree`)."""
+"""The Generate tab: on top the prompt, the Generate button and chat mode, the text beside them (click a token);
+below, the strategy's settings and the share link on the left, and on the right the strategy's own view, the
+timeline (click a point), the step view (click a candidate to branch) and sampling a step N times; the what-if
+branches below. The visitor's runs live in a gr.State (a `runs.Tree`)."""
 
 from __future__ import annotations
 
@@ -32,20 +33,29 @@ def build(app, gpu, model_box, choices, concurrency: int):
     """The tab; returns (the settings panel, the share link's load handler, the views' CSS)."""
     start, _ = app.starting_settings()
     tree = gr.State(None)
+    # the first screen: the prompt and the Generate button, the text beside them (on a phone, right below)
     with gr.Row():
         with gr.Column(scale=2):
-            controls = settings.build(model_box, choices, app.amateur_name, settings.starting(start))
+            head = dict(prompt=settings.prompt_box())
             with gr.Row():
-                go = gr.Button("Generate", variant="primary", elem_id="generate")
-                stop = gr.Button("Stop")
-            refresh_link, load_link = share.build(app, controls, tree)
+                go = gr.Button("Generate", variant="primary", elem_id="generate", scale=2, min_width=100)
+                stop = gr.Button("Stop", scale=1, min_width=80)
+            head.update(settings.chat_rows(settings.starting(start)))
+            link_box = gr.Column()  # the share link, once the controls it reads exist
         with gr.Column(scale=3):
             out, output_view = output.build()
+    # below: the strategy and its settings, and what the run shows
+    with gr.Row():
+        with gr.Column(scale=2):
+            controls = settings.build(model_box, choices, app.amateur_name, settings.starting(start), head)
+        with gr.Column(scale=3):
             tree_html, tree_view = beam_tree.build()
             rounds, rounds_view = speculative.build()
             _, _, bridge, timeline_view = timeline.build()
             slider, chart, step_view = step.build()
             sample_view = sample.build(app, tree, slider)
+    with link_box:
+        refresh_link, load_link = share.build(app, controls, tree)
     opened, forks_view = forks.build(app, tree)
     # the what-if branch as an endpoint of this page (benchmarks call it; the browser clicks a candidate)
     with gr.Row(visible=False):

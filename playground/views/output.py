@@ -19,7 +19,13 @@ CSS = """
 .axw-out .axw-sel { outline: 2px solid #4f46e5; box-shadow: 0 0 0 3px rgba(79, 70, 229, 0.25); }
 .axw-out .axw-forced { text-decoration: underline wavy #4f46e5; text-underline-offset: 4px; }
 .axw-out .axw-shared { opacity: 0.45; }
-.axw-legend span { padding: 1px 6px; border-radius: 3px; color: #111; }
+/* side by side with the prompt (wide screens): room for a run's text before it comes; until then the box says
+   what it is for (drawn by CSS, so no part of the text) */
+@media (min-width: 1024px) { #output .axw-out { min-height: 380px; } }
+#output .axw-out:has(.axw-prompt:empty):not(:has(.axw-tok))::before {
+  content: "Press Generate: the text appears here, each token coloured by the probability it was chosen with.";
+  font-family: var(--font); font-size: 14px; opacity: 0.55; }
+.axw-legend span { padding: 1px 6px; border-radius: 3px; color: #111; white-space: nowrap; }
 """
 
 # a click on a token sends its step; the listener sits on the component, so it survives each new text

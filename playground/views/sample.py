@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from ..caps import MAX_DRAWS, MAX_NEW_TOKENS
+from ..render import show_number
 from ..service import user_errors
 from ..settings import number
 from . import View
@@ -21,8 +22,8 @@ def frames(labels: list[str], exact: list[float], counts: list[int]) -> tuple[pd
     n = sum(counts)
     exact_frame = pd.DataFrame(dict(token=labels, probability=exact))
     drawn = pd.DataFrame(dict(token=labels, share=[c / n for c in counts], count=counts))
-    rows = "".join(f"<tr><td><code>{html.escape(t)}</code></td><td>{p:.4f}</td><td>{c:,}</td><td>{c / n:.4f}</td></tr>"
-                   for t, p, c in zip(labels, exact, counts))
+    rows = "".join(f"<tr><td><code>{html.escape(t)}</code></td><td>{show_number(p, '.4f')}</td><td>{c:,}</td>"
+                   f"<td>{show_number(c / n, '.4f')}</td></tr>" for t, p, c in zip(labels, exact, counts))
     table = (f'<table class="axw-table axw-draws"><tr><th>token</th><th>exact p</th><th>drawn</th>'
              f'<th>share of {n:,}</th></tr>{rows}</table>')
     return exact_frame, drawn, table
@@ -42,12 +43,12 @@ def build(app, tree, slider) -> View:
         with gr.Row():
             n = gr.Number(1000, precision=0, minimum=1, maximum=MAX_DRAWS, label="N", scale=1, elem_id="draws")
             go = gr.Button("Sample this step", scale=1, elem_id="sample-go")
-        with gr.Row():
+        with gr.Row():  # shown once there are draws: no empty axes before
             exact_plot = gr.BarPlot(empty()[0], x="token", y="probability", title="exact probability", height=260,
-                                    elem_id="sample-exact", x_label_angle=-35)
+                                    elem_id="sample-exact", x_label_angle=-35, visible=False)
             drawn_plot = gr.BarPlot(empty()[1], x="token", y="share", title="share of the N draws", height=260,
                                     elem_id="sample-drawn", tooltip=["token", "share", "count"],
-                                    x_label_angle=-35)
+                                    x_label_angle=-35, visible=False)
         table = gr.HTML("", elem_id="sample-table")
 
     def sample_ui(tree, step, n, request: gr.Request = None):
@@ -55,7 +56,7 @@ def build(app, tree, slider) -> View:
             step = number("step", step, 1, MAX_NEW_TOKENS, integer=True)
         row, labels, exact, counts = app.sample_ui(tree, step - 1, n, request)
         exact_frame, drawn, text = frames(labels, exact, counts)
-        return exact_frame, drawn, text
+        return gr.BarPlot(exact_frame, visible=True), gr.BarPlot(drawn, visible=True), text
 
     go.click(sample_ui, [tree, slider, n], [exact_plot, drawn_plot, table], api_visibility="private",
              preprocess=False)
@@ -63,6 +64,7 @@ def build(app, tree, slider) -> View:
     def place(shown: dict) -> list:
         if "step" not in shown:
             return [gr.skip()] * 3
-        return list(empty())  # another step or run: its draws are not these
+        exact_frame, drawn, text = empty()  # another step or run: its draws are not these
+        return [gr.BarPlot(exact_frame, visible=False), gr.BarPlot(drawn, visible=False), text]
 
     return View([exact_plot, drawn_plot, table], place, CSS)

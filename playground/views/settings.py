@@ -207,9 +207,30 @@ def visible(strategy: str, stochastic: bool = False) -> dict:
                 speculative="drafter" in reads)
 
 
-def build(model_box, choices, amateur: str | None, start: Settings | None = None) -> Controls:
-    """The panel, starting from `start` (a model's own settings) or the page's defaults. Only the settings the
-    chosen strategy uses are shown; the samplers beyond the first four sit in an accordion."""
+def prompt_box() -> gr.Textbox:
+    """The prompt: with `chat_rows`, the panel's head, which the Generate tab places around its button (passed to
+    `build` as `head`)."""
+    return gr.Textbox("ROMEO:", label="prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt")
+
+
+def chat_rows(start: Settings | None = None) -> dict:
+    """Chat mode and the system message, by UI_INPUTS name."""
+    s = start or UI_DEFAULTS
+    c = {}
+    with gr.Row(equal_height=True):
+        c["chat"] = control("chat", s, scale=1, min_width=120, elem_id="chat", info="instruct models")
+        c["system"] = gr.Textbox(s.system, label="system message", lines=1, scale=3, max_length=MAX_PROMPT_CHARS,
+                                 placeholder="optional", elem_id="system",
+                                 info="chat mode: the prompt is your message, laid out with the model's chat "
+                                      "template; the reply ends at its end-of-turn token")
+    return c
+
+
+def build(model_box, choices, amateur: str | None, start: Settings | None = None,
+          head: dict | None = None) -> Controls:
+    """The panel, starting from `start` (a model's own settings) or the page's defaults; `head`: its prompt and
+    chat rows placed elsewhere (`prompt_box`, `chat_rows`), else they lead it. Only the settings the chosen
+    strategy uses are shown; the samplers beyond the first four sit in an accordion."""
     s = start or UI_DEFAULTS
     c = dict(model=model_box)
     shown = visible(s.strategy, s.stochastic)
@@ -233,13 +254,7 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
                 c[f.control] = widget
             place(*(x.name for x in APP_SPECS if x.filter == f.name and not x.main))
 
-    c["prompt"] = gr.Textbox("ROMEO:", label="prompt", lines=3, max_length=MAX_PROMPT_CHARS, elem_id="prompt")
-    with gr.Row(equal_height=True):
-        place("chat", scale=1, min_width=120, elem_id="chat", info="instruct models")
-        c["system"] = gr.Textbox(s.system, label="system message", lines=1, scale=3, max_length=MAX_PROMPT_CHARS,
-                                 placeholder="optional", elem_id="system",
-                                 info="chat mode: the prompt is your message, laid out with the model's chat "
-                                      "template; the reply ends at its end-of-turn token")
+    c.update(dict(prompt=prompt_box(), **chat_rows(s)) if head is None else head)
     place("strategy", info=None, elem_id="strategy")
     lesson = gr.HTML(explain(s.strategy), elem_id="lesson", elem_classes=["axw-lesson"], js_on_load=LESSON_CLICK,
                      css_template=LESSON_CSS)

@@ -30,7 +30,8 @@ def build(app, controls, tree):
     """The link box and its button; returns (refresh(event): the box follows a generation or a branch, the
     page's load handler that fills the controls from a link)."""
     with gr.Row():
-        link = gr.Textbox(label="share link", interactive=False, scale=4, elem_id="share-link", buttons=["copy"],
+        link = gr.Textbox(label="share link", interactive=False, scale=4, min_width=240, elem_id="share-link",
+                          buttons=["copy"],
                           info="the prompt, model, settings and seed: opening it fills every control",
                           placeholder="press the button for a link to these settings")
         copy = gr.Button("Copy share link", scale=0, min_width=150, size="sm", elem_id="share")

@@ -62,7 +62,8 @@ CANDIDATE_CLICK = """element.addEventListener('click', (e) => {
 
 
 def build() -> tuple[gr.Slider, gr.HTML, View]:
-    slider = gr.Slider(1, 2, 1, step=1, label="step", interactive=False, elem_id="step",
+    # shown once a run has steps
+    slider = gr.Slider(1, 2, 1, step=1, label="step", interactive=False, elem_id="step", visible=False,
                        info="pick a step (or click a token) to see how the distribution was shaped")
     chart = gr.HTML(step_html(None, None), elem_id="step-chart", js_on_load=CANDIDATE_CLICK)
 
@@ -72,6 +73,6 @@ def build() -> tuple[gr.Slider, gr.HTML, View]:
         steps, selected = shown["steps"], shown["selected"]
         # a slider needs minimum < maximum
         return [gr.Slider(minimum=1, maximum=max(steps, 2), value=(selected or 0) + 1, step=1,
-                          interactive=steps > 1), shown["step"]]
+                          interactive=steps > 1, visible=steps > 0), shown["step"]]
 
     return slider, chart, View([slider, chart], place, CSS)

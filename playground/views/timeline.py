@@ -9,6 +9,7 @@ import math
 import gradio as gr
 import pandas as pd
 
+from ..render import rounded
 from . import View, skip
 
 MEASURES = {  # what the radio offers: the series drawn (label, timeline field), and the y axis's title
@@ -50,9 +51,10 @@ def frame(records: list[dict], measure: str = DEFAULT, tokenizer=None) -> pd.Dat
             value = r[key]
             if value is None or (isinstance(value, float) and not math.isfinite(value)):
                 continue
-            rows.append(dict(step=r["step"], value=float(value), series=series, token=repr(label)[1:-1],
-                             p=None if r["chosen_prob"] is None else round(r["chosen_prob"], 4),
-                             rank=r["chosen_rank"], kept=r["kept"], entropy=round(r["final_entropy"], 3)))
+            # rounded as the tooltip shows them (no negative zero: an entropy of -1e-9 bits is 0)
+            rows.append(dict(step=r["step"], value=rounded(float(value), 4), series=series, token=repr(label)[1:-1],
+                             p=rounded(r["chosen_prob"], 4), rank=r["chosen_rank"], kept=r["kept"],
+                             entropy=rounded(r["final_entropy"], 3)))
     return pd.DataFrame(rows, columns=COLUMNS).astype(TYPES)  # typed even when empty: the axes are numbers
 
 
@@ -64,15 +66,17 @@ def start_frame(measure: str) -> pd.DataFrame:
 
 
 def build() -> tuple[gr.Radio, dict, gr.HTML, View]:
-    measure = gr.Radio(list(MEASURES), value=DEFAULT, label="timeline", elem_id="timeline-measure",
-                       info="how each step went; hover a point for all its numbers, click it to open that step")
-    plots = {}
-    with gr.Column(elem_id="timeline"):
-        for name, (series, unit) in MEASURES.items():
-            plots[name] = gr.LinePlot(start_frame(name), x="step", y="value",
-                                      color="series" if len(series) > 1 else None, tooltip=COLUMNS, height=240,
-                                      x_title="step", y_title=unit, show_label=False, visible=name == DEFAULT,
-                                      elem_classes=["axw-timeline"])
+    """The radio and the plots, hidden until a run has steps to draw (no empty axes before it)."""
+    with gr.Column(visible=False, elem_id="timeline-box") as box:
+        measure = gr.Radio(list(MEASURES), value=DEFAULT, label="timeline", elem_id="timeline-measure",
+                           info="how each step went; hover a point for all its numbers, click it to open that step")
+        plots = {}
+        with gr.Column(elem_id="timeline"):
+            for name, (series, unit) in MEASURES.items():
+                plots[name] = gr.LinePlot(start_frame(name), x="step", y="value",
+                                          color="series" if len(series) > 1 else None, tooltip=COLUMNS, height=240,
+                                          x_title="step", y_title=unit, show_label=False, visible=name == DEFAULT,
+                                          elem_classes=["axw-timeline"])
     bridge = gr.HTML("", elem_id="timeline-bridge", js_on_load=POINT_CLICK)
 
     def pick(name, request: gr.Request = None):
@@ -82,7 +86,8 @@ def build() -> tuple[gr.Radio, dict, gr.HTML, View]:
 
     def place(shown: dict) -> list:
         if "timeline" not in shown:
-            return skip(len(plots))
-        return [frame(shown["timeline"], name, shown.get("tokenizer")) for name in MEASURES]
+            return skip(1 + len(plots))
+        records = shown["timeline"]
+        return [gr.Column(visible=bool(records)), *(frame(records, name, shown.get("tokenizer")) for name in MEASURES)]
 
-    return measure, plots, bridge, View(list(plots.values()), place, CSS)
+    return measure, plots, bridge, View([box, *plots.values()], place, CSS)
