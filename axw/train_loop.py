@@ -476,8 +476,8 @@ def train(
                 step, stopped, loss_value, record = _train_steps(run, callback, should_stop)
             if step > run.start_step or not exists(resume):
                 run.checkpoint(step, record)
-        except RuntimeError as e:
-            if not ranks.distributed or isinstance(e, TrainingStopped):
+        except RuntimeError as e:  # a collective that failed, or TrainingStopped from a signal
+            if not ranks.distributed:
                 raise
             raise TrainingStopped(_stopped_message(ranks, run, config, e)) from e
     return TrainResult(step=step, stopped=stopped, loss=loss_value, heldout_loss=record.get("heldout_loss"),
@@ -509,7 +509,10 @@ def _checked_run(model, train_ids, heldout_ids, config: TrainConfig, resume, tea
 
 def _stopped_message(ranks: Ranks, run: _Run | None, config: TrainConfig, error: Exception) -> str:
     where = f"after step {run.step}" if exists(run) else "before its first step"
-    text = f"rank {ranks.rank} of {ranks.world} stopped {where}: {error}".rstrip(". ") + ". "
+    if isinstance(error, TrainingStopped):  # says which rank already
+        text = f"{error} {where}. "
+    else:
+        text = f"rank {ranks.rank} of {ranks.world} stopped {where}: {error}".rstrip(". ") + ". "
     if not exists(config.out_dir):
         return text + "Nothing was saved (no out_dir)."
     if not exists(run) or run.saved_step is None:
