@@ -284,8 +284,8 @@ def report(args, tally, samples, wall, alive, serving) -> bool:
           f"AXW_CONCURRENCY {os.environ.get('AXW_CONCURRENCY', '2')}")
     print(f"{args.sessions} generating sessions + 1 fine-tuning visitor for {args.duration:.0f} s "
           f"(wall {wall:.0f} s), {args.new} new tokens per generation")
-    print(f"generations done (/generate and the Generate tab's event): {len(lat)} ({len(lat) / wall:.2f}/s); errors: {len(tally.errors)}; "
-          f"still running at the end: {alive}; server alive: {serving}")
+    print(f"generations done (/generate and the Generate tab's event): {len(lat)} ({len(lat) / wall:.2f}/s); "
+          f"errors: {len(tally.errors)}; still running at the end: {alive}; server alive: {serving}")
     if lat:
         print(f"latency p50 {statistics.median(lat):.2f} s, p95 {percentile(lat, 0.95):.2f} s, "
               f"max {max(lat):.2f} s")
