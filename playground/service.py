@@ -22,17 +22,22 @@ import gradio as gr
 from axw import NgramDatastore
 from axw.specs import APP_SPECS
 
+from . import branches
 from . import models as model_store
 from . import runs as R
+from .branches import Tree
 from .caps import FINETUNE_BYTES, MAX_SESSIONS, VISITOR_BUDGET_S, VISITOR_WINDOW_S
 from .finetune import (CONTINUE, START_FROM, START_OVER, FineTune, finetune_setup, loss_curves, model_zip,
                        read_upload, split_heldout)
 from .models import ModelCache
+from .numbers.draws import draw
+from .numbers.metrics import column_numbers
+from .numbers.timeline import timeline
 from .panels import beam_tree_svg, speculative_html
 from .render import forks_html, side_by_side, step_html, tokens_html
 from .sessions import ClassShare, KVStore, Sessions, env_number, visitor
 from .sessions import trusted_proxies as proxy_count
-from .settings import Settings, check_prompt, from_generation_config, settings_from_dict
+from .settings import Settings, check_prompt, from_generation_config, number, settings_from_dict
 
 STREAM_INTERVAL_S = 0.03
 
@@ -228,8 +233,8 @@ class Playground:
     def branch(self, parent: R.Run, step, token, session: str, kept=None):
         """(model, branch run, its updates, its KV cache or None), checked before any compute."""
         m, helpers, config = self.prepare(parent.settings, session)
-        step, token = R.check_fork(parent, step, token, m.net.num_tokens, R.stop_set(m, parent.settings))
-        return (m, *R.branch(m, parent, step, token, config, kept=kept, **helpers))
+        step, token = branches.check_fork(parent, step, token, m.net.num_tokens, R.stop_set(m, parent.settings))
+        return (m, *branches.branch(m, parent, step, token, config, kept=kept, **helpers))
 
     def forced(self, prompt, settings: Settings, session: str, keep_cache: bool = False):
         """(model, the run as generated, the branch that forces `settings.force_token` at `settings.force_step`,
@@ -283,9 +288,9 @@ class Playground:
             settings = settings_from_dict(settings)
             check_prompt(prompt)
             limit = settings.check().max_new_tokens
-            step = R.number("step", step, 0, limit - 1, integer=True)
+            step = number("step", step, 0, limit - 1, integer=True)
             m, _, _ = self.prepare(settings, session)
-            token = R.number("token", token, 0, m.net.num_tokens - 1, integer=True)
+            token = number("token", token, 0, m.net.num_tokens - 1, integer=True)
             *_, updates, _ = self.forced(prompt, replace(settings, force_step=step + 1, force_token=token), session)
             for run in updates:
                 pass
@@ -348,7 +353,7 @@ class Playground:
 
     # --- the Generate tab: a run, its steps, its branches ---
 
-    def show(self, tree: R.Tree, run: R.Run, step: int | None = 0, full: bool = True) -> dict:
+    def show(self, tree: Tree, run: R.Run, step: int | None = 0, full: bool = True) -> dict:
         """What the views draw of `run` with `step` (0-based) open, by name: the output with that token
         highlighted and the step view; with `full`, also the strategy's own view (the beam tree, speculative
         rounds) with the step marked, the timeline and the branches. Opening another step of the same run (`full`
@@ -369,7 +374,7 @@ class Playground:
                          speculative=speculative_html(run.rows, m.tokenizer, selected,
                                                       self.drafter_label(run.settings))
                          if strategy == "speculative decoding" else None,
-                         timeline=R.timeline(run), forks=forks_html(list(tree.runs.values()), m.tokenizer, run.id),
+                         timeline=timeline(run), forks=forks_html(list(tree.runs.values()), m.tokenizer, run.id),
                          choices=tree.choices(m.tokenizer), current=run.id)
         return shown
 
@@ -401,7 +406,7 @@ class Playground:
             for run in throttle(updates):
                 if not run.done:
                     yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, specials=run.specials))
-            tree = tree if isinstance(tree, R.Tree) else R.Tree()
+            tree = tree if isinstance(tree, Tree) else Tree()
             run.session = session
             tree.add(run)
             self.caches.drop(session)
@@ -414,7 +419,7 @@ class Playground:
         """A candidate was clicked in the step view: branch the open run at `step` (0-based) with `token`, and
         open the branch. Yields like generate_ui."""
         session = session_of(request)
-        parent = tree.get() if isinstance(tree, R.Tree) else None
+        parent = tree.get() if isinstance(tree, Tree) else None
         with (self.metered(request) if metered else nullcontext()), user_errors():
             if parent is None:
                 raise ValueError("generate some text first: a branch starts from one of its steps")
@@ -432,16 +437,16 @@ class Playground:
     def step_ui(self, tree, step, request: gr.Request = None):
         """Open `step` (0-based) of the open run: the step view, and the output with that token highlighted."""
         with user_errors():
-            run = tree.get() if isinstance(tree, R.Tree) else None
+            run = tree.get() if isinstance(tree, Tree) else None
             if run is None or not run.rows:
                 return {}
-            step = R.number("step", step, 0, len(run.rows) - 1, integer=True)
+            step = number("step", step, 0, len(run.rows) - 1, integer=True)
             return self.show(tree, run, step, full=False)
 
     def open_ui(self, tree, run_id, request: gr.Request = None):
         """Open another run of the tree (the generated text or a branch), at its branch step."""
         with user_errors():
-            run = tree.get(run_id) if isinstance(tree, R.Tree) else None
+            run = tree.get(run_id) if isinstance(tree, Tree) else None
             if run is None:
                 raise ValueError("that run is gone: generate again, or pick another")
             tree.current = run.id
@@ -449,7 +454,7 @@ class Playground:
 
     def side_by_side_ui(self, tree, a, b, request: gr.Request = None):
         with user_errors():
-            runs = [tree.get(i) if isinstance(tree, R.Tree) else None for i in (a, b)]
+            runs = [tree.get(i) if isinstance(tree, Tree) else None for i in (a, b)]
             ref = next((r for r in runs if r is not None), None)
             if ref is None:
                 return side_by_side(None, None, None)
@@ -458,13 +463,13 @@ class Playground:
     def sample_ui(self, tree, step, n, request: gr.Request = None):
         """Draw `n` tokens from the final distribution of `step` (0-based) of the open run: (its trace row, the
         labels, the exact probabilities, the counts), the last of each for all other tokens together."""
-        run = tree.get() if isinstance(tree, R.Tree) else None
+        run = tree.get() if isinstance(tree, Tree) else None
         with user_errors():
             if run is None or not run.rows:
                 raise ValueError("generate some text and open a step first")
-            step = R.number("step", step, 0, len(run.rows) - 1, integer=True)
+            step = number("step", step, 0, len(run.rows) - 1, integer=True)
             row = run.rows[step]
-            exact, counts = R.draw(row, n, run.settings.seed)
+            exact, counts = draw(row, n, run.settings.seed)
             tokenizer = self._tokenizer_model(run).tokenizer
         from .render import show_token
 
@@ -537,10 +542,7 @@ class Playground:
                 run = col["run"]
                 if col["label"] == COMPARE[0][0]:
                     reference_ids = run.new_ids
-                col.update(done=True, speed=len(run.new_ids) / seconds if seconds > 0 else None,
-                           departs=R.departure(run.new_ids, reference_ids) if reference_ids is not None else None,
-                           distinct2=R.distinct_n(run.new_ids, 2), repeated4=R.repeated_ngram_share(run.new_ids, 4),
-                           logprob=R.mean_logprob(m, run.prompt_ids, run.new_ids))
+                col.update(done=True, **column_numbers(m, run, seconds, reference_ids))
         yield cols
 
     def finetune_ui(self, model_name, text, upload, steps, lr, batch_size, context, mask_prob, seed,
