@@ -1,8 +1,12 @@
-"""The playground's views, one module per view, each built by one function.
+"""The playground's views, one module per view, each built by one function, with the handlers its events run.
 
-A view of the Generate tab is a `View`: the components the tab's shared handlers update (a generation, a
-branch, opening a step or a run) and `place`, which turns what `Playground.show` computed (a dict by name) into
-one update per component, `gr.skip()` for anything the dict lacks. A new view (a strategy's own panel, say) is a
+A view's handlers are a `Handlers` class beside its `build` (generate, sample, forks, compare, finetune): methods
+that use the core's models, fair share and runs (`playground.service.Playground`), which app.py mixes them into.
+The core imports no view.
+
+A view of the Generate tab is a `View`: the components the tab's shared handlers update (a generation, a branch,
+opening a step or a run) and `place`, which turns what `generate.Handlers.show` computed (a dict by name) into one
+update per component, `gr.skip()` for anything the dict lacks. A new view (a strategy's own panel, say) is a
 module with a `build` returning a View, added to the list in `views.generate`; its own events are its own.
 """
 
@@ -55,8 +59,8 @@ def clicked_step(selector: str) -> str:
 
 
 def step_panel(key: str, title: str, elem_id: str, selector: str, css: str) -> tuple[gr.HTML, View]:
-    """A strategy's panel: a heading, and the HTML that `Playground.show` puts under `key` (hidden while there is
-    none), in which a click on an element matching `selector` opens its step."""
+    """A strategy's panel: a heading, and the HTML that `generate.Handlers.show` puts under `key` (hidden while
+    there is none), in which a click on an element matching `selector` opens its step."""
     with gr.Column(visible=False, elem_id=f"{elem_id}-box") as box:
         gr.Markdown(title)
         html = gr.HTML("", elem_id=elem_id, js_on_load=clicked_step(selector))
