@@ -43,10 +43,16 @@ def keep_on_failure(event, outputs: list):
     return event.failure(unchanged, None, outputs, api_visibility="private", show_progress="hidden", queue=False)
 
 
-def event_data(evt) -> dict:
-    """What a gr.HTML's js_on_load passed to trigger(), or {}."""
-    data = getattr(evt, "_data", None)
-    return data if isinstance(data, dict) else {}
+class Triggered(gr.EventData):
+    """What a gr.HTML's js_on_load passed to trigger(name, data): `data`, a dict ({} when it sent none).
+
+    A handler's parameter annotated with a gr.EventData subclass receives one built from the event's target and
+    data, as gradio builds its own gr.SelectData; gradio's other route, `evt.<key>`, raises on an event sent with
+    no data, which a client can send."""
+
+    def __init__(self, target, data):
+        super().__init__(target, data)
+        self.data = data if isinstance(data, dict) else {}
 
 
 def clicked_step(selector: str) -> str:

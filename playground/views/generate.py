@@ -20,7 +20,7 @@ from ..render import forks_html, step_html, tokens_html
 from ..runs import Run
 from ..service import session_of, throttle, user_errors
 from ..settings import Settings, number
-from . import (View, beam_tree, event_data, forks, keep_on_failure, lessons, output, sample, settings, share, skip,
+from . import (Triggered, View, beam_tree, forks, keep_on_failure, lessons, output, sample, settings, share, skip,
                speculative, step, timeline, with_visitor)
 from .settings import settings_from_ui
 
@@ -190,16 +190,15 @@ def build(app, gpu, model_box, choices, concurrency: int):
         for shown in app.generate_ui(*values, request=request):
             yield place(shown)
 
-    def branch_ui(tree, evt: gr.EventData, request: gr.Request = None):
-        data = event_data(evt)
-        yield from branch_stream(tree, data.get("step"), data.get("token"), request)
+    def branch_ui(tree, evt: Triggered, request: gr.Request = None):
+        yield from branch_stream(tree, evt.data.get("step"), evt.data.get("token"), request)
 
     def branch_stream(tree, step, token, request: gr.Request = None):
         for shown in app.branch_ui(tree, step, token, request=request):
             yield place(shown)
 
-    def select_step(tree, evt: gr.EventData, request: gr.Request = None):
-        return place(app.step_ui(tree, event_data(evt).get("step"), request))
+    def select_step(tree, evt: Triggered, request: gr.Request = None):
+        return place(app.step_ui(tree, evt.data.get("step"), request))
 
     def slide_step(tree, value, request: gr.Request = None):
         return place(app.step_ui(tree, int(value or 1) - 1, request))
