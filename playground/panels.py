@@ -11,7 +11,7 @@ import math
 from axw.speculative import DATASTORE, TEXT
 
 from . import render
-from .render import _bar, show_number, show_token
+from .render import bar_html, show_number, show_token
 from .numbers.alpha_sweep import alpha_sweep
 from .numbers.beam_tree import beam_tree, candidate_status
 from .numbers.rounds import speculative_rounds
@@ -278,10 +278,10 @@ def contrastive_panel(row: dict, tokenizer, settings=None, previous=None) -> str
         mark = ' class="axw-chosen"' if i == best else ""
         score = c["score"][i]
         parts.append(f'<tr{mark}><td><code>{_esc(show_token(tokenizer, token))}</code></td>'
-                     f'<td>{_bar(c["confidence"][i])}</td>'
-                     f'<td>{_bar(max(0.0, c["degeneration_penalty"][i]))}</td>'
+                     f'<td>{bar_html(c["confidence"][i])}</td>'
+                     f'<td>{bar_html(max(0.0, c["degeneration_penalty"][i]))}</td>'
                      f'<td>{show_number(score, ".3f")}</td></tr>' if math.isfinite(score) else
-                     f'<tr{mark}><td><code>{_esc(show_token(tokenizer, token))}</code></td><td>{_bar(0.0)}</td>'
+                     f'<tr{mark}><td><code>{_esc(show_token(tokenizer, token))}</code></td><td>{bar_html(0.0)}</td>'
                      f'<td>{show_number(c["degeneration_penalty"][i], ".3f")}</td><td>banned</td></tr>')
     parts.append("</table>")
     sweep = alpha_sweep(row)
