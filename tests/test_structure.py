@@ -22,8 +22,8 @@ def library() -> dict[str, Path]:
 
 
 def imported(name: str, path: Path, node: ast.AST, modules: dict) -> list[str]:
-    """The axw modules an import statement of module `name` loads by name (the parent packages Python also runs
-    are not counted: every module would otherwise depend on `axw/__init__.py`)."""
+    """The modules (of `modules`: axw's, say) an import statement of module `name` loads by name (the parent
+    packages Python also runs are not counted: every module would otherwise depend on `axw/__init__.py`)."""
     if isinstance(node, ast.Import):
         return [a.name for a in node.names if a.name in modules]
     if not isinstance(node, ast.ImportFrom):
@@ -41,8 +41,9 @@ def imported(name: str, path: Path, node: ast.AST, modules: dict) -> list[str]:
     return subs + ([base] if len(subs) < len(node.names) else [])
 
 
-def import_graph() -> dict[str, set[str]]:
-    modules = library()
+def import_graph(modules: dict[str, Path] | None = None) -> dict[str, set[str]]:
+    """Which of `modules` (by name; axw's by default) each of them imports."""
+    modules = library() if modules is None else modules
     graph = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text(), str(path))
