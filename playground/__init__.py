@@ -1,6 +1,6 @@
 """What the playground (app.py) does, by concern. The modules imported here are free of gradio, so tests and
-benchmarks use them directly; the views (`playground.views`) and the request handlers (`playground.service`)
-import gradio and turn the `ValueError`s raised here into `gr.Error` messages.
+benchmarks use them directly; the views with their handlers (`playground.views`) and the core the handlers share
+(`playground.service`) import gradio and turn the `ValueError`s raised here into `gr.Error` messages.
 
     caps         what one request may ask for
     models       models by name, loaded once; the device; memory
