@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from test_structure import ROOT, find_cycle, import_graph, module_name
+from test_structure import ROOT, find_cycle, import_graph, module_name, reach
 
 MAX_LINES = 60
 CORE = "playground.service"
@@ -16,15 +16,6 @@ VIEWS = "playground.views"
 
 def app_modules() -> dict[str, Path]:
     return {module_name(p): p for p in [ROOT / "app.py", *sorted((ROOT / "playground").rglob("*.py"))]}
-
-
-def reach(graph: dict[str, set[str]], start: str) -> set[str]:
-    seen, todo = set(), [start]
-    while todo:
-        for nxt in graph[todo.pop()] - seen:
-            seen.add(nxt)
-            todo.append(nxt)
-    return seen
 
 
 def is_view(name: str) -> bool:
