@@ -161,6 +161,7 @@ class AutoregressiveWrapper(nn.Module):
         counts (speculative decoding)."""
         check_flag(return_dict_in_generate, "return_dict_in_generate")
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
+        _refuse_trace(run.config, "generate")
         with eval_mode(self, *_models(run)):
             return run.result() if return_dict_in_generate else run.output()
 
@@ -182,6 +183,7 @@ class AutoregressiveWrapper(nn.Module):
             kwargs["beams"] = beams
         run = self._decoding(prompts, seq_len, generation_config, kwargs, strategy="beam",
                              base=GenerationConfig(beams=4, filter_logits_fn=None))
+        _refuse_trace(run.config, "beam_search")
         with eval_mode(self):
             if return_dict_in_generate:
                 return run.result()
@@ -334,6 +336,13 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError(f"{folder}: weights do not match the config (missing {missing}, unexpected {unexpected})")
         model.eos_token_id = config.get("eos_token_id")
         return model
+
+
+def _refuse_trace(config: GenerationConfig, method: str):
+    """The trace is handed out step by step, so only `stream` records it."""
+    if config.trace:
+        raise ValueError(f"{method} returns only the tokens and would drop the trace: use "
+                         "stream(..., trace=True), which yields each step with its trace")
 
 
 @torch.no_grad()
