@@ -17,7 +17,7 @@ from .generation import Decoding, GenerateOutput, Step
 from .runtime import prompt_cut, read_prompt
 from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
-from .transformer import Decoder, TransformerWrapper
+from .transformer import Decoder, TransformerWrapper, refuse_x_transformers_keys
 from .utils import ConfigMixin, build_config, check_flag, check_number, eval_mode, exists
 
 
@@ -84,6 +84,12 @@ class AutoregressiveWrapper(nn.Module):
         self.generation_config: GenerationConfig | None = None
         self.chat_template: chat.ChatTemplate | None = None
         self.stop_token_ids: list[int] = []
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, after a check that these are not
+        x-transformers' weights (`axw.from_x_transformers` converts those)."""
+        refuse_x_transformers_keys(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def config(self) -> WrapperConfig:
