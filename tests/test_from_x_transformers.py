@@ -19,6 +19,8 @@ CONFIGS = [
     (dict(sandwich_norm=True, ff_glu=True, ff_swish=True, attn_one_kv_head=True, norm_add_unit_offset=False), {}),
     (dict(attn_softclamp_logits=True, attn_logit_softclamp_value=4.0, rotary_pos_emb=True),
      dict(add_continuous_pred_head=True)),
+    (dict(rotary_pos_emb=True, disable_abs_pos_emb=False), dict(tie_embedding=True, tie_embedding_scale=0.5)),
+    ({}, dict(use_abs_pos_emb=False)),
 ]
 
 
