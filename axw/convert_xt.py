@@ -78,7 +78,7 @@ def from_x_transformers(model_or_state_dict: nn.Module | Mapping[str, Tensor], *
                          f"or a state dict of one, got {type(model_or_state_dict).__name__}")
     model = build(options)
     weights = axw_state(state, options)
-    missing, unexpected = nn.Module.load_state_dict(model.net, weights, strict=False)
+    missing, unexpected = model.net.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ValueError(f"the weights do not match the options: missing {missing}, unexpected {unexpected}")
     like = state["token_emb.emb.weight"]
@@ -208,15 +208,15 @@ def _differences(net: nn.Module, rebuilt: nn.Module) -> list[tuple[str, str]]:
     """(what differs, where) between a model and the one rebuilt from the options axw read: submodules of
     another class (not their insides), then attributes, options by x-transformers' argument names first."""
     theirs = dict(rebuilt.named_modules())
-    classes, attributes, skip = [], [], ()
+    classes, attributes, skipped = [], [], ()
     for name, module in net.named_modules():
         ref = theirs.pop(name, None)
-        if skip and name.startswith(skip):
+        if name.startswith(skipped):
             continue
         if ref is None or type(ref) is not type(module):
             classes.append((_a(type(module).__name__) + (f" where axw reads {_a(type(ref).__name__)}"
                                                           if ref is not None else ""), name))
-            skip = name + "."
+            skipped += (name + ".",)  # what is inside it differs too: said once
             continue
         ours, reference = _plain(module), _plain(ref)
         arguments = inspect.signature(type(module).__init__).parameters
@@ -224,7 +224,7 @@ def _differences(net: nn.Module, rebuilt: nn.Module) -> list[tuple[str, str]]:
             if attr in reference and not _same(ours[attr], reference[attr]):
                 attributes.append((f"{_option_name(module, attr)}={_show(ours[attr])} (axw: "
                                    f"{_show(reference[attr])})", name))
-    missing = [(f"no {n.rpartition('.')[2]}", n) for n in theirs if not (skip and n.startswith(skip))]
+    missing = [(f"no {n.rpartition('.')[2]}", n) for n in theirs if not n.startswith(skipped)]
     return classes + attributes + missing
 
 
