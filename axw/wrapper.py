@@ -17,7 +17,7 @@ from .generation import Decoding, GenerateOutput, Step
 from .runtime import prompt_cut, read_prompt
 from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
-from .transformer import Decoder, TransformerWrapper
+from .transformer import Decoder, TransformerWrapper, refuse_x_transformers_keys
 from .utils import ConfigMixin, build_config, check_flag, check_number, eval_mode, exists
 
 
@@ -84,6 +84,12 @@ class AutoregressiveWrapper(nn.Module):
         self.generation_config: GenerationConfig | None = None
         self.chat_template: chat.ChatTemplate | None = None
         self.stop_token_ids: list[int] = []
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, after a check that these are not
+        x-transformers' weights (`axw.from_x_transformers` converts those)."""
+        refuse_x_transformers_keys(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def config(self) -> WrapperConfig:
@@ -161,6 +167,7 @@ class AutoregressiveWrapper(nn.Module):
         counts (speculative decoding)."""
         check_flag(return_dict_in_generate, "return_dict_in_generate")
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
+        _refuse_trace(run.config, "generate")
         with eval_mode(self, *_models(run)):
             return run.result() if return_dict_in_generate else run.output()
 
@@ -182,6 +189,7 @@ class AutoregressiveWrapper(nn.Module):
             kwargs["beams"] = beams
         run = self._decoding(prompts, seq_len, generation_config, kwargs, strategy="beam",
                              base=GenerationConfig(beams=4, filter_logits_fn=None))
+        _refuse_trace(run.config, "beam_search")
         with eval_mode(self):
             if return_dict_in_generate:
                 return run.result()
@@ -334,6 +342,13 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError(f"{folder}: weights do not match the config (missing {missing}, unexpected {unexpected})")
         model.eos_token_id = config.get("eos_token_id")
         return model
+
+
+def _refuse_trace(config: GenerationConfig, method: str):
+    """The trace is handed out step by step, so only `stream` records it."""
+    if config.trace:
+        raise ValueError(f"{method} returns only the tokens and would drop the trace: use "
+                         "stream(..., trace=True), which yields each step with its trace")
 
 
 @torch.no_grad()
