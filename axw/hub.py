@@ -275,13 +275,16 @@ SAVE_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def save_pretrained(model, folder: str | os.PathLike, model_card: str | None = None,
-                    dtype: torch.dtype | None = None) -> Path:
+                    dtype: torch.dtype | None = None, state_dict: dict | None = None) -> Path:
+    """`model`'s Hub folder; `state_dict`, when given, holds the weights to
+    write in place of `model.net`'s (a sharded network's, gathered whole)."""
     if exists(dtype) and dtype not in SAVE_DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(map(str, SAVE_DTYPES))}, got {dtype!r}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    weights = state_dict if exists(state_dict) else model.net.state_dict()
     state = {k: v.detach().to(dtype if exists(dtype) and v.is_floating_point() else v.dtype).contiguous().cpu()
-             for k, v in model.net.state_dict().items()}
+             for k, v in weights.items()}
     save_file(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
     with open(folder / CONFIG_NAME, "w", encoding="utf-8") as f:
         json.dump(axw_config(model), f, indent=2, sort_keys=True)

@@ -44,7 +44,9 @@ def autoregressive_loss(
 ):
     """Mean next-token cross-entropy of `seq` (batch, n): the net reads
     `seq[:, :-1]` and is scored on `seq[:, 1:]`, so n = max_seq_len + 1 trains
-    the full context."""
+    the full context. With `mask_prob`, keys are hidden at random unless the
+    caller gives `self_attn_kv_mask` (the trainer draws a whole batch's and
+    hands each rank its rows)."""
     b, n = seq.shape
     if exists(lens):
         positions = torch.arange(n, device=seq.device)
@@ -53,7 +55,7 @@ def autoregressive_loss(
     inp, target = seq[:, :-1], seq[:, 1:]
     inp = torch.where(inp == ignore_index, pad_value, inp)
 
-    if mask_prob > 0.0 and net.training:
+    if mask_prob > 0.0 and net.training and "self_attn_kv_mask" not in kwargs:  # a caller's mask stands
         kwargs["self_attn_kv_mask"] = random_key_mask(b, inp.shape[1], mask_prob, seq.device, generator)
 
     add_next_embed = net.add_continuous_pred_head

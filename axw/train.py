@@ -1,6 +1,7 @@
 """The trainer, shared by the command line and the app's fine-tune tab.
 
     python -m axw.train --data assets/data/tinyshakespeare.txt --out runs/m --vocab-size 1024
+    torchrun --nproc_per_node 2 -m axw.train --data my.txt --out runs/m --init HuggingFaceTB/SmolLM2-135M
 
 `train(model, train_ids, heldout_ids, config)` samples random windows of
 `seq_len + 1` tokens, steps AdamW under linear warmup and cosine decay with
@@ -16,7 +17,9 @@ Its parts, each importable from here:
 - `axw.train_loop`: `TrainConfig`, `train`, `evaluate` / `score`, the
   learning-rate schedule, the windows and the optimizer;
 - `axw.train_checkpoint`: the crash-safe checkpoints;
-- `axw.train_cli`: the command line and the model card.
+- `axw.train_cli`: the command line and the model card;
+- `axw.train_dist`: the same loop on several processes under torchrun
+  (DDP, or FSDP2 with `--fsdp`), each rank reading its rows of the global batch.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from .train_checkpoint import (
     save_checkpoint,
 )
 from .train_cli import DEFAULT_VOCAB_SIZE, ProgressLine, build_parser, load_generated, load_teacher, main, model_card
+from .train_dist import Ranks, TrainingStopped, current_ranks, process_group
 from .train_loop import (
     TrainConfig,
     TrainResult,
@@ -53,14 +57,15 @@ from .train_loop import (
 
 __all__ = [
     "DEFAULT_VOCAB_SIZE", "MARKER_NAME", "MODEL_FILES", "OPTIMIZER_NAME", "STATE_NAME", "TRAINING_DIR",
-    "ProgressLine", "TrainConfig", "TrainResult", "build_parser", "check_out_dir", "check_teacher",
-    "check_unfinished", "evaluate", "generated_windows", "is_checkpoint", "load_checkpoint", "load_generated",
-    "load_teacher", "lr_at", "main", "make_optimizer", "model_card", "param_groups", "random_windows",
-    "read_trainer_state", "recover_checkpoint", "save_checkpoint", "score", "step_generator", "train",
+    "ProgressLine", "Ranks", "TrainConfig", "TrainResult", "TrainingStopped", "build_parser", "check_out_dir",
+    "check_teacher", "check_unfinished", "current_ranks", "evaluate", "generated_windows", "is_checkpoint",
+    "load_checkpoint", "load_generated", "load_teacher", "lr_at", "main", "make_optimizer", "model_card",
+    "param_groups", "process_group", "random_windows", "read_trainer_state", "recover_checkpoint",
+    "save_checkpoint", "score", "step_generator", "train",
 ]
 
 if __name__ == "__main__":
     try:
         main()
-    except ValueError as e:
+    except (ValueError, TrainingStopped) as e:
         raise SystemExit(f"error: {e}")

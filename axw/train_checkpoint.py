@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .hub import save_pretrained
 from .utils import exists
 
 # beside the model files, in a subfolder that model loaders do not read
@@ -174,10 +175,24 @@ def check_out_dir(folder) -> Path:
     return folder
 
 
+def optimizer_tensors(model, optimizer) -> dict:
+    """The optimizer's state per parameter, named `{parameter}.{key}`, on the CPU."""
+    names = {id(p): n for n, p in model.net.named_parameters()}
+    tensors = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            for key, value in optimizer.state.get(p, {}).items():
+                tensors[f"{names[id(p)]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors
+
+
 def save_checkpoint(folder, model, optimizer, step: int, config, history: list,
-                    model_card: str | None = None, extra_state: dict | None = None) -> Path:
+                    model_card: str | None = None, extra_state: dict | None = None,
+                    weights: dict | None = None, moments: dict | None = None) -> Path:
     """A Hub model folder plus the optimizer moments and RNG state (safetensors)
-    and the step, config (a `TrainConfig`) and history (JSON).
+    and the step, config (a `TrainConfig`) and history (JSON). `weights` and
+    `moments` (`optimizer_tensors`' names), when given, are saved instead of
+    the model's and the optimizer's own: a sharded model's, gathered whole.
 
     Written whole into `folder.tmp` (state.json last), then swapped in by
     renames: folder -> folder.old, folder.tmp -> folder, then folder.old is
@@ -189,13 +204,8 @@ def save_checkpoint(folder, model, optimizer, step: int, config, history: list,
     _, tmp, old = _siblings(folder)
     (tmp / TRAINING_DIR).mkdir(parents=True)
     (tmp / TRAINING_DIR / MARKER_NAME).write_text(_marker_text(folder.name), encoding="utf-8")
-    model.save_pretrained(tmp, model_card=model_card)
-    names = {id(p): n for n, p in model.net.named_parameters()}
-    tensors = {}
-    for group in optimizer.param_groups:
-        for p in group["params"]:
-            for key, value in optimizer.state.get(p, {}).items():
-                tensors[f"{names[id(p)]}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    save_pretrained(model, tmp, model_card=model_card, state_dict=weights)
+    tensors = dict(moments) if exists(moments) else optimizer_tensors(model, optimizer)
     tensors["rng.cpu"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
@@ -237,21 +247,33 @@ def check_unfinished(folder, done: int, steps: int, option: str = "steps"):
         raise ValueError(f"{folder} has already finished {done} of {steps} steps; raise {option} to train further")
 
 
-def load_checkpoint(folder, model, optimizer) -> dict:
-    """Restore weights, optimizer moments and RNG state saved by
-    `save_checkpoint` into `model` and `optimizer`; returns the trainer state."""
+def load_weights(folder, model):
+    """The checkpoint's weights into `model` (a whole one, not yet sharded)."""
     from .hub import load_safetensors
 
-    state = read_trainer_state(folder)
-    folder = Path(folder)
-    model.net.load_state_dict(load_safetensors(folder, device=model.device))
-    tensors = load_file(folder / TRAINING_DIR / OPTIMIZER_NAME)
+    model.net.load_state_dict(load_safetensors(Path(folder), device=model.device))
+
+
+def load_optimizer(folder, model, optimizer, place=None):
+    """The checkpoint's optimizer moments into `optimizer` and its RNG state
+    into torch's; `place(p, tensor)` puts a saved moment where parameter `p`
+    keeps its own (default: on its device)."""
+    tensors = load_file(Path(folder) / TRAINING_DIR / OPTIMIZER_NAME)
     for name, p in model.net.named_parameters():
         entry = {key.rsplit(".", 1)[1]: value for key, value in tensors.items()
                  if key.rsplit(".", 1)[0] == name}
         if entry:
-            optimizer.state[p] = {k: (v if k == "step" else v.to(p.device)) for k, v in entry.items()}
+            optimizer.state[p] = {k: (v if k == "step" else place(p, v) if exists(place) else v.to(p.device))
+                                  for k, v in entry.items()}
     torch.set_rng_state(tensors["rng.cpu"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def load_checkpoint(folder, model, optimizer) -> dict:
+    """Restore weights, optimizer moments and RNG state saved by
+    `save_checkpoint` into `model` and `optimizer`; returns the trainer state."""
+    state = read_trainer_state(folder)
+    load_weights(folder, model)
+    load_optimizer(folder, model, optimizer)
     return state

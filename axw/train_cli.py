@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import signal
 import sys
+import threading
 import time
-from dataclasses import asdict, fields
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +22,15 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from .train_checkpoint import check_out_dir, check_unfinished, read_trainer_state
+from .train_dist import (
+    Ranks,
+    TrainingStopped,
+    check_ranks,
+    checked,
+    on_main_first,
+    process_group,
+    same_on_every_rank,
+)
 from .train_loop import TrainConfig, TrainResult, check_teacher, train
 from .utils import exists
 
@@ -51,6 +63,8 @@ class ProgressLine:
 
 
 DEFAULT_VOCAB_SIZE = 1024
+# a new model's shape; --init takes the model's own, so these flags are None unless given
+MODEL_DEFAULTS = dict(dim=256, depth=4, heads=4, dim_head=None, ff_mult=4.0, max_seq_len=256, dropout=0.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True,
                    help="folder for the checkpoint (a Hub model folder): new, empty, or a checkpoint of this trainer")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune this model (a folder, a Hub id, or a transformers folder of an imported family) "
+                        "instead of a new one: its config and tokenizer; not with the model and tokenizer flags")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun, shard the model's parameters, gradients and optimizer state across the "
+                        "ranks (FSDP2), for models that do not fit one device; default: DDP")
     tok = p.add_argument_group("tokenizer")
     tok.add_argument("--tokenizer", help="tokenizer.json to use (default: train one on the training split)")
     tok.add_argument("--vocab-size", type=int, default=None,
@@ -69,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                       help="safetensors file of token windows ('ids', rows x length), e.g. the teacher's "
                            "continuations from scripts/teacher_continuations.py; with --generated-fraction")
     net = p.add_argument_group("model")
-    net.add_argument("--dim", type=int, default=256)
-    net.add_argument("--depth", type=int, default=4)
-    net.add_argument("--heads", type=int, default=4)
+    net.add_argument("--dim", type=int, help="default 256")
+    net.add_argument("--depth", type=int, help="default 4")
+    net.add_argument("--heads", type=int, help="default 4")
     net.add_argument("--dim-head", type=int, default=None, help="default dim / heads")
-    net.add_argument("--ff-mult", type=float, default=4)
-    net.add_argument("--max-seq-len", type=int, default=256)
-    net.add_argument("--dropout", type=float, default=0.0, help="attention, feed-forward and embedding dropout")
+    net.add_argument("--ff-mult", type=float, help="default 4")
+    net.add_argument("--max-seq-len", type=int, help="default 256")
+    net.add_argument("--dropout", type=float, help="attention, feed-forward and embedding dropout (default 0)")
     net.add_argument("--abs-pos-emb", action="store_true",
                      help="absolute positions instead of rotary ones (then decoding stops at max_seq_len)")
     opt = p.add_argument_group("training")
@@ -111,17 +131,38 @@ def load_teacher(path):
     return teacher
 
 
-def _run_config(args: argparse.Namespace, state: dict) -> TrainConfig:
+def _model_flags(args: argparse.Namespace) -> list[str]:
+    """The model and tokenizer flags given; the model flags not given take MODEL_DEFAULTS."""
+    given = [f"--{name.replace('_', '-')}" for name in (*MODEL_DEFAULTS, "vocab_size", "tokenizer")
+             if getattr(args, name) is not None]
+    given += ["--abs-pos-emb"] if args.abs_pos_emb else []
+    for name, value in MODEL_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return given
+
+
+def _check_init_flags(args: argparse.Namespace, given: list[str]):
+    if exists(args.init) and given:
+        raise ValueError(f"--init {args.init} fine-tunes that model as it is, with its own config and tokenizer: "
+                         f"drop {', '.join(given)}")
+    if exists(args.init) and args.resume:
+        raise ValueError("--resume continues the model of the checkpoint in --out: drop --init")
+
+
+def _run_config(args: argparse.Namespace, state: dict, ranks: Ranks) -> TrainConfig:
     """The run's TrainConfig from the flags given and, on --resume, the
-    checkpoint's `state`; checked, with the output folder, before any
-    tokenizer or model work."""
+    checkpoint's `state`; checked, with the output folder and the ranks,
+    before any tokenizer or model work."""
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
              if f.name != "out_dir" and getattr(args, f.name) is not None}
     saved = {k: v for k, v in state.get("config", {}).items() if k != "out_dir"}
     # a resumed run keeps its saved settings unless a flag overrides one
     config = TrainConfig(**{**saved, **given}, out_dir=args.out)
     config.validate()
-    check_out_dir(args.out)
+    check_ranks(ranks, config.batch_size, config.grad_accum, config.device)
+    if ranks.is_main:  # rank 0 alone writes there
+        check_out_dir(args.out)
     if args.resume:
         check_unfinished(args.out, state["step"], config.steps, option="--steps")
     return config
@@ -173,16 +214,33 @@ def _check_teacher_tokenizer(args: argparse.Namespace, teacher):
                              "distillation needs the same token ids")
 
 
-def _load_or_build_model(args: argparse.Namespace, config: TrainConfig, text: str, decoder, teacher):
-    """The checkpoint's model on --resume, else a new one around `decoder`
-    with the teacher's tokenizer, the --tokenizer file or one trained on the
-    training split; checked against `config`."""
+def _resolve_init(name: str):
+    """The local folder of --init's model (downloaded if a Hub id), or a ValueError saying why not."""
+    from .hub import read_config, resolve
+
+    try:
+        folder = resolve(name)
+    except OSError as e:
+        raise ValueError(f"--init {name}: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"--init {name}: {e}; give a model folder or a Hub id") from e
+    read_config(folder)
+    return folder
+
+
+def _load_or_build_model(args: argparse.Namespace, config: TrainConfig, text: str, decoder, teacher, init_folder):
+    """The checkpoint's model on --resume, --init's model, else a new one
+    around `decoder` with the teacher's tokenizer, the --tokenizer file or one
+    trained on the training split; checked against `config`."""
     from .data import eos_id, split_text, train_tokenizer
     from .transformer import TransformerWrapper
     from .wrapper import AutoregressiveWrapper
 
-    if args.resume:
-        model = AutoregressiveWrapper.from_pretrained(args.out)
+    if args.resume or exists(init_folder):
+        model = AutoregressiveWrapper.from_pretrained(args.out if args.resume else init_folder)
+        if model.tokenizer is None:
+            raise ValueError(f"--init {args.init} has no tokenizer.json: fine-tuning reads the text with the "
+                             "model's own tokenizer")
         config.validate(model)
         return model
     if exists(teacher):
@@ -203,19 +261,25 @@ def _load_or_build_model(args: argparse.Namespace, config: TrainConfig, text: st
 
 
 def _run_state(args: argparse.Namespace, argv: list[str], state: dict, teacher_path: str | None,
-              generated_path: str | None) -> tuple[list[str], dict]:
+               generated_path: str | None, ranks: Ranks) -> tuple[list[str], dict]:
     """(every command of the run so far, the extra state its checkpoints keep)."""
-    commands = state.get("commands", []) + ["python -m axw.train " + " ".join(argv)]
+    command = "python -m axw.train " + " ".join(argv)
+    if ranks.world > 1:
+        command += f"  # under torchrun, {ranks.world} ranks" + (", FSDP" if ranks.fsdp else ", DDP")
+    commands = state.get("commands", []) + [command]
     extra = {"commands": commands}
     # the teacher and generated data are re-read from these paths on --resume
     if exists(teacher_path):
         extra["teacher"] = teacher_path
     if exists(generated_path):
         extra["generated_data"] = generated_path
+    if exists(args.init or state.get("init")):
+        extra["init"] = args.init or state["init"]
     return commands, extra
 
 
-def _reporters(model, config: TrainConfig, commands: list[str], params: int, teacher_path: str | None, state: dict):
+def _reporters(model, config: TrainConfig, commands: list[str], params: int, extra: dict, state: dict,
+               ranks: Ranks):
     """(model card writer, progress callback) of a run starting now."""
     # wall time of earlier invocations, so a resumed run's card reports the whole run
     previous_seconds = next((r["total_seconds"] for r in reversed(state.get("history", []))
@@ -224,73 +288,132 @@ def _reporters(model, config: TrainConfig, commands: list[str], params: int, tea
 
     def card(record: dict) -> str:
         return model_card(model, config, commands, record, params, time.perf_counter() - began + previous_seconds,
-                          teacher=teacher_path)
+                          teacher=extra.get("teacher"), init=extra.get("init"), ranks=ranks)
 
     progress = ProgressLine()
 
     def on_progress(record):
         record["total_seconds"] = previous_seconds + time.perf_counter() - began
-        progress(record)
+        if ranks.is_main:
+            progress(record)
 
     return card, on_progress
 
 
-def main(argv: list[str] | None = None) -> TrainResult:
-    """`python -m axw.train` with `argv` (default: the process's arguments)."""
+@dataclass
+class _Inputs:
+    """What a run reads before it trains: the model, the token ids, the teacher and generated windows."""
+    model: object
+    train_ids: Tensor
+    heldout_ids: Tensor
+    heldout_text: str
+    teacher: object = None
+    generated: Tensor | None = None
+
+
+def _prepare(args: argparse.Namespace, config: TrainConfig, teacher_path: str | None,
+             generated_path: str | None, init_folder) -> _Inputs:
+    """Read the data, the teacher and generated windows, and build or load the model; checked throughout."""
     from .data import encode_split, read_text
 
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    # resume only reads a checkpoint: anything else is refused here
-    state = read_trainer_state(args.out) if args.resume else {}
-    # every argument is checked before any tokenizer or model work
-    config = _run_config(args, state)
-    teacher_path = args.teacher or state.get("teacher")
-    generated_path = args.generated_data or state.get("generated_data")
     _check_distill_flags(config, teacher_path, generated_path)
     _set_threads(args)
     text = read_text(args.data)
-    decoder = None if args.resume else _new_decoder(args)
+    decoder = None if args.resume or exists(init_folder) else _new_decoder(args)
     generated = load_generated(generated_path) if exists(generated_path) else None
     teacher = load_teacher(teacher_path) if exists(teacher_path) else None
-    if exists(teacher) and not args.resume:
+    if exists(teacher) and exists(decoder):
         _check_teacher_tokenizer(args, teacher)
 
-    torch.manual_seed(config.seed)
-    model = _load_or_build_model(args, config, text, decoder, teacher)
-    tokenizer = model.tokenizer
+    torch.manual_seed(config.seed)  # the same new model on every rank
+    model = _load_or_build_model(args, config, text, decoder, teacher, init_folder)
     if exists(teacher):
         check_teacher(model, teacher, config.seq_len or model.max_seq_len)
-    train_ids, heldout_ids, heldout_text = encode_split(text, tokenizer)
-    params = sum(p.numel() for p in model.parameters())
-    print(f"{params / 1e6:.2f}M parameters, vocabulary {tokenizer.get_vocab_size()}, "
-          f"{train_ids.numel():,} training / {heldout_ids.numel():,} held-out tokens "
-          f"({len(heldout_text) / (heldout_ids.numel() - 1):.2f} characters per token), "
-          f"{torch.get_num_threads()} threads on {config.device}"
-          + (f", teacher {teacher_path}" if exists(teacher) else "")
-          + (f", {generated.shape[0]:,} generated windows of {generated.shape[1]}" if exists(generated) else ""),
-          flush=True)
+    train_ids, heldout_ids, heldout_text = encode_split(text, model.tokenizer)
+    return _Inputs(model, train_ids, heldout_ids, heldout_text, teacher, generated)
 
-    commands, extra = _run_state(args, argv, state, teacher_path, generated_path)
-    card, on_progress = _reporters(model, config, commands, params, teacher_path, state)
-    result = train(model, train_ids, heldout_ids, config, callback=on_progress, resume=args.out if args.resume else None,
-                   heldout_chars=len(heldout_text), model_card=card, extra_state=extra, teacher=teacher,
-                   generated=generated)
+
+def _describe(inputs: _Inputs, config: TrainConfig, params: int, teacher_path: str | None, ranks: Ranks) -> str:
+    tokenizer, heldout_ids, generated = inputs.model.tokenizer, inputs.heldout_ids, inputs.generated
+    where = f"{torch.get_num_threads()} threads on {config.device}"
+    if ranks.world > 1:
+        where += f", {ranks.world} ranks ({'FSDP' if ranks.fsdp else 'DDP'}, {config.batch_size // ranks.world} rows each)"
+    return (f"{params / 1e6:.2f}M parameters, vocabulary {tokenizer.get_vocab_size()}, "
+            f"{inputs.train_ids.numel():,} training / {heldout_ids.numel():,} held-out tokens "
+            f"({len(inputs.heldout_text) / (heldout_ids.numel() - 1):.2f} characters per token), {where}"
+            + (f", teacher {teacher_path}" if exists(inputs.teacher) else "")
+            + (f", {generated.shape[0]:,} generated windows of {generated.shape[1]}" if exists(generated) else ""))
+
+
+@contextmanager
+def _stop_on_sigterm(ranks: Ranks):
+    """Under torchrun, SIGTERM (sent to every rank when one fails) ends this
+    rank with a message; a checkpoint being written stays whole."""
+    if ranks.world == 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise TrainingStopped(f"rank {ranks.rank} of {ranks.world} received SIGTERM "
+                              "(torchrun stops every rank when one fails)")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: list[str] | None = None) -> TrainResult:
+    """`python -m axw.train` with `argv` (default: the process's arguments);
+    under torchrun, on every rank."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    _check_init_flags(args, _model_flags(args))
+    with process_group() as ranks:
+        ranks = replace(ranks, fsdp=args.fsdp)
+        with _stop_on_sigterm(ranks):
+            return _main(args, argv, ranks)
+
+
+def _main(args: argparse.Namespace, argv: list[str], ranks: Ranks) -> TrainResult:
+    # resume only reads a checkpoint (rank 0 first: reading may finish a save cut short)
+    state = on_main_first(ranks, lambda: read_trainer_state(args.out)) if args.resume else {}
+    # every argument is checked before any tokenizer or model work
+    config = on_main_first(ranks, lambda: _run_config(args, state, ranks))
+    teacher_path = args.teacher or state.get("teacher")
+    generated_path = args.generated_data or state.get("generated_data")
+    init_folder = on_main_first(ranks, lambda: _resolve_init(args.init)) if exists(args.init) else None
+    inputs = checked(ranks, lambda: _prepare(args, config, teacher_path, generated_path, init_folder))
+    model = inputs.model
+    if not same_on_every_rank(ranks, model.tokenizer.to_str()):  # each rank made or read its own
+        raise ValueError("the ranks' tokenizers differ: give them one with --tokenizer FILE")
+    params = sum(p.numel() for p in model.parameters())
+    if ranks.is_main:
+        print(_describe(inputs, config, params, teacher_path, ranks), flush=True)
+
+    commands, extra = _run_state(args, argv, state, teacher_path, generated_path, ranks)
+    card, on_progress = _reporters(model, config, commands, params, extra, state, ranks)
+    result = train(model, inputs.train_ids, inputs.heldout_ids, config, callback=on_progress,
+                   resume=args.out if args.resume else None, heldout_chars=len(inputs.heldout_text),
+                   model_card=card, extra_state=extra, teacher=inputs.teacher, generated=inputs.generated,
+                   fsdp=args.fsdp)
     line = f"done: {result.step} steps in {result.seconds:.0f} s"
     if exists(result.heldout_loss):
         line += f", held-out {result.heldout_loss:.4f} nats/token, {result.heldout_nats_per_char:.4f} nats/char"
     if exists(result.heldout_agreement):
         line += f", agreement with the teacher {result.heldout_agreement:.4f}"
-    print(f"{line}; saved to {args.out}")
+    if ranks.is_main:
+        print(f"{line}; saved to {args.out}")
     return result
 
 
 def model_card(model, config: TrainConfig, commands: list[str], record: dict, params: int, seconds: float,
-               teacher: str | None = None) -> str:
+               teacher: str | None = None, init: str | None = None, ranks: Ranks | None = None) -> str:
     net, layers = model.net.config, model.net.attn_layers.config
-    heldout = ""
+    heldout = f"Fine-tuned from `{init}`.\n\n" if exists(init) else ""
     if "heldout_nats_per_char" in record:
-        heldout = (f"Held-out loss (last 10% of the characters, never trained on): "
+        heldout += (f"Held-out loss (last 10% of the characters, never trained on): "
                    f"**{record['heldout_nats_per_char']:.4f} nats per character** "
                    f"({record['heldout_loss']:.4f} nats per token) after step {record['step']}.\n\n")
     if exists(teacher):
@@ -302,6 +425,8 @@ def model_card(model, config: TrainConfig, commands: list[str], record: dict, pa
     cpu = platform.processor() or platform.machine()
     threads = torch.get_num_threads()
     device = config.device if config.device != "cpu" else f"CPU ({cpu}, {threads} thread{'s' * (threads > 1)})"
+    if exists(ranks) and ranks.world > 1:
+        device += f" x {ranks.world} ranks ({'FSDP' if ranks.fsdp else 'DDP'})"
     return f"""---
 library_name: axw
 license: mit

@@ -14,22 +14,32 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .loss import distillation_loss
-from .train_checkpoint import check_out_dir, check_unfinished, load_checkpoint, read_trainer_state, save_checkpoint
+from . import train_dist
+from .loss import distillation_loss, random_key_mask
+from .train_checkpoint import (
+    check_out_dir,
+    check_unfinished,
+    load_optimizer,
+    load_weights,
+    read_trainer_state,
+    save_checkpoint,
+)
+from .train_dist import Ranks, TrainingStopped
 from .utils import check_number, eval_mode, exists
 
 
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 16
+    batch_size: int = 16  # rows per step in all; under torchrun each rank reads batch_size / world of them
+    grad_accum: int = 1  # micro-batches each rank's rows are split into, one backward each
     seq_len: int | None = None  # tokens read per window; default the model's max_seq_len
     lr: float = 1e-3
     min_lr: float | None = None  # where the cosine ends; default lr / 10
@@ -53,7 +63,7 @@ class TrainConfig:
 
     def validate(self, model=None):
         """Raise ValueError naming the first bad field and what is allowed."""
-        for name in ("steps", "batch_size", "eval_batch_size"):
+        for name in ("steps", "batch_size", "grad_accum", "eval_batch_size"):
             check_number(getattr(self, name), name, 1, integer=True)
         for name in ("warmup_steps", "eval_every", "checkpoint_every", "seed"):
             check_number(getattr(self, name), name, 0, integer=True)
@@ -241,63 +251,101 @@ def _check_inputs(model, train_ids: Tensor, heldout_ids: Tensor | None, config: 
 
 class _Run:
     """What the steps of one `train` call share: the model (and teacher) on
-    the device, the optimizer, the data and the history so far."""
+    the device, wrapped for the ranks, the optimizer, the data and the history so far."""
 
     def __init__(self, model, config: TrainConfig, seq_len: int, train_ids: Tensor, heldout_ids: Tensor | None,
                  heldout_chars: int | None, teacher, generated: Tensor | None, resume,
-                 model_card: Callable[[dict], str] | None, extra_state: dict | None):
+                 model_card: Callable[[dict], str] | None, extra_state: dict | None, ranks: Ranks):
         self.model, self.config, self.seq_len, self.teacher = model, config, seq_len, teacher
         self.train_ids = train_ids.cpu()  # windows are cut on the CPU, then moved
         self.generated = generated.cpu() if exists(generated) else None
         self.heldout_ids, self.heldout_chars = heldout_ids, heldout_chars
-        self.model_card, self.extra_state = model_card, extra_state
-        self.device = torch.device(config.device)
-        model.to(self.device).train()
+        self.model_card, self.extra_state, self.ranks = model_card, extra_state, ranks
+        self.device = ranks.device(config.device)
+        # FSDP moves each rank's shards to the device, never the whole model
+        (model if ranks.fsdp else model.to(self.device)).train()
         if exists(teacher):
             teacher.to(self.device)
         if exists(config.mask_prob):
             model.mask_prob = config.mask_prob
-        self.optimizer = make_optimizer(model, config)
         self.start_step, self.history = 0, []
         if exists(resume):
-            state = load_checkpoint(resume, model, self.optimizer)
+            state = read_trainer_state(resume)
             self.start_step, self.history = state["step"], state["history"]
+            load_weights(resume, model)  # whole, before any sharding
+        self.engine = train_dist.wrap(model, ranks, self.device)  # what the steps call
+        self.optimizer = make_optimizer(model, config)
+        if exists(resume):
+            load_optimizer(resume, model, self.optimizer, place=train_dist.place_moment)
+        self.step = self.start_step  # steps done so far
+        self.saved_step = self.start_step if exists(resume) else None  # of the checkpoint on disk
         self.n_generated = round(config.batch_size * config.generated_fraction) if exists(generated) else 0
         self.teacher_top1 = None  # the teacher's held-out argmax, computed at the first evaluation
         self.began = time.perf_counter()  # the call's wall time and throughput leave out this setup
 
     def batch(self, step: int) -> Tensor:
-        """Step `step`'s windows of seq_len + 1 tokens, on the device."""
+        """This rank's rows of step `step`'s windows of seq_len + 1 tokens, on
+        the device: every rank draws the whole batch and keeps its rows."""
         config, length = self.config, self.seq_len + 1
         windows = step_generator(config.seed, step, 0)
         batch = random_windows(self.train_ids, config.batch_size - self.n_generated, length, windows)
         if self.n_generated:  # drawn after the text windows, so runs without them draw what they always did
             batch = torch.cat((batch, generated_windows(self.generated, self.n_generated, length, windows)))
-        return batch.to(self.device)
+        return batch[self.ranks.rows(config.batch_size)].to(self.device)
 
-    def optimizer_step(self, step: int, lr: float) -> tuple[Tensor, Tensor | None, int]:
-        """One update at learning rate `lr`: (loss, the distillation KL or None, rows in the batch)."""
-        model, teacher, config, device = self.model, self.teacher, self.config, self.device
+    def key_mask(self, step: int) -> Tensor | None:
+        """This rank's rows of the keys kept by masked training (`mask_prob`),
+        drawn for the whole batch as one process draws them; None without masking."""
+        if not self.model.mask_prob > 0:
+            return None
+        generator = step_generator(self.config.seed, step, 1, self.device)
+        keep = random_key_mask(self.config.batch_size, self.seq_len, self.model.mask_prob, self.device, generator)
+        return keep[self.ranks.rows(self.config.batch_size)]
+
+    def micro_loss(self, rows: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """(loss, distillation KL or None) of some rows, each a mean over their tokens."""
+        config, teacher = self.config, self.teacher
+        kwargs = {} if keep is None else {"self_attn_kv_mask": keep}
+        with _autocast(self.device):
+            if not exists(teacher):
+                return self.engine(rows, **kwargs), None
+            loss, (logits, _) = self.engine(rows, return_outputs=True, **kwargs)
+            with torch.no_grad():
+                teacher_logits = teacher.net(rows[:, :-1])
+            kl = distillation_loss(logits, teacher_logits, config.distill_temperature)
+            return config.distill_alpha * kl + (1 - config.distill_alpha) * loss, kl
+
+    def optimizer_step(self, step: int, lr: float) -> dict:
+        """One update at learning rate `lr`: its loss and, with a teacher, the
+        distillation `kl` (both averaged over the ranks), and with clipping
+        `grad_norm`, the gradient's global norm before clipping.
+
+        Each rank's rows are split into `grad_accum` equal micro-batches whose
+        mean losses are divided by their count, and DDP or FSDP averages the
+        ranks' gradients: equal rows everywhere make that the gradient of the
+        whole batch's mean loss, as one process computes it."""
+        model, config, ranks = self.model, self.config, self.ranks
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = self.batch(step)
-        kl = None
-        with _autocast(device):
-            if exists(teacher):
-                loss, (logits, _) = model(batch, return_outputs=True,
-                                          generator=step_generator(config.seed, step, 1, device))
-                with torch.no_grad():
-                    teacher_logits = teacher.net(batch[:, :-1])
-                kl = distillation_loss(logits, teacher_logits, config.distill_temperature)
-                loss = config.distill_alpha * kl + (1 - config.distill_alpha) * loss
-            else:
-                loss = model(batch, generator=step_generator(config.seed, step, 1, device))
-        loss.backward()
+        batch, keep, k = self.batch(step), self.key_mask(step), config.grad_accum
+        rows = batch.chunk(k)
+        keeps = keep.chunk(k) if exists(keep) else [None] * k
+        loss_sum, kl_sum = 0.0, 0.0
+        for i, (micro, micro_keep) in enumerate(zip(rows, keeps)):
+            with train_dist.no_sync(self.engine, model, ranks, last=i == k - 1):
+                loss, kl = self.micro_loss(micro, micro_keep)
+                (loss / k).backward()
+            loss_sum = loss_sum + loss.detach() / k
+            kl_sum = kl_sum + kl.detach() / k if exists(kl) else None
+        stats = {"loss": train_dist.mean_over_ranks(ranks, loss_sum).item()}
+        if exists(kl_sum):
+            stats["kl"] = train_dist.mean_over_ranks(ranks, kl_sum).item()
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            stats["grad_norm"] = train_dist.whole(norm).item()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return loss, kl, batch.shape[0]
+        return stats
 
     def heldout_record(self) -> dict:
         """The held-out evaluation's fields of a progress record (none without held-out ids)."""
@@ -318,11 +366,21 @@ class _Run:
         return record
 
     def checkpoint(self, step: int, record: dict):
-        """Save to `config.out_dir`, if any, with the model card of `record`."""
-        if exists(self.config.out_dir):
-            card = self.model_card(record) if exists(self.model_card) else None
-            save_checkpoint(self.config.out_dir, self.model, self.optimizer, step, self.config, self.history,
-                            model_card=card, extra_state=self.extra_state)
+        """Save to `config.out_dir`, if any, with the model card of `record`:
+        rank 0 writes, the others wait until the checkpoint is whole."""
+        if not exists(self.config.out_dir):
+            return
+        weights, moments = train_dist.gather_checkpoint(self.model, self.optimizer, self.ranks)
+
+        def save():
+            if self.ranks.is_main:
+                card = self.model_card(record) if exists(self.model_card) else None
+                save_checkpoint(self.config.out_dir, self.model, self.optimizer, step, self.config, self.history,
+                                model_card=card, extra_state=self.extra_state, weights=weights, moments=moments)
+                self.saved_step = step
+
+        train_dist.checked(self.ranks, save)
+        self.saved_step = step
 
     def report(self, record: dict, callback: Callable[[dict], None] | None, evaluate: bool) -> dict:
         """`record`, with the held-out evaluation when `evaluate` (then kept in
@@ -342,20 +400,21 @@ def _train_steps(run: _Run, callback, should_stop) -> tuple[int, bool, float | N
     tokens_seen, loss_value, record, stopped = 0, None, {}, False
     step = run.start_step
     while step < config.steps:
-        if exists(should_stop) and should_stop():
+        if exists(should_stop) and train_dist.any_rank(run.ranks, should_stop()):
             stopped = True
             break
         lr = lr_at(step, config)
-        loss, kl, rows = run.optimizer_step(step, lr)
+        train_dist.seed_dropout(config.seed, step, run.ranks)
+        stats = run.optimizer_step(step, lr)
         step += 1
+        run.step = step
 
-        loss_value = loss.item()
-        tokens_seen += rows * run.seq_len
+        loss_value = stats.pop("loss")
+        tokens_seen += config.batch_size * run.seq_len  # all ranks' tokens
         elapsed = time.perf_counter() - run.began
         record = dict(step=step, steps=config.steps, loss=loss_value, lr=lr,
-                      tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed, start_step=run.start_step)
-        if exists(kl):
-            record["kl"] = kl.item()
+                      tokens_per_s=tokens_seen / max(elapsed, 1e-9), elapsed=elapsed, start_step=run.start_step,
+                      **stats)
         is_last = step == config.steps
         run.report(record, callback, evaluate=(config.eval_every and step % config.eval_every == 0) or is_last)
         if config.checkpoint_every and step % config.checkpoint_every == 0 and not is_last:
@@ -379,6 +438,7 @@ def train(
     extra_state: dict | None = None,
     teacher=None,
     generated: Tensor | None = None,
+    fsdp: bool = False,
 ) -> TrainResult:
     """Train `model` (an AutoregressiveWrapper) in place on 1-D `train_ids`.
 
@@ -398,22 +458,64 @@ def train(
     carry `kl` and, on evaluation steps, `heldout_agreement`, the share of
     held-out tokens where the model's argmax is the teacher's. `generated`
     (rows, length) token windows, say the teacher's continuations of
-    training prompts, make up `config.generated_fraction` of each batch."""
-    config.validate(model)
-    seq_len = config.seq_len or model.max_seq_len
-    _check_inputs(model, train_ids, heldout_ids, config, seq_len, teacher, generated)
-    if exists(resume):
-        check_unfinished(resume, read_trainer_state(resume)["step"], config.steps)
-    if exists(config.out_dir):
-        check_out_dir(config.out_dir)
+    training prompts, make up `config.generated_fraction` of each batch.
 
-    run = _Run(model, config, seq_len, train_ids, heldout_ids, heldout_chars, teacher, generated, resume,
-               model_card, extra_state)
-    with eval_mode(*([teacher] if exists(teacher) else [])):
-        step, stopped, loss_value, record = _train_steps(run, callback, should_stop)
-    if step > run.start_step or not exists(resume):
-        run.checkpoint(step, record)
+    Under torchrun (`axw.train_dist`) every rank calls `train` with the same
+    arguments: each trains its rows of the global batch with DDP, or with
+    the model sharded by FSDP2 when `fsdp`; every rank evaluates and gets
+    the same records, rank 0 alone writes checkpoints. A rank that dies
+    stops every rank with `TrainingStopped`."""
+    with train_dist.process_group() as ranks:
+        ranks = replace(ranks, fsdp=fsdp)
+        seq_len = _checked_run(model, train_ids, heldout_ids, config, resume, teacher, generated, ranks)
+        run = None
+        try:
+            run = _Run(model, config, seq_len, train_ids, heldout_ids, heldout_chars, teacher, generated, resume,
+                       model_card, extra_state, ranks)
+            with eval_mode(*([teacher] if exists(teacher) else [])):
+                step, stopped, loss_value, record = _train_steps(run, callback, should_stop)
+            if step > run.start_step or not exists(resume):
+                run.checkpoint(step, record)
+        except RuntimeError as e:  # a collective that failed, or TrainingStopped from a signal
+            if not ranks.distributed:
+                raise
+            raise TrainingStopped(_stopped_message(ranks, run, config, e)) from e
     return TrainResult(step=step, stopped=stopped, loss=loss_value, heldout_loss=record.get("heldout_loss"),
                        heldout_nats_per_char=record.get("heldout_nats_per_char"),
                        seconds=time.perf_counter() - run.began, history=run.history,
                        heldout_agreement=record.get("heldout_agreement"))
+
+
+def _checked_run(model, train_ids, heldout_ids, config: TrainConfig, resume, teacher, generated,
+                 ranks: Ranks) -> int:
+    """The window length, after every check `train` makes before any
+    compute: on every rank, the first error raised on all of them."""
+
+    def check():
+        config.validate(model)
+        train_dist.check_ranks(ranks, config.batch_size, config.grad_accum, config.device)
+        seq_len = config.seq_len or model.max_seq_len
+        _check_inputs(model, train_ids, heldout_ids, config, seq_len, teacher, generated)
+        return seq_len
+
+    seq_len = train_dist.checked(ranks, check)
+    if exists(resume):  # reading may finish a save cut short: rank 0 first
+        train_dist.on_main_first(
+            ranks, lambda: check_unfinished(resume, read_trainer_state(resume)["step"], config.steps))
+    if exists(config.out_dir):  # only rank 0 writes there
+        train_dist.checked(ranks, lambda: check_out_dir(config.out_dir) if ranks.is_main else None)
+    return seq_len
+
+
+def _stopped_message(ranks: Ranks, run: _Run | None, config: TrainConfig, error: Exception) -> str:
+    where = f"after step {run.step}" if exists(run) else "before its first step"
+    if isinstance(error, TrainingStopped):  # says which rank already
+        text = f"{error} {where}. "
+    else:
+        text = f"rank {ranks.rank} of {ranks.world} stopped {where}: {error}".rstrip(". ") + ". "
+    if not exists(config.out_dir):
+        return text + "Nothing was saved (no out_dir)."
+    if not exists(run) or run.saved_step is None:
+        return text + f"No checkpoint was written to {config.out_dir} yet."
+    return (text + f"The checkpoint in {config.out_dir} (step {run.saved_step}) is whole: resume it, "
+            "at any world size (--resume; in Python, resume=out_dir).")
