@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from typing import Callable, Iterator
 
 from . import chat, hub
+from .tokenizer import Tokenizer, load as load_tokenizer
 from .attention import KVCache
 from .generation import Decoding, GenerateOutput, Step
 from .runtime import prompt_cut, read_prompt
@@ -113,6 +114,22 @@ class AutoregressiveWrapper(nn.Module):
         self.generation_config: GenerationConfig | None = None
         self.chat_template: chat.ChatTemplate | None = None
         self.stop_token_ids: list[int] = []
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer: an `axw.Tokenizer` (transformers' calls on a `tokenizers.Tokenizer`, which is
+        its `.backend`); a `tokenizers.Tokenizer` assigned here is wrapped in one."""
+        return self.__dict__.get("_tokenizer")
+
+    @tokenizer.setter
+    def tokenizer(self, value):
+        from tokenizers import Tokenizer as Backend
+
+        if isinstance(value, Backend):
+            eos = getattr(self, "eos_token_id", None)
+            eos = value.id_to_token(eos) if isinstance(eos, int) and not isinstance(eos, bool) else None
+            value = Tokenizer(value, eos_token=eos)
+        self.__dict__["_tokenizer"] = value
 
     @property
     def config(self) -> WrapperConfig:
@@ -321,22 +338,11 @@ class AutoregressiveWrapper(nn.Module):
         special tokens the template writes encoded whole and none added, so a
         template that starts with the BOS token yields one BOS. A model with no
         template, or a template that refuses the messages, is a ValueError."""
-        kwargs = chat.drop_unused_arguments(kwargs)
-        template = self.chat_template
-        if template is None:
-            if chat_template is None:
-                raise ValueError("this model has no chat template (none in its tokenizer_config.json, no "
-                                 "chat_template.jinja): pass chat_template= a Jinja template, or set "
-                                 "model.chat_template = axw.chat.ChatTemplate(...)")
-            template = chat.ChatTemplate(chat_template)
-        text = template.render(conversation, tools=tools, documents=documents, chat_template=chat_template,
-                               add_generation_prompt=add_generation_prompt,
-                               continue_final_message=continue_final_message, **kwargs)
-        if not tokenize:
-            return text
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer to turn the chat into ids: pass tokenize=False for the text")
-        return chat.chat_ids(self.tokenizer, text, return_tensors=return_tensors, return_dict=return_dict)
+        return chat.apply_chat_template(self.chat_template, self.tokenizer, "model", conversation, tools=tools,
+                                        documents=documents, chat_template=chat_template,
+                                        add_generation_prompt=add_generation_prompt,
+                                        continue_final_message=continue_final_message, tokenize=tokenize,
+                                        return_tensors=return_tensors, return_dict=return_dict, **kwargs)
 
     # --- checkpoints ---
 
@@ -365,7 +371,7 @@ class AutoregressiveWrapper(nn.Module):
         """Load a local folder or a Hub repo id (downloaded with huggingface_hub,
         or taken from its cache; `progress` is given the download's progress
         bars as they move, `axw.hub.resolve`). The tokenizer, if the checkpoint has one, is
-        attached as `.tokenizer`; its `generation_config.json`, if it has one,
+        attached as `.tokenizer` (an `axw.Tokenizer`); its `generation_config.json`, if it has one,
         as `.generation_config` (the defaults `generate` and `stream` use); its
         chat template, if it has one, as `.chat_template`."""
         folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, progress=progress,
@@ -378,9 +384,9 @@ class AutoregressiveWrapper(nn.Module):
             from .convert import from_transformers_folder
 
             model = from_transformers_folder(cls, folder, config)
-        model.tokenizer = hub.load_tokenizer(folder)
         model.generation_config = hub.load_generation_config(folder)
         model.chat_template = chat.ChatTemplate.from_pretrained(folder)
+        model.tokenizer = load_tokenizer(folder, model.chat_template)
         # an axw folder keeps the list it was saved with; else it is made from the checkpoint's files
         model.stop_token_ids = config.get("stop_token_ids") or chat.stop_token_ids(
             folder, config, model.tokenizer, model.net.num_tokens)

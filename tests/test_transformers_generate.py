@@ -199,7 +199,7 @@ def test_transformers_text_streamers_print_and_yield_the_text(shakespeare, capsy
     assert capsys.readouterr().out == tok.decode(out[0]) + "\n"
     streamer = transformers.TextIteratorStreamer(tok, skip_prompt=True)
     model.generate(prompt, 20, temperature=0.0, streamer=streamer)
-    assert "".join(streamer) == tok.decode(out[0, 1:])
+    assert "".join(streamer) == tok.decode(out[0, prompt.shape[1]:])
 
 
 @pytest.mark.parametrize("call, message", [
@@ -368,3 +368,4 @@ def test_without_the_flags_nothing_is_kept(model):
 def test_output_scores_is_refused_where_it_cannot_be_given(model, call, message):
     with pytest.raises(ValueError, match=message):
         call(model)
+
