@@ -357,6 +357,15 @@ TRANSFORMERS_UNSUPPORTED = (
 )
 
 
+def transformers_table() -> str:
+    """The table of transformers' names axw takes (docs/transformers.md): the settings' aliases, which generate,
+    stream, beam_search and GenerationConfig take, and generate's own arguments."""
+    rows = ["| transformers | where | in axw |", "| --- | --- | --- |"]
+    rows += [f"| `{name}` | setting | {what} |" for name, what in TRANSFORMERS_ALIASES.items()]
+    rows += [f"| `{name}` | generate | {what} |" for name, what in TRANSFORMERS_GENERATE_ARGUMENTS.items()]
+    return "\n".join(rows)
+
+
 SAMPLER_GROUPS = ("temperature", "filters", "stateful", "xtc", "dynatemp", "mirostat", "penalty")
 TABLE_START, TABLE_END = "<!-- samplers: python scripts/sampler_table.py -->", "<!-- samplers end -->"
 

@@ -369,3 +369,12 @@ def test_output_scores_is_refused_where_it_cannot_be_given(model, call, message)
     with pytest.raises(ValueError, match=message):
         call(model)
 
+
+def test_the_docs_table_is_the_declared_names():
+    from pathlib import Path
+
+    from axw.specs import transformers_table
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "transformers.md").read_text(encoding="utf-8")
+    assert transformers_table() in text, ("docs/transformers.md's table is out of date: paste "
+                                          "python -c 'from axw.specs import transformers_table as t; print(t())'")
