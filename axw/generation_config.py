@@ -22,8 +22,8 @@ from typing import Any, Callable
 from .filters import FILTER_LOGITS_FN, identity
 from .processors import build_filters
 from .specs import (ASSISTANT_SCHEDULES, LIBRARY_SPECS, SAMPLER_ORDERS, SPEC, STRATEGIES,  # noqa: F401 (re-exported)
-                    TRANSFORMERS_ALIASES, TRANSFORMERS_FILTER_ORDER, TRANSFORMERS_GENERATE_ARGUMENTS, TRANSFORMERS_TOP_K,
-                    TRANSFORMERS_UNSUPPORTED)
+                    TRANSFORMERS_ALIASES, TRANSFORMERS_FILTER_ORDER, TRANSFORMERS_GENERATE_ARGUMENTS,
+                    TRANSFORMERS_TOP_K, TRANSFORMERS_UNSUPPORTED)
 from .utils import check_number
 
 GENERATION_CONFIG_NAME = "generation_config.json"

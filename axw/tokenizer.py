@@ -128,7 +128,8 @@ class Tokenizer:
     def _set_special_id(self, name: str, token_id: int | None):
         token = None if token_id is None else self.backend.id_to_token(token_id)
         if token_id is not None and token is None:
-            raise ValueError(f"{name}_id must be a token id of this tokenizer (vocabulary {len(self)}), got {token_id!r}")
+            raise ValueError(f"{name}_id must be a token id of this tokenizer (vocabulary {len(self)}), "
+                             f"got {token_id!r}")
         setattr(self, name, token)
 
     eos_token_id = property(lambda self: self._special_id("eos_token"),

@@ -42,9 +42,10 @@ NOT_TAKEN = {
 }
 
 
-def transformers_arguments(method: str, prompts, overrides: dict) -> tuple[object, dict]:
+def generate_arguments(method: str, prompts, overrides: dict) -> tuple[object, dict]:
     """The prompts (given first, or as transformers' `input_ids=` / `inputs=`) and the run's arguments among
-    transformers' arguments of generate, popped from `overrides`; a ValueError for one `method` does not take."""
+    transformers' arguments of generate, popped from `overrides` (None: the default, as in transformers); a
+    ValueError for one `method` does not take."""
     for name, why in NOT_TAKEN.get(method, {}).items():
         if name in overrides:
             raise ValueError(f"{method} takes no {name}: {why}")
@@ -56,6 +57,7 @@ def transformers_arguments(method: str, prompts, overrides: dict) -> tuple[objec
     if prompts is None:
         raise ValueError(f"{method} needs prompts: token ids (batch, n) or (n,), a list of 1-D prompts, or input_ids=")
     run = {k: overrides.pop(k) for k in RUN_ARGUMENTS if k in overrides}
+    run = {k: v for k, v in run.items() if v is not None}
     for name in ("output_scores", "output_logits"):
         check_flag(run.get(name, False), name)
     return prompts, run
@@ -169,7 +171,7 @@ class AutoregressiveWrapper(nn.Module):
         the method's own defaults, else the model's `generation_config.json`,
         else GenerationConfig's), with the keyword arguments on top; the model
         objects and inputs (transformers' among them) go beside it."""
-        prompts, run_arguments = transformers_arguments(method, prompts, overrides)
+        prompts, run_arguments = generate_arguments(method, prompts, overrides)
         if is_transformers_config(generation_config):
             generation_config = GenerationConfig.from_transformers(generation_config)
         if generation_config is not None and not isinstance(generation_config, GenerationConfig):

@@ -128,6 +128,12 @@ def test_transformers_arguments_given_wrong_are_refused(model, call, message):
         call(model)
 
 
+def test_none_is_the_default_as_in_transformers(model):
+    kwargs = dict(attention_mask=None, pad_token_id=None, streamer=None, num_return_sequences=None,
+                  output_scores=None, output_logits=None)
+    assert torch.equal(model.generate(ROWS, 6, temperature=0.0, **kwargs), model.generate(ROWS, 6, temperature=0.0))
+
+
 def test_a_one_row_prompt_with_its_mask_stays_one_row(model):
     row = torch.tensor([11, 11, 4, 5, 6])
     out = model.generate(row, 5, attention_mask=torch.tensor([0, 0, 1, 1, 1]), temperature=0.0)
