@@ -12,12 +12,13 @@ class Detokenizer:
 
     def __init__(self, tokenizer):
         self.tokenizer, self.ids, self.pieces = tokenizer, [], []
+        self.backend = getattr(tokenizer, "backend", tokenizer)  # DecodeStream reads a tokenizers.Tokenizer itself
         self.settled = [True]  # settled[i]: nothing of ids[:i] is waiting to be shown
         self.stream = DecodeStream(skip_special_tokens=False)
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        piece = self.stream.step(self.tokenizer, token)
+        piece = self.stream.step(self.backend, token)
         self.pieces.append(piece or "")
         self.settled.append(piece is not None)
         return piece or ""
