@@ -12,19 +12,13 @@ from einops import rearrange
 from axw import AutoregressiveWrapper, GenerationConfig
 from axw.processors import contrastive_decode_fn
 from conftest import tiny_model
-from test_convert import VOCAB, gpt2, llama, save
+from test_convert import VOCAB, gpt2, llama, one_thread, save  # noqa: F401 (one_thread: its one-thread fixture)
 
 transformers = pytest.importorskip("transformers")
 
 ROWS = [torch.tensor([5, 9, 2, 5, 9, 4]), torch.tensor([7, 1, 3]), torch.tensor([8, 8])]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
