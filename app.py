@@ -43,13 +43,17 @@ the text would have gone instead, and share a link to exactly what you found.
 CSS = ""  # gathered from the views at build
 
 
+class App(generate.Handlers, compare.Handlers, finetune.Handlers, Playground):
+    """What the page and the API serve: the core every tab shares (`playground.service.Playground`: the models,
+    each visitor's share and copies, /generate and /branch) with each tab's handlers, which live beside its view."""
+
+
 def build(model: str, amateur: str | None = None, visitor_budget_s: float | None = None,
           trust_proxy: bool | None = None, trusted_proxies: int | None = None, draft: str | None = None,
           address_budget_s: float | None = None, finetunes: int | None = None) -> gr.Blocks:
     global CSS
-    app = Playground(model, amateur, visitor_budget_s=visitor_budget_s, trust_proxy=trust_proxy,
-                     trusted_proxies=trusted_proxies, draft=draft, address_budget_s=address_budget_s,
-                     finetunes=finetunes)
+    app = App(model, amateur, visitor_budget_s=visitor_budget_s, trust_proxy=trust_proxy,
+              trusted_proxies=trusted_proxies, draft=draft, address_budget_s=address_budget_s, finetunes=finetunes)
     # bundled models by name, Hub ids as they are; the value passed on is the path or id
     choices = [(f"{Path(c).name} (bundled)", c) for c in [model, amateur] if c and (pg.ROOT / c).is_dir()]
     choices += [(c, c) for c in [model, amateur] if c and c not in dict(choices).values()]

@@ -196,6 +196,7 @@ def steps(run: Run) -> Iterator[Step]:
             sample_log_probs = pipeline.run(pipeline.sampling, scores, *context).float().log_softmax(dim=-1)
         model_log_probs = logits.float().log_softmax(dim=-1)
         log_probs = scores.float().log_softmax(dim=-1) if pipeline.scores else model_log_probs
+        run.keep(logits, log_probs, repeat=n_beams if step == 0 else 1)
         parents, tree = state.advance(log_probs, cur, sample_log_probs, model_log_probs, tree_width)
         model.reorder(parents)
         if trace:

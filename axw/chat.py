@@ -423,6 +423,29 @@ def drop_unused_arguments(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k not in NOT_OFFERED}
 
 
+def apply_chat_template(template: ChatTemplate | None, tokenizer, owner: str, conversation, tools=None,
+                        documents=None, chat_template: str | None = None, add_generation_prompt: bool = False,
+                        continue_final_message: bool | str = False, tokenize: bool = True,
+                        return_tensors: str | None = None, return_dict: bool = False, **kwargs):
+    """transformers' `apply_chat_template` with a model's or a tokenizer's (`owner`) `template` and `tokenizer`:
+    the text, or its ids (see `AutoregressiveWrapper.apply_chat_template`)."""
+    kwargs = drop_unused_arguments(kwargs)
+    if template is None:
+        if chat_template is None:
+            raise ValueError(f"this {owner} has no chat template (none in its tokenizer_config.json, no "
+                             f"chat_template.jinja): pass chat_template= a Jinja template, or set "
+                             f"{owner}.chat_template = axw.chat.ChatTemplate(...)")
+        template = ChatTemplate(chat_template)
+    text = template.render(conversation, tools=tools, documents=documents, chat_template=chat_template,
+                           add_generation_prompt=add_generation_prompt,
+                           continue_final_message=continue_final_message, **kwargs)
+    if not tokenize:
+        return text
+    if tokenizer is None:
+        raise ValueError(f"this {owner} has no tokenizer to turn the chat into ids: pass tokenize=False for the text")
+    return chat_ids(tokenizer, text, return_tensors=return_tensors, return_dict=return_dict)
+
+
 def chat_ids(tokenizer, text: str | list[str], return_tensors: str | None = None, return_dict: bool = False):
     """The ids of one rendered chat (a list) or of several (a list of lists);
     `return_tensors="pt"` gives a (batch, n) tensor, one row for one chat, as

@@ -62,6 +62,7 @@ def steps(run: Run) -> Iterator[Step]:
         cur = t + step
         trace = run.new_trace(step, logits)
         processed = pipeline(logits, *run.context(out, cur, valid), trace, sampling=False)
+        run.keep(logits, processed)
         top_probs, top_ids = processed.float().softmax(dim=-1).topk(k, dim=-1)
 
         cand_h = net.decode(top_ids, model.cache, parallel=True)

@@ -22,7 +22,8 @@ from typing import Any, Callable
 from .filters import FILTER_LOGITS_FN, identity
 from .processors import build_filters
 from .specs import (ASSISTANT_SCHEDULES, LIBRARY_SPECS, SAMPLER_ORDERS, SPEC, STRATEGIES,  # noqa: F401 (re-exported)
-                    TRANSFORMERS_ALIASES, TRANSFORMERS_FILTER_ORDER, TRANSFORMERS_TOP_K, TRANSFORMERS_UNSUPPORTED)
+                    TRANSFORMERS_ALIASES, TRANSFORMERS_FILTER_ORDER, TRANSFORMERS_GENERATE_ARGUMENTS,
+                    TRANSFORMERS_TOP_K, TRANSFORMERS_UNSUPPORTED)
 from .utils import check_number
 
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -239,6 +240,9 @@ def unknown_names(names: list[str]) -> str:
     for name in names:
         if name in TRANSFORMERS_UNSUPPORTED:
             parts.append(f"{name} is transformers' setting, which axw does not have")
+            continue
+        if name in TRANSFORMERS_GENERATE_ARGUMENTS:
+            parts.append(f"{name} is an argument of generate, not a setting: pass it to generate")
             continue
         close = difflib.get_close_matches(str(name), [*FIELDS, *TRANSFORMERS_ALIASES], n=3, cutoff=0.6)
         parts.append(f"{name}" + (f" (did you mean {' or '.join(close)}?)" if close else ""))

@@ -117,9 +117,10 @@ def reporting_bars(report: Callable[[list[Bar]], None]):
 
 def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, token: str | None = None,
             cache_dir: str | os.PathLike | None = None, progress: Callable[[list[Bar]], None] | None = None,
-            check: Callable[[dict], None] | None = None) -> Path:
+            check: Callable[[dict], None] | None = None, files: list[str] | None = None) -> Path:
     """A local folder as is, else the folder huggingface_hub downloads (or
-    finds in its cache) for the repo id. `progress`, called with the state of
+    finds in its cache) for the repo id: its `files` (patterns; default
+    `HUB_FILES`, a model's). `progress`, called with the state of
     the download's bars (a list of `Bar`) as they move, from the download's
     threads. `check`, called with the repo's config.json alone before the
     rest downloads: its ValueError refuses a model before its weights come."""
@@ -146,7 +147,7 @@ def resolve(path_or_repo_id: str | os.PathLike, revision: str | None = None, tok
         check(read_config(Path(config).parent))
     with _download_errors(repo_id, revision):
         folder = snapshot_download(
-            repo_id, revision=revision, token=token, cache_dir=cache_dir, allow_patterns=HUB_FILES,
+            repo_id, revision=revision, token=token, cache_dir=cache_dir, allow_patterns=files or HUB_FILES,
             tqdm_class=reporting_bars(progress) if exists(progress) else None,
         )
     return Path(folder)

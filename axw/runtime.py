@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from .attention import KVCache
@@ -97,11 +98,30 @@ class GenerateOutput:
         prompt + seq_len), and their (beams, batch) scores.
     stats: speculative decoding: the run's `SpeculativeStats`; None otherwise.
     strategy: the strategy's name, as the docs and the playground name it.
-
-    Sampling, greedy, contrastive search and contrastive decoding give the
-    sequences alone: per-step scores (transformers' `output_scores`) are not
-    kept; `stream(..., trace=True)` records every step's distribution, stage
-    by stage.
+    scores, logits: with `output_scores=True` / `output_logits=True`, one
+        tensor per step the run took (it stops early once every row has
+        emitted EOS), as transformers' `scores` and `logits`; None otherwise.
+        `logits` are the model's raw next-token logits; `scores` what the
+        strategy chose from, each (rows, vocab), rows as in `sequences`
+        (each prompt's `num_return_sequences` rows included) even for a 1-D
+        prompt:
+        - sampling: the logits after the whole pipeline (penalties, filters
+          with -inf where they removed a token, temperature), the
+          distribution each token was drawn from (axw's temperature shifts
+          the best token to 0: transformers' logits / T, less their max);
+        - greedy: after the penalties only (greedy skips filters and
+          temperature), whose argmax each token is;
+        - contrastive decoding: the same, its score (1 + beta) * expert -
+          beta * amateur (-inf past the plausibility cut) as their first stage;
+        - contrastive search: after the penalties, the scores its k
+          candidates are the most likely of;
+        - beam search: (batch * beams, vocab), one row per live beam in
+          rank order (the first step: each prompt's row repeated `beams`
+          times, as transformers lays it out): each token's log-probability
+          after the penalties, what a beam's score adds up; `logits` the
+          same rows' raw logits;
+        - speculative decoding keeps neither (it refuses both).
+    With EOS, a finished row's rows go on being recorded, as in transformers.
     """
 
     sequences: Tensor
@@ -110,14 +130,18 @@ class GenerateOutput:
     beam_scores: Tensor | None = None
     stats: SpeculativeStats | None = None
     strategy: str = "sampling"  # its name in axw.specs.STRATEGIES
+    scores: tuple[Tensor, ...] | None = None
+    logits: tuple[Tensor, ...] | None = None
 
 
 # --- prompts, checked before any compute ---
 
 
-def prepare_prompts(prompts, prompt_lens, pad_value: int, num_tokens: int):
+def prepare_prompts(prompts, prompt_lens, pad_value: int, num_tokens: int, aligned: bool = False):
     """Left-pad prompts into (batch, n); returns (tokens, seq_start_pos or
-    None, whether the caller gave a single unbatched prompt)."""
+    None, whether the caller gave a single unbatched prompt). `aligned`: a
+    tensor given with `prompt_lens` is left-padded already (else each row
+    starts at 0, x-transformers' layout)."""
     squeeze = False
     if isinstance(prompts, (list, tuple)):
         if len(prompts) == 0:
@@ -141,7 +165,7 @@ def prepare_prompts(prompts, prompt_lens, pad_value: int, num_tokens: int):
             prompts, squeeze = prompts[None], True
         if prompts.ndim != 2 or prompts.shape[1] == 0 or prompts.shape[0] == 0:
             raise ValueError(f"prompts must be (batch, n) or (n,) with n >= 1, got shape {tuple(prompts.shape)}")
-        tokens, aligned = prompts, False
+        tokens = prompts
     if tokens.dtype not in INT_DTYPES:
         raise ValueError(f"prompts must hold integer token ids, got {tokens.dtype}")
     tokens = tokens.long()
@@ -170,6 +194,40 @@ def prepare_prompts(prompts, prompt_lens, pad_value: int, num_tokens: int):
     if bool(bad.any()):
         raise ValueError(f"prompts hold token ids outside the vocabulary [0, {num_tokens})")
     return tokens, seq_start_pos, squeeze
+
+
+def masked_prompts(input_ids, attention_mask, pad_value: int) -> tuple[Tensor, Tensor, Tensor | None, bool]:
+    """transformers' padded batch as axw reads one: `input_ids` (batch, n)
+    (or (n,)) and `attention_mask` of the same shape, 1 on each row's tokens
+    and 0 on its padding, the tokens one run of columns: at the right end
+    (left padding), at the left (right padding) or between. Returns the rows
+    left-padded with `pad_value`, their lengths, `input_ids` as given when
+    every row was left-padded (the output starts with them) else None, and
+    whether one 1-D row was given."""
+    if not isinstance(input_ids, Tensor) or input_ids.dtype not in INT_DTYPES:
+        raise ValueError("attention_mask goes with input_ids as an integer tensor (batch, n): a list of 1-D prompts "
+                         "needs no mask (generate left-pads it)")
+    mask = torch.as_tensor(attention_mask, device=input_ids.device)
+    if mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask must have input_ids' shape {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
+    squeeze = input_ids.ndim == 1
+    ids, mask = (input_ids[None], mask[None]) if squeeze else (input_ids, mask)
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (batch, n) or (n,) with n >= 1, got shape {tuple(input_ids.shape)}")
+    if mask.dtype.is_complex or not bool(((mask == 0) | (mask == 1)).all()):
+        raise ValueError("attention_mask holds 1 (a token) and 0 (padding) only")
+    mask = mask.bool()
+    b, n = ids.shape
+    lens, first = mask.sum(1), mask.long().argmax(1)
+    columns = torch.arange(n, device=ids.device)[None, :]
+    block = (columns >= first[:, None]) & (columns < (first + lens)[:, None])
+    if not bool((lens > 0).all()) or not bool((block == mask).all()):
+        raise ValueError("each row of attention_mask must be its tokens' one run of 1s (at least one), the 0s of "
+                         "padding before it (left padding) or after it (right padding)")
+    shift = (n - first - lens)[:, None]  # how far each row's tokens move right
+    tokens = ids.long().gather(1, (columns - shift) % n).masked_fill(columns < (n - lens)[:, None], pad_value)
+    left = not bool(shift.any())
+    return tokens, lens, (ids.long() if left else None), squeeze
 
 
 def as_net(model):
@@ -328,9 +386,11 @@ class Run:
         generator: torch.Generator | None = None,
         cache=None,
         strategy: str | None = None,
+        attention_mask=None, pad_token_id: int | None = None, num_return_sequences: int = 1,
+        output_scores: bool = False, output_logits: bool = False,
     ):
         net = self.net = wrapper.net
-        self.wrapper, self.config, self.pad = wrapper, config, wrapper.pad_value
+        self.wrapper, self.config = wrapper, config
 
         def need(cond, msg):
             if not cond:
@@ -375,7 +435,8 @@ class Run:
         self.datastore = self._datastore(assistant_datastore)
         self.breakers = self._dry_breakers() if c.dry_multiplier > 0 else None
 
-        tokens, seq_start_pos, self.squeeze = prepare_prompts(prompts, prompt_lens, self.pad, net.num_tokens)
+        self._transformers_arguments(pad_token_id, num_return_sequences, output_scores, output_logits, cache)
+        tokens, seq_start_pos = self._prompts(prompts, prompt_lens, attention_mask)
         self.tokens, self.seq_start_pos = tokens, seq_start_pos
         self.cache = self._given_cache(cache, tokens)
         self.prompt_len, self.seq_len = tokens.shape[1], seq_len
@@ -391,6 +452,56 @@ class Run:
         if exists(c.seed):
             self.generator = torch.Generator(device=tokens.device).manual_seed(c.seed)
         self.sequences = self.beams = self.beam_scores = self.stats = None
+
+    def _transformers_arguments(self, pad: int | None, n: int, output_scores: bool, output_logits: bool, cache):
+        """transformers' arguments of generate, checked: the pad of this run, how many sequences each prompt
+        returns (`num_return_sequences`), and whether per-step scores and logits are kept."""
+        self.pad = self.wrapper.pad_value
+        if pad is not None:
+            self.pad = check_number(pad, "pad_token_id", 0, self.net.num_tokens, integer=True, high_open=True,
+                                    allowed=f"a token id in [0, {self.net.num_tokens})")
+        self.num_return = check_number(n, "num_return_sequences", 1, integer=True)
+        self.kept_scores = [] if output_scores else None
+        self.kept_logits = [] if output_logits else None
+        keep = output_scores or output_logits
+        if n > 1 and self.strategy == "beam" and n > self.config.beams:
+            raise ValueError(f"num_return_sequences={n} best beams of {self.config.beams}: give at most beams")
+        if n > 1 and self.strategy != "beam" and (self.config.greedy or self.strategy == "contrastive"):
+            raise ValueError(f"num_return_sequences={n} needs sampling or beam search: greedy decoding and contrastive "
+                             "search give one sequence per prompt (as in transformers)")
+        if n > 1 and cache is not None:
+            raise ValueError("num_return_sequences > 1 runs each prompt several times: it cannot continue from a cache")
+        if keep and self.strategy == "speculative":
+            raise ValueError("output_scores / output_logits: speculative decoding does not keep them (sampling, "
+                             "greedy, contrastive decoding, contrastive search and beam search do)")
+
+    def _prompts(self, prompts, prompt_lens, attention_mask) -> tuple[Tensor, Tensor | None]:
+        """The prompts as the run reads them, left-padded, and that padding;
+        sets `squeeze` (one 1-D prompt given) and `given` (the caller's
+        left-padded input_ids, which the output starts with)."""
+        aligned, self.given = False, None
+        if attention_mask is not None:
+            if exists(prompt_lens):
+                raise ValueError("attention_mask and prompt_lens both say where each row's tokens are: give one")
+            prompts, prompt_lens, self.given, squeeze = masked_prompts(prompts, attention_mask, self.pad)
+            aligned = True
+        tokens, start, self.squeeze = prepare_prompts(prompts, prompt_lens, self.pad, self.net.num_tokens, aligned)
+        if attention_mask is not None:
+            self.squeeze = squeeze
+        if self.num_return > 1 and self.strategy != "beam":  # transformers' order: each prompt's rows together
+            n = self.num_return
+            tokens = tokens.repeat_interleave(n, 0)
+            start = start.repeat_interleave(n, 0) if exists(start) else None
+            self.given = self.given.repeat_interleave(n, 0) if exists(self.given) else None
+        return tokens, start
+
+    def keep(self, logits: Tensor, scores: Tensor, repeat: int = 1):
+        """A step's raw logits and the scores the strategy chose from, when asked for (`output_logits`,
+        `output_scores`); `repeat`: each row stands for that many (beam search's first step)."""
+        if self.kept_logits is not None:
+            self.kept_logits.append(logits.repeat_interleave(repeat, 0) if repeat > 1 else logits)
+        if self.kept_scores is not None:
+            self.kept_scores.append(scores.repeat_interleave(repeat, 0) if repeat > 1 else scores)
 
     def _amateurs(self, amateur_model):
         if amateur_model is None:
@@ -541,8 +652,14 @@ class Run:
                 pass
         if self.sequences is None:
             self.new_output()
+        if exists(self.given):  # the caller's left-padded prompt, as given
+            self.sequences[:, :self.prompt_len] = self.given
+            if exists(self.beams):
+                self.beams[:, :, :self.prompt_len] = self.given
         out = self.sequences
-        return out[0] if self.squeeze else out
+        if self.num_return > 1 and exists(self.beams):  # each prompt's best beams, together
+            out = rearrange(self.beams[:self.num_return], "k b n -> (b k) n")
+        return out[0] if self.squeeze and self.num_return == 1 else out
 
     def beams_and_scores(self) -> tuple[Tensor, Tensor]:
         """(beams, batch, prompt + seq_len) best first, and (beams, batch) scores."""
@@ -553,10 +670,13 @@ class Run:
     def result(self) -> GenerateOutput:
         """`output()` with what the strategy knows beside it."""
         sequences = self.output()
+        kept = dict(scores=None if self.kept_scores is None else tuple(self.kept_scores),
+                    logits=None if self.kept_logits is None else tuple(self.kept_logits))
         if self.beams is None:
-            return GenerateOutput(sequences, stats=self.stats, strategy=self.strategy_name)
+            return GenerateOutput(sequences, stats=self.stats, strategy=self.strategy_name, **kept)
         beams, scores = self.beams_and_scores()
-        return GenerateOutput(sequences, scores[0], beams, scores, self.stats, self.strategy_name)
+        best = rearrange(self.beam_scores[:self.num_return], "k b -> (b k)") if self.num_return > 1 else scores[0]
+        return GenerateOutput(sequences, best, beams, scores, self.stats, self.strategy_name, **kept)
 
     @property
     def strategy_name(self) -> str:

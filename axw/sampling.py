@@ -29,6 +29,7 @@ def steps(run: Run) -> Iterator[Step]:
         cur = t + step
         trace = run.new_trace(step, logits)
         processed = pipeline(logits, *run.context(out, cur, valid), trace, sampling=not greedy)
+        run.keep(logits, processed)
         chosen = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
         pipeline.update(chosen, processed)
         if exists(eos):

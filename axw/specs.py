@@ -329,6 +329,20 @@ TRANSFORMERS_ALIASES = {
     "num_beams": "beams", "eos_token_id": "eos_token", "use_cache": "cache_kv",
     "max_new_tokens": "how many tokens to generate (generate's seq_len)",
 }
+# transformers' arguments of generate that are no setting but go beside the settings, as in transformers: what
+# generate (and stream / beam_search where they make sense) takes under each name
+TRANSFORMERS_GENERATE_ARGUMENTS = {
+    "input_ids": "the prompts (generate's first argument), so generate(**tokenizer(texts, ...)) works",
+    "inputs": "the prompts (generate's first argument)",
+    "attention_mask": "(batch, n) 1 on each row's tokens, 0 on padding, left or right: rows of different lengths, "
+                      "each continuing as it would alone",
+    "pad_token_id": "the pad for this call: left padding and what follows a row's EOS (default: pad_value)",
+    "streamer": "an object with put(ids) and end(): put the prompt, then each step's new token; one row only",
+    "num_return_sequences": "sampling: each prompt's row repeated that many times, each its own sample; beam "
+                            "search: the best beams of each prompt",
+    "output_scores": "with return_dict_in_generate: each step's processed scores in GenerateOutput.scores",
+    "output_logits": "with return_dict_in_generate: each step's raw logits in GenerateOutput.logits",
+}
 TRANSFORMERS_FILTER_ORDER = ("top_h", "top_k", "top_p", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff")
 TRANSFORMERS_TOP_K = 50  # transformers' default top_k when it samples
 # transformers' GenerationConfig settings axw does not have (an error names them as such)
@@ -338,10 +352,18 @@ TRANSFORMERS_UNSUPPORTED = (
     "disable_compile", "diversity_penalty", "dola_layers", "early_stopping", "encoder_no_repeat_ngram_size",
     "encoder_repetition_penalty", "exponential_decay_length_penalty", "force_words_ids", "forced_bos_token_id",
     "forced_eos_token_id", "guidance_scale", "low_memory", "max_length", "max_time", "min_length", "min_new_tokens",
-    "num_beam_groups", "num_return_sequences", "output_attentions", "output_hidden_states", "output_logits",
-    "output_scores", "pad_token_id", "remove_invalid_values", "renormalize_logits",
+    "num_beam_groups", "output_attentions", "output_hidden_states", "remove_invalid_values", "renormalize_logits",
     "sequence_bias", "stop_strings", "suppress_tokens", "target_lookbehind", "token_healing", "watermarking_config",
 )
+
+
+def transformers_table() -> str:
+    """The table of transformers' names axw takes (docs/transformers.md): the settings' aliases, which generate,
+    stream, beam_search and GenerationConfig take, and generate's own arguments."""
+    rows = ["| transformers | where | in axw |", "| --- | --- | --- |"]
+    rows += [f"| `{name}` | setting | {what} |" for name, what in TRANSFORMERS_ALIASES.items()]
+    rows += [f"| `{name}` | generate | {what} |" for name, what in TRANSFORMERS_GENERATE_ARGUMENTS.items()]
+    return "\n".join(rows)
 
 
 SAMPLER_GROUPS = ("temperature", "filters", "stateful", "xtc", "dynatemp", "mirostat", "penalty")

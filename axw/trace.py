@@ -1,8 +1,10 @@
 """The teaching trace: what happened to the distribution at each decoding step.
 
 It is recorded by the decoding loop itself while it runs (never by a second
-implementation), only when asked for, and holds tensors over the batch; `row(i)`
-turns one row into plain Python for display.
+implementation), only when asked for (`stream(..., trace=True)`; `trace_top`
+sets how many candidates each step records), and holds tensors over the
+batch; `row(i)` turns one row into plain Python for display, and
+`kept_ids(stage, i)` lists the tokens a stage left possible.
 """
 
 from __future__ import annotations
@@ -18,23 +20,55 @@ LOG2 = math.log(2.0)
 
 @dataclass
 class StepTrace:
+    """One decoding step, stage by stage. The stages are "model" (the
+    network's distribution), then each processor of the pipeline in the
+    order it ran (`stages`); every per-stage list below has one entry per
+    stage, in that order, each over the batch.
+
+    step: the step, 0 for the first generated token.
+    candidates: (b, trace_top) token ids, the model's `trace_top` most likely,
+        most likely first; `probs` follows them through the stages.
+    stages: the stages' names.
+    probs: per stage (b, trace_top), each candidate's probability after the
+        stage (0: the stage, or one before it, removed it).
+    kept: per stage (b,), how many vocabulary tokens are still possible
+        (have a finite score) after it; `kept_ids` lists them.
+    kept_mask: per stage (b, vocab) bools, which tokens are still possible; a
+        stage that removed nothing shares the tensor of the stage before it.
+    mass: per stage (b,), the model's probability (before any stage) of the
+        tokens still possible: how much of what the model believed survives.
+    entropy: per stage (b,), the entropy in bits of the distribution after it.
+    chosen: (b,) the token chosen at this step.
+    chosen_rank: (b,) its rank under the model, 0 = most likely.
+    chosen_prob: (b,) the probability it was chosen with (after every stage).
+    beams, beam_scores, beam_finished: beam search, the live beams (b, beams,
+        generated so far), their scores and which have ended.
+    beam_tree: beam search, every candidate expanded this step.
+    contrastive: contrastive search, per candidate (b, k): tokens, confidence,
+        degeneration penalty, score.
+    contrastive_decoding: contrastive decoding, per amateur stage, its numbers
+        over the candidates.
+    speculative: speculative decoding, the round this token came from.
+    """
+
     step: int
-    candidates: Tensor  # (b, n) token ids: the model's n most likely
-    stages: list[str] = field(default_factory=list)  # "model", then each processor of the pipeline
-    probs: list[Tensor] = field(default_factory=list)  # per stage (b, n): probability after it (0 = removed)
-    kept: list[Tensor] = field(default_factory=list)  # per stage (b,): vocabulary tokens still possible
-    mass: list[Tensor] = field(default_factory=list)  # per stage (b,): the model's probability of those tokens
-    entropy: list[Tensor] = field(default_factory=list)  # per stage (b,): entropy in bits after it
-    chosen: Tensor | None = None  # (b,)
-    chosen_rank: Tensor | None = None  # (b,) rank in the model's distribution, 0 = most likely
-    chosen_prob: Tensor | None = None  # (b,) probability it was chosen with
-    beams: Tensor | None = None  # beam search: (b, beams, generated so far)
-    beam_scores: Tensor | None = None  # (b, beams)
-    beam_finished: Tensor | None = None  # (b, beams)
-    beam_tree: dict[str, Tensor] | None = None  # beam search: every candidate expanded this step
-    contrastive: dict[str, Tensor] | None = None  # contrastive search: per candidate (b, k)
-    contrastive_decoding: dict[str, dict[str, Tensor]] | None = None  # per amateur stage: over the candidates
-    speculative: dict | None = None  # speculative decoding: the round this token came from
+    candidates: Tensor
+    stages: list[str] = field(default_factory=list)
+    probs: list[Tensor] = field(default_factory=list)
+    kept: list[Tensor] = field(default_factory=list)
+    kept_mask: list[Tensor] = field(default_factory=list, repr=False)
+    mass: list[Tensor] = field(default_factory=list)
+    entropy: list[Tensor] = field(default_factory=list)
+    chosen: Tensor | None = None
+    chosen_rank: Tensor | None = None
+    chosen_prob: Tensor | None = None
+    beams: Tensor | None = None
+    beam_scores: Tensor | None = None
+    beam_finished: Tensor | None = None
+    beam_tree: dict[str, Tensor] | None = None
+    contrastive: dict[str, Tensor] | None = None
+    contrastive_decoding: dict[str, dict[str, Tensor]] | None = None
+    speculative: dict | None = None
     _model_probs: Tensor | None = field(default=None, repr=False)
 
     def record(self, name: str, logits: Tensor):
@@ -43,9 +77,12 @@ class StepTrace:
         if self._model_probs is None:
             self._model_probs = probs
         possible = torch.isfinite(logits)
+        if self.kept_mask and torch.equal(possible, self.kept_mask[-1]):
+            possible = self.kept_mask[-1]  # most stages remove nothing: keep one copy
         self.stages.append(name)
         self.probs.append(probs.gather(-1, self.candidates))
         self.kept.append(possible.sum(dim=-1))
+        self.kept_mask.append(possible)
         self.mass.append(torch.where(possible, self._model_probs, 0.0).sum(dim=-1))
         self.entropy.append(-torch.where(probs > 0, probs * log_probs, 0.0).sum(dim=-1) / LOG2)
 
@@ -55,17 +92,42 @@ class StepTrace:
         self.chosen_rank = (model_logits > chosen_logit).sum(dim=-1)
         self.chosen_prob = final_logits.float().softmax(dim=-1).gather(-1, tokens[:, None])[:, 0]
 
-    def row(self, i: int = 0) -> dict:
-        """One batch row as plain Python: lists and numbers."""
+    def kept_ids(self, stage: str | int = -1, i: int = 0) -> list[int]:
+        """The token ids still possible after `stage` (its name or its index in
+        `stages`; default the last) in batch row `i`, most likely under the
+        model first (ties by id)."""
+        index = self._stage_index(stage)
+        ids = self.kept_mask[index][i].nonzero()[:, 0]
+        order = self._model_probs[i, ids].argsort(descending=True, stable=True)
+        return ids[order].tolist()
+
+    def _stage_index(self, stage: str | int) -> int:
+        if isinstance(stage, str):
+            if stage not in self.stages:
+                raise ValueError(f"no stage {stage!r} in this trace; its stages are {self.stages}")
+            return self.stages.index(stage)
+        if not isinstance(stage, int) or isinstance(stage, bool) or not -len(self.stages) <= stage < len(self.stages):
+            raise ValueError(f"stage must be a name in {self.stages} or an index in [-{len(self.stages)}, "
+                             f"{len(self.stages)}), got {stage!r}")
+        return stage
+
+    def row(self, i: int = 0, kept_ids: bool = False) -> dict:
+        """One batch row as plain Python: lists and numbers, per stage keyed by
+        its name. Probabilities and masses are clipped to [0, 1] (float
+        rounding may sum them to 1.0000002) and entropies to >= 0 (no -0.0).
+        `kept_ids=True` adds each stage's `kept_ids` (a list per stage: can be
+        the whole vocabulary)."""
         out = dict(step=self.step, candidates=self.candidates[i].tolist(), stages=list(self.stages),
-                   probs={s: p[i].tolist() for s, p in zip(self.stages, self.probs)},
+                   probs={s: p[i].clamp(0.0, 1.0).tolist() for s, p in zip(self.stages, self.probs)},
                    kept={s: int(k[i]) for s, k in zip(self.stages, self.kept)},
-                   mass={s: float(m[i]) for s, m in zip(self.stages, self.mass)},
-                   entropy={s: float(h[i]) for s, h in zip(self.stages, self.entropy)})
+                   mass={s: _unit(m[i]) for s, m in zip(self.stages, self.mass)},
+                   entropy={s: max(float(h[i]), 0.0) + 0.0 for s, h in zip(self.stages, self.entropy)})
+        if kept_ids:
+            out.update(kept_ids={s: self.kept_ids(j, i) for j, s in enumerate(self.stages)})
         if self.chosen is not None:
             out.update(chosen=int(self.chosen[i]))
         if self.chosen_rank is not None:
-            out.update(chosen_rank=int(self.chosen_rank[i]), chosen_prob=float(self.chosen_prob[i]))
+            out.update(chosen_rank=int(self.chosen_rank[i]), chosen_prob=_unit(self.chosen_prob[i]))
         if self.beams is not None:
             out.update(beams=self.beams[i].tolist(), beam_scores=self.beam_scores[i].tolist(),
                        beam_finished=self.beam_finished[i].tolist())
@@ -80,6 +142,11 @@ class StepTrace:
             out.update(speculative={k: v[i].tolist() if isinstance(v, Tensor) else v
                                     for k, v in self.speculative.items()})
         return out
+
+
+def _unit(x: Tensor) -> float:
+    """A probability for display: in [0, 1], never -0.0."""
+    return min(max(float(x), 0.0), 1.0) + 0.0
 
 
 def new_trace(step: int, model_logits: Tensor, top: int) -> StepTrace:

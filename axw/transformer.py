@@ -12,6 +12,8 @@ are ordinary constructor arguments, each off by default.
 from __future__ import annotations
 
 import functools
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -418,6 +420,12 @@ class TransformerWrapper(nn.Module):
             for proj in (block.attn.to_out, block.ff.proj_out):
                 nn.init.normal_(proj.weight, std=0.02 / (2 * attn_layers.depth) ** 0.5)
 
+    def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, after a check that these are not
+        x-transformers' weights (`axw.from_x_transformers` converts those)."""
+        refuse_x_transformers_keys(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     @staticmethod
     def _init_weights(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -572,6 +580,20 @@ class TransformerWrapper(nn.Module):
                 raise ValueError("return_next_embed_pred needs a net built with add_continuous_pred_head=True")
             inter.next_embed_pred = self.to_next_embed_pred(hidden)
         return out, inter
+
+
+# x-transformers' weight names: its token embedding's inner `emb`, its layers' (norms, block, residual) triples
+XT_KEY = re.compile(r"(^|\.)(token_emb\.emb\.weight$|attn_layers\.layers\.\d+\.\d+\.)")
+
+
+def refuse_x_transformers_keys(state_dict: Mapping[str, Tensor]):
+    """A ValueError pointing to `axw.from_x_transformers` for a state dict in x-transformers' names."""
+    found = [k for k in state_dict if XT_KEY.search(k)]
+    if found:
+        raise ValueError(
+            f"these are x-transformers weights ({found[0]!r}, ...), whose names and layout differ from axw's: "
+            "convert them with axw.from_x_transformers(state_dict, num_tokens=..., max_seq_len=..., "
+            "attn_layers=dict(dim=..., depth=..., ...)), or from_x_transformers(model) for the model itself")
 
 
 def _prepend(embeds: Tensor, h: Tensor, positions: Tensor, key_mask: Tensor | None,

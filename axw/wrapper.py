@@ -12,12 +12,13 @@ from torch import Tensor, nn
 from typing import Callable, Iterator
 
 from . import chat, hub
+from .tokenizer import Tokenizer, load as load_tokenizer
 from .attention import KVCache
 from .generation import Decoding, GenerateOutput, Step
 from .runtime import prompt_cut, read_prompt
 from .generation_config import GenerationConfig
 from .loss import autoregressive_loss
-from .transformer import Decoder, TransformerWrapper
+from .transformer import Decoder, TransformerWrapper, refuse_x_transformers_keys
 from .utils import ConfigMixin, build_config, check_flag, check_number, eval_mode, exists
 
 
@@ -29,6 +30,37 @@ def is_transformers_config(config) -> bool:
 # what generate takes beside the settings: models and inputs
 DECODING_OBJECTS = ("amateur_model", "assistant_model", "assistant_datastore", "prompt_lens", "generator",
                     "cache")
+# transformers' arguments of generate (axw.specs.TRANSFORMERS_GENERATE_ARGUMENTS) that a run takes; stream yields
+# its steps itself (no streamer) and keeps no scores, and beam search refuses a streamer, as transformers' does
+RUN_ARGUMENTS = ("attention_mask", "pad_token_id", "num_return_sequences", "output_scores", "output_logits")
+NOT_TAKEN = {
+    "stream": {"streamer": "stream yields each step itself: iterate over it instead of passing a streamer",
+               "output_scores": "stream yields Steps: trace=True records each step's distribution, stage by stage",
+               "output_logits": "stream yields Steps: trace=True records each step's logits"},
+    "beam_search": {"streamer": "a streamer shows each step's token, but beam search's best beam may change at any "
+                                "step (transformers refuses it too)"},
+}
+
+
+def generate_arguments(method: str, prompts, overrides: dict) -> tuple[object, dict]:
+    """The prompts (given first, or as transformers' `input_ids=` / `inputs=`) and the run's arguments among
+    transformers' arguments of generate, popped from `overrides` (None: the default, as in transformers); a
+    ValueError for one `method` does not take."""
+    for name, why in NOT_TAKEN.get(method, {}).items():
+        if name in overrides:
+            raise ValueError(f"{method} takes no {name}: {why}")
+    for name in ("input_ids", "inputs"):
+        if name in overrides:
+            if prompts is not None:
+                raise ValueError(f"the prompts are given twice: first and as {name}=; give one")
+            prompts = overrides.pop(name)
+    if prompts is None:
+        raise ValueError(f"{method} needs prompts: token ids (batch, n) or (n,), a list of 1-D prompts, or input_ids=")
+    run = {k: overrides.pop(k) for k in RUN_ARGUMENTS if k in overrides}
+    run = {k: v for k, v in run.items() if v is not None}
+    for name in ("output_scores", "output_logits"):
+        check_flag(run.get(name, False), name)
+    return prompts, run
 
 
 def _models(run: Decoding) -> list:
@@ -85,6 +117,28 @@ class AutoregressiveWrapper(nn.Module):
         self.chat_template: chat.ChatTemplate | None = None
         self.stop_token_ids: list[int] = []
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """`nn.Module.load_state_dict`, after a check that these are not
+        x-transformers' weights (`axw.from_x_transformers` converts those)."""
+        refuse_x_transformers_keys(state_dict)
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @property
+    def tokenizer(self) -> Tokenizer | None:
+        """The model's tokenizer: an `axw.Tokenizer` (transformers' calls on a `tokenizers.Tokenizer`, which is
+        its `.backend`); a `tokenizers.Tokenizer` assigned here is wrapped in one."""
+        return self.__dict__.get("_tokenizer")
+
+    @tokenizer.setter
+    def tokenizer(self, value):
+        from tokenizers import Tokenizer as Backend
+
+        if isinstance(value, Backend):
+            eos = getattr(self, "eos_token_id", None)
+            eos = value.id_to_token(eos) if isinstance(eos, int) and not isinstance(eos, bool) else None
+            value = Tokenizer(value, eos_token=eos)
+        self.__dict__["_tokenizer"] = value
+
     @property
     def config(self) -> WrapperConfig:
         return WrapperConfig(**{f.name: getattr(self, f.name) for f in fields(WrapperConfig)})
@@ -118,11 +172,12 @@ class AutoregressiveWrapper(nn.Module):
     # --- generation ---
 
     def _decoding(self, prompts, seq_len, generation_config, overrides: dict, strategy: str | None = None,
-                  base: GenerationConfig | None = None) -> Decoding:
+                  base: GenerationConfig | None = None, method: str = "generate") -> Decoding:
         """Where keyword arguments meet the settings: the config given (else
         the method's own defaults, else the model's `generation_config.json`,
         else GenerationConfig's), with the keyword arguments on top; the model
-        objects and inputs go beside it."""
+        objects and inputs (transformers' among them) go beside it."""
+        prompts, run_arguments = generate_arguments(method, prompts, overrides)
         if is_transformers_config(generation_config):
             generation_config = GenerationConfig.from_transformers(generation_config)
         if generation_config is not None and not isinstance(generation_config, GenerationConfig):
@@ -135,15 +190,15 @@ class AutoregressiveWrapper(nn.Module):
             if config.max_new_tokens is None:
                 raise ValueError("how many tokens? give seq_len (the second argument) or max_new_tokens")
             seq_len = config.max_new_tokens
-        return Decoding(self, prompts, seq_len, config, strategy=strategy, **objects)
+        return Decoding(self, prompts, seq_len, config, strategy=strategy, **objects, **run_arguments)
 
     @torch.no_grad()
-    def generate(self, prompts: Tensor | list[Tensor], seq_len: int | None = None,
+    def generate(self, prompts: Tensor | list[Tensor] | None = None, seq_len: int | None = None,
                  generation_config: GenerationConfig | None = None, *, return_dict_in_generate: bool = False,
                  **kwargs) -> Tensor | GenerateOutput:
         """The prompt followed by `seq_len` generated tokens: (batch, prompt + seq_len),
-        or 1-D for a 1-D prompt (`max_new_tokens=` says the same, as in transformers). A list of 1-D prompts of different lengths is
-        left-padded with `pad_value`; each row continues as its prompt alone would.
+        or 1-D for a 1-D prompt (`max_new_tokens=` says the same, as in transformers). A list of 1-D prompts of
+        different lengths is left-padded with `pad_value`; each row continues as its prompt alone would.
 
         Settings: a `GenerationConfig` and/or its fields as keyword arguments
         (these win): `temperature` (0 = greedy), `filter_logits_fn` (a name or
@@ -151,23 +206,50 @@ class AutoregressiveWrapper(nn.Module):
         `filter_kwargs`), `sampler_order`, `beams` > 1 (beam search),
         `penalty_alpha` (contrastive search over `contrastive_k` candidates),
         penalties, `seed`, `eos_token` (rows stop there; what follows is
-        `pad_value`), ... Beside them: `amateur_model` (contrastive decoding),
+        `pad_value`), ... or transformers' names for them
+        (`axw.specs.TRANSFORMERS_ALIASES`). Beside them: `amateur_model` (contrastive decoding),
         `assistant_model`, `assistant_datastore` (an `NgramDatastore`) or
         `prompt_lookup_num_tokens` (speculative decoding), `prompt_lens`, `generator`, and `cache`: a `KVCache` the
         run fills (`net.new_cache()`) or continues from (`prefill`, or a
         `fork()` of an earlier run's cropped to where a branch starts).
         `return_dict_in_generate=True` returns a `GenerateOutput`: the
         sequences with the beams and their scores (beam search) or the
-        counts (speculative decoding)."""
+        counts (speculative decoding).
+
+        transformers' arguments (`axw.specs.TRANSFORMERS_GENERATE_ARGUMENTS`), so `generate(**tokenizer(texts,
+        return_tensors="pt", padding=True), max_new_tokens=...)` works:
+        - `input_ids` (or `inputs`): the prompts.
+        - `attention_mask` (batch, n): 1 on each row's tokens, 0 on padding. Left padding (transformers' layout
+          for generation): the output is (batch, n + seq_len) starting with `input_ids` as given, each row's new
+          tokens the ones its prompt alone gets. Right padding: each row's prompt comes back moved to the end of
+          the first n columns, left-padded with the pad (the layout of the same prompts as a list), its new
+          tokens after it.
+        - `pad_token_id`: the pad of this call (left padding, and after a row's EOS) instead of `pad_value`.
+        - `streamer`: `streamer.put(prompt)` with the (1, n) prompt, then `put(tokens)` with each step's (1,)
+          new token, then `end()` (transformers' `TextStreamer`, `TextIteratorStreamer`, ...); one row only,
+          and not beam search, as in transformers.
+        - `num_return_sequences`: sampling: each prompt's row repeated that many times (rows of one prompt
+          together), each its own sample; beam search: each prompt's that many best beams, best first (and their
+          scores as `sequences_scores`). Greedy decoding and contrastive search refuse more than 1.
+        - `output_scores` / `output_logits` (with `return_dict_in_generate=True`): each step's scores and raw
+          logits in the `GenerateOutput` (see there what each strategy gives)."""
         check_flag(return_dict_in_generate, "return_dict_in_generate")
+        streamer = kwargs.pop("streamer", None)
         run = self._decoding(prompts, seq_len, generation_config, kwargs)
+        _refuse_trace(run.config, "generate")
+        check_output(run, return_dict_in_generate)
+        if streamer is not None:
+            check_streamer(streamer, run)
         with eval_mode(self, *_models(run)):
+            if streamer is not None:
+                feed(run, streamer)
             return run.result() if return_dict_in_generate else run.output()
 
     @torch.no_grad()
-    def beam_search(self, prompts: Tensor | list[Tensor], seq_len: int | None = None, beams: int | None = None,
-                    return_beams_and_scores: bool = False, generation_config: GenerationConfig | None = None,
-                    *, return_dict_in_generate: bool = False, **kwargs):
+    def beam_search(self, prompts: Tensor | list[Tensor] | None = None, seq_len: int | None = None,
+                    beams: int | None = None, return_beams_and_scores: bool = False,
+                    generation_config: GenerationConfig | None = None, *, return_dict_in_generate: bool = False,
+                    **kwargs):
         """Beam search: the best beam, (batch, prompt + seq_len); with
         `return_beams_and_scores`, all beams best first as (beams, batch, prompt +
         seq_len) and their (beams, batch) scores, summed token log-probs
@@ -176,12 +258,16 @@ class AutoregressiveWrapper(nn.Module):
         stochastic beam search (Kool et al. 2019) over the filtered, tempered
         distribution: the beams are a sample without replacement of sequences.
         Defaults: 4 beams, no filter. `return_dict_in_generate=True` returns
-        a `GenerateOutput`, as `generate` does."""
+        a `GenerateOutput`, as `generate` does; transformers' arguments as in
+        `generate` but `streamer` (`num_return_sequences`: each prompt's best
+        beams, (batch * n, prompt + seq_len))."""
         check_flag(return_dict_in_generate, "return_dict_in_generate")
         if beams is not None:
             kwargs["beams"] = beams
         run = self._decoding(prompts, seq_len, generation_config, kwargs, strategy="beam",
-                             base=GenerationConfig(beams=4, filter_logits_fn=None))
+                             base=GenerationConfig(beams=4, filter_logits_fn=None), method="beam_search")
+        _refuse_trace(run.config, "beam_search")
+        check_output(run, return_dict_in_generate)
         with eval_mode(self):
             if return_dict_in_generate:
                 return run.result()
@@ -189,12 +275,17 @@ class AutoregressiveWrapper(nn.Module):
                 return run.beams_and_scores()
             return run.output()
 
-    def stream(self, prompts: Tensor | list[Tensor], seq_len: int | None = None,
+    def stream(self, prompts: Tensor | list[Tensor] | None = None, seq_len: int | None = None,
                generation_config: GenerationConfig | None = None, **kwargs) -> Iterator[Step]:
         """Like `generate`, but yields a `Step` as each token is chosen; stop
         early by breaking out of the loop. `trace=True` attaches the teaching
-        trace to each step. Arguments are checked here, before the first step."""
-        run = self._decoding(prompts, seq_len, generation_config, kwargs)
+        trace to each step. Arguments are checked here, before the first step;
+        transformers' `input_ids`, `attention_mask`, `pad_token_id` and (sampling)
+        `num_return_sequences` as in `generate`."""
+        run = self._decoding(prompts, seq_len, generation_config, kwargs, method="stream")
+        if run.strategy == "beam" and run.num_return > 1:
+            raise ValueError("stream yields each prompt's best beam: num_return_sequences > 1 of beam search is "
+                             "generate's or beam_search's")
         return _stream(run, [self, *_models(run)])
 
     @torch.no_grad()
@@ -257,22 +348,11 @@ class AutoregressiveWrapper(nn.Module):
         special tokens the template writes encoded whole and none added, so a
         template that starts with the BOS token yields one BOS. A model with no
         template, or a template that refuses the messages, is a ValueError."""
-        kwargs = chat.drop_unused_arguments(kwargs)
-        template = self.chat_template
-        if template is None:
-            if chat_template is None:
-                raise ValueError("this model has no chat template (none in its tokenizer_config.json, no "
-                                 "chat_template.jinja): pass chat_template= a Jinja template, or set "
-                                 "model.chat_template = axw.chat.ChatTemplate(...)")
-            template = chat.ChatTemplate(chat_template)
-        text = template.render(conversation, tools=tools, documents=documents, chat_template=chat_template,
-                               add_generation_prompt=add_generation_prompt,
-                               continue_final_message=continue_final_message, **kwargs)
-        if not tokenize:
-            return text
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer to turn the chat into ids: pass tokenize=False for the text")
-        return chat.chat_ids(self.tokenizer, text, return_tensors=return_tensors, return_dict=return_dict)
+        return chat.apply_chat_template(self.chat_template, self.tokenizer, "model", conversation, tools=tools,
+                                        documents=documents, chat_template=chat_template,
+                                        add_generation_prompt=add_generation_prompt,
+                                        continue_final_message=continue_final_message, tokenize=tokenize,
+                                        return_tensors=return_tensors, return_dict=return_dict, **kwargs)
 
     # --- checkpoints ---
 
@@ -301,7 +381,7 @@ class AutoregressiveWrapper(nn.Module):
         """Load a local folder or a Hub repo id (downloaded with huggingface_hub,
         or taken from its cache; `progress` is given the download's progress
         bars as they move, `axw.hub.resolve`). The tokenizer, if the checkpoint has one, is
-        attached as `.tokenizer`; its `generation_config.json`, if it has one,
+        attached as `.tokenizer` (an `axw.Tokenizer`); its `generation_config.json`, if it has one,
         as `.generation_config` (the defaults `generate` and `stream` use); its
         chat template, if it has one, as `.chat_template`."""
         folder = hub.resolve(path_or_repo_id, revision=revision, token=token, cache_dir=cache_dir, progress=progress,
@@ -314,9 +394,9 @@ class AutoregressiveWrapper(nn.Module):
             from .convert import from_transformers_folder
 
             model = from_transformers_folder(cls, folder, config)
-        model.tokenizer = hub.load_tokenizer(folder)
         model.generation_config = hub.load_generation_config(folder)
         model.chat_template = chat.ChatTemplate.from_pretrained(folder)
+        model.tokenizer = load_tokenizer(folder, model.chat_template)
         # an axw folder keeps the list it was saved with; else it is made from the checkpoint's files
         model.stop_token_ids = config.get("stop_token_ids") or chat.stop_token_ids(
             folder, config, model.tokenizer, model.net.num_tokens)
@@ -334,6 +414,40 @@ class AutoregressiveWrapper(nn.Module):
             raise ValueError(f"{folder}: weights do not match the config (missing {missing}, unexpected {unexpected})")
         model.eos_token_id = config.get("eos_token_id")
         return model
+
+
+def _refuse_trace(config: GenerationConfig, method: str):
+    """The trace is handed out step by step, so only `stream` records it."""
+    if config.trace:
+        raise ValueError(f"{method} returns only the tokens and would drop the trace: use "
+                         "stream(..., trace=True), which yields each step with its trace")
+
+
+def check_output(run: Decoding, return_dict_in_generate: bool):
+    """Per-step scores and logits come in the `GenerateOutput`: they need `return_dict_in_generate`."""
+    if (run.kept_scores is not None or run.kept_logits is not None) and not return_dict_in_generate:
+        raise ValueError("output_scores / output_logits come in the GenerateOutput: pass return_dict_in_generate=True "
+                         "too")
+
+
+def check_streamer(streamer, run: Decoding):
+    """transformers' streamer protocol, on one row and a strategy whose tokens stay once chosen."""
+    if not (callable(getattr(streamer, "put", None)) and callable(getattr(streamer, "end", None))):
+        raise ValueError(f"streamer must have put(ids) and end() (transformers' BaseStreamer), got "
+                         f"{type(streamer).__name__}")
+    if run.strategy == "beam":
+        raise ValueError("a streamer shows each step's token, but beam search's best beam may change at any step "
+                         "(transformers refuses it too): stream(...) yields beam search's best beam step by step")
+    if run.tokens.shape[0] != 1:
+        raise ValueError(f"a streamer streams one row (as in transformers), got {run.tokens.shape[0]} rows")
+
+
+def feed(run: Decoding, streamer):
+    """Run with transformers' streamer protocol: the prompt, then each step's token, then end()."""
+    streamer.put((run.given if exists(run.given) else run.tokens).cpu())
+    for step in run:
+        streamer.put(step.tokens.cpu())
+    streamer.end()
 
 
 @torch.no_grad()

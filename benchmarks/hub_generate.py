@@ -114,7 +114,7 @@ def _answer(proc, kind) -> dict:
     return json.loads(line)
 
 
-def main():
+def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=10)
@@ -123,13 +123,12 @@ def main():
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--serve", choices=["axw", "transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--folder", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve:
-        serve(args.serve, args.folder, args.tokens, args.threads, args.dtype)
-        return
+    return parser.parse_args()
 
+
+def measure(args) -> tuple[dict, int]:
+    """Each library's runs (one process each, taking turns) on one random model; and its parameter count."""
     import torch
-    import transformers
     from transformers import AutoModelForCausalLM
 
     runs = {"axw": [], "transformers": []}
@@ -155,6 +154,12 @@ def main():
         for proc in procs.values():
             proc.stdin.close()
             proc.wait()
+    return runs, params
+
+
+def report(args, runs: dict, params: int):
+    import torch
+    import transformers
 
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{args.threads} torch threads, load average {os.getloadavg()[0]:.1f}; torch {torch.__version__}, "
@@ -178,6 +183,15 @@ def main():
           + (f", {peaks['axw'] / peaks['transformers']:.2f}x peak RSS" if peaks else ""))
     same = all(a["tokens"] == t["tokens"] for a, t in zip(runs["axw"], runs["transformers"]))
     print(f"same greedy tokens: {'yes' if same else 'NO'}")
+
+
+def main():
+    args = parse_args()
+    if args.serve:
+        serve(args.serve, args.folder, args.tokens, args.threads, args.dtype)
+        return
+    runs, params = measure(args)
+    report(args, runs, params)
 
 
 if __name__ == "__main__":

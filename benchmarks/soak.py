@@ -209,7 +209,7 @@ def percentile(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-def main():
+def parse_args():
     default = pg.model_path("AXW_MODEL", pg.DEFAULT_MODEL)
     if not (ROOT / default).is_dir() and not Path(default).is_dir():
         default = pg.DEFAULT_AMATEUR
@@ -228,8 +228,12 @@ def main():
     parser.add_argument("--flood-tokens", type=int, default=256)
     parser.add_argument("--budget", type=float, default=None,
                         help="the server's AXW_VISITOR_BUDGET_S (seconds per visitor per window; 0 = no limit)")
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def load(args):
+    """The server under the sessions' load for args.duration seconds: (tally, memory samples, wall seconds,
+    workers still running, whether the server was still serving)."""
     text = (ROOT / "assets/data/tinyshakespeare.txt").read_text()[:50_000]
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
@@ -265,7 +269,12 @@ def main():
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+    return tally, samples, wall, alive, serving
 
+
+def report(args, tally, samples, wall, alive, serving) -> bool:
+    """Print the figures; whether the soak passed (no errors, no varied text, nothing left running, the server
+    alive, memory levelled off after the warm-up)."""
     lat = tally.latency
     mib = [rss / 2**20 for _, rss in samples]
     half = len(mib) // 2
@@ -275,8 +284,8 @@ def main():
           f"AXW_CONCURRENCY {os.environ.get('AXW_CONCURRENCY', '2')}")
     print(f"{args.sessions} generating sessions + 1 fine-tuning visitor for {args.duration:.0f} s "
           f"(wall {wall:.0f} s), {args.new} new tokens per generation")
-    print(f"generations done (/generate and the Generate tab's event): {len(lat)} ({len(lat) / wall:.2f}/s); errors: {len(tally.errors)}; "
-          f"still running at the end: {alive}; server alive: {serving}")
+    print(f"generations done (/generate and the Generate tab's event): {len(lat)} ({len(lat) / wall:.2f}/s); "
+          f"errors: {len(tally.errors)}; still running at the end: {alive}; server alive: {serving}")
     if lat:
         print(f"latency p50 {statistics.median(lat):.2f} s, p95 {percentile(lat, 0.95):.2f} s, "
               f"max {max(lat):.2f} s")
@@ -302,6 +311,12 @@ def main():
     steady = bool(mib) and max(mib[half:]) <= 1.1 * max(mib[:half] or mib)
     ok = not tally.errors and not varied and not alive and serving and steady
     print("PASS" if ok else "FAIL")
+    return ok
+
+
+def main():
+    args = parse_args()
+    ok = report(args, *load(args))
     sys.exit(0 if ok else 1)
 
 

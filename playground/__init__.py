@@ -1,19 +1,22 @@
 """What the playground (app.py) does, by concern. The modules imported here are free of gradio, so tests and
-benchmarks use them directly; the views (`playground.views`) and the request handlers (`playground.service`)
-import gradio and turn the `ValueError`s raised here into `gr.Error` messages.
+benchmarks use them directly; the views with their handlers (`playground.views`) and the core the handlers share
+(`playground.service`) import gradio and turn the `ValueError`s raised here into `gr.Error` messages.
 
-    caps       what one request may ask for
-    models     models by name, loaded once; the device; memory
-    settings   a request's settings, as /generate's parameters, checked; share links; a model's own settings
-    runs       generations as token ids, streamed; what-if branches from a kept KV cache; the numbers views draw
-    render     the HTML of the text, a step, the branches
-    panels     the strategies' own drawings: the beam tree, speculative rounds, contrastive search and decoding
-    lessons    each strategy's explanation and the share links that show its characteristic behaviour
-    sessions   who is asking, the fair share, what each visitor holds (fine-tuned copy, KV caches)
-    finetune   a visitor's fine-tune in a worker thread
+    caps         what one request may ask for
+    models       models by name, loaded once; the device; memory
+    settings     a request's settings, as /generate's parameters, checked; share links; a model's own settings
+    detokenizer  the text each token adds, token by token
+    runs         generations as token ids, streamed
+    branches     what-if branches from a kept KV cache; a visitor's tree of runs
+    numbers      the numbers the views draw, a module each: timeline, draws, beam_tree, rounds, alpha_sweep, metrics
+    render       the HTML of the text, a step, the branches
+    panels       the strategies' own drawings: the beam tree, speculative rounds, contrastive search and decoding
+    lessons      each strategy's explanation and the share links that show its characteristic behaviour
+    sessions     who is asking, the fair share, what each visitor holds (fine-tuned copy, KV caches)
+    finetune     a visitor's fine-tune in a worker thread
 """
 
-from . import finetune, lessons, models, panels, render, runs, sessions, settings  # noqa: F401
+from . import branches, finetune, lessons, models, numbers, panels, render, runs, sessions, settings  # noqa: F401
 from .caps import *  # noqa: F401,F403
 from .finetune import FineTune, finetune_setup, model_zip, read_upload  # noqa: F401
 from .models import (DEFAULT_AMATEUR, DEFAULT_DRAFT, DEFAULT_MODEL, HUB_EXAMPLES, HUB_MODELS, OOM_MESSAGE,  # noqa: F401
@@ -21,8 +24,14 @@ from .models import (DEFAULT_AMATEUR, DEFAULT_DRAFT, DEFAULT_MODEL, HUB_EXAMPLES
                      ModelCache, OutOfMemoryError, check_hub_size, default_draft, free_memory, limit_malloc_arenas,
                      model_path, pick_device)
 from .render import (prob_colour, show_token, stage_numbers, step_html, step_table, tokens_html)  # noqa: F401
-from .runs import (Detokenizer, Run, Tree, alpha_sweep, beam_tree, branch, draw, encode_prompt,  # noqa: F401
-                   speculative_rounds, stream_text, timeline, token_pieces)
+from .branches import Tree, branch  # noqa: F401
+from .detokenizer import Detokenizer, token_pieces  # noqa: F401
+from .numbers.alpha_sweep import alpha_sweep  # noqa: F401
+from .numbers.beam_tree import beam_tree  # noqa: F401
+from .numbers.draws import draw  # noqa: F401
+from .numbers.rounds import speculative_rounds  # noqa: F401
+from .numbers.timeline import timeline  # noqa: F401
+from .runs import Run, encode_prompt, stream_text  # noqa: F401
 from .sessions import (ClassShare, FairShare, KVStore, Sessions, address_key, env_number,  # noqa: F401
                        forwarded_client, trusted_proxies, visitor)
 from .settings import (Settings, check_prompt, from_generation_config, from_query, number,  # noqa: F401

@@ -1,6 +1,6 @@
 """The strategies' own drawings: the beam tree, speculative decoding's rounds, contrastive search's scores as
-alpha moves, contrastive decoding's two models overlaid. Pure functions of the trace (`runs.beam_tree`,
-`runs.speculative_rounds`, `runs.alpha_sweep` give the numbers), escaped throughout; the step view's panels are
+alpha moves, contrastive decoding's two models overlaid. Pure functions of the trace (`numbers.beam_tree`,
+`numbers.rounds`, `numbers.alpha_sweep` give the numbers), escaped throughout; the step view's panels are
 added to `render.STEP_PANELS`."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import math
 from axw.speculative import DATASTORE, TEXT
 
 from . import render
-from .render import _bar, show_number, show_token
-from .runs import alpha_sweep, beam_tree, candidate_status, speculative_rounds
+from .render import bar_html, show_number, show_token
+from .numbers.alpha_sweep import alpha_sweep
+from .numbers.beam_tree import beam_tree, candidate_status
+from .numbers.rounds import speculative_rounds
 
 
 def _label(tokenizer, token: int, width: int = 9) -> str:
@@ -276,9 +278,10 @@ def contrastive_panel(row: dict, tokenizer, settings=None, previous=None) -> str
         mark = ' class="axw-chosen"' if i == best else ""
         score = c["score"][i]
         parts.append(f'<tr{mark}><td><code>{_esc(show_token(tokenizer, token))}</code></td>'
-                     f'<td>{_bar(c["confidence"][i])}</td><td>{_bar(max(0.0, c["degeneration_penalty"][i]))}</td>'
+                     f'<td>{bar_html(c["confidence"][i])}</td>'
+                     f'<td>{bar_html(max(0.0, c["degeneration_penalty"][i]))}</td>'
                      f'<td>{show_number(score, ".3f")}</td></tr>' if math.isfinite(score) else
-                     f'<tr{mark}><td><code>{_esc(show_token(tokenizer, token))}</code></td><td>{_bar(0.0)}</td>'
+                     f'<tr{mark}><td><code>{_esc(show_token(tokenizer, token))}</code></td><td>{bar_html(0.0)}</td>'
                      f'<td>{show_number(c["degeneration_penalty"][i], ".3f")}</td><td>banned</td></tr>')
     parts.append("</table>")
     sweep = alpha_sweep(row)

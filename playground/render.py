@@ -203,7 +203,8 @@ def step_table(row: dict, tokenizer) -> list[dict]:
     return records
 
 
-def _bar(p: float) -> str:
+def bar_html(p: float) -> str:
+    """A probability as a bar with its number."""
     width = max(0.0, min(1.0, p)) * 100
     return (f'<div class="axw-bar"><div style="width:{width:.1f}%"></div>'
             f'<span>{show_number(p, ".3f")}</span></div>')
@@ -245,8 +246,8 @@ def candidates_html(row: dict, tokenizer, branching: bool = True) -> str:
         mark = f' class="{" ".join(classes)}"' if classes else ""
         data = f' data-token="{rec["id"]}" title="force {html.escape(rec["token"])} here"' if branching else ""
         raw = html.escape(raw_token(tokenizer, rec["id"]), quote=True)
-        cells = "".join('<td class="axw-cut">cut</td>' if rec["cut"][s] else f"<td>{_bar(rec['probs'][s])}</td>"
-                        for s in stages)
+        cells = "".join('<td class="axw-cut">cut</td>' if rec["cut"][s] else
+                        f"<td>{bar_html(rec['probs'][s])}</td>" for s in stages)
         gone = ' class="axw-gone"' if any(rec["cut"].values()) else ""
         what_if = '<td class="axw-whatif">what if? ↳</td>' if branching else ""
         parts.append(f'<tr{mark}{data}><td{gone}><code title="{raw}">{html.escape(rec["token"])}</code></td>{cells}'

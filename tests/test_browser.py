@@ -500,3 +500,12 @@ def test_a_share_link_carries_a_what_if_branch(served_app, page, expert, client)
     link = page.locator("#share-link textarea, #share-link input").first.input_value()
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(link).query))
     assert query["force_step"] == str(step) and query["force_token"] == str(forced)
+
+
+def sized_page(width: int, height: int):
+    """A headless Chromium page of this viewport, for a module-scoped fixture to yield from."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield browser.new_page(viewport={"width": width, "height": height})
+        browser.close()

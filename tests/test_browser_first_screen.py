@@ -5,7 +5,7 @@ numbers print no negative zero."""
 import os
 
 import pytest
-from test_browser import ARGS, CHROMIUM, FINISHED
+from test_browser import CHROMIUM, FINISHED, sized_page
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no browser at {CHROMIUM}")
 
@@ -20,12 +20,7 @@ SHOWN_PLOTS = """() => [...document.querySelectorAll('svg.marks')].filter((svg) 
 
 @pytest.fixture(scope="module")
 def laptop():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-        yield page
-        browser.close()
+    yield from sized_page(WIDTH, HEIGHT)
 
 
 def on_first_screen(page, locator):

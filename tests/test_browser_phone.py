@@ -5,7 +5,7 @@ page itself no wider than the screen."""
 import os
 
 import pytest
-from test_browser import ARGS, CHROMIUM, linked, open_step
+from test_browser import CHROMIUM, linked, open_step, sized_page
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no browser at {CHROMIUM}")
 
@@ -32,12 +32,7 @@ PAGE_WIDTH = "() => Math.max(document.documentElement.scrollWidth, document.body
 
 @pytest.fixture(scope="module")
 def phone():
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        page = browser.new_page(viewport={"width": WIDTH, "height": HEIGHT})
-        yield page
-        browser.close()
+    yield from sized_page(WIDTH, HEIGHT)
 
 
 def reach(page, selector: str, i: int = 0) -> dict:

@@ -4,7 +4,7 @@ same weights give the same logits and the same losses."""
 import pytest
 import torch
 
-from axw import AutoregressiveWrapper, Decoder, TransformerWrapper
+from axw import AutoregressiveWrapper, from_x_transformers
 
 xt = pytest.importorskip("x_transformers")
 
@@ -14,39 +14,8 @@ def xt_pair(num_tokens=131, max_seq_len=48, dim=64, depth=3, heads=4):
     theirs = xt.TransformerWrapper(
         num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=xt.Decoder(dim=dim, depth=depth, heads=heads)
     ).eval()
-    ours = TransformerWrapper(
-        num_tokens=num_tokens, max_seq_len=max_seq_len, attn_layers=Decoder(dim=dim, depth=depth, heads=heads)
-    ).eval()
+    ours = from_x_transformers(theirs).net
     assert sum(p.numel() for p in theirs.parameters()) == sum(p.numel() for p in ours.parameters())
-
-    # their weights into ours, through our state dict (nn.Linear layout); their
-    # absolute positions are scaled by dim ** -0.5 and their norms may store
-    # gamma - 1 (unit offset)
-    def gamma(norm):
-        return norm.gamma + float(norm.unit_offset)
-
-    state = {
-        "token_emb.weight": theirs.token_emb.emb.weight,
-        "pos_emb.weight": theirs.pos_emb.emb.weight * theirs.pos_emb.scale,
-        "attn_layers.final_norm.weight": gamma(theirs.attn_layers.final_norm),
-        "to_logits.weight": theirs.to_logits.weight,
-    }
-    layers = theirs.attn_layers.layers
-    for i in range(depth):
-        (attn_norm, *_), attn, _ = layers[2 * i]
-        (ff_norm, *_), ff, _ = layers[2 * i + 1]
-        p = f"attn_layers.layers.{i}."
-        state.update({
-            p + "attn_norm.weight": gamma(attn_norm),
-            p + "attn.to_qkv.weight": torch.cat([attn.to_q.weight, attn.to_k.weight, attn.to_v.weight]),
-            p + "attn.to_out.weight": attn.to_out.weight,
-            p + "ff_norm.weight": gamma(ff_norm),
-            p + "ff.proj_in.weight": ff.ff[0][0].weight,
-            p + "ff.proj_in.bias": ff.ff[0][0].bias,
-            p + "ff.proj_out.weight": ff.ff[2].weight,
-            p + "ff.proj_out.bias": ff.ff[2].bias,
-        })
-    ours.load_state_dict({k: v.detach() for k, v in state.items()})
     return theirs, ours
 
 

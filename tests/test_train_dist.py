@@ -44,7 +44,18 @@ def _rank(rank: int, world: int, port: int, logs: str, target, args):
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     torch.set_num_threads(1)
-    target(*args)
+    code = 0
+    try:
+        target(*args)
+    except SystemExit as e:  # as the interpreter does: a message is printed, with code 1
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if not isinstance(e.code, int) and e.code is not None:
+            print(e.code, file=sys.stderr)
+    # end the process as torchrun's agent ends a rank whose peer died: at once. Python's own teardown may wait
+    # in gloo's destructor on a peer that is gone
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def launch(tmp_path, target, *args, world=2, timeout=120) -> list[tuple[int, str]]:

@@ -201,18 +201,20 @@ def decoder_state(state: dict[str, Tensor], net, family: str, norms: dict[str, s
 SWIGLU = {"silu": "silu"}  # transformers' hidden_act -> axw's ff_activation
 
 
+def net_arguments(config: dict, family: str, positions_key: str, absolute: bool, tie_default: bool) -> dict:
+    """TransformerWrapper's arguments: the vocabulary, the context, absolute positions or not, a tied head."""
+    return dict(num_tokens=positive_int(config, family, "vocab_size"),
+                max_seq_len=positive_int(config, family, positions_key), use_abs_pos_emb=absolute,
+                tie_embedding=bool(config.get("tie_word_embeddings", tie_default)))
+
+
 def causal_lm_arguments(config: dict, family: str, activations: dict[str, str] = SWIGLU,
                         activation_key: str = "hidden_act", tie_default: bool = False) -> tuple[dict, dict]:
     """TransformerWrapper and Decoder arguments every Llama-style family shares:
     sizes, grouped-query heads, RMSNorm, gated MLP, biases, rotary positions."""
     sizes = attention_sizes(config, family)
     act = require(config, family, activation_key, list(activations), next(iter(activations)))
-    net = dict(
-        num_tokens=positive_int(config, family, "vocab_size"),
-        max_seq_len=positive_int(config, family, "max_position_embeddings"),
-        use_abs_pos_emb=False,
-        tie_embedding=bool(config.get("tie_word_embeddings", tie_default)),
-    )
+    net = net_arguments(config, family, "max_position_embeddings", absolute=False, tie_default=tie_default)
     decoder = dict(
         **sizes,
         depth=positive_int(config, family, "num_hidden_layers"),

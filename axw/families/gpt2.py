@@ -8,7 +8,7 @@ import re
 from torch import Tensor
 
 from ..utils import exists
-from .common import positive_int, reader, require
+from .common import net_arguments, positive_int, reader, require
 
 # transformers' activation names -> axw FeedForward activations
 GPT2_ACTIVATIONS = {
@@ -35,12 +35,7 @@ def arguments(config: dict) -> tuple[dict, dict]:
     require(config, f, "add_cross_attention", [False], False)
     activation = require(config, f, "activation_function", list(GPT2_ACTIVATIONS), "gelu_new")
     inner = config.get("n_inner")
-    net = dict(
-        num_tokens=positive_int(config, f, "vocab_size"),
-        max_seq_len=positive_int(config, f, "n_positions"),
-        use_abs_pos_emb=True,
-        tie_embedding=bool(config.get("tie_word_embeddings", True)),
-    )
+    net = net_arguments(config, f, "n_positions", absolute=True, tie_default=True)
     decoder = dict(
         dim=dim,
         depth=positive_int(config, f, "n_layer"),

@@ -1,8 +1,12 @@
-"""The playground's views, one module per view, each built by one function.
+"""The playground's views, one module per view, each built by one function, with the handlers its events run.
 
-A view of the Generate tab is a `View`: the components the tab's shared handlers update (a generation, a
-branch, opening a step or a run) and `place`, which turns what `Playground.show` computed (a dict by name) into
-one update per component, `gr.skip()` for anything the dict lacks. A new view (a strategy's own panel, say) is a
+A view's handlers are a `Handlers` class beside its `build` (generate, sample, forks, compare, finetune): methods
+that use the core's models, fair share and runs (`playground.service.Playground`), which app.py mixes them into.
+The core imports no view.
+
+A view of the Generate tab is a `View`: the components the tab's shared handlers update (a generation, a branch,
+opening a step or a run) and `place`, which turns what `generate.Handlers.show` computed (a dict by name) into one
+update per component, `gr.skip()` for anything the dict lacks. A new view (a strategy's own panel, say) is a
 module with a `build` returning a View, added to the list in `views.generate`; its own events are its own.
 """
 
@@ -39,10 +43,16 @@ def keep_on_failure(event, outputs: list):
     return event.failure(unchanged, None, outputs, api_visibility="private", show_progress="hidden", queue=False)
 
 
-def event_data(evt) -> dict:
-    """What a gr.HTML's js_on_load passed to trigger(), or {}."""
-    data = getattr(evt, "_data", None)
-    return data if isinstance(data, dict) else {}
+class Triggered(gr.EventData):
+    """What a gr.HTML's js_on_load passed to trigger(name, data): `data`, a dict ({} when it sent none).
+
+    A handler's parameter annotated with a gr.EventData subclass receives one built from the event's target and
+    data, as gradio builds its own gr.SelectData; gradio's other route, `evt.<key>`, raises on an event sent with
+    no data, which a client can send."""
+
+    def __init__(self, target, data):
+        super().__init__(target, data)
+        self.data = data if isinstance(data, dict) else {}
 
 
 def clicked_step(selector: str) -> str:
@@ -55,8 +65,8 @@ def clicked_step(selector: str) -> str:
 
 
 def step_panel(key: str, title: str, elem_id: str, selector: str, css: str) -> tuple[gr.HTML, View]:
-    """A strategy's panel: a heading, and the HTML that `Playground.show` puts under `key` (hidden while there is
-    none), in which a click on an element matching `selector` opens its step."""
+    """A strategy's panel: a heading, and the HTML that `generate.Handlers.show` puts under `key` (hidden while
+    there is none), in which a click on an element matching `selector` opens its step."""
     with gr.Column(visible=False, elem_id=f"{elem_id}-box") as box:
         gr.Markdown(title)
         html = gr.HTML("", elem_id=elem_id, js_on_load=clicked_step(selector))

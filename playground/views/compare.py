@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import gradio as gr
 import pandas as pd
 
-from ..caps import MAX_NEW_TOKENS, MAX_PROMPT_CHARS
+from ..caps import MAX_COMPARE_COLUMNS, MAX_NEW_TOKENS, MAX_PROMPT_CHARS
+from ..numbers.metrics import column_numbers
 from ..render import rounded, show_number, show_token, tokens_html
-from ..settings import Settings
+from ..runs import chat_prompt
+from ..service import session_of, throttle, user_errors
+from ..settings import Settings, check_prompt
 from . import keep_on_failure
 
 COMPARE = [  # (label, strategy, settings): the five columns /generate has always been compared on
@@ -147,6 +151,71 @@ def metrics_frame(cols: list[dict]) -> pd.DataFrame:
                      "mean log p (model)": rounded(c["logprob"], 3), "distinct-2": rounded(c["distinct2"], 3),
                      "repeated 4-grams": rounded(c["repeated4"], 3), "tokens/s": rounded(c["speed"], 0)})
     return pd.DataFrame(rows, columns=METRICS)
+
+
+class Handlers:
+    """The Compare tab's handlers, mixed into the app with `service.Playground` (whose models, fair share and
+    runs they use)."""
+
+    def compare_view_ui(self, model_name, prompt, seed, max_new_tokens, amateur, columns,
+                        request: gr.Request = None, chat: bool = False, system: str = ""):
+        """The Compare tab: (the columns' HTML, their numbers) as they stream; in chat mode (`chat`, `system`)
+        every column answers the same laid-out chat."""
+        with self.metered(request):
+            tokenizer = None
+            for cols in self._compare(model_name, prompt, seed, max_new_tokens, amateur, columns, session_of(request),
+                                      chat, system):
+                if tokenizer is None:
+                    with user_errors():
+                        tokenizer = self.model(model_name).tokenizer
+                yield grid_html(cols, tokenizer), metrics_frame(cols)
+
+    def _compare(self, model_name, prompt, seed, max_new_tokens, amateur, labels, session, chat=False, system=""):
+        """Yields the columns (dicts: label, run or error, and once done its numbers) as they stream, greedy first
+        (whether picked or not: the others are measured against it). Everything is checked
+        before the first column runs; a column that cannot run (no amateur, say) says why in its place."""
+        with user_errors():
+            check_prompt(prompt)
+            m = self.model(model_name)
+            common = Settings(seed=seed, max_new_tokens=max_new_tokens, chat=chat, system=system).check()
+            if common.chat:
+                chat_prompt(m, prompt, common.system)  # a model without a template is refused once, not per column
+            if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) and x in LABELS for x in labels):
+                raise ValueError(f"columns must be a list of these: {', '.join(LABELS)}")
+            if len(labels) > MAX_COMPARE_COLUMNS:
+                raise ValueError(f"at most {MAX_COMPARE_COLUMNS} columns at a time")
+            greedy = COMPARE[0][0]
+            if greedy not in labels:
+                labels = [greedy, *labels]
+            chosen = [c for c in COLUMNS if c[0] in labels]
+            cols = []
+            for label, strategy, values in chosen:
+                settings = replace(settings_of(strategy, values), model=model_name or "", amateur=amateur or "",
+                                   seed=common.seed, max_new_tokens=common.max_new_tokens, chat=common.chat,
+                                   system=common.system)
+                try:
+                    cols.append(dict(label=label, updates=self.start(prompt, settings, session, trace=False)[2]))
+                except ValueError as e:  # e.g. no amateur model: say so in that column, run the others
+                    cols.append(dict(label=label, error=str(e)))
+        reference_ids = None
+        with user_errors():
+            for col in cols:
+                if "updates" not in col:
+                    continue
+                seconds, updates = 0.0, throttle(col.pop("updates"))
+                while True:  # the time spent generating, not showing
+                    began = time.perf_counter()
+                    run = next(updates, None)
+                    seconds += time.perf_counter() - began
+                    if run is None:
+                        break
+                    col["run"] = run
+                    yield cols
+                run = col["run"]
+                if col["label"] == COMPARE[0][0]:
+                    reference_ids = run.new_ids
+                col.update(done=True, **column_numbers(m, run, seconds, reference_ids))
+        yield cols
 
 
 @dataclass

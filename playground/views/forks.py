@@ -5,10 +5,25 @@ from __future__ import annotations
 
 import gradio as gr
 
+from ..branches import Tree
 from ..render import forks_html, side_by_side
+from ..service import user_errors
 from . import View, skip
 
 CSS = ".axw-forks td { vertical-align: top; }"
+
+
+class Handlers:
+    """The branches view's handler, mixed into the app with `service.Playground`."""
+
+    def side_by_side_ui(self, tree, a, b, request: gr.Request = None):
+        """Runs `a` and `b` (ids in the visitor's tree) side by side, the prefix they share dimmed."""
+        with user_errors():
+            runs = [tree.get(i) if isinstance(tree, Tree) else None for i in (a, b)]
+            ref = next((r for r in runs if r is not None), None)
+            if ref is None:
+                return side_by_side(None, None, None)
+            return side_by_side(*runs, self.model_of(ref).tokenizer)
 
 
 def build(app, tree) -> tuple[gr.Dropdown, View]:

@@ -1,14 +1,28 @@
 """The Generate tab: on top the prompt, the Generate button and chat mode, the text beside them (click a token);
 below, the strategy's settings and the share link on the left, and on the right the strategy's own view, the
 timeline (click a point), the step view (click a candidate to branch) and sampling a step N times; the what-if
-branches below. The visitor's runs live in a gr.State (a `runs.Tree`)."""
+branches below. The visitor's runs live in a gr.State (a `branches.Tree`).
+
+`Handlers` are the tab's handlers: a generation, a branch, opening a step or a run all compute what the views
+show (`Handlers.show`, a dict by name), which each view places (`View.place`)."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+from pathlib import Path
+
 import gradio as gr
 
-from . import (View, beam_tree, event_data, forks, keep_on_failure, lessons, output, sample, settings, share, skip,
+from ..branches import Tree
+from ..numbers.timeline import timeline as timeline_of
+from ..panels import beam_tree_svg, speculative_html
+from ..render import forks_html, step_html, tokens_html
+from ..runs import Run
+from ..service import session_of, throttle, user_errors
+from ..settings import Settings, number
+from . import (Triggered, View, beam_tree, forks, keep_on_failure, lessons, output, sample, settings, share, skip,
                speculative, step, timeline, with_visitor)
+from .settings import settings_from_ui
 
 
 # after another step of the same run opens (the slider holds it, 1-based), the beam tree and the speculative
@@ -27,6 +41,105 @@ MARK_STEP = """(value) => {
   document.querySelectorAll('#speculative .axw-round[data-step]').forEach((round) =>
     round.classList.toggle('axw-round-sel', Number(round.dataset.step) <= step && step <= Number(round.dataset.last)));
 }"""
+
+
+class Handlers(sample.Handlers, forks.Handlers):
+    """The Generate tab's handlers, mixed into the app with `service.Playground` (whose models, fair share and
+    runs they use): a run, its steps, its branches."""
+
+    def show(self, tree: Tree, run: Run, step: int | None = 0, full: bool = True) -> dict:
+        """What the views draw of `run` with `step` (0-based) open, by name: the output with that token
+        highlighted and the step view; with `full`, also the strategy's own view (the beam tree, speculative
+        rounds) with the step marked, the timeline and the branches. Opening another step of the same run (`full`
+        off) leaves those as drawn: the page moves the strategy view's mark itself (MARK_STEP), so a large
+        beam tree is not drawn and sent again on every click. Each view places what it needs."""
+        m = self.model_of(run)
+        selected = None if step is None or not run.rows else min(max(int(step), 0), len(run.rows) - 1)
+        row = run.rows[selected] if selected is not None else None
+        previous = run.rows[selected - 1] if selected else None
+        strategy = run.settings.strategy
+        shown = dict(tree=tree, run=run, selected=selected, steps=len(run.rows), tokenizer=m.tokenizer,
+                     output=tokens_html(run.prompt, run.pieces, run.probs, selected=selected, forced=run.step,
+                                         specials=run.specials),
+                     step=step_html(row, m.tokenizer, run.settings, previous=previous))
+        if full:
+            shown.update(beam_tree=beam_tree_svg(run.rows, m.tokenizer, run.prompt, selected,
+                                                 run.settings.length_penalty) if strategy == "beam search" else None,
+                         speculative=speculative_html(run.rows, m.tokenizer, selected,
+                                                      self.drafter_label(run.settings))
+                         if strategy == "speculative decoding" else None,
+                         timeline=timeline_of(run), forks=forks_html(list(tree.runs.values()), m.tokenizer, run.id),
+                         choices=tree.choices(m.tokenizer), current=run.id)
+        return shown
+
+    def drafter_label(self, settings: Settings) -> str:
+        """The drafter as the rounds view names it: which model drafts."""
+        if settings.drafter == "prompt lookup":
+            return "prompt lookup"
+        name = self.drafter_name(settings)
+        first, *more = settings.drafter.split(" + ")
+        return " + ".join([f"{first} ({Path(name or '').name or name})", *more])
+
+    def generate_ui(self, *values, request: gr.Request = None):
+        """The Generate button. `values`: the controls (views.settings.UI_INPUTS order), then the visitor's tree.
+        Yields what the views show: the output while it streams, then everything. A share link's what-if branch
+        (force_step) is generated after its text, and opened."""
+        *controls, tree = values
+        session = session_of(request)
+        with self.metered(request), user_errors():
+            prompt, settings = settings_from_ui(*controls)
+            force = settings.check().force_step
+            m, run, updates, cache = self.start(prompt, settings.unforced(), session, keep_cache=True)
+            if force:  # refused before any compute when the forced token is not a token of this model
+                settings.check(m.net.num_tokens)
+            for run in throttle(updates):
+                if not run.done:
+                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, specials=run.specials))
+            tree = tree if isinstance(tree, Tree) else Tree()
+            run.session = session
+            tree.add(run)
+            self.caches.drop(session)
+            self.caches.put(session, run.id, cache)
+            yield self.show(tree, run, 0)
+            if force:
+                yield from self.branch_ui(tree, force - 1, settings.force_token, request, metered=False)
+
+    def branch_ui(self, tree, step, token, request: gr.Request = None, metered: bool = True):
+        """A candidate was clicked in the step view: branch the open run at `step` (0-based) with `token`, and
+        open the branch. Yields like generate_ui."""
+        session = session_of(request)
+        parent = tree.get() if isinstance(tree, Tree) else None
+        with (self.metered(request) if metered else nullcontext()), user_errors():
+            if parent is None:
+                raise ValueError("generate some text first: a branch starts from one of its steps")
+            m, run, updates, cache = self.branch(parent, step, token, session, kept=self.caches.get(session, parent.id))
+            for run in throttle(updates):
+                if not run.done:
+                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, forced=run.step,
+                                                    specials=run.specials))
+            run.session = session
+            tree.add(run)
+            self.caches.drop(session, keep=set(tree.runs))
+            self.caches.put(session, run.id, cache)
+            yield self.show(tree, run, run.step)
+
+    def step_ui(self, tree, step, request: gr.Request = None):
+        """Open `step` (0-based) of the open run: the step view, and the output with that token highlighted."""
+        with user_errors():
+            run = tree.get() if isinstance(tree, Tree) else None
+            if run is None or not run.rows:
+                return {}
+            step = number("step", step, 0, len(run.rows) - 1, integer=True)
+            return self.show(tree, run, step, full=False)
+
+    def open_ui(self, tree, run_id, request: gr.Request = None):
+        """Open another run of the tree (the generated text or a branch), at its branch step."""
+        with user_errors():
+            run = tree.get(run_id) if isinstance(tree, Tree) else None
+            if run is None:
+                raise ValueError("that run is gone: generate again, or pick another")
+            tree.current = run.id
+            return self.show(tree, run, run.step if run.step is not None else 0)
 
 
 def build(app, gpu, model_box, choices, concurrency: int):
@@ -77,16 +190,15 @@ def build(app, gpu, model_box, choices, concurrency: int):
         for shown in app.generate_ui(*values, request=request):
             yield place(shown)
 
-    def branch_ui(tree, evt: gr.EventData, request: gr.Request = None):
-        data = event_data(evt)
-        yield from branch_stream(tree, data.get("step"), data.get("token"), request)
+    def branch_ui(tree, evt: Triggered, request: gr.Request = None):
+        yield from branch_stream(tree, evt.data.get("step"), evt.data.get("token"), request)
 
     def branch_stream(tree, step, token, request: gr.Request = None):
         for shown in app.branch_ui(tree, step, token, request=request):
             yield place(shown)
 
-    def select_step(tree, evt: gr.EventData, request: gr.Request = None):
-        return place(app.step_ui(tree, event_data(evt).get("step"), request))
+    def select_step(tree, evt: Triggered, request: gr.Request = None):
+        return place(app.step_ui(tree, evt.data.get("step"), request))
 
     def slide_step(tree, value, request: gr.Request = None):
         return place(app.step_ui(tree, int(value or 1) - 1, request))

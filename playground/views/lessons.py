@@ -10,18 +10,17 @@ import gradio as gr
 
 from ..lessons import GREEDY, Lesson, find, look_for_html
 from ..service import user_errors
-from . import event_data
+from . import Triggered
 from .settings import fill
 
 
-def lesson_of(evt) -> Lesson:
+def lesson_of(evt: Triggered) -> Lesson:
     """The lesson a click sent (its strategy and index), or gr.Error."""
-    data = event_data(evt)
     with user_errors():
-        return find(data.get("strategy"), data.get("index"))
+        return find(evt.data.get("strategy"), evt.data.get("index"))
 
 
-def open_in_generate(evt: gr.EventData, request: gr.Request = None) -> list:
+def open_in_generate(evt: Triggered, request: gr.Request = None) -> list:
     """The controls' updates (UI_INPUTS order) for a lesson of the Generate tab: its share link's."""
     lesson = lesson_of(evt)
     if lesson.columns:
@@ -33,7 +32,7 @@ def build(tabs: gr.Tabs, lessons: gr.HTML, compare):
     """A paired lesson (the list's 'submit' event) opens the Compare tab (`compare`: views.compare.Panel) set to
     its prompt, seed, length and columns with its look-for line, then runs the comparison."""
 
-    def open_in_compare(evt: gr.EventData, request: gr.Request = None) -> list:
+    def open_in_compare(evt: Triggered, request: gr.Request = None) -> list:
         lesson = lesson_of(evt)
         if not lesson.columns:
             raise gr.Error(f"the lesson {lesson.title!r} runs in the Generate tab")

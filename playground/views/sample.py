@@ -8,8 +8,10 @@ import html
 import gradio as gr
 import pandas as pd
 
+from ..branches import Tree
 from ..caps import MAX_DRAWS, MAX_NEW_TOKENS
-from ..render import show_number
+from ..numbers.draws import draw
+from ..render import show_number, show_token
 from ..service import user_errors
 from ..settings import number
 from . import View
@@ -33,6 +35,26 @@ def empty():
     return (pd.DataFrame(dict(token=[], probability=[])).astype(dict(token="str", probability="float64")),
             pd.DataFrame(dict(token=[], share=[], count=[])).astype(dict(token="str", share="float64", count="int64")),
             "")
+
+
+class Handlers:
+    """The sampling view's handler, mixed into the app with `service.Playground`."""
+
+    def sample_ui(self, tree, step, n, request: gr.Request = None):
+        """Draw `n` tokens from the final distribution of `step` (0-based) of the open run: (its trace row, the
+        labels, the exact probabilities, the counts), the last of each for all other tokens together."""
+        run = tree.get() if isinstance(tree, Tree) else None
+        with user_errors():
+            if run is None or not run.rows:
+                raise ValueError("generate some text and open a step first")
+            step = number("step", step, 0, len(run.rows) - 1, integer=True)
+            row = run.rows[step]
+            exact, counts = draw(row, n, run.settings.seed)
+            tokenizer = self.model_of(run).tokenizer
+        # numbered so that the plots, which order their bars by label, keep the candidates' order
+        labels = [f"{i + 1:02d} {show_token(tokenizer, t)}" for i, t in enumerate(row["candidates"])]
+        labels.append(f"{len(labels) + 1:02d} all others")
+        return row, labels, exact, counts
 
 
 def build(app, tree, slider) -> View:

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import gradio as gr
 
-from ..runs import Tree
+from ..branches import Tree
 from ..settings import from_query, to_query
 from ..service import user_errors
 from . import with_visitor
