@@ -295,10 +295,10 @@ def from_transformers(values: dict) -> dict:
     given) or greedy, beams, the penalties, contrastive search, `max_new_tokens` and EOS (other token ids and
     lengths are not decoding settings here)."""
     sample = bool(values.get("do_sample", False))
-    names = ["max_new_tokens", "eos_token_id", "num_beams", *(TRANSFORMERS_FILTER_ORDER if sample else ())]
     out: dict[str, Any] = {"sampler_order": "temperature_first", "temperature": 0.0}
-    if sample:
-        out.update(transformers_settings({"do_sample": True, **{k: values[k] for k in names if k in values}}))
+    if sample:  # the filters by transformers' names, with its top_k 50 unless given
+        filters = {k: values[k] for k in TRANSFORMERS_FILTER_ORDER if k in values}
+        out.update(transformers_settings({"do_sample": True, **filters}))
         out["temperature"] = 1.0 if values.get("temperature") is None else values["temperature"]
     for key in ("max_new_tokens", "eos_token_id"):
         if values.get(key) is not None:
@@ -311,6 +311,4 @@ def from_transformers(values: dict) -> dict:
     if (values.get("num_beams") or 1) > 1:
         out.update(beams=values["num_beams"],
                    length_penalty=1.0 if values.get("length_penalty") is None else values["length_penalty"])
-    else:
-        out.pop("beams", None)
     return out
