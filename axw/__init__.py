@@ -23,6 +23,7 @@ from .generation_config import GenerationConfig
 from .ngrams import NgramDatastore
 from .processors import contrastive_decode_fn
 from .runtime import GenerateOutput, SpeculativeStats, Step
+from .shared import SharedForwards
 from .tokenizer import Tokenizer
 from .trace import StepTrace
 from .transformer import Decoder, DecoderConfig, Intermediates, TransformerConfig, TransformerWrapper
@@ -32,7 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoregressiveWrapper", "Decoder", "DecoderConfig", "FILTER_LOGITS_FN", "GenerateOutput", "GenerationConfig",
-    "Intermediates", "KVCache", "NgramDatastore", "SpeculativeStats", "Step", "StepTrace", "Tokenizer",
+    "Intermediates", "KVCache", "NgramDatastore", "SharedForwards", "SpeculativeStats", "Step", "StepTrace", "Tokenizer",
     "TransformerConfig", "TransformerWrapper", "WrapperConfig", "contrastive_decode_fn", "epsilon_cutoff",
     "eta_cutoff", "from_x_transformers", "min_p", "top_a", "top_h", "top_k", "top_n_sigma", "top_p", "typical_p",
 ]

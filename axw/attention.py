@@ -553,9 +553,29 @@ class Attention(nn.Module):
         is_causal: bool = False,
         return_lse: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
+        q, k, v = self.project(x, rotary)
+        if exists(cache):
+            k, v = cache.write(layer, k, v)
+        out, lse = self.attend(q, k, v, attn_mask, is_causal, return_lse)
+        return self.to_out(out), lse
+
+    def forward_rows(self, x: Tensor, *, rotary: tuple[Tensor, Tensor] | None, caches: list[KVCache],
+                     parts: list[int], layer: int, masks: list[tuple[Tensor | None, bool]]) -> Tensor:
+        """`forward` for the rows of several runs (`axw.shared`): `parts` rows each, in order, each run with its
+        own cache and mask, so each attends only to its own keys, as it would alone."""
+        q, k, v = self.project(x, rotary)
+        outs = []
+        for q_i, k_i, v_i, cache, (mask, causal) in zip(q.split(parts), k.split(parts), v.split(parts), caches,
+                                                         masks):
+            k_i, v_i = cache.write(layer, k_i, v_i)
+            outs.append(self.attend(q_i, k_i, v_i, mask, causal)[0])
+        return self.to_out(torch.cat(outs))
+
+    def project(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries (b, heads, n, d), keys and values (b, kv_heads, n, d) of x (b, n, dim), normalised and
+        rotated as the options ask."""
         b, n, _ = x.shape
         h, kvh, d = self.heads, self.kv_heads, self.dim_head
-
         qkv = self.to_qkv(x).view(b, n, h + 2 * kvh, d)
         if exists(self.qk_norm):
             qkv = self._norm_qk(qkv)
@@ -563,22 +583,23 @@ class Attention(nn.Module):
         qk, v = qkv[:, :h + kvh], qkv[:, h + kvh:]
         if exists(rotary):
             qk = apply_rotary(qk, *rotary)  # queries and keys in one pass
-        q, k = qk[:, :h], qk[:, h:]
+        return qk[:, :h], qk[:, h:], v
 
-        if exists(cache):
-            k, v = cache.write(layer, k, v)
-
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+               return_lse: bool = False) -> tuple[Tensor, Tensor | None]:
+        """The heads' outputs, (b, n, heads * d) before the output projection, and with `return_lse` (or
+        soft-capping) each query's logsumexp."""
+        b, h, n, d = q.shape
         dropout = self.dropout if self.training else 0.0
         lse = None
         if return_lse or exists(self.softcap):
             out, lse = self._explicit(q, k, v, attn_mask, is_causal, dropout)
         else:
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout, enable_gqa=kvh != h,
-                scale=self.scale,
+                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout,
+                enable_gqa=self.kv_heads != h, scale=self.scale,
             )
-        out = out.transpose(1, 2).reshape(b, n, h * d)
-        return self.to_out(out), lse
+        return out.transpose(1, 2).reshape(b, n, h * d), lse
 
     def _norm_qk(self, qkv: Tensor) -> Tensor:
         """qkv (b, n, heads + 2 kv_heads, d) with queries and keys normalised."""

@@ -44,4 +44,7 @@ class Decoding(Run):
     afterwards."""
 
     def __iter__(self) -> Iterator[Step]:
-        return STEPS[self.strategy](self)
+        try:
+            yield from STEPS[self.strategy](self)
+        finally:  # ended, stopped or dropped: forwards shared with other runs (axw.shared) stop waiting for it
+            self.leave_shared()

@@ -12,6 +12,7 @@ import math
 import os
 import threading
 import warnings
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +154,27 @@ SMALL_ROWS = (2, 16)
 SMALL_MATRIX = (1 << 17, 1 << 20)
 
 
+_ROW_PARTS = threading.local()
+
+
+@contextmanager
+def shared_rows(parts: list[int]):
+    """Inside, in this thread: the tensors' leading rows belong to several runs, `parts` rows each in order
+    (`axw.shared`), and every `Linear` computes each run's rows as it would alone, so each gets the bits it
+    gets on its own (a product's blocking, and so its rounding, depends on how many rows it has)."""
+    before = getattr(_ROW_PARTS, "parts", None)
+    _ROW_PARTS.parts = list(parts)
+    try:
+        yield
+    finally:
+        _ROW_PARTS.parts = before
+
+
+def row_parts() -> list[int] | None:
+    """The runs' rows of `shared_rows`, or None outside it."""
+    return getattr(_ROW_PARTS, "parts", None)
+
+
 class Linear(nn.Linear):
     """`nn.Linear` computed by `linear`; a few rows at inference from a
     column-major copy of the weight (remade whenever the weight changes)."""
@@ -160,7 +182,15 @@ class Linear(nn.Linear):
     _column_major: Tensor | None = None
     _column_major_of: tuple | None = None
 
+    _batched_exact: dict | None = None
+
     def forward(self, x: Tensor) -> Tensor:
+        parts = row_parts()
+        if parts is not None and len(parts) > 1:
+            return self._by_parts(x, parts)
+        return self._alone(x)
+
+    def _alone(self, x: Tensor) -> Tensor:
         weight = self.weight
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
         if (
@@ -172,6 +202,31 @@ class Linear(nn.Linear):
         ):
             return _onednn(x, self.column_major(), self.bias)
         return linear(x, weight, self.bias)
+
+    def _by_parts(self, x: Tensor, parts: list[int]) -> Tensor:
+        """x's leading rows in `parts` (several runs' rows, `shared_rows`), each part computed as it would be on
+        its own: by one batched product where that gives the same bits on this machine (checked once per shape,
+        on the first call), else part by part."""
+        alone = None
+        if len(set(parts)) == 1 and x.dtype == self.weight.dtype:
+            key = (len(parts), math.prod(x.shape[:-1]) // len(parts), x.dtype, x.device)
+            exact = (self._batched_exact or {}).get(key)
+            if exact is None:  # the first call of this shape: both ways, and which agree
+                batched = self._batched(x, len(parts))
+                alone = torch.cat([self._alone(part) for part in x.split(parts)])
+                self._batched_exact = {**(self._batched_exact or {}), key: torch.equal(batched, alone)}
+                return alone
+            if exact:
+                return self._batched(x, len(parts))
+        return torch.cat([self._alone(part) for part in x.split(parts)])
+
+    def _batched(self, x: Tensor, k: int) -> Tensor:
+        """x (k * m rows, ..., in) as k products of m rows by the weight, in one batched call."""
+        weight = self.weight.t().expand(k, *self.weight.t().shape)
+        flat = x.reshape(k, -1, x.shape[-1])
+        out = (torch.baddbmm(self.bias.expand(k, flat.shape[1], -1), flat, weight) if self.bias is not None
+               else torch.bmm(flat, weight))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def column_major(self) -> Tensor:
         """The weight, (out, in), laid out column-major; made again after any change to the weight."""

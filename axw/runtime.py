@@ -23,6 +23,7 @@ from .filters import FILTER_LOGITS_FN, filter_name, is_stateful
 from .generation_config import DRY_BREAKERS, GenerationConfig
 from .ngrams import NgramDatastore
 from .processors import Pipeline, build_pipeline
+from .shared import shared_forwards
 from .specs import STRATEGY_STEPS
 from .trace import StepTrace, new_trace
 from .utils import check_number, exists
@@ -261,7 +262,11 @@ def read_prompt(net, prompt: Tensor, cache, seq_start_pos: Tensor | None = None,
 
 
 def decode_one_token(net, cache, token: Tensor) -> Tensor:
-    """One position per row through the cache: (b,) tokens -> (b, dim) hidden."""
+    """One position per row through the cache: (b,) tokens -> (b, dim) hidden; in a forward shared with the
+    network's other runs in flight when its forwards are shared (`axw.shared`)."""
+    shared = shared_forwards(net)
+    if shared is not None:
+        return shared.decode(token[:, None], cache)[:, 0]
     return net.decode(token[:, None], cache)[:, 0]
 
 
@@ -352,6 +357,12 @@ def sample(probs_or_logits: Tensor, generator: torch.Generator | None, logits: b
 STRATEGIES = ("sample", "beam", "contrastive", "speculative")
 
 
+def require(cond, msg: str):
+    """A ValueError with `msg` unless `cond`."""
+    if not cond:
+        raise ValueError(msg)
+
+
 class Run:
     """One generation run: the settings and models, checked at construction,
     and what the strategies share. Its strategy, a function of the run,
@@ -392,10 +403,7 @@ class Run:
         net = self.net = wrapper.net
         self.wrapper, self.config = wrapper, config
 
-        def need(cond, msg):
-            if not cond:
-                raise ValueError(msg)
-
+        need = require
         check_number(seq_len, "seq_len", 0, integer=True)
         c = config
         for eos in (c.eos_token if isinstance(c.eos_token, list) else [c.eos_token] if exists(c.eos_token) else []):
@@ -452,6 +460,7 @@ class Run:
         if exists(c.seed):
             self.generator = torch.Generator(device=tokens.device).manual_seed(c.seed)
         self.sequences = self.beams = self.beam_scores = self.stats = None
+        self.runners: list[ModelRunner] = []  # what `runner` made, left from shared forwards at the end
 
     def _transformers_arguments(self, pad: int | None, n: int, output_scores: bool, output_logits: bool, cache):
         """transformers' arguments of generate, checked: the pad of this run, how many sequences each prompt
@@ -603,8 +612,17 @@ class Run:
         total = min(self.prompt_len, net.max_seq_len) + self.seq_len
         if net.can_cache_kv_outside_max_seq_len:
             total = min(total, 2 * net.max_seq_len)
-        return ModelRunner(net, self.seq_start_pos, total + extra, self.cache_kv,
-                           self.config.restrict_to_max_seq_len, self.cache if net is self.net else None)
+        runner = ModelRunner(net, self.seq_start_pos, total + extra, self.cache_kv,
+                             self.config.restrict_to_max_seq_len, self.cache if net is self.net else None)
+        self.runners.append(runner)
+        return runner
+
+    def leave_shared(self):
+        """The run has ended: the shared forwards of its networks (`axw.shared`) stop waiting for its steps."""
+        for runner in self.runners:
+            shared = shared_forwards(runner.net)
+            if shared is not None and runner.cache is not None:
+                shared.leave(runner.cache)
 
     def pipeline(self, amateurs: list = ()) -> Pipeline:
         return build_pipeline(self.config, amateurs, self.breakers, self.generator)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import QK_NORMS, Attention, KVCache, RotaryEmbedding, check_rope_scaling
-from .kernels import Linear, Norm, TokenEmbedding
+from .kernels import Linear, Norm, TokenEmbedding, shared_rows
 from .utils import ConfigMixin, build_config, check_number, default, exists
 
 ACTIVATIONS = {
@@ -62,7 +62,9 @@ class FeedForward(nn.Module):
         x = self.proj_in(x)
         if self.glu:
             gate, up = x.chunk(2, dim=-1)
-            x = self.act(gate) * up
+            # contiguous: a view of several rows can take another (differently rounded) elementwise kernel than
+            # one row's, and `axw.shared` gives each run the bits it gets alone (a no-op for one row)
+            x = self.act(gate.contiguous()) * up
         else:
             x = self.act(x)
         return self.proj_out(self.dropout(x) if self.training else x)
@@ -89,6 +91,15 @@ class Block(nn.Module):
         self.ff_post_norm = Norm(dim, **norm_kwargs) if post_norm else None
         self.sliding = sliding  # attends a sliding window of keys, not all
         self.rotary = rotary
+
+    def run(self, x: Tensor, attention) -> tuple[Tensor, Tensor | None]:
+        """The residual stream x after this layer, and the attention's logsumexp (or None); `attention(h)` is
+        the attention branch, (its output, its lse), of the normed stream h."""
+        h = x if self.attn_norm is None else self.attn_norm(x)
+        out, lse = attention(h)
+        x = x + (out if self.attn_post_norm is None else self.attn_post_norm(out))
+        out = self.ff(x if self.ff_norm is None else self.ff_norm(x))
+        return x + (out if self.ff_post_norm is None else self.ff_post_norm(out)), lse
 
 
 @dataclass
@@ -284,37 +295,66 @@ class Decoder(nn.Module):
         n = x.shape[1]
         if exists(cache):
             cache.prepare(n, key_mask)
-        masks = {}  # one per (cache group, window) the layers use
         windows = self.cache_windows(window)
-        rotary = [None, None, None]  # indexed by block.rotary
-        limit = max_position + 1 if exists(max_position) else None
-        if exists(self.rotary):
-            rotary[GLOBAL_ROTARY] = self.rotary(positions, x.dtype, limit)
-        if exists(self.rotary_local):
-            rotary[LOCAL_ROTARY] = self.rotary_local(positions, x.dtype, limit)
-
+        rotary = self._rotary(positions, x.dtype, max_position)
+        masks = self._layer_masks(x, n, cache, key_mask, parallel, windows)
         lses = []
         for i, block in enumerate(self.layers):
-            mask_of = (cache.layer_slot[i][0] if exists(cache) else 0, windows[i])
-            if mask_of not in masks:
-                group = cache.groups[mask_of[0]] if exists(cache) else None
-                past, keys = (group.live(), group.keys()) if exists(group) else (0, key_mask)
-                masks[mask_of] = self._attention_mask(x, n, past, keys, parallel, mask_of[1])
-            attn_mask, is_causal = masks[mask_of]
-            h = x if block.attn_norm is None else block.attn_norm(x)
-            out, lse = block.attn(
+            x, lse = block.run(x, lambda h: block.attn(
                 h, rotary=rotary[block.rotary], cache=cache, layer=i,
-                attn_mask=attn_mask, is_causal=is_causal, return_lse=return_lse,
-            )
-            x = x + (out if block.attn_post_norm is None else block.attn_post_norm(out))
-            out = block.ff(x if block.ff_norm is None else block.ff_norm(x))
-            x = x + (out if block.ff_post_norm is None else block.ff_post_norm(out))
+                attn_mask=masks[i][0], is_causal=masks[i][1], return_lse=return_lse,
+            ))
             if return_lse:
                 lses.append(lse)
 
         if exists(cache) and not parallel:
             cache.advance(n)
         return self.final_norm(x), lses
+
+    def forward_rows(self, x: Tensor, *, positions: Tensor, caches: list[KVCache], parts: list[int],
+                     key_masks: list[Tensor | None], window: int | None = None,
+                     max_position: int | None = None) -> Tensor:
+        """`forward` (cached, no lse) for the rows of several runs in one pass (`axw.shared`): `parts` rows
+        each, in order, each run with its own cache, key mask and positions (b, n), each run's attention over
+        its own keys; the Linear layers compute each run's rows as they would alone (`kernels.shared_rows`,
+        which the caller holds)."""
+        n = x.shape[1]
+        for cache, key_mask in zip(caches, key_masks):
+            cache.prepare(n, key_mask)
+        windows = self.cache_windows(window)
+        rotary = self._rotary(positions, x.dtype, max_position)
+        masks = [self._layer_masks(x, n, cache, key_mask, False, windows)
+                 for cache, key_mask in zip(caches, key_masks)]
+        for i, block in enumerate(self.layers):
+            x, _ = block.run(x, lambda h: (block.attn.forward_rows(
+                h, rotary=rotary[block.rotary], caches=caches, parts=parts, layer=i, masks=[m[i] for m in masks],
+            ), None))
+        for cache in caches:
+            cache.advance(n)
+        return self.final_norm(x)
+
+    def _rotary(self, positions: Tensor, dtype: torch.dtype, max_position: int | None) -> list:
+        """The rotary tables of `positions`, indexed by `Block.rotary` (None where a layer has none)."""
+        rotary = [None, None, None]
+        limit = max_position + 1 if exists(max_position) else None
+        if exists(self.rotary):
+            rotary[GLOBAL_ROTARY] = self.rotary(positions, dtype, limit)
+        if exists(self.rotary_local):
+            rotary[LOCAL_ROTARY] = self.rotary_local(positions, dtype, limit)
+        return rotary
+
+    def _layer_masks(self, x: Tensor, n: int, cache: KVCache | None, key_mask: Tensor | None, parallel: bool,
+                     windows: list[int | None]) -> list[tuple[Tensor | None, bool]]:
+        """Per layer, (attention mask, is_causal): one per (cache group, window) the layers use."""
+        masks, per_layer = {}, []
+        for i in range(len(self.layers)):
+            mask_of = (cache.layer_slot[i][0] if exists(cache) else 0, windows[i])
+            if mask_of not in masks:
+                group = cache.groups[mask_of[0]] if exists(cache) else None
+                past, keys = (group.live(), group.keys()) if exists(group) else (0, key_mask)
+                masks[mask_of] = self._attention_mask(x, n, past, keys, parallel, mask_of[1])
+            per_layer.append(masks[mask_of])
+        return per_layer
 
     def layer_window(self, block: Block, window: int | None) -> int | None:
         """Keys a query of `block` sees, itself included, under a model-wide `window` (None: all)."""
@@ -484,6 +524,25 @@ class TransformerWrapper(nn.Module):
         hidden, _ = self.attn_layers(h, positions=positions, cache=cache, key_mask=key_mask, parallel=parallel,
                                      window=self._window(), max_position=cache.seen + x.shape[1] - 1)
         return hidden
+
+    def decode_rows(self, xs: list[Tensor], caches: list[KVCache]) -> list[Tensor]:
+        """`decode` for several runs in one forward (`axw.shared`): new tokens xs[i] (b_i, n), one n for all,
+        each run through its own cache; each run's final hidden states (b_i, n, dim), the bits `decode` gives
+        it alone. Inference only (dropout would draw for the rows together)."""
+        if self.training:
+            raise ValueError("decode_rows runs at inference: call model.eval() first")
+        n = xs[0].shape[1]
+        if any(x.shape[1] != n for x in xs):
+            raise ValueError(f"decode_rows takes one number of new tokens for every run, got {[x.shape[1] for x in xs]}")
+        embedded = [self._embed(x, cache.seen, cache.seq_start_pos) for x, cache in zip(xs, caches)]
+        parts = [x.shape[0] for x in xs]
+        positions = torch.cat([p.expand(b, n) for (_, p, _), b in zip(embedded, parts)])
+        with shared_rows(parts):
+            hidden = self.attn_layers.forward_rows(
+                torch.cat([h for h, _, _ in embedded]), positions=positions, caches=caches, parts=parts,
+                key_masks=[mask for _, _, mask in embedded], window=self._window(),
+                max_position=max(cache.seen for cache in caches) + n - 1)
+        return list(hidden.split(parts))
 
     def _window(self) -> int | None:
         """Keys a query of a global layer may see, itself included: past
