@@ -12,7 +12,8 @@ in X-Forwarded-For (the server trusts it, as on a Space), so the app's
 per-visitor share applies to each as it would to real visitors. Every request has
 a time limit; the run stops by itself.
 
-Reports requests done, errors, p50/p95 latency of /generate, whether each
+With `--shared both` (the default) it runs twice, with the server's shared forwards on and off
+(AXW_SHARED_FORWARDS), and reports each. Reports requests done, errors, p50/p95 latency of /generate, whether each
 fixed-seed request gave the same text every time, and the server's resident
 memory (RSS, sampled every 0.5 s): at start, peak, and the growth from the
 first to the second half of the run, which stays near zero when fine-tuned
@@ -67,9 +68,11 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def start_server(model: str, amateur: str, port: int, threads: int, budget: float | None) -> subprocess.Popen:
+def start_server(model: str, amateur: str, port: int, threads: int, budget: float | None,
+                 shared: bool = True) -> subprocess.Popen:
     # each simulated visitor names its own address, as the Hub's proxy does for a Space's visitors
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", AXW_TRUST_PROXY="1")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", AXW_TRUST_PROXY="1",
+               AXW_SHARED_FORWARDS="1" if shared else "0")
     if budget is not None:
         env["AXW_VISITOR_BUDGET_S"] = str(budget)
     command = [sys.executable, str(ROOT / "app.py"), "--model", model, "--amateur", amateur, "--port", str(port),
@@ -226,18 +229,20 @@ def parse_args():
     parser.add_argument("--flood", type=int, default=0,
                         help="sessions of one more client, all from one address, asking for long generations")
     parser.add_argument("--flood-tokens", type=int, default=256)
+    parser.add_argument("--shared", choices=["both", "on", "off"], default="both",
+                        help="the server's shared forwards (AXW_SHARED_FORWARDS): on, off, or one run of each")
     parser.add_argument("--budget", type=float, default=None,
                         help="the server's AXW_VISITOR_BUDGET_S (seconds per visitor per window; 0 = no limit)")
     return parser.parse_args()
 
 
-def load(args):
+def load(args, shared: bool = True):
     """The server under the sessions' load for args.duration seconds: (tally, memory samples, wall seconds,
     workers still running, whether the server was still serving)."""
     text = (ROOT / "assets/data/tinyshakespeare.txt").read_text()[:50_000]
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
-    proc = start_server(args.model, args.amateur, port, args.threads, args.budget)
+    proc = start_server(args.model, args.amateur, port, args.threads, args.budget, shared)
     tally, samples, stop = Tally(), [], threading.Event()
     try:
         from gradio_client import Client
@@ -272,7 +277,7 @@ def load(args):
     return tally, samples, wall, alive, serving
 
 
-def report(args, tally, samples, wall, alive, serving) -> bool:
+def report(args, shared, tally, samples, wall, alive, serving) -> bool:
     """Print the figures; whether the soak passed (no errors, no varied text, nothing left running, the server
     alive, memory levelled off after the warm-up)."""
     lat = tally.latency
@@ -280,8 +285,9 @@ def report(args, tally, samples, wall, alive, serving) -> bool:
     half = len(mib) // 2
     varied = [key for key, texts in tally.texts.items() if len(texts) > 1]
     print(f"model {args.model}, amateur {args.amateur}; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, server torch threads {args.threads}, "
-          f"AXW_CONCURRENCY {os.environ.get('AXW_CONCURRENCY', '2')}")
+          f"{os.cpu_count()} CPUs, server torch threads {args.threads}, load average {os.getloadavg()[0]:.1f}")
+    env = dict(os.environ, AXW_SHARED_FORWARDS="1" if shared else "0")
+    print(f"shared forwards {'on' if shared else 'off'}, {pg.sessions.concurrency(env)} generations at once")
     print(f"{args.sessions} generating sessions + 1 fine-tuning visitor for {args.duration:.0f} s "
           f"(wall {wall:.0f} s), {args.new} new tokens per generation")
     print(f"generations done (/generate and the Generate tab's event): {len(lat)} ({len(lat) / wall:.2f}/s); "
@@ -316,7 +322,10 @@ def report(args, tally, samples, wall, alive, serving) -> bool:
 
 def main():
     args = parse_args()
-    ok = report(args, *load(args))
+    ok = True
+    for shared in {"both": (True, False), "on": (True,), "off": (False,)}[args.shared]:
+        ok = report(args, shared, *load(args, shared)) and ok
+        print()
     sys.exit(0 if ok else 1)
 
 

@@ -10,6 +10,9 @@ MAX_TRAIN_CHARS = 2_000_000
 MAX_FINETUNE_STEPS = 500
 MAX_BATCH_SIZE = 32
 MODEL_CACHE_SIZE = 3
+# generations running at once (AXW_CONCURRENCY): with shared forwards (AXW_SHARED_FORWARDS=1, the default) the runs
+# in flight decode their tokens in one forward, so a class's runs all go at once; each on its own, 2 on 2 cores
+SHARED_CONCURRENCY, ALONE_CONCURRENCY = 32, 2
 MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in bf16 (AXW_HUB_MODEL_BYTES)
 # visitors' fine-tuned copies kept at once (AXW_FINETUNES), and the memory they may hold together
 # (AXW_FINETUNE_BYTES): a class of 30 each with a copy of the bundled model (8 MB) fits easily
@@ -18,7 +21,8 @@ FINETUNE_BYTES = 2_000_000_000
 SESSION_IDLE_S = 3600  # a fine-tuned copy unused for an hour is dropped
 # each browser session's share of the machine: seconds holding a generation or fine-tuning slot per window
 # (AXW_VISITOR_BUDGET_S, AXW_VISITOR_WINDOW_S); everyone behind one address (a school's network) together gets
-# ADDRESS_SESSIONS sessions' worth (AXW_ADDRESS_BUDGET_S): with 2 slots that is the whole machine for a class
+# ADDRESS_SESSIONS sessions' worth for every ALONE_CONCURRENCY generation slots (AXW_ADDRESS_BUDGET_S): with 2
+# slots 4 sessions', with 32 slots 64: the whole machine for a class
 VISITOR_BUDGET_S = 60.0
 VISITOR_WINDOW_S = 120.0
 ADDRESS_SESSIONS = 4

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from axw import AutoregressiveWrapper
+from axw import AutoregressiveWrapper, SharedForwards
 from axw.hub import validate_repo_id
 
 from .caps import MAX_HUB_MODEL_BYTES, MODEL_CACHE_SIZE
@@ -150,10 +150,12 @@ def hub_dtype(device: torch.device, dtype: torch.dtype, env=os.environ) -> torch
 class ModelCache:
     """Models by name, loaded once and kept in a bounded LRU cache. The local
     folders it was built with (the bundled models) are pinned; any other name
-    must be a Hub repo id, so a visitor cannot read arbitrary server folders."""
+    must be a Hub repo id, so a visitor cannot read arbitrary server folders.
+    With `shared`, each model's runs in flight share its forwards (`axw.SharedForwards`)."""
 
-    def __init__(self, local: list[str], size: int = MODEL_CACHE_SIZE, device=None, dtype=None):
+    def __init__(self, local: list[str], size: int = MODEL_CACHE_SIZE, device=None, dtype=None, shared: bool = False):
         default_device, default_dtype = pick_device()
+        self.shared = shared  # each model's runs in flight share its forwards (axw.shared)
         self.device, self.dtype = device or default_device, dtype or default_dtype
         self.local = [str(p) for p in local if p]
         self.size = size
@@ -189,6 +191,8 @@ class ModelCache:
         dtype = self.dtype if name in self.local else hub_dtype(self.device, self.dtype)
         if dtype != torch.float32:
             model.to(dtype)
+        if self.shared:
+            SharedForwards(model.net)
         return model.eval()
 
     def get(self, name: str, progress=None) -> AutoregressiveWrapper:

@@ -14,7 +14,7 @@ import inspect
 import os
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,11 +28,17 @@ from . import models as model_store
 from . import runs as R
 from .caps import FINETUNE_BYTES, MAX_SESSIONS, VISITOR_BUDGET_S, VISITOR_WINDOW_S
 from .models import ModelCache
-from .sessions import ClassShare, KVStore, Sessions, env_number, visitor
+from .sessions import ClassShare, KVStore, Sessions, concurrency, env_number, shared_forwards_on, visitor
 from .sessions import trusted_proxies as proxy_count
 from .settings import Settings, check_prompt, from_generation_config, number, settings_from_dict
 
-STREAM_INTERVAL_S = 0.03
+STREAM_INTERVAL_S = 0.05  # the least time between two updates of a streamed text
+# what the page's streamed updates may cost the server together: each one re-renders and re-sends the text, work
+# outside the model that a class's visitors would otherwise multiply; one stream updates every STREAM_INTERVAL_S,
+# several together at most STREAM_UPDATES_PER_S updates a second in all, and each at least every
+# STREAM_INTERVAL_MAX_S
+STREAM_UPDATES_PER_S = 30
+STREAM_INTERVAL_MAX_S = 0.5
 
 try:  # ZeroGPU on Spaces: borrow a GPU per call (imported before torch, as it asks); elsewhere a no-op
     import spaces
@@ -72,17 +78,45 @@ def takes_settings(fn):
     return endpoint
 
 
-def throttle(items, interval: float = STREAM_INTERVAL_S):
-    """The first item, then at most one every `interval` seconds, and always the
-    last: a long text is not re-sent to the browser for every token."""
-    shown, pending = 0.0, None
-    for item in items:
-        pending = item
-        if time.perf_counter() - shown > interval:
-            yield item
-            shown, pending = time.perf_counter(), None
-    if pending is not None:
-        yield pending
+class Streams:
+    """The streamed texts in flight (a generation or a branch streaming to a page): how often each may update."""
+
+    def __init__(self, least: float | None = None):
+        self.count, self.lock = 0, threading.Lock()
+        self.least = env_number("AXW_STREAM_INTERVAL_S", STREAM_INTERVAL_S, 0) if least is None else least
+
+    @contextmanager
+    def open(self):
+        with self.lock:
+            self.count += 1
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.count -= 1
+
+    def interval(self) -> float:
+        """Seconds between two updates of one stream: STREAM_INTERVAL_S alone (AXW_STREAM_INTERVAL_S), longer when
+        many stream at once."""
+        return max(self.least, min(STREAM_INTERVAL_MAX_S, self.count / STREAM_UPDATES_PER_S))
+
+
+STREAMS = Streams()
+
+
+def throttle(items, interval: float | None = None):
+    """The first item, then at most one every `interval` seconds (by default `STREAMS.interval()`, which grows
+    with the streams in flight), and always the last: a long text is not re-sent to the browser for every
+    token."""
+    with STREAMS.open() if interval is None else nullcontext():
+        shown, pending = 0.0, None
+        for item in items:
+            pending = item
+            if time.perf_counter() - shown > (STREAMS.interval() if interval is None else interval):
+                yield item
+                shown, pending = time.perf_counter(), None
+        if pending is not None:
+            yield pending
 
 
 @contextmanager
@@ -111,7 +145,7 @@ class Playground:
                  address_budget_s: float | None = None, finetunes: int | None = None):
         self.model_name, self.amateur_name = model, amateur
         self.draft_name = draft or model_store.default_draft(model, amateur)
-        self.models = ModelCache([model, amateur, self.draft_name])
+        self.models = ModelCache([model, amateur, self.draft_name], shared=shared_forwards_on())
         self._datastores, self._datastores_lock = {}, threading.Lock()  # the draft's n-gram datastore, once loaded
         self.sessions = Sessions(
             size=env_number("AXW_FINETUNES", MAX_SESSIONS, 1, integer=True) if finetunes is None else finetunes,
@@ -122,7 +156,7 @@ class Playground:
         if address_budget_s is None and os.environ.get("AXW_ADDRESS_BUDGET_S", "").strip():
             address_budget_s = env_number("AXW_ADDRESS_BUDGET_S", 0, 0)
         self.share = ClassShare(visitor_budget_s, address_budget_s,
-                                env_number("AXW_VISITOR_WINDOW_S", VISITOR_WINDOW_S, 1))
+                                env_number("AXW_VISITOR_WINDOW_S", VISITOR_WINDOW_S, 1), slots=concurrency())
         # how many proxies append to X-Forwarded-For (AXW_TRUSTED_PROXIES; 1 on a Space); trust_proxy=True is 1
         self.trusted_proxies = proxy_count(trusted_proxies, trust_proxy)
         self.models.get(model)  # loaded once at start, onto the GPU when there is one

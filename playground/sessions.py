@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 from axw.utils import check_number
 
-from .caps import (ADDRESS_SESSIONS, FINETUNE_BYTES, KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS, MAX_TRUSTED_PROXIES,
-                   SESSION_IDLE_S, VISITOR_BUDGET_S, VISITOR_WINDOW_S)
+from .caps import (ADDRESS_SESSIONS, ALONE_CONCURRENCY, FINETUNE_BYTES, KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS,
+                   MAX_TRUSTED_PROXIES, SESSION_IDLE_S, SHARED_CONCURRENCY, VISITOR_BUDGET_S, VISITOR_WINDOW_S)
 
 
 class Sessions:
@@ -132,6 +132,20 @@ def env_number(name: str, default: float, low: float, high: float | None = None,
     except ValueError:
         allowed = f"from {low:g}" + (f" to {high:g}" if high is not None else " up")
         raise ValueError(f"{name} must be a {'whole ' if integer else ''}number {allowed}, got {raw!r}") from None
+
+
+def shared_forwards_on(env=os.environ) -> bool:
+    """Whether visitors' runs of one model share its forwards (AXW_SHARED_FORWARDS, 1 unless set to 0)."""
+    raw = env.get("AXW_SHARED_FORWARDS", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"AXW_SHARED_FORWARDS must be 1 (visitors' runs share forwards) or 0, got {raw!r}")
+    return raw != "0"
+
+
+def concurrency(env=os.environ) -> int:
+    """Generations running at once (AXW_CONCURRENCY): by default many with shared forwards, else 2."""
+    default = SHARED_CONCURRENCY if shared_forwards_on(env) else ALONE_CONCURRENCY
+    return env_number("AXW_CONCURRENCY", default, 1, 256, integer=True, env=env)
 
 
 def trusted_proxies(trusted: int | None = None, trust_proxy: bool | None = None, env=os.environ) -> int:
@@ -271,15 +285,16 @@ class ClassShare:
     everyone behind one address together at most `address_s` (several sessions' worth). Thirty students behind a
     school's one address are each served; one session sending request after request is held back at its own
     share; a client that opens a new session per request is held back at its address's ceiling. Either at or
-    below 0 is off."""
+    below 0 is off. The address's default ceiling grows with `slots`, the generations running at once."""
 
     ADDRESS_REFUSAL = ("visitors from your network address have used this machine for {spent:.0f} s in the last "
                        "{window:.0f} s, the most one address gets (several times the share each visitor gets) so "
                        "others have a turn; try again in {wait:.0f} s")
 
     def __init__(self, session_s: float = VISITOR_BUDGET_S, address_s: float | None = None,
-                 window_s: float = VISITOR_WINDOW_S, clock=time.monotonic):
-        address_s = ADDRESS_SESSIONS * session_s if address_s is None else address_s
+                 window_s: float = VISITOR_WINDOW_S, clock=time.monotonic, slots: int = ALONE_CONCURRENCY):
+        if address_s is None:  # the whole machine's slot-seconds, for a class behind one address
+            address_s = ADDRESS_SESSIONS * session_s * max(1.0, slots / ALONE_CONCURRENCY)
         self.sessions = FairShare(session_s, window_s, clock)
         self.addresses = FairShare(address_s, window_s, clock, refusal=self.ADDRESS_REFUSAL)
 

@@ -1,0 +1,218 @@
+"""Shared forwards (axw.shared): runs in flight decode together, each getting the bits it gets alone."""
+
+import threading
+
+import pytest
+import torch
+
+import axw
+import playground as pg
+from axw import SharedForwards
+from conftest import tiny_model
+from playground import runs as R
+
+ARCHITECTURES = [
+    dict(rotary=True),
+    dict(rotary=True, attn_kv_heads=2),
+    dict(rotary=True, ff_glu=True, ff_swish=True),
+    dict(rotary=True, attn_qk_norm="head", attn_qkv_bias=True, use_rmsnorm=True),
+    dict(rotary=True, attn_qk_norm="full", attn_bias=True),
+    dict(rotary=True, attn_softcap=20.0, post_branch_norm=True, norm_unit_offset=True, use_rmsnorm=True),
+    dict(rotary=True, sliding_window=6, layer_types=["sliding_attention", "full_attention"],
+         rotary_emb_base_local=500.0),
+    dict(rotary=True, nope_layers=[1]),
+    dict(rotary=False),  # absolute positions
+]
+
+
+@pytest.mark.parametrize("options", ARCHITECTURES, ids=lambda o: ",".join(o))
+def test_decode_rows_gives_each_run_the_bits_of_its_own_decode(options):
+    """Runs of different lengths (one left-padded, one with three rows like beams), stepped together and alone
+    through copies of the same caches: every step's hidden states are equal bit for bit, for all the runs and
+    for a few of them."""
+    torch.manual_seed(0)
+    net = tiny_model(dim=64, depth=2, heads=4, **options).net.eval()
+    rows, lengths = [1, 1, 3, 1, 2], [3, 9, 5, 12, 4]
+    alone = [net.new_cache(40) for _ in rows]
+    together = [net.new_cache(40) for _ in rows]
+    with torch.no_grad():
+        for i, (b, n) in enumerate(zip(rows, lengths)):
+            prompt = torch.randint(0, net.num_tokens, (b, n))
+            if i == 4:  # left padding: the first row's prompt starts 2 tokens in
+                alone[i].seq_start_pos, together[i].seq_start_pos = torch.tensor([2, 0]), torch.tensor([2, 0])
+            net.decode(prompt, alone[i])
+            net.decode(prompt, together[i])
+        for step in range(10):  # past the sliding window
+            runs = range(len(rows)) if step % 3 else [0, 2, 3]
+            tokens = [torch.randint(0, net.num_tokens, (rows[i], 1)) for i in runs]
+            expected = [net.decode(t, alone[i]) for t, i in zip(tokens, runs)]
+            got = net.decode_rows(tokens, [together[i] for i in runs])
+            for e, g in zip(expected, got):
+                assert torch.equal(e, g)
+
+
+def test_decode_rows_refuses_training_and_mixed_lengths():
+    net = tiny_model(rotary=True).net
+    caches = [net.new_cache(8), net.new_cache(8)]
+    with pytest.raises(ValueError, match="eval"):
+        net.decode_rows([torch.zeros(1, 1, dtype=torch.long)] * 2, caches)
+    net.eval()
+    with pytest.raises(ValueError, match="one number of new tokens"):
+        net.decode_rows([torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long)], caches)
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    def load(name):
+        return axw.AutoregressiveWrapper.from_pretrained(str(pg.ROOT / "assets" / "models" / name)).eval()
+
+    return load("shakespeare"), load("shakespeare-tiny"), load("shakespeare-draft")
+
+
+PROMPTS = ["ROMEO:", "JULIET:\nO Romeo, Romeo! wherefore art thou Romeo?", "First Citizen:\nBefore we proceed", "KING"]
+SETTINGS = [
+    pg.Settings(max_new_tokens=40, temperature=0.8, top_p=0.9, seed=1),
+    pg.Settings(max_new_tokens=25, temperature=0.0, seed=2),  # ends first
+    pg.Settings(max_new_tokens=30, strategy="beam search", beams=3),
+    pg.Settings(max_new_tokens=45, temperature=1.0, min_p=0.1, repetition_penalty=1.3, seed=5),
+    pg.Settings(max_new_tokens=30, strategy="contrastive decoding", temperature=0.7, seed=3),
+    pg.Settings(max_new_tokens=35, strategy="speculative decoding", drafter="draft model", temperature=0.9,
+                seed=4, num_assistant_tokens=3),
+    pg.Settings(max_new_tokens=30, strategy="contrastive search", penalty_alpha=0.6, contrastive_k=4),
+]
+
+
+def run_one(models, i, cache=None):
+    model, amateur, draft = models
+    settings = SETTINGS[i].check()
+    helpers = dict(amateur=amateur) if settings.strategy == "contrastive decoding" else \
+        dict(assistant=draft) if settings.strategy == "speculative decoding" else {}
+    run, updates = R.start(model, PROMPTS[i % len(PROMPTS)], settings, settings.config(model), cache=cache,
+                           **helpers)
+    for run in updates:
+        pass
+    return run
+
+
+def in_threads(jobs):
+    """Run the jobs at once, each in a thread of its own; their results in order (an exception raised again)."""
+    results, errors, start = [None] * len(jobs), [], threading.Barrier(len(jobs))
+
+    def work(i):
+        start.wait()
+        try:
+            results[i] = jobs[i]()
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def share(*nets, wait_s=0.2):
+    return [SharedForwards(net, wait_s=wait_s) for net in nets]
+
+
+def test_runs_together_get_their_tokens_probabilities_and_trace_alone(bundled):
+    """Every strategy, prompts of different lengths, different settings and seeds, one run ending early: run
+    at once with shared forwards (the expert's, the amateur's, the drafter's), each run's tokens, probabilities
+    and whole trace equal the ones it gets alone; and the forwards were shared."""
+    alone = [run_one(bundled, i) for i in range(len(SETTINGS))]
+    shared = share(*(m.net for m in bundled))
+    try:
+        together = in_threads([lambda i=i: run_one(bundled, i) for i in range(len(SETTINGS))])
+    finally:
+        for s in shared:
+            s.close()
+    for a, t in zip(alone, together):
+        assert (t.new_ids, t.probs, t.rows, t.ended) == (a.new_ids, a.probs, a.rows, a.ended)
+    assert shared[0].stats.largest >= 3  # the expert's steps of several runs in one forward
+    assert shared[2].stats.forwards > 0  # the drafter's forwards went through its own
+    assert all(s.members == 0 for s in shared)  # every run left when it ended
+
+
+def test_a_branch_joins_like_any_run(bundled):
+    """A what-if branch (forked from its parent's kept cache) run beside two new runs: all three as alone."""
+    model = bundled[0]
+    settings = pg.Settings(max_new_tokens=30, temperature=0.8, seed=7).check()
+    config = settings.config(model)
+
+    def branched():
+        cache = model.net.new_cache()
+        run, updates = R.start(model, "ROMEO:", settings, config, cache=cache)
+        for run in updates:
+            pass
+        _, updates, _ = pg.branch(model, run, 10, run.rows[10]["candidates"][3], config, kept=cache)
+        for branch in updates:
+            pass
+        return branch
+
+    alone = [branched(), run_one(bundled, 0), run_one(bundled, 3)]
+    shared = share(model.net)
+    try:
+        together = in_threads([branched, lambda: run_one(bundled, 0), lambda: run_one(bundled, 3)])
+    finally:
+        shared[0].close()
+    for a, t in zip(alone, together):
+        assert (t.new_ids, t.probs, t.rows) == (a.new_ids, a.probs, a.rows)
+    assert shared[0].stats.largest >= 2
+
+
+def test_a_failing_forward_reaches_every_run_in_it_and_the_next_forwards_work(bundled, monkeypatch):
+    model = bundled[0]
+    shared = share(model.net)[0]
+    try:
+        def broken(*args, **kwargs):
+            raise RuntimeError("out of memory (a test's)")
+
+        monkeypatch.setattr(type(model.net), "decode_rows", broken)
+        with pytest.raises(RuntimeError, match="a test's"):
+            in_threads([lambda: run_one(bundled, 0), lambda: run_one(bundled, 1), lambda: run_one(bundled, 3)])
+        monkeypatch.undo()
+        expected = [run_one(bundled, 0).new_ids, run_one(bundled, 3).new_ids]
+        got = in_threads([lambda: run_one(bundled, 0), lambda: run_one(bundled, 3)])
+        assert [r.new_ids for r in got] == expected
+    finally:
+        shared.close()
+
+
+def test_a_stopped_run_leaves_and_a_closed_share_is_gone(bundled):
+    model = bundled[0]
+    shared = share(model.net)[0]
+    settings = SETTINGS[0].check()
+    run, updates = R.start(model, "ROMEO:", settings, settings.config(model))
+    for _ in range(5):
+        next(updates)
+    assert shared.members == 1  # the run is in flight: the next forward waits for it
+    updates.close()  # the visitor stopped it
+    assert shared.members == 0
+    with pytest.raises(ValueError, match="shared already"):
+        SharedForwards(model.net)
+    shared.close()
+    assert axw.shared.shared_forwards(model.net) is None
+
+
+def test_bad_settings_of_the_share_are_refused():
+    net = tiny_model().net
+    for kwargs, message in [(dict(max_rows=0), "max_rows"), (dict(wait_s=-1), "wait_s")]:
+        with pytest.raises(ValueError, match=message):
+            SharedForwards(net, **kwargs)
+
+
+def test_the_app_shares_forwards_unless_told_not_to():
+    assert pg.sessions.shared_forwards_on({}) and not pg.sessions.shared_forwards_on({"AXW_SHARED_FORWARDS": "0"})
+    assert pg.sessions.concurrency({}) == pg.SHARED_CONCURRENCY
+    assert pg.sessions.concurrency({"AXW_SHARED_FORWARDS": "0"}) == pg.ALONE_CONCURRENCY
+    assert pg.sessions.concurrency({"AXW_CONCURRENCY": "5"}) == 5
+    for name, value in [("AXW_SHARED_FORWARDS", "yes"), ("AXW_CONCURRENCY", "0")]:
+        with pytest.raises(ValueError, match=name):
+            pg.sessions.concurrency({name: value})
+    # the address's ceiling grows with the generations at once: the whole machine for a class behind one address
+    wide = pg.ClassShare(session_s=10, slots=pg.SHARED_CONCURRENCY)
+    assert wide.addresses.budget_s == pg.ADDRESS_SESSIONS * 10 * pg.SHARED_CONCURRENCY / pg.ALONE_CONCURRENCY
