@@ -21,8 +21,7 @@ FINETUNE_BYTES = 2_000_000_000
 SESSION_IDLE_S = 3600  # a fine-tuned copy unused for an hour is dropped
 # each browser session's share of the machine: seconds holding a generation or fine-tuning slot per window
 # (AXW_VISITOR_BUDGET_S, AXW_VISITOR_WINDOW_S); everyone behind one address (a school's network) together gets
-# ADDRESS_SESSIONS sessions' worth for every ALONE_CONCURRENCY generation slots (AXW_ADDRESS_BUDGET_S): with 2
-# slots 4 sessions', with 32 slots 64: the whole machine for a class
+# ADDRESS_SESSIONS sessions' worth (AXW_ADDRESS_BUDGET_S): with 2 slots that is the whole machine for a class
 VISITOR_BUDGET_S = 60.0
 VISITOR_WINDOW_S = 120.0
 ADDRESS_SESSIONS = 4

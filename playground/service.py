@@ -28,7 +28,7 @@ from . import models as model_store
 from . import runs as R
 from .caps import FINETUNE_BYTES, MAX_SESSIONS, VISITOR_BUDGET_S, VISITOR_WINDOW_S
 from .models import ModelCache
-from .sessions import ClassShare, KVStore, Sessions, concurrency, env_number, shared_forwards_on, visitor
+from .sessions import ClassShare, KVStore, Sessions, env_number, shared_forwards_on, visitor
 from .sessions import trusted_proxies as proxy_count
 from .settings import Settings, check_prompt, from_generation_config, number, settings_from_dict
 
@@ -156,7 +156,7 @@ class Playground:
         if address_budget_s is None and os.environ.get("AXW_ADDRESS_BUDGET_S", "").strip():
             address_budget_s = env_number("AXW_ADDRESS_BUDGET_S", 0, 0)
         self.share = ClassShare(visitor_budget_s, address_budget_s,
-                                env_number("AXW_VISITOR_WINDOW_S", VISITOR_WINDOW_S, 1), slots=concurrency())
+                                env_number("AXW_VISITOR_WINDOW_S", VISITOR_WINDOW_S, 1))
         # how many proxies append to X-Forwarded-For (AXW_TRUSTED_PROXIES; 1 on a Space); trust_proxy=True is 1
         self.trusted_proxies = proxy_count(trusted_proxies, trust_proxy)
         self.models.get(model)  # loaded once at start, onto the GPU when there is one

@@ -285,16 +285,15 @@ class ClassShare:
     everyone behind one address together at most `address_s` (several sessions' worth). Thirty students behind a
     school's one address are each served; one session sending request after request is held back at its own
     share; a client that opens a new session per request is held back at its address's ceiling. Either at or
-    below 0 is off. The address's default ceiling grows with `slots`, the generations running at once."""
+    below 0 is off."""
 
     ADDRESS_REFUSAL = ("visitors from your network address have used this machine for {spent:.0f} s in the last "
                        "{window:.0f} s, the most one address gets (several times the share each visitor gets) so "
                        "others have a turn; try again in {wait:.0f} s")
 
     def __init__(self, session_s: float = VISITOR_BUDGET_S, address_s: float | None = None,
-                 window_s: float = VISITOR_WINDOW_S, clock=time.monotonic, slots: int = ALONE_CONCURRENCY):
-        if address_s is None:  # the whole machine's slot-seconds, for a class behind one address
-            address_s = ADDRESS_SESSIONS * session_s * max(1.0, slots / ALONE_CONCURRENCY)
+                 window_s: float = VISITOR_WINDOW_S, clock=time.monotonic):
+        address_s = ADDRESS_SESSIONS * session_s if address_s is None else address_s
         self.sessions = FairShare(session_s, window_s, clock)
         self.addresses = FairShare(address_s, window_s, clock, refusal=self.ADDRESS_REFUSAL)
 

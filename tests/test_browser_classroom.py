@@ -114,3 +114,37 @@ def test_a_refusal_leaves_no_error_badge_and_keeps_what_was_shown(served_app, br
     assert page.evaluate(rows) == numbers
     assert page.locator("#compare-metrics").get_by_text("contrastive search (alpha 0.6, k 4)").count() == 1
     page.context.close()
+
+
+def test_visitors_pressing_generate_together_share_forwards_and_each_gets_its_own_text(served_app, browser):
+    """Four visitors, each with their own seed, press Generate one after another without waiting: their runs
+    decode in shared forwards, and each page shows the text it shows when its visitor presses Generate again
+    alone."""
+    from axw.shared import shared_forwards
+
+    url, demo = served_app
+    pages = []
+    for i in range(4):
+        page = visitor(browser, url, f"198.51.100.{20 + i}")
+        page.get_by_label("temperature").first.fill("0.9")
+        page.get_by_label("number input for max new tokens").fill("400")
+        page.get_by_label("seed", exact=True).first.fill(str(i + 1))
+        page.evaluate("() => document.querySelectorAll('#step-chart [data-step]').forEach((e) => e.remove())")
+        pages.append(page)
+    shared = shared_forwards(demo.playground.model("").net)
+    for page in pages:
+        page.locator("#generate").click()
+    for page in pages:
+        page.wait_for_function("() => document.querySelector('#step-chart [data-step]') !== null", timeout=60000)
+    assert shared is not None and shared.stats.largest >= 2  # several visitors' steps in one forward
+    together = [page.locator("#output .axw-out").inner_text() for page in pages]
+    assert len(set(together)) == len(pages)  # each visitor its own text
+    for page, text in zip(pages, together):  # again, alone: the output streams in anew, to the same text
+        page.evaluate("() => { document.querySelector('#output .axw-out').innerText = ''; }")
+        page.locator("#generate").click()
+        page.wait_for_function(
+            "(want) => (document.querySelector('#output .axw-out')?.innerText || '').length >= want",
+            arg=len(text), timeout=60000)
+        page.wait_for_timeout(300)  # the last update, if any, is in
+        assert page.locator("#output .axw-out").inner_text() == text
+        page.context.close()

@@ -213,6 +213,3 @@ def test_the_app_shares_forwards_unless_told_not_to():
     for name, value in [("AXW_SHARED_FORWARDS", "yes"), ("AXW_CONCURRENCY", "0")]:
         with pytest.raises(ValueError, match=name):
             pg.sessions.concurrency({name: value})
-    # the address's ceiling grows with the generations at once: the whole machine for a class behind one address
-    wide = pg.ClassShare(session_s=10, slots=pg.SHARED_CONCURRENCY)
-    assert wide.addresses.budget_s == pg.ADDRESS_SESSIONS * 10 * pg.SHARED_CONCURRENCY / pg.ALONE_CONCURRENCY
