@@ -13,6 +13,7 @@ import urllib.parse
 from dataclasses import asdict, field, fields, make_dataclass, replace
 
 from axw import GenerationConfig
+from axw.logit_lens import candidate_layers, is_tied
 from axw.utils import check_number
 from axw.specs import APP_SPECS, FILTER_SPECS, SPEC, STOCHASTIC_BEAM_GROUPS, STRATEGIES, STRATEGY_GROUPS
 
@@ -103,6 +104,8 @@ class SettingsMethods:
                 kw["prompt_lookup_num_tokens"] = s.num_assistant_tokens
             elif s.drafter == "draft model + prompt lookup":
                 kw["assistant_lookup_ngram"] = LOOKUP_NGRAM
+        elif s.strategy == "DoLa":  # the layers this network has, before any compute
+            candidate_layers(s.dola_layers, model.net.attn_layers.depth, is_tied(model.net))
         return GenerationConfig(**kw)
 
     def stop_ids(self, model) -> int | list[int] | None:
