@@ -42,7 +42,7 @@ def layers_html(lens: dict | None, tokenizer) -> str:
     parts.append('</p><table class="axw-table axw-layer-table"><tr><th>layer</th><th>top guesses</th>'
                  + ("<th>chosen: rank</th><th>chosen: p</th>" if chosen is not None else "") + "<th>entropy</th></tr>")
     for layer in reversed(lens["layers"]):
-        guesses = " ".join(f'{_token(tokenizer, t)} <small>{show_number(p, ".2f")}</small>'
+        guesses = " ".join(f'{_token(tokenizer, t)} <small>{show_number(p, ".3f")}</small>'
                            for t, p in zip(lens["top"][layer], lens["top_probs"][layer]))
         mark = ' class="axw-contrasted"' if layer in contrasted else ""
         note = (" <small>(DoLa: contrasted)</small>" if layer == contrasted[0] else " <small>(DoLa: mature)</small>"
@@ -62,17 +62,18 @@ def dola_panel(row: dict, tokenizer, settings=None, previous=None) -> str:
     d = row.get("dola")
     if not d:
         return ""
-    parts = ["<p>DoLa: the candidate early layers, each read through the final norm and the head. The one whose "
+    parts = ['<div class="axw-dola-panel"><p>DoLa: the candidate early layers, each read through the final norm '
+             "and the head. The one whose "
              "distribution differs most from the last layer's (Jensen-Shannon divergence) is contrasted: the "
              "<i>dola</i> stage scores log p<sub>last</sub> - log p<sub>early</sub> over the tokens with "
              "p<sub>last</sub> &ge; 0.1 &times; its top.</p>",
              '<table class="axw-table axw-dola"><tr><th>layer</th><th>divergence</th><th>its top guesses</th></tr>']
     for layer, div, top, probs in zip(d["layers"], d["divergence"], d["top"], d["top_probs"]):
         mark = ' class="axw-chosen"' if layer == d["premature"] else ""
-        guesses = " ".join(f'{_token(tokenizer, t)} <small>{show_number(p, ".2f")}</small>' for t, p in zip(top, probs))
+        guesses = " ".join(f'{_token(tokenizer, t)} <small>{show_number(p, ".3f")}</small>' for t, p in zip(top, probs))
         parts.append(f"<tr{mark}><td>{layer}{' (contrasted)' if mark else ''}</td><td>{show_number(div, '.4f')}</td>"
                      f"<td>{guesses}</td></tr>")
-    parts.append("</table>")
+    parts.append("</table></div>")
     return "".join(parts)
 
 
