@@ -11,10 +11,14 @@ LAYER_TOP = 5  # each layer's most likely tokens shown
 
 
 def taken(run, step: int) -> int | None:
-    """The token `run` took at `step` (0-based): the trace's choice, else its text's token there."""
+    """The token `run` took at `step` (0-based): the trace's choice; for beam search the token the leading beam
+    after the step adds to the one that led into it (None when another beam took the lead); else its text's."""
     row = run.rows[step] if step < len(run.rows) else {}
     if row.get("chosen") is not None:
         return int(row["chosen"])
+    if "beams" in row:
+        prefix, beam = run.prefix(step), run.prompt_ids + row["beams"][0]
+        return beam[len(prefix)] if len(beam) > len(prefix) and beam[:len(prefix)] == prefix else None
     return run.new_ids[step] if step < len(run.new_ids) else None
 
 
