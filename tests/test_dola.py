@@ -56,7 +56,7 @@ def by_hand(cuts, seq: torch.Tensor, layers: list[int], penalty: float = 1.0):
 def test_greedy_dola_is_the_hand_computation(deep, cuts, dola_layers):
     layers = candidate_layers(dola_layers, DEPTH, tied=False)
     prompt = torch.randint(0, 97, (6,), generator=torch.Generator().manual_seed(1))
-    steps = list(deep.stream(prompt, 8, dola_layers=dola_layers, temperature=0.0, repetition_penalty=1.2,
+    steps = list(deep.stream(prompt, 5, dola_layers=dola_layers, temperature=0.0, repetition_penalty=1.2,
                              trace=True))
     seq = prompt.clone()
     for step in steps:
