@@ -251,6 +251,8 @@ def from_generation_config(config: GenerationConfig | None) -> tuple[Settings, l
                       contrastive_k=min(config.contrastive_k, MAX_CONTRASTIVE_K))
     else:
         values.update(strategy="sampling", temperature=min(config.temperature, 5.0))
+        if config.dola_layers is not None:
+            values.update(strategy="DoLa", dola_layers=SPEC["dola_layers"].check(config.dola_layers, app=True))
     fns = config.filter_logits_fn if isinstance(config.filter_logits_fn, list) else [config.filter_logits_fn]
     kws = config.filter_kwargs if isinstance(config.filter_kwargs, list) else [config.filter_kwargs]
     for fn, kw in zip(fns, kws + [{}] * len(fns)):

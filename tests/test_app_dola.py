@@ -63,3 +63,17 @@ def test_the_layer_view_is_each_cut_networks_guess(client, models, app):
 
 def test_formed_at_is_where_the_top_guess_settles():
     assert formed_at([3, 0, 1, 0, 0]) == 3 and formed_at([0, 0]) == 0 and formed_at([0, 2]) is None
+
+
+def test_a_models_own_dola_settings_start_the_controls():
+    from axw import GenerationConfig
+    from playground.settings import from_generation_config
+
+    settings, unsupported = from_generation_config(GenerationConfig(dola_layers=[0, 2], temperature=0.0,
+                                                                    repetition_penalty=1.2))
+    assert (settings.strategy, settings.dola_layers, settings.temperature) == ("DoLa", "0, 2", 0.0)
+    from conftest import tiny_model
+
+    assert settings.config(tiny_model(depth=4), trace=False).dola_layers == [0, 2]
+    with pytest.raises(ValueError, match="outside this network"):
+        settings.config(tiny_model(depth=2))
