@@ -5,7 +5,7 @@ prompt ids -> `GenerationConfig` (checked once) -> prefill once -> per step:
 `decode_one_token` through the KV cache -> logits -> the processor pipeline
 -> the strategy chooses -> ids. What the strategies share is in `runtime`;
 each strategy is a function of the run in a module of its own (`sampling`,
-`beam_search`, `contrastive_search`, `speculative`); streaming and the
+`beam_search`, `contrastive_search`, `speculative`, `dola`); streaming and the
 teaching trace are by-products of their loops.
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
-from . import beam_search, contrastive_search, sampling, speculative
+from . import beam_search, contrastive_search, dola, sampling, speculative
 from .runtime import (  # noqa: F401  (the names generation has always offered)
     INT_DTYPES,
     STRATEGIES,
@@ -35,6 +35,7 @@ STEPS: dict[str, Callable[[Run], Iterator[Step]]] = {
     "beam": beam_search.steps,
     "contrastive": contrastive_search.steps,
     "speculative": speculative.steps,
+    "dola": dola.steps,
 }
 
 

@@ -46,7 +46,7 @@ class GenerationConfig:
     """Every decoding setting. The strategy follows from them: `beams` > 1
     is beam search, `penalty_alpha` contrastive search, an assistant model, an
     n-gram datastore or `prompt_lookup_num_tokens` speculative decoding,
-    anything else sampling (greedy at temperature 0)."""
+    `dola_layers` DoLa, anything else sampling (greedy at temperature 0)."""
 
     # sampling: filters (names in axw.filters, or callables) chained in order, then temperature
     temperature: float = 1.0
@@ -76,6 +76,8 @@ class GenerationConfig:
     penalty_alpha: float | None = None
     contrastive_k: int = 4
     contrastive_decode_kwargs: dict | list = field(default_factory=lambda: dict(beta=0.5, alpha=0.1))
+    # DoLa: "low", "high" or a list of layer numbers to contrast the last layer with (None = off)
+    dola_layers: str | list | None = None
     # speculative decoding (with an assistant model and/or an n-gram datastore, or drafting by prompt lookup)
     num_assistant_tokens: int = 5
     num_assistant_tokens_schedule: str = "constant"
@@ -303,7 +305,7 @@ def from_transformers(values: dict) -> dict:
     for key in ("max_new_tokens", "eos_token_id"):
         if values.get(key) is not None:
             out[TRANSFORMERS_NAME_MAP[key]] = values[key]
-    for key in ("repetition_penalty", "no_repeat_ngram_size", "penalty_alpha"):
+    for key in ("repetition_penalty", "no_repeat_ngram_size", "penalty_alpha", "dola_layers"):
         if values.get(key) is not None:
             out[key] = values[key]
     if values.get("penalty_alpha") is not None and values.get("top_k"):

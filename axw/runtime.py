@@ -4,7 +4,7 @@ checked before any compute (`Run`), one runner per model over its KV cache
 and what a run yields (`Step`) and leaves behind.
 
 A strategy is a function `steps(run) -> Iterator[Step]` in a module of its
-own (`sampling`, `beam_search`, `contrastive_search`, `speculative`), which
+own (`sampling`, `beam_search`, `contrastive_search`, `speculative`, `dola`), which
 imports from here; `generation` picks the one the settings ask for. This
 module imports none of them.
 """
@@ -21,6 +21,7 @@ from torch import Tensor
 from .attention import KVCache
 from .filters import FILTER_LOGITS_FN, filter_name, is_stateful
 from .generation_config import DRY_BREAKERS, GenerationConfig
+from .logit_lens import candidate_layers, is_tied
 from .ngrams import NgramDatastore
 from .processors import Pipeline, build_pipeline
 from .shared import shared_forwards
@@ -114,6 +115,8 @@ class GenerateOutput:
           temperature), whose argmax each token is;
         - contrastive decoding: the same, its score (1 + beta) * expert -
           beta * amateur (-inf past the plausibility cut) as their first stage;
+        - DoLa: the same, its contrast of the last layer with an early one
+          (-inf past the plausibility cut) as their first stage;
         - contrastive search: after the penalties, the scores its k
           candidates are the most likely of;
         - beam search: (batch * beams, vocab), one row per live beam in
@@ -238,9 +241,10 @@ def as_net(model):
 # --- the model side: prefill once, then one token at a time ---
 
 
-def prefill(net, tokens: Tensor, cache) -> Tensor:
-    """Run the prompt (b, n) once into an empty cache; its final hidden states."""
-    return net.decode(tokens, cache)
+def prefill(net, tokens: Tensor, cache, keep_layers: dict | None = None) -> Tensor:
+    """Run the prompt (b, n) once into an empty cache; its final hidden states
+    (and the layers' in `keep_layers`, as `Decoder.forward` takes it)."""
+    return net.decode(tokens, cache, keep_layers=keep_layers)
 
 
 def prompt_cut(net, n: int, restrict: bool = True) -> int:
@@ -249,7 +253,8 @@ def prompt_cut(net, n: int, restrict: bool = True) -> int:
     return max(0, n - net.max_seq_len) if restrict else 0
 
 
-def read_prompt(net, prompt: Tensor, cache, seq_start_pos: Tensor | None = None, cut: int = 0) -> Tensor:
+def read_prompt(net, prompt: Tensor, cache, seq_start_pos: Tensor | None = None, cut: int = 0,
+                keep_layers: dict | None = None) -> Tensor:
     """`prefill` with a run's bookkeeping: the prompt (b, n) but its first
     `cut` tokens, which the cache counts as its `offset` (so positions and
     later reads line up with the whole sequence), and each row's left
@@ -258,16 +263,16 @@ def read_prompt(net, prompt: Tensor, cache, seq_start_pos: Tensor | None = None,
         prompt = prompt[:, cut:]
         seq_start_pos = (seq_start_pos - cut).clamp(min=0) if exists(seq_start_pos) else None
     cache.seq_start_pos, cache.offset = seq_start_pos, cut
-    return prefill(net, prompt, cache)
+    return prefill(net, prompt, cache, keep_layers)
 
 
-def decode_one_token(net, cache, token: Tensor) -> Tensor:
+def decode_one_token(net, cache, token: Tensor, keep_layers: dict | None = None) -> Tensor:
     """One position per row through the cache: (b,) tokens -> (b, dim) hidden; in a forward shared with the
-    network's other runs in flight when its forwards are shared (`axw.shared`)."""
-    shared = shared_forwards(net)
+    network's other runs in flight when its forwards are shared (`axw.shared`) and no layer is kept."""
+    shared = shared_forwards(net) if keep_layers is None else None
     if shared is not None:
         return shared.decode(token[:, None], cache)[:, 0]
-    return net.decode(token[:, None], cache)[:, 0]
+    return net.decode(token[:, None], cache, keep_layers=keep_layers)[:, 0]
 
 
 def window(x: Tensor, start: Tensor | None, size: int) -> tuple[Tensor, Tensor | None]:
@@ -304,19 +309,20 @@ class ModelRunner:
     def _window(self, x: Tensor, start: Tensor | None):
         return window(x, start, self.net.max_seq_len) if self.restrict else (x, start)
 
-    def hidden(self, seq: Tensor, end: int, last: int = 1) -> Tensor:
-        """Final hidden states (b, last, dim) of positions end - last .. end - 1."""
+    def hidden(self, seq: Tensor, end: int, last: int = 1, keep_layers: dict | None = None) -> Tensor:
+        """Final hidden states (b, last, dim) of positions end - last .. end - 1; `keep_layers` (with a cache):
+        the layers' hidden states of the positions run, as `Decoder.forward` takes it."""
         if self.cache is None:
             x, start = self._window(seq[:, :end], self.start)
             return self.net(x, seq_start_pos=start, return_embeddings=True)[:, -last:]
         fed = self.fed
         if fed == 0:
             hidden = read_prompt(self.net, seq[:, :end], self.cache, self.start,
-                                 prompt_cut(self.net, end, self.restrict))
+                                 prompt_cut(self.net, end, self.restrict), keep_layers)
         elif end - fed == 1:
-            hidden = decode_one_token(self.net, self.cache, seq[:, end - 1])[:, None]
+            hidden = decode_one_token(self.net, self.cache, seq[:, end - 1], keep_layers)[:, None]
         else:
-            hidden = self.net.decode(seq[:, fed:end], self.cache)
+            hidden = self.net.decode(seq[:, fed:end], self.cache, keep_layers=keep_layers)
         return hidden[:, -last:]
 
     def logits(self, seq: Tensor, end: int) -> Tensor:
@@ -354,7 +360,7 @@ def sample(probs_or_logits: Tensor, generator: torch.Generator | None, logits: b
 # --- one run ---
 
 
-STRATEGIES = ("sample", "beam", "contrastive", "speculative")
+STRATEGIES = ("sample", "beam", "contrastive", "speculative", "dola")
 
 
 def require(cond, msg: str):
@@ -415,8 +421,9 @@ class Run:
         speculative = exists(assistant_model) or exists(assistant_datastore) or exists(c.prompt_lookup_num_tokens)
         if strategy is None:
             strategy = ("beam" if c.beams > 1 else "contrastive" if exists(c.penalty_alpha)
-                        else "speculative" if speculative else "sample")
+                        else "speculative" if speculative else "dola" if exists(c.dola_layers) else "sample")
         self.strategy = strategy
+        self.dola_layers = self._dola(exists(amateur_model) or speculative)
         need(amateur_model is None or strategy == "sample",
              "contrastive decoding (amateur_model) combines with sampling or greedy, not beams, contrastive search "
              "or speculative decoding")
@@ -448,9 +455,8 @@ class Run:
         self.tokens, self.seq_start_pos = tokens, seq_start_pos
         self.cache = self._given_cache(cache, tokens)
         self.prompt_len, self.seq_len = tokens.shape[1], seq_len
-        # contrastive search scores candidates through the cache and speculative
-        # decoding rolls it back; the others may recompute
-        self.cache_kv = c.cache_kv or strategy in ("contrastive", "speculative")
+        # contrastive search and DoLa read the cache as they run, speculative decoding rolls it back
+        self.cache_kv = c.cache_kv or strategy in ("contrastive", "speculative", "dola")
         for model in [net, *self.amateurs, *([self.assistant] if exists(self.assistant) else [])]:
             self._check_length(model, self.prompt_len, seq_len)
 
@@ -461,6 +467,17 @@ class Run:
             self.generator = torch.Generator(device=tokens.device).manual_seed(c.seed)
         self.sequences = self.beams = self.beam_scores = self.stats = None
         self.runners: list[ModelRunner] = []  # what `runner` made, left from shared forwards at the end
+
+    def _dola(self, combined: bool) -> list[int] | None:
+        """DoLa's candidate layers, checked against this network (None: another strategy); `combined`: an amateur
+        or an assistant was given too."""
+        if self.config.dola_layers is None:
+            return None
+        if self.strategy != "dola" or combined:
+            raise ValueError("DoLa (dola_layers) contrasts the model's own layers: it combines with sampling or "
+                             "greedy, not beam search, contrastive search, contrastive decoding (amateur_model) or "
+                             "speculative decoding")
+        return candidate_layers(self.config.dola_layers, self.net.attn_layers.depth, is_tied(self.net))
 
     def _transformers_arguments(self, pad: int | None, n: int, output_scores: bool, output_logits: bool, cache):
         """transformers' arguments of generate, checked: the pad of this run, how many sequences each prompt

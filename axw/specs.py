@@ -16,17 +16,18 @@ This module imports nothing of axw's but `utils`: any module may read it.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from .utils import check_number
 
 # the strategies, one name each in the library (`GenerateOutput.strategy`, `Run.strategy_name`), the playground
 # and the docs
-STRATEGIES = ("sampling", "beam search", "contrastive search", "contrastive decoding", "speculative decoding")
+STRATEGIES = ("sampling", "beam search", "contrastive search", "contrastive decoding", "speculative decoding",
+              "DoLa")
 # the one mapping table: the runtime's step functions (`Run.strategy`) by these names; contrastive decoding is
 # sampling's steps with an amateur model
 STRATEGY_STEPS = {"sampling": "sample", "beam search": "beam", "contrastive search": "contrastive",
-                  "contrastive decoding": "sample", "speculative decoding": "speculative"}
+                  "contrastive decoding": "sample", "speculative decoding": "speculative", "DoLa": "dola"}
 SAMPLER_ORDERS = ("filters_first", "temperature_first")
 ASSISTANT_SCHEDULES = ("constant", "heuristic")
 # speculative decoding's drafters in the playground; "datastore": the n-gram datastore in the draft model's folder
@@ -42,6 +43,7 @@ STRATEGY_GROUPS = {
     "contrastive search": ("contrastive search",),
     "contrastive decoding": ("temperature", "contrastive decoding"),
     "speculative decoding": ("temperature", "order", "filters", "dynatemp", "speculative"),
+    "DoLa": ("temperature", "order", "filters", "dola"),
 }
 STOCHASTIC_BEAM_GROUPS = ("temperature", "order", "filters")
 
@@ -78,6 +80,8 @@ class Spec:
     toggle: str | None = None  # a filter's on/off checkbox on the page
     short: str | None = None  # the slider's label beside the checkbox, when not `label`
     checked: str = ""  # what the tests check it against (the sampler table's last column)
+    # a setting of its own shape (DoLa's layers: a name or a list) checks itself: checker(value, name, app)
+    checker: Callable | None = None
 
     @property
     def integer(self) -> bool:
@@ -117,6 +121,8 @@ class Spec:
         what is allowed; `high` stands in for an open top (top_k's vocabulary). `app`: as the playground takes
         it, its off value too, within its cap, a whole float as an int (sliders and JSON send those)."""
         name = name or self.name
+        if self.checker is not None:
+            return self.checker(value, name, app)
         if self.kind is bool:  # the library takes 0 and 1 too
             if value is not True and value is not False and (app or type(value) is not int or value not in (0, 1)):
                 raise ValueError(f"{name} must be {'true or false' if app else 'True or False'}, got {value!r}")
@@ -150,6 +156,31 @@ class Spec:
         except ValueError:
             return False
         return True
+
+
+DOLA_NAMES = ("low", "high")  # transformers' names for DoLa's candidate layers
+MAX_DOLA_LAYERS = 64
+
+
+def check_dola_layers(value, name: str = "dola_layers", app: bool = False):
+    """DoLa's candidate premature layers as transformers takes them: "low", "high", or a list of layer numbers
+    (0: the embeddings, i: the i-th layer's output), here also as text ("2, 4, 6"). Returns the name or the list
+    (`app`: the name or the text, "2, 4, 6"); whether the layers lie below the network's depth is checked where
+    the network is known (`axw.logit_lens.candidate_layers`)."""
+    allowed = (f'{name} must be "low", "high" or a list of distinct layer numbers >= 0 (at most '
+               f"{MAX_DOLA_LAYERS}), as text: 2, 4, 6")
+    layers = value
+    if isinstance(value, str):
+        if value.strip() in DOLA_NAMES:
+            return value.strip()
+        try:
+            layers = [int(part) for part in value.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"{allowed}; got {value!r}") from None
+    if not isinstance(layers, (list, tuple)) or not layers or len(layers) > MAX_DOLA_LAYERS or any(
+            type(i) is not int or i < 0 for i in layers) or len(set(layers)) != len(layers):
+        raise ValueError(f"{allowed}; got {value!r}")
+    return ", ".join(map(str, layers)) if app else list(layers)
 
 
 def _filter(name, kind, default, label, help, paper, param, low, high, toggle, control, slider, start, off,
@@ -281,6 +312,11 @@ SPECS: list[Spec] = [
     Spec("adaptive_p_decay", float, 0.9, "adaptive-p decay", "how slowly the average of the chosen probabilities "
          "forgets", low=0, high=0.99, group="stateful", filter="adaptive_p", param="decay", main=False,
          library=False, slider=(0, 0.99, 0.01)),
+    Spec("dola_layers", str, "high", "DoLa layers", 'the early layers the last one is contrasted with: "low" (the '
+         'first half), "high" (the second half) or layer numbers, 2, 4, 6 (0 = the embeddings); each step the one '
+         "whose distribution differs most from the last layer's (Jensen-Shannon divergence) is subtracted, in "
+         "log-probabilities, over the tokens the last layer finds plausible. Use a repetition penalty of about 1.2",
+         "Chuang et al. 2023, arXiv:2309.03883", group="dola", checker=check_dola_layers),
     # the library's alone
     Spec("frac_num_tokens", float, 0.1, "top_k's frac_num_tokens", "k as a share of the vocabulary, when k is not "
          "given (x-transformers')", low=0, high=1, low_open=True, group="filters", filter="top_k",
@@ -349,7 +385,7 @@ TRANSFORMERS_TOP_K = 50  # transformers' default top_k when it samples
 TRANSFORMERS_UNSUPPORTED = (
     "assistant_early_exit", "assistant_lookbehind", "bad_words_ids", "begin_suppress_tokens", "bos_token_id",
     "cache_config", "cache_implementation", "compile_config", "constraints", "decoder_start_token_id",
-    "disable_compile", "diversity_penalty", "dola_layers", "early_stopping", "encoder_no_repeat_ngram_size",
+    "disable_compile", "diversity_penalty", "early_stopping", "encoder_no_repeat_ngram_size",
     "encoder_repetition_penalty", "exponential_decay_length_penalty", "force_words_ids", "forced_bos_token_id",
     "forced_eos_token_id", "guidance_scale", "low_memory", "max_length", "max_time", "min_length", "min_new_tokens",
     "num_beam_groups", "output_attentions", "output_hidden_states", "remove_invalid_values", "renormalize_logits",

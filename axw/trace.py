@@ -49,6 +49,9 @@ class StepTrace:
     contrastive_decoding: contrastive decoding, per amateur stage, its numbers
         over the candidates.
     speculative: speculative decoding, the round this token came from.
+    dola: DoLa, per row: the candidate layers (b, L), each one's divergence
+        from the last layer (b, L), the layer contrasted (b,), and each
+        candidate layer's most likely tokens and probabilities (b, L, top).
     """
 
     step: int
@@ -69,6 +72,7 @@ class StepTrace:
     contrastive: dict[str, Tensor] | None = None
     contrastive_decoding: dict[str, dict[str, Tensor]] | None = None
     speculative: dict | None = None
+    dola: dict[str, Tensor] | None = None
     _model_probs: Tensor | None = field(default=None, repr=False)
 
     def record(self, name: str, logits: Tensor):
@@ -138,6 +142,8 @@ class StepTrace:
         if self.contrastive_decoding is not None:
             out.update(contrastive_decoding={name: {k: v[i].tolist() for k, v in d.items()}
                                              for name, d in self.contrastive_decoding.items()})
+        if self.dola is not None:
+            out.update(dola={k: v[i].tolist() for k, v in self.dola.items()})
         if self.speculative is not None:
             out.update(speculative={k: v[i].tolist() if isinstance(v, Tensor) else v
                                     for k, v in self.speculative.items()})

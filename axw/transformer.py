@@ -286,12 +286,17 @@ class Decoder(nn.Module):
         window: int | None = None,
         return_lse: bool = False,
         max_position: int | None = None,
+        keep_layers: dict | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """x (b, n, dim) at `positions` ((n,) or (b, n)); `key_mask` (b, n)
         marks which new positions may be attended as keys; with `window`, each
         query sees at most that many keys, itself included (sliding window);
         `max_position`, a bound on the positions when the caller knows one.
-        Sliding layers see at most `sliding_window` keys whatever `window` is."""
+        Sliding layers see at most `sliding_window` keys whatever `window` is.
+        `keep_layers`: a dict keyed by layer numbers (0: the input embeddings,
+        i: the output of the i-th layer, depth: the last, before the final
+        norm); each key gets those hidden states (b, n, dim), from this one
+        pass (DoLa, the logit lens)."""
         n = x.shape[1]
         if exists(cache):
             cache.prepare(n, key_mask)
@@ -299,6 +304,8 @@ class Decoder(nn.Module):
         rotary = self._rotary(positions, x.dtype, max_position)
         masks = self._layer_masks(x, n, cache, key_mask, parallel, windows)
         lses = []
+        if exists(keep_layers) and 0 in keep_layers:
+            keep_layers[0] = x
         for i, block in enumerate(self.layers):
             x, lse = block.run(x, lambda h: block.attn(
                 h, rotary=rotary[block.rotary], cache=cache, layer=i,
@@ -306,6 +313,8 @@ class Decoder(nn.Module):
             ))
             if return_lse:
                 lses.append(lse)
+            if exists(keep_layers) and i + 1 in keep_layers:
+                keep_layers[i + 1] = x
 
         if exists(cache) and not parallel:
             cache.advance(n)
@@ -512,17 +521,24 @@ class TransformerWrapper(nn.Module):
             tokens = tokens + self.pos_emb(positions)
         return tokens, positions, key_mask
 
-    def decode(self, x: Tensor, cache: KVCache, parallel: bool = False) -> Tensor:
+    def layer_logits(self, hidden: Tensor) -> Tensor:
+        """Logits of any layer's hidden states: the final norm and the head
+        applied to them (the logit lens; DoLa's early exits)."""
+        return self.logits(self.attn_layers.final_norm(hidden))
+
+    def decode(self, x: Tensor, cache: KVCache, parallel: bool = False, keep_layers: dict | None = None) -> Tensor:
         """Final hidden states (b, n, dim) of new tokens x (b, n) run through
         `cache`, which they extend: the decoding loops' path (prefill and
         `decode_one_token`), free of `forward`'s compatibility flags. Left
         padding comes from `cache.seq_start_pos`; `parallel`: the tokens are
-        alternatives for one position (contrastive search)."""
+        alternatives for one position (contrastive search); `keep_layers`:
+        as `Decoder.forward` takes it."""
         h, positions, key_mask = self._embed(x, cache.seen, cache.seq_start_pos, parallel)
         if self.training:
             h = self.emb_dropout(h)
         hidden, _ = self.attn_layers(h, positions=positions, cache=cache, key_mask=key_mask, parallel=parallel,
-                                     window=self._window(), max_position=cache.seen + x.shape[1] - 1)
+                                     window=self._window(), max_position=cache.seen + x.shape[1] - 1,
+                                     keep_layers=keep_layers)
         return hidden
 
     def decode_rows(self, xs: list[Tensor], caches: list[KVCache]) -> list[Tensor]:

@@ -11,12 +11,14 @@ benchmarks use them directly; the views with their handlers (`playground.views`)
     numbers      the numbers the views draw, a module each: timeline, draws, beam_tree, rounds, alpha_sweep, metrics
     render       the HTML of the text, a step, the branches
     panels       the strategies' own drawings: the beam tree, speculative rounds, contrastive search and decoding
+    layer_panels the layer view (each layer's guess at a step) and DoLa's candidate layers in the step view
     lessons      each strategy's explanation and the share links that show its characteristic behaviour
     sessions     who is asking, the fair share, what each visitor holds (fine-tuned copy, KV caches)
     finetune     a visitor's fine-tune in a worker thread
 """
 
-from . import branches, finetune, lessons, models, numbers, panels, render, runs, sessions, settings  # noqa: F401
+from . import (branches, finetune, layer_panels, lessons, models, numbers, panels, render, runs, sessions,  # noqa: F401
+               settings)
 from .caps import *  # noqa: F401,F403
 from .finetune import FineTune, finetune_setup, model_zip, read_upload  # noqa: F401
 from .models import (DEFAULT_AMATEUR, DEFAULT_DRAFT, DEFAULT_MODEL, HUB_EXAMPLES, HUB_MODELS, OOM_MESSAGE,  # noqa: F401

@@ -29,6 +29,10 @@ EXPLAIN = {
     "speculative decoding": "A cheap drafter proposes a few tokens, the model checks them all in one forward and keeps "
                             "what it agrees with (Leviathan et al. 2023, arXiv:2211.17192; Chen et al. 2023, "
                             "arXiv:2302.01318): the model's own text, in fewer model forwards.",
+    "DoLa": "Contrast the last layer with an early one: each step, of the candidate layers, the one whose "
+            "prediction differs most from the last layer's is subtracted (in log-probabilities) over the tokens the "
+            "last layer finds plausible, favouring what the late layers added (Chuang et al. 2023, "
+            "arXiv:2309.03883). The step view's layers show each layer's guess.",
 }
 
 GREEDY = "greedy"  # the Compare tab's first column, always shown

@@ -13,6 +13,7 @@ import urllib.parse
 from dataclasses import asdict, field, fields, make_dataclass, replace
 
 from axw import GenerationConfig
+from axw.logit_lens import candidate_layers, is_tied
 from axw.utils import check_number
 from axw.specs import APP_SPECS, FILTER_SPECS, SPEC, STOCHASTIC_BEAM_GROUPS, STRATEGIES, STRATEGY_GROUPS
 
@@ -103,6 +104,8 @@ class SettingsMethods:
                 kw["prompt_lookup_num_tokens"] = s.num_assistant_tokens
             elif s.drafter == "draft model + prompt lookup":
                 kw["assistant_lookup_ngram"] = LOOKUP_NGRAM
+        elif s.strategy == "DoLa":  # the layers this network has, before any compute
+            candidate_layers(s.dola_layers, model.net.attn_layers.depth, is_tied(model.net))
         return GenerationConfig(**kw)
 
     def stop_ids(self, model) -> int | list[int] | None:
@@ -248,6 +251,8 @@ def from_generation_config(config: GenerationConfig | None) -> tuple[Settings, l
                       contrastive_k=min(config.contrastive_k, MAX_CONTRASTIVE_K))
     else:
         values.update(strategy="sampling", temperature=min(config.temperature, 5.0))
+        if config.dola_layers is not None:
+            values.update(strategy="DoLa", dola_layers=SPEC["dola_layers"].check(config.dola_layers, app=True))
     fns = config.filter_logits_fn if isinstance(config.filter_logits_fn, list) else [config.filter_logits_fn]
     kws = config.filter_kwargs if isinstance(config.filter_kwargs, list) else [config.filter_kwargs]
     for fn, kw in zip(fns, kws + [{}] * len(fns)):

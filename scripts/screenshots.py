@@ -185,6 +185,18 @@ def step_views(page, url: str, out: Path, link: str):
     region(page, str(out / "branch-link.png"), "#output", "#output", full_width=False)
 
 
+def dola_views(page, url: str, out: Path):
+    """DoLa's candidate layers in the step view, and the layer view of that step (the logit lens)."""
+    generate(page, url, prompt="ROMEO:", strategy="DoLa", dola_layers="0, 1, 2", temperature=0, repetition_penalty=1.2,
+             max_new_tokens=20)
+    open_step(page, 3)
+    page.wait_for_selector("#layer-view .axw-layers[data-step='3']", timeout=30000)
+    page.wait_for_timeout(600)
+    region(page, str(out / "dola.png"), "#step-chart .axw-dola-panel", "#step-chart .axw-dola-panel",
+           full_width=False)
+    region(page, str(out / "layers.png"), "#layers", "#layers", full_width=False)
+
+
 def other_tabs(page, url: str, out: Path):
     """Compare, Fine-tune and the API tab."""
     page.goto(url)
@@ -239,6 +251,7 @@ def main():
         link = generate_views(page, url, out)
         strategy_views(page, url, out)
         step_views(page, url, out, link)
+        dola_views(page, url, out)
         other_tabs(page, url, out)
         browser.close()
     demo.close()

@@ -8,4 +8,5 @@ HTML: `playground.panels` and `playground.views` draw them).
     rounds        speculative decoding's rounds of drafts, accepted and rejected
     alpha_sweep   contrastive search's choice at a step as alpha moves
     metrics       Compare's numbers: where a text departs from greedy, how varied it is, how likely
+    layers        the layer view (logit lens): what each layer would predict at a step, where the choice formed
 """

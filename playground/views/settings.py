@@ -180,6 +180,8 @@ def control(name: str, start: Settings, **kwargs):
         return gr.Checkbox(value, **kwargs)
     if spec.choices:
         return gr.Radio(list(spec.choices), value=value, **kwargs)
+    if spec.kind is str:
+        return gr.Textbox(value, lines=1, **kwargs)
     return gr.Number(value, precision=0 if spec.integer else None, **kwargs)
 
 
@@ -204,7 +206,7 @@ def visible(strategy: str, stochastic: bool = False) -> dict:
     return dict(temperature="temperature" in reads, filters="top_k" in reads, xtc_mirostat="xtc_probability" in reads,
                 dynatemp="dynatemp_range" in reads, beam="beams" in reads, cs="penalty_alpha" in reads,
                 amateur="cd_alpha" in reads or "drafter" in reads, cd="cd_alpha" in reads,
-                speculative="drafter" in reads)
+                speculative="drafter" in reads, dola="dola_layers" in reads)
 
 
 def prompt_box() -> gr.Textbox:
@@ -271,6 +273,8 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
                                    info=SPEC["amateur"].help)
     with gr.Group(visible=shown["cd"]) as groups["cd"]:
         place("cd_alpha", "cd_beta")
+    with gr.Group(visible=shown["dola"]) as groups["dola"]:
+        place("dola_layers", elem_id="dola-layers")
     with gr.Group(visible=shown["temperature"]) as groups["temperature"]:
         place("temperature")
     with gr.Group(visible=shown["filters"]) as groups["filters"]:
