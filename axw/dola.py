@@ -30,8 +30,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from .runtime import Run, Step, sample
-from .utils import exists
+from .runtime import Run, Step
+from .sampling import Scores, draw
 
 DOLA_ALPHA = 0.1  # the plausibility cut: tokens at least this share of the last layer's most likely one
 TRACE_TOP = 5  # each candidate layer's most likely tokens, in the trace
@@ -91,38 +91,16 @@ def explain(layers: list[int], premature: Tensor, pick: Tensor, divergence: Tens
 
 
 def steps(run: Run) -> Iterator[Step]:
-    net, c = run.net, run.config
-    b, t = run.tokens.shape
     out = run.new_output()
     if run.seq_len == 0:
         return
-    layers = run.dola_layers
-    eos, greedy = c.eos_token, c.greedy
+    net, layers = run.net, run.dola_layers
     model = run.runner(net)
-    pipeline = run.pipeline()
-    valid = run.valid(t + run.seq_len)
-    finished = torch.zeros(b, dtype=torch.bool, device=out.device)
 
-    logits, premature = layer_logits(model, net, out, t, layers)
-    for step in range(run.seq_len):
-        cur = t + step
+    def source(end: int) -> Scores:
+        logits, premature = layer_logits(model, net, out, end, layers)
         scores, pick, divergence = select_and_contrast(logits, premature)
-        trace = run.new_trace(step, logits)
-        if trace:
-            trace.record("dola", scores)
-        processed = pipeline(scores, *run.context(out, cur, valid), trace, sampling=not greedy)
-        run.keep(logits, processed)
-        chosen = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
-        pipeline.update(chosen, processed)
-        if exists(eos):
-            chosen = chosen.masked_fill(finished, run.pad)
-        if trace:
-            trace.choose(chosen, logits, processed)
-            trace.dola = explain(layers, premature, pick, divergence)
-        out[:, cur] = chosen
-        if exists(eos):
-            finished = finished | run.is_eos(chosen)
-        yield Step(step, chosen, out[:, t:cur + 1], finished, trace)
-        if step == run.seq_len - 1 or (exists(eos) and bool(finished.all())):
-            break
-        logits, premature = layer_logits(model, net, out, cur + 1, layers)
+        return Scores(logits, scores, stage=lambda trace: trace.record("dola", scores),
+                      note=lambda trace: setattr(trace, "dola", explain(layers, premature, pick, divergence)))
+
+    yield from draw(run, out, run.pipeline(), source)

@@ -25,7 +25,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,30 +32,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import playground as pg  # noqa: E402
+import soak  # noqa: E402
 from app_speed import Browser, free_port  # noqa: E402
 
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 
 
 def start_server(model: str, port: int, shared: bool, concurrency: int) -> subprocess.Popen:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", AXW_VISITOR_BUDGET_S="0",
-               AXW_SHARED_FORWARDS="1" if shared else "0", AXW_TRUST_PROXY="1")
+    """app.py on `model`, each visitor's address trusted from X-Forwarded-For, no per-visitor share."""
     if concurrency:
-        env["AXW_CONCURRENCY"] = str(concurrency)
-    command = [sys.executable, str(ROOT / "app.py"), "--model", model, "--port", str(port)]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    began = time.perf_counter()
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"app.py exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1).read()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-        if time.perf_counter() - began > 120:
-            proc.kill()
-            raise SystemExit("app.py did not answer within 120 s")
+        os.environ["AXW_CONCURRENCY"] = str(concurrency)
+    return soak.start_server(model, pg.DEFAULT_AMATEUR, port, 0, 0, shared)
 
 
 def settings(n_new: int, seed: int):
