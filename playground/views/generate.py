@@ -94,7 +94,8 @@ class Handlers(sample.Handlers, forks.Handlers, layers.Handlers):
                 settings.check(m.net.num_tokens)
             for run in throttle(updates):
                 if not run.done:
-                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, specials=run.specials))
+                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, specials=run.specials),
+                               steps=len(run.rows))
             tree = tree if isinstance(tree, Tree) else Tree()
             run.session = session
             tree.add(run)
@@ -116,7 +117,7 @@ class Handlers(sample.Handlers, forks.Handlers, layers.Handlers):
             for run in throttle(updates):
                 if not run.done:
                     yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, forced=run.step,
-                                                    specials=run.specials))
+                                                    specials=run.specials), steps=len(run.rows))
             run.session = session
             tree.add(run)
             self.caches.drop(session, keep=set(tree.runs))
@@ -187,17 +188,30 @@ def build(app, gpu, model_box, choices, concurrency: int):
     def place(shown: dict) -> list:
         return [u for v in views for u in v.place(shown)]
 
+    # a run streams to the text and, at its end, the visitor's tree: only those two outputs, since gradio builds
+    # a new component for every other output of each streamed update, even one left as it is; then a second event
+    # draws every view of the run (`show_run`)
+    with gr.Row(visible=False):  # the steps streamed so far (an API client reads the text first, then this)
+        progress = gr.Number(0, precision=0, elem_id="streamed-steps")
+    streamed_outputs = [out, progress, tree]
+
+    def streamed(updates):
+        for shown in updates:
+            yield [shown["output"], shown.get("steps", gr.skip()), shown["tree"] if "tree" in shown else gr.skip()]
+
     # the handlers: each runs the service and places what it shows; the names are what ZeroGPU reports
     def generate_ui(*values, request: gr.Request = None):
-        for shown in app.generate_ui(*values, request=request):
-            yield place(shown)
+        yield from streamed(app.generate_ui(*values, request=request))
 
     def branch_ui(tree, evt: Triggered, request: gr.Request = None):
         yield from branch_stream(tree, evt.data.get("step"), evt.data.get("token"), request)
 
     def branch_stream(tree, step, token, request: gr.Request = None):
-        for shown in app.branch_ui(tree, step, token, request=request):
-            yield place(shown)
+        yield from streamed(app.branch_ui(tree, step, token, request=request))
+
+    def show_run(tree, request: gr.Request = None):
+        """Every view of the run a stream has just finished (the tree's open run, at its branch step)."""
+        return place(app.open_ui(tree, tree.current if isinstance(tree, Tree) else None, request))
 
     def select_step(tree, evt: Triggered, request: gr.Request = None):
         return place(app.step_ui(tree, evt.data.get("step"), request))
@@ -214,34 +228,41 @@ def build(app, gpu, model_box, choices, concurrency: int):
     raw = dict(gen, preprocess=False)
     inputs = controls.inputs() + [tree]
     generate = gpu(with_visitor(generate_ui, len(inputs)))
-    run = go.click(generate, inputs, outputs, api_name="generate_controls", api_visibility="undocumented", **raw)
-    submitted = controls["prompt"].submit(generate, inputs, outputs, api_visibility="private", **raw)
+    shown = dict(api_visibility="private", show_progress="hidden")
+    run = go.click(generate, inputs, streamed_outputs, api_name="generate_controls", api_visibility="undocumented",
+                   **raw)
+    submitted = controls["prompt"].submit(generate, inputs, streamed_outputs, api_visibility="private", **raw)
     # a lesson of this tab fills the controls as its share link would, then runs as the button does
     lesson = controls.lessons.click(lessons.open_in_generate, None, controls.inputs(), api_visibility="private",
-                                    queue=False).success(generate, inputs, outputs, api_visibility="private", **raw)
+                                    queue=False).success(generate, inputs, streamed_outputs, api_visibility="private",
+                                                         **raw)
     # the Generate button's endpoint as it was before the later controls: those take their defaults (a client
     # passing the first values only would otherwise be refused by gradio for the missing ones)
     with gr.Row(visible=False):
         old_go = gr.Button("generate")
     old_run = old_go.click(gpu(with_visitor(generate_ui, settings.FIRST_INPUTS + 1)),
-                           inputs[:settings.FIRST_INPUTS] + [tree], outputs, api_name="generate_stream",
+                           inputs[:settings.FIRST_INPUTS] + [tree], streamed_outputs, api_name="generate_stream",
                            api_visibility="undocumented", **raw)
-    branched = chart.click(gpu(branch_ui), [tree], outputs, api_visibility="private", **gen)
-    branch_go_event = branch_go.click(gpu(branch_stream), [tree, branch_step, branch_token], outputs,
+    branched = chart.click(gpu(branch_ui), [tree], streamed_outputs, api_visibility="private", **gen)
+    branch_go_event = branch_go.click(gpu(branch_stream), [tree, branch_step, branch_token], streamed_outputs,
                                       api_name="branch_stream", api_visibility="undocumented", **raw)
+    streams = (run, submitted, lesson, old_run, branched, branch_go_event)
+    shows = [event.success(show_run, [tree], outputs, **shown) for event in streams]
     stop.click(None, cancels=[run, submitted, branched, old_run, lesson])
-    quick = dict(api_visibility="private", show_progress="hidden")
-    opened_step = [out.click(select_step, [tree], outputs, **quick)]
+
+    opened_step = [out.click(select_step, [tree], outputs, **shown)]
     for clickable in (bridge, tree_html, rounds):
-        opened_step.append(clickable.click(select_step, [tree], outputs, **quick))
-    opened_step.append(slider.input(slide_step, [tree, slider], outputs, **quick))
+        opened_step.append(clickable.click(select_step, [tree], outputs, **shown))
+    opened_step.append(slider.input(slide_step, [tree, slider], outputs, **shown))
     for event in opened_step:
         event.then(None, [slider], None, js=MARK_STEP, api_visibility="private", show_progress="hidden")
         follow_step(event)
-    opened_event = opened.input(open_run, [tree, opened], outputs, **quick)
-    for event in (run, submitted, lesson, old_run, branched, branch_go_event, opened_event):
+    opened_event = opened.input(open_run, [tree, opened], outputs, **shown)
+    for event in (*streams, opened_event):
         refresh_link(event)
-    for event in (run, submitted, lesson, old_run, branched, branch_go_event, opened_event, *opened_step):
+    for event in streams:
+        keep_on_failure(event, streamed_outputs)
+    for event in (*shows, opened_event, *opened_step):
         keep_on_failure(event, outputs)
     css = "\n".join(v.css for v in views)
     return controls, load_link, css
