@@ -18,6 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from . import structured
 from .attention import KVCache
 from .filters import FILTER_LOGITS_FN, filter_name, is_stateful
 from .generation_config import DRY_BREAKERS, GenerationConfig
@@ -390,14 +391,14 @@ class Run:
         output_scores: bool = False, output_logits: bool = False,
     ):
         net = self.net = wrapper.net
-        self.wrapper, self.config = wrapper, config
+        self.wrapper, (self.config, self.constraint) = wrapper, structured.prepare(wrapper, config)
 
         def need(cond, msg):
             if not cond:
                 raise ValueError(msg)
 
         check_number(seq_len, "seq_len", 0, integer=True)
-        c = config
+        c = config = self.config
         for eos in (c.eos_token if isinstance(c.eos_token, list) else [c.eos_token] if exists(c.eos_token) else []):
             check_number(eos, "eos_token", 0, net.num_tokens, integer=True, high_open=True,
                          allowed=f"a token id in [0, {net.num_tokens})")
@@ -607,7 +608,8 @@ class Run:
                            self.config.restrict_to_max_seq_len, self.cache if net is self.net else None)
 
     def pipeline(self, amateurs: list = ()) -> Pipeline:
-        return build_pipeline(self.config, amateurs, self.breakers, self.generator)
+        grammar = self.constraint.stage(self.prompt_len) if exists(self.constraint) else None
+        return build_pipeline(self.config, amateurs, self.breakers, self.generator, grammar)
 
     def new_output(self) -> Tensor:
         """(batch, prompt + seq_len): the prompt, then pad_value to be overwritten."""
