@@ -165,6 +165,7 @@ MAX_CONTRASTIVE_K = 16
 MAX_DRAFT_TOKENS = 16
 MAX_SEED = 2**31 - 1
 MAX_TEMPERATURE = 5.0  # past it every token is about as likely: the page has nothing more to show
+STRUCTURED_PAPER = "llguidance (guidance-ai); Willard & Louf 2023, arXiv:2307.09702"
 
 SPECS: list[Spec] = [
     Spec("strategy", str, "sampling", "strategy", "how the next token is chosen", choices=STRATEGIES, group="app",
@@ -281,6 +282,16 @@ SPECS: list[Spec] = [
     Spec("adaptive_p_decay", float, 0.9, "adaptive-p decay", "how slowly the average of the chosen probabilities "
          "forgets", low=0, high=0.99, group="stateful", filter="adaptive_p", param="decay", main=False,
          library=False, slider=(0, 0.99, 0.01)),
+    # structured output (axw.structured), one at a time: GenerationConfig takes choices as a list and a schema as a
+    # dict (or its JSON text) and checks them itself; the playground takes each as text (choices one per line)
+    Spec("choices", str, "", "choices", "the text is exactly one of these answers, one per line (empty = off)",
+         STRUCTURED_PAPER, group="structure", library=False),
+    Spec("regex", str, "", "regex", "the text matches this regular expression in full (Rust's regex syntax; empty "
+         "= off)", STRUCTURED_PAPER, group="structure", library=False),
+    Spec("json_schema", str, "", "JSON schema", "the text is JSON valid under this schema (empty = off)",
+         STRUCTURED_PAPER, group="structure", library=False),
+    Spec("grammar", str, "", "Lark grammar", "the text is a sentence of this Lark grammar, from its rule `start` "
+         "(empty = off)", STRUCTURED_PAPER, group="structure", library=False),
     # the library's alone
     Spec("frac_num_tokens", float, 0.1, "top_k's frac_num_tokens", "k as a share of the vocabulary, when k is not "
          "given (x-transformers')", low=0, high=1, low_open=True, group="filters", filter="top_k",
