@@ -56,3 +56,17 @@ def test_the_structure_group_the_grammar_stage_and_the_timeline_series(served_ap
     page.locator("#timeline-measure").get_by_text("probability the constraint removed").click()
     page.wait_for_function("() => [...document.querySelectorAll('#timeline .axw-timeline')].some((el) => "
                            "el.offsetParent !== null && el.querySelectorAll('svg path').length > 2)", timeout=10000)
+
+
+def test_a_bad_constraint_is_an_error_on_the_page_and_the_api(served_app, page, client):  # noqa: F811
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="regex is not valid"):
+        client.predict(prompt="JULIET:", regex="a(b", api_name="/generate")
+    with pytest.raises(AppError, match="one constraint at a time"):
+        client.predict(prompt="JULIET:", regex="a", choices="yes\nno", api_name="/generate")
+    page.goto(served_app[0])
+    page.locator("#structure").get_by_text("structure").first.click()
+    page.locator("#structure-grammar textarea").fill("start: ((")
+    page.locator("#generate").click()
+    page.get_by_text("Lark grammar is not valid").first.wait_for(timeout=15000)

@@ -17,6 +17,16 @@ from axw.structured import MAX_CONSTRAINT_CHARS
 from conftest import tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: on a shared two-core machine the small models' steps are many times faster without a second
+    thread to wait on."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 SCHEMA = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
           "properties": {"name": {"type": "string", "maxLength": 10},
                          "age": {"type": "integer", "minimum": 0, "maximum": 120}}}
@@ -65,7 +75,7 @@ PROMPTS = ["ROMEO:\nWhat say you?", "JULIET:\nHow old art thou?", "First Citizen
 
 @pytest.mark.parametrize("kind", list(CONSTRAINTS))
 def test_every_strategy_obeys_the_constraint_and_stops_when_it_is_complete(bundled, kind):
-    """Three prompts in one batch (three draws of each when the strategy samples, a seed per constraint):
+    """Three prompts in one batch (when the strategy samples: three draws of each, three seeds):
     every text is complete and obeys the constraint (checked by hand: the regex by Python's re, the schema by
     a hand check, the grammar by the regex of its language), then EOS, then padding. Speculative decoding at
     temperature 0 is token for token greedy's, its drafts checked against the grammar."""
@@ -74,10 +84,11 @@ def test_every_strategy_obeys_the_constraint_and_stops_when_it_is_complete(bundl
     prompts = [torch.tensor(tok.encode(p).ids) for p in PROMPTS]
     outputs = {}
     for name, (strategy, samples) in strategies(draft, tiny).items():
-        out = model.generate(prompts, 32, seed=list(CONSTRAINTS).index(kind), num_return_sequences=3 if samples else 1,
-                             **{kind: CONSTRAINTS[kind]}, **strategy)
-        outputs[name] = out
-        for row in out[:, -32:].tolist():
+        seeds = range(3 * list(CONSTRAINTS).index(kind), 3 * list(CONSTRAINTS).index(kind) + 3) if samples else [0]
+        runs = [model.generate(prompts, 32, seed=seed, num_return_sequences=3 if samples else 1,
+                               **{kind: CONSTRAINTS[kind]}, **strategy) for seed in seeds]
+        outputs[name] = out = runs[0]
+        for row in torch.cat(runs)[:, -32:].tolist():
             assert 0 in row, (name, tok.decode(row))  # it stopped: EOS (id 0) within the budget
             end = row.index(0)
             text = tok.decode(row[:end])
