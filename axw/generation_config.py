@@ -100,11 +100,15 @@ class GenerationConfig:
     regex: str | None = None
     json_schema: dict | str | None = None
     grammar: str | None = None
+    # the prompt's last n tokens are the constrained text's beginning (a continuation of one, as a what-if branch
+    # is); 0: the constrained text starts after the prompt
+    constrained_prompt_tail: int = 0
 
     def __post_init__(self):
         self._normalise_filters()
         for name, value in check_constraint(self.choices, self.regex, self.json_schema, self.grammar).items():
             setattr(self, name, value)
+        check_number(self.constrained_prompt_tail, "constrained_prompt_tail", 0, integer=True)
         for spec in LIBRARY_SPECS:  # ranges and kinds, as declared in axw.specs
             value = getattr(self, spec.name)
             if value is not None or _DEFAULTS[spec.name] is not None:  # None is off where it is the default

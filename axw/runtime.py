@@ -494,6 +494,8 @@ class Run:
             tokens = tokens.repeat_interleave(n, 0)
             start = start.repeat_interleave(n, 0) if exists(start) else None
             self.given = self.given.repeat_interleave(n, 0) if exists(self.given) else None
+        if exists(self.constraint):  # a constrained text the prompt has begun must fit, before any compute
+            self.constraint.check_prompt(tokens, self.config.constrained_prompt_tail)
         return tokens, start
 
     def keep(self, logits: Tensor, scores: Tensor, repeat: int = 1):
@@ -608,7 +610,9 @@ class Run:
                            self.config.restrict_to_max_seq_len, self.cache if net is self.net else None)
 
     def pipeline(self, amateurs: list = ()) -> Pipeline:
-        grammar = self.constraint.stage(self.prompt_len) if exists(self.constraint) else None
+        grammar = None
+        if exists(self.constraint):  # its text starts after the prompt, or in its last tokens (a continuation)
+            grammar = self.constraint.stage(self.prompt_len - self.config.constrained_prompt_tail)
         return build_pipeline(self.config, amateurs, self.breakers, self.generator, grammar)
 
     def new_output(self) -> Tensor:

@@ -31,7 +31,8 @@ CONSTRAINTS = ("choices", "regex", "json_schema", "grammar")
 WHAT = dict(choices="choice list", regex="regex", json_schema="JSON schema", grammar="Lark grammar")
 MAX_CONSTRAINT_CHARS = 20_000  # a schema, grammar or regex past this is refused (a shared machine compiles it)
 MAX_CHOICES = 1_000
-SHIFTS = torch.arange(32, dtype=torch.int32)
+# each byte's 8 bits, least significant first: llguidance's mask, one bit per token, read as bools in one lookup
+BITS = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).bool()
 JSON_OPTIONS = {"whitespace_flexible": False}
 
 
@@ -190,13 +191,24 @@ class Constraint:
     def matcher(self):
         return self.start.deep_copy()
 
+    def check_prompt(self, tokens: Tensor, tail: int):
+        """ValueError unless each row's last `tail` tokens of the prompt (b, n) are a beginning the constraint
+        allows (a constrained text continued: a what-if branch's forced token, say)."""
+        if tail > tokens.shape[1]:
+            raise ValueError(f"constrained_prompt_tail={tail} is longer than the prompt ({tokens.shape[1]} tokens)")
+        for row in (tokens[:, tokens.shape[1] - tail:].tolist() if tail else []):
+            m = self.matcher()
+            taken = m.try_consume_tokens(row)
+            if taken < len(row):
+                raise ValueError(f"the {WHAT[self.kind]} does not allow the text the prompt has begun: token "
+                                 f"{row[taken]} after {self.tokenizer.decode_str(row[:taken])!r}")
+
     def allowed(self, matchers: list) -> Tensor:
         """(len(matchers), vocab) bools: the tokens each matcher allows next."""
-        words = torch.zeros((len(matchers), self.words), dtype=torch.int32)
+        words = torch.empty((len(matchers), self.words), dtype=torch.int32)
         for i, m in enumerate(matchers):
             m.unsafe_compute_mask_ptr(words[i].data_ptr(), self.words * 4)
-        bits = (words[:, :, None] >> SHIFTS) & 1
-        return bits.flatten(1)[:, :self.vocab].bool()
+        return BITS[words.view(torch.uint8).long()].flatten(1)[:, :self.vocab]
 
     def stage(self, start: int) -> GrammarMask:
         return GrammarMask(self, start)
@@ -228,12 +240,13 @@ class GrammarMask(Processor):
             self.matchers = [self.constraint.matcher() for _ in range(b)]
             self.consumed = [[] for _ in range(b)]
         follows = [self.follow(i, row) for i, row in enumerate(tokens[:, self.start:].tolist())]
-        allowed = self.constraint.allowed(self.matchers).to(logits.device)
-        free = ~torch.tensor(follows, device=logits.device)[:, None]
+        allowed = self.constraint.allowed(self.matchers)
+        if not all(follows):
+            allowed |= ~torch.tensor(follows)[:, None]
         vocab = logits.shape[-1]
         if allowed.shape[-1] < vocab:  # ids past the tokenizer's: never text
             allowed = torch.cat((allowed, allowed.new_zeros((b, vocab - allowed.shape[-1]))), dim=-1)
-        return logits.masked_fill(~(allowed | free), NEG_INF)
+        return torch.where(allowed.to(logits.device), logits, NEG_INF)
 
     def follow(self, i: int, generated: list[int]) -> bool:
         """Bring row i's matcher to its `generated` tokens; False when it cannot follow them (see the class)."""

@@ -70,3 +70,21 @@ def test_a_bad_constraint_is_an_error_on_the_page_and_the_api(served_app, page, 
     page.locator("#structure-grammar textarea").fill("start: ((")
     page.locator("#generate").click()
     page.get_by_text("Lark grammar is not valid").first.wait_for(timeout=15000)
+
+
+def test_a_what_if_branch_continues_the_constrained_text(served_app, client, models):
+    """Forcing the first token of another answer at step 1 gives that answer; a token the constraint refuses
+    there is an error, not an unconstrained text."""
+    settings = dict(prompt="JULIET:", temperature=0.0, max_new_tokens=8, choices="\n".join(CHOICES))
+    text, _, trace = client.predict(**settings, api_name="/generate")
+    assert text in CHOICES
+    tok = models[0].tokenizer
+    other = next(c for c in CHOICES if c[0] != text[0])
+    branch, _, _ = client.predict(**settings, force_step=1, force_token=tok.encode(other[0]).ids[0],
+                                  api_name="/generate")
+    assert branch == other
+    refused = tok.encode("z").ids[0]
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError, match="does not allow the text"):
+        client.predict(**settings, force_step=1, force_token=refused, api_name="/generate")

@@ -255,3 +255,19 @@ def test_a_constraint_is_a_setting_that_round_trips():
     assert GenerationConfig.from_dict(json.loads(config.to_json())) == config
     assert GenerationConfig().constraint is None
     assert GenerationConfig().update(choices=("x", "y")).choices == ["x", "y"]
+
+
+def test_a_continued_constrained_text_goes_on_as_one_run(bundled):
+    """A constrained greedy run cut after k tokens and continued from the prompt plus those tokens
+    (`constrained_prompt_tail=k`) is the uncut run; a prompt tail the constraint refuses is refused before any
+    compute."""
+    model = bundled[0]
+    ids = model.tokenizer.encode(PROMPTS[1]).ids
+    whole = model.generate(torch.tensor(ids), 32, json_schema=SCHEMA, temperature=0.0).tolist()
+    for k in (1, 5, 9):
+        prompt = torch.tensor(whole[:len(ids) + k])
+        continued = model.generate(prompt, 32 - k, json_schema=SCHEMA, temperature=0.0, constrained_prompt_tail=k)
+        assert continued.tolist() == whole
+    with pytest.raises(ValueError, match="does not allow the text the prompt has begun"):
+        model.generate(torch.tensor(ids + model.tokenizer.encode('{"x').ids), 8, json_schema=SCHEMA,
+                       constrained_prompt_tail=3)
