@@ -271,3 +271,56 @@ def test_a_continued_constrained_text_goes_on_as_one_run(bundled):
     with pytest.raises(ValueError, match="does not allow the text the prompt has begun"):
         model.generate(torch.tensor(ids + model.tokenizer.encode('{"x').ids), 8, json_schema=SCHEMA,
                        constrained_prompt_tail=3)
+
+
+def llama_style_tokenizer():
+    """A SentencePiece-style BPE as Llama's tokenizer.json has it: '▁' for a space, byte fallback <0xNN>."""
+    from tokenizers import normalizers
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{i:02X}>": 3 + i for i in range(256)}}
+    for piece in ["▁", "y", "e", "s", "ye", "yes", "▁yes", "n", "o", "no", "▁no"]:
+        vocab[piece] = len(vocab)
+    merges = [("y", "e"), ("ye", "s"), ("▁", "yes"), ("n", "o"), ("▁", "no")]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    tok.add_special_tokens(["<s>", "</s>"])
+    return tok, {i: bytes([int(p[3:5], 16)]).decode("latin-1") if p.startswith("<0x") else p.replace("▁", " ")
+                 for p, i in vocab.items() if i > 2}
+
+
+def char_tokenizer():
+    """A word-level tokenizer of single letters and no decoder (llguidance cannot read it from its JSON: the
+    stage reads each token's text instead)."""
+    tok = Tokenizer(models.WordLevel({"<eos>": 0, "a": 1, "b": 2, "c": 3}, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    return tok, {1: "a", 2: "b", 3: "c"}
+
+
+@pytest.mark.parametrize("make,eos,choices", [(llama_style_tokenizer, 2, [" yes", " no", " zz"]),
+                                              (char_tokenizer, 0, ["abc", "ba", "cab"])], ids=["llama", "no decoder"])
+def test_other_tokenizers_allow_what_a_brute_force_allows(make, eos, choices):
+    """Sampled runs on a random model over each tokenizer: every step's kept tokens continue a choice (brute
+    force over the token texts; EOS once the text is one), and every such token is kept but where a byte-fallback
+    token spells what a regular token spells (llguidance may keep only the regular one); every text ends one."""
+    tok, texts = make()
+    vocab = tok.get_vocab_size()
+    model = tiny_model(seed=1, num_tokens=vocab, max_seq_len=32).eval()
+    model.tokenizer, model.eos_token_id = tok, eos
+    prompt = torch.tensor([3, 3])
+    for seed in range(3):
+        for step in model.stream(prompt, 8, choices=choices, temperature=1.0, filter_logits_fn=None, seed=seed,
+                                 trace=True, num_return_sequences=4):
+            for r in range(4):
+                so_far = "".join(texts.get(t, "") for t in step.sequences[r, :-1].tolist())
+                if eos in step.sequences[r, :-1].tolist():
+                    continue
+                want = {i for i, t in texts.items() if any(c.startswith(so_far + t) for c in choices)}
+                want |= {eos} if so_far in choices else set()
+                kept = set(step.trace.kept_ids("grammar", r))
+                regular = {i for i in want if not tok.id_to_token(i).startswith("<0x")}
+                assert regular <= kept <= want, (so_far, step.step)
+        out = model.generate(prompt, 8, choices=choices, temperature=1.0, seed=seed, num_return_sequences=4)
+        for row in out[:, 2:].tolist():
+            assert "".join(texts.get(t, "") for t in row[:row.index(eos)]) in choices
