@@ -94,11 +94,12 @@ NORMALISE = dict(choices=_choices, regex=_text("regex"), json_schema=_schema, gr
 
 def canonical(kind: str, value) -> str:
     """The constraint as one string (what the cache and the size cap read)."""
-    if kind == "choices":
-        return json.dumps(value)
-    if kind == "json_schema":
-        return json.dumps(value, sort_keys=True)
-    return value
+    if kind not in ("choices", "json_schema"):
+        return value
+    try:
+        return json.dumps(value, sort_keys=kind == "json_schema", allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{kind} must hold only what JSON can: {e}") from None
 
 
 @functools.lru_cache(maxsize=256)
@@ -116,7 +117,10 @@ def compiled(kind: str, text: str) -> str:
         grammar = llg.LLMatcher.grammar_from_json_schema(text, defaults=JSON_OPTIONS)
     else:
         grammar = llg.LLMatcher.grammar_from_lark(text)
-    error = llg.LLMatcher.validate_grammar(grammar)
+    try:
+        error = llg.LLMatcher.validate_grammar(grammar)
+    except (RuntimeError, TypeError) as e:  # (llguidance's own errors are messages, but be sure)
+        error = str(e)
     if error:
         raise ValueError(f"the {WHAT[kind]} is not valid: {error.strip()}")
     return grammar

@@ -324,3 +324,39 @@ def test_other_tokenizers_allow_what_a_brute_force_allows(make, eos, choices):
         out = model.generate(prompt, 8, choices=choices, temperature=1.0, seed=seed, num_return_sequences=4)
         for row in out[:, 2:].tolist():
             assert "".join(texts.get(t, "") for t in row[:row.index(eos)]) in choices
+
+
+def junk_or(typical):
+    from hypothesis import strategies as st
+
+    junk = st.one_of(st.none(), st.integers(), st.floats(), st.text(max_size=6), st.lists(st.text(max_size=3), max_size=3),
+                     st.dictionaries(st.text(max_size=3), st.one_of(st.text(max_size=3), st.floats()), max_size=2))
+    return st.one_of(typical, typical, junk)
+
+
+def test_any_constraint_gives_tokens_or_a_value_error(small):
+    """Property-based: whatever the four settings hold, generate gives a text that obeys them or a ValueError."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    letters = st.text("abc", min_size=1, max_size=4)
+    kinds = st.fixed_dictionaries({}, optional=dict(
+        choices=junk_or(st.lists(letters, max_size=4)), regex=junk_or(st.text("abc|()*+?[]{}1-", max_size=8)),
+        json_schema=junk_or(st.sampled_from([{"type": "string", "maxLength": 2}, '{"enum": ["ab", "c"]}', "{"])),
+        grammar=junk_or(st.sampled_from(['start: "a" | "b" "c"', "start: ((", 'start: x\nx: "ab"'])))).filter(
+        lambda kw: kw)
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(kw=kinds, seed=st.integers(0, 3))
+    def check(kw, seed):
+        try:
+            out = small.generate(torch.tensor([5, 1]), 6, seed=seed, **kw)
+        except ValueError as e:
+            assert str(e)
+            return
+        assert out.shape == (8,) and bool(((out >= 0) & (out < len(PIECES))).all())
+        if "choices" in kw and 0 in out[2:].tolist():
+            text = out[2:].tolist()
+            assert "".join(PIECES[i] for i in text[:text.index(0)]) in kw["choices"]
+
+    check()
