@@ -69,7 +69,7 @@ def test_a_bad_constraint_is_an_error_on_the_page_and_the_api(served_app, page, 
     page.locator("#structure").get_by_text("structure").first.click()
     page.locator("#structure-grammar textarea").fill("start: ((")
     page.locator("#generate").click()
-    page.get_by_text("Lark grammar is not valid").first.wait_for(timeout=15000)
+    page.get_by_text("Lark grammar is not valid").first.wait_for(timeout=30000)
 
 
 def test_a_what_if_branch_continues_the_constrained_text(served_app, client, models):
