@@ -199,6 +199,7 @@ def steps(run: Run) -> Iterator[Step]:
         run.keep(logits, log_probs, repeat=n_beams if step == 0 else 1)
         parents, tree = state.advance(log_probs, cur, sample_log_probs, model_log_probs, tree_width)
         model.reorder(parents)
+        pipeline.reorder(parents)
         if trace:
             trace.beams = rearrange(state.sequences[:, t:cur + 1], "(b beams) n -> b beams n", b=b)
             trace.beam_scores = state.ranked_scores().view(b, n_beams)

@@ -24,6 +24,7 @@ from .processors import build_filters
 from .specs import (ASSISTANT_SCHEDULES, LIBRARY_SPECS, SAMPLER_ORDERS, SPEC, STRATEGIES,  # noqa: F401 (re-exported)
                     TRANSFORMERS_ALIASES, TRANSFORMERS_FILTER_ORDER, TRANSFORMERS_GENERATE_ARGUMENTS,
                     TRANSFORMERS_TOP_K, TRANSFORMERS_UNSUPPORTED)
+from .structured import CONSTRAINTS, check_constraint
 from .utils import check_number
 
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -95,9 +96,21 @@ class GenerationConfig:
     seed: int | None = None
     trace: bool = False
     trace_top: int = 10
+    # structured output, one at a time (axw.structured): the text is one of `choices`, matches `regex` in full,
+    # is JSON valid under `json_schema` (a dict or its JSON text), or a sentence of the Lark `grammar`
+    choices: list[str] | None = None
+    regex: str | None = None
+    json_schema: dict | str | None = None
+    grammar: str | None = None
+    # the prompt's last n tokens are the constrained text's beginning (a continuation of one, as a what-if branch
+    # is); 0: the constrained text starts after the prompt
+    constrained_prompt_tail: int = 0
 
     def __post_init__(self):
         self._normalise_filters()
+        for name, value in check_constraint(self.choices, self.regex, self.json_schema, self.grammar).items():
+            setattr(self, name, value)
+        check_number(self.constrained_prompt_tail, "constrained_prompt_tail", 0, integer=True)
         for spec in LIBRARY_SPECS:  # ranges and kinds, as declared in axw.specs
             value = getattr(self, spec.name)
             if value is not None or _DEFAULTS[spec.name] is not None:  # None is off where it is the default
@@ -155,6 +168,11 @@ class GenerationConfig:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
+
+    @property
+    def constraint(self) -> str | None:
+        """The constraint's name (one of `axw.structured.CONSTRAINTS`), or None."""
+        return next((k for k in CONSTRAINTS if getattr(self, k) is not None), None)
 
     # --- overrides, dicts, files ---
 

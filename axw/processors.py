@@ -9,8 +9,8 @@ records stage by stage, so the stage names a learner sees are these names.
 
 Order (`GenerationConfig.sampler_order`):
 
-    filters_first (x-transformers):     [contrastive decoding] penalties | filters, xtc, temperature [, mirostat]
-    temperature_first (transformers):   [contrastive decoding] penalties | temperature, filters, xtc [, mirostat]
+    filters_first (x-transformers):     [grammar] [contrastive decoding] penalties | filters, xtc, temperature [, mirostat]
+    temperature_first (transformers):   [grammar] [contrastive decoding] penalties | temperature, filters, xtc [, mirostat]
 
 The stages left of `|` shape the scores for every strategy; those right of it
 shape the distribution sampled from, so greedy decoding, beam search and
@@ -49,6 +49,9 @@ class Processor:
 
     def update(self, chosen: Tensor, logits: Tensor):
         """After the choice, with the final logits (stateful processors)."""
+
+    def reorder(self, index: Tensor):
+        """Rows follow `index` (beam search's kept beams; processors with per-row state)."""
 
 
 # --- scores: contrastive decoding and penalties ---
@@ -394,14 +397,19 @@ class Pipeline:
         for proc in self.processors:
             proc.update(chosen, logits)
 
+    def reorder(self, index: Tensor):
+        for proc in self.processors:
+            proc.reorder(index)
+
 
 def build_pipeline(config, amateurs: list = (), breakers: Tensor | None = None,
-                   generator: torch.Generator | None = None) -> Pipeline:
+                   generator: torch.Generator | None = None, grammar: Processor | None = None) -> Pipeline:
     """The processors a `GenerationConfig` asks for, in its `sampler_order`.
     `amateurs`: (runner, alpha, beta) per contrastive-decoding amateur;
     `breakers`: DRY's sequence breakers as token ids; `generator`: the run's
-    random source (XTC draws from it)."""
-    scores: list[Processor] = []
+    random source (XTC draws from it); `grammar`: the constraint's mask
+    (`axw.structured.GrammarMask`), the first stage of all."""
+    scores: list[Processor] = [grammar] if exists(grammar) else []
     for i, (runner, alpha, beta) in enumerate(amateurs):
         name = "contrastive_decoding" if len(amateurs) == 1 else f"contrastive_decoding_{i}"
         scores.append(ContrastiveDecoding(runner, alpha, beta, name))

@@ -18,6 +18,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from . import structured
 from .attention import KVCache
 from .filters import FILTER_LOGITS_FN, filter_name, is_stateful
 from .generation_config import DRY_BREAKERS, GenerationConfig
@@ -407,11 +408,11 @@ class Run:
         output_scores: bool = False, output_logits: bool = False,
     ):
         net = self.net = wrapper.net
-        self.wrapper, self.config = wrapper, config
+        self.wrapper, (self.config, self.constraint) = wrapper, structured.prepare(wrapper, config)
 
         need = require
         check_number(seq_len, "seq_len", 0, integer=True)
-        c = config
+        c = config = self.config
         for eos in (c.eos_token if isinstance(c.eos_token, list) else [c.eos_token] if exists(c.eos_token) else []):
             check_number(eos, "eos_token", 0, net.num_tokens, integer=True, high_open=True,
                          allowed=f"a token id in [0, {net.num_tokens})")
@@ -519,6 +520,8 @@ class Run:
             tokens = tokens.repeat_interleave(n, 0)
             start = start.repeat_interleave(n, 0) if exists(start) else None
             self.given = self.given.repeat_interleave(n, 0) if exists(self.given) else None
+        if exists(self.constraint):  # a constrained text the prompt has begun must fit, before any compute
+            self.constraint.check_prompt(tokens, self.config.constrained_prompt_tail)
         return tokens, start
 
     def keep(self, logits: Tensor, scores: Tensor, repeat: int = 1):
@@ -642,7 +645,10 @@ class Run:
                 shared.leave(runner.cache)
 
     def pipeline(self, amateurs: list = ()) -> Pipeline:
-        return build_pipeline(self.config, amateurs, self.breakers, self.generator)
+        grammar = None
+        if exists(self.constraint):  # its text starts after the prompt, or in its last tokens (a continuation)
+            grammar = self.constraint.stage(self.prompt_len - self.config.constrained_prompt_tail)
+        return build_pipeline(self.config, amateurs, self.breakers, self.generator, grammar)
 
     def new_output(self) -> Tensor:
         """(batch, prompt + seq_len): the prompt, then pad_value to be overwritten."""

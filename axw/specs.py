@@ -196,6 +196,7 @@ MAX_CONTRASTIVE_K = 16
 MAX_DRAFT_TOKENS = 16
 MAX_SEED = 2**31 - 1
 MAX_TEMPERATURE = 5.0  # past it every token is about as likely: the page has nothing more to show
+STRUCTURED_PAPER = "llguidance (guidance-ai); Willard & Louf 2023, arXiv:2307.09702"
 
 SPECS: list[Spec] = [
     Spec("strategy", str, "sampling", "strategy", "how the next token is chosen", choices=STRATEGIES, group="app",
@@ -317,6 +318,16 @@ SPECS: list[Spec] = [
          "whose distribution differs most from the last layer's (Jensen-Shannon divergence) is subtracted, in "
          "log-probabilities, over the tokens the last layer finds plausible. Use a repetition penalty of about 1.2",
          "Chuang et al. 2023, arXiv:2309.03883", group="dola", checker=check_dola_layers),
+    # structured output (axw.structured), one at a time: GenerationConfig takes choices as a list and a schema as a
+    # dict (or its JSON text) and checks them itself; the playground takes each as text (choices one per line)
+    Spec("choices", str, "", "choices", "the text is exactly one of these answers, one per line (empty = off)",
+         STRUCTURED_PAPER, group="structure", library=False),
+    Spec("regex", str, "", "regex", "the text matches this regular expression in full (Rust's regex syntax; empty "
+         "= off)", STRUCTURED_PAPER, group="structure", library=False),
+    Spec("json_schema", str, "", "JSON schema", "the text is JSON valid under this schema (empty = off)",
+         STRUCTURED_PAPER, group="structure", library=False),
+    Spec("grammar", str, "", "Lark grammar", "the text is a sentence of this Lark grammar, from its rule `start` "
+         "(empty = off)", STRUCTURED_PAPER, group="structure", library=False),
     # the library's alone
     Spec("frac_num_tokens", float, 0.1, "top_k's frac_num_tokens", "k as a share of the vocabulary, when k is not "
          "given (x-transformers')", low=0, high=1, low_open=True, group="filters", filter="top_k",

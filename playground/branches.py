@@ -97,6 +97,8 @@ def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept
     # draft's) are its own, rolled back round by round
     fresh = strategy in ("contrastive search", "speculative decoding")
     cache = None if fresh else prefix_cache(model, prefix, len(parent.prompt_ids), kept)
+    if config.constraint is not None:  # the constrained text began in the parent: the branch continues it
+        config = config.update(constrained_prompt_tail=len(base))
     ids = torch.tensor(prefix + [token], dtype=torch.long, device=model.device)
     steps = model.stream(ids, remaining, config, amateur_model=amateur, assistant_model=assistant,
                          assistant_datastore=datastore, cache=cache)

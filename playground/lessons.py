@@ -10,6 +10,7 @@ import html
 from dataclasses import dataclass
 
 from .settings import Settings, to_query
+from .structure import CHARACTER
 
 LOOP_PROMPT = "KING HENRY:\nMy lord,"
 HOT_PROMPT = "ROMEO:\n"
@@ -61,6 +62,8 @@ class Lesson:
 TOP_P_HOT = Settings(temperature=2.0, top_p=0.9, sampler_order="temperature_first", max_new_tokens=60)
 MIN_P_HOT = Settings(temperature=2.0, min_p=0.1, sampler_order="temperature_first", max_new_tokens=60)
 SPECULATIVE = Settings(strategy="speculative decoding", temperature=0.0, max_new_tokens=60)
+JSON_CHARACTER = Settings(temperature=0.0, max_new_tokens=40, json_schema=CHARACTER)
+ASK_PROMPT = "ROMEO:\nWho art thou, and how old?\nJULIET:\n"
 
 LESSONS = {
     "beam search": [
@@ -86,6 +89,15 @@ LESSONS = {
                "links open each in the Generate tab, whose step view counts the tokens kept.",
                columns=(("top-p 0.9 (T 2, temperature first)", TOP_P_HOT),
                         ("min-p 0.1 (T 2, temperature first)", MIN_P_HOT))),
+        Lesson("a grammar makes any model answer in JSON, at what cost", ASK_PROMPT, JSON_CHARACTER,
+               "the JSON column is JSON that fits the character schema, {\"age\":3,\"name\":\"…\"}, from a model "
+               "that has only read plays; greedy answers in verse. Open the JSON column's share link and pick the "
+               "timeline's “probability the constraint removed”: at every brace, quote, key and colon the grammar "
+               "allowed a token or a few holding under 1% of the model's probability, often a millionth of it. "
+               "Inside the name the model writes its own words and the grammar removes little, until the name's "
+               "20 characters (maxLength) are spent and the closing quote is forced. The cost: the form is the "
+               "grammar's, the content a guess (age 3: the likeliest digit, not an answer).",
+               columns=(("JSON schema: a character (greedy)", JSON_CHARACTER),)),
     ],
     "speculative decoding": [
         Lesson("speculative decoding against greedy: the same text", LOOP_PROMPT, Settings(max_new_tokens=60),

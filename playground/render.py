@@ -167,11 +167,21 @@ def stage_setting(stage: str, settings: Settings | None) -> str:
                      dynamic_temperature=f"dynamic temperature {g(s.temperature)} ± {g(s.dynatemp_range)}",
                      mirostat=f"mirostat (tau {g(s.mirostat_tau)} bits)",
                      dry=f"dry (x{g(s.dry_multiplier)}, base {g(s.dry_base)}, allowed {s.dry_allowed_length})",
-                     contrastive_decoding=f"contrastive decoding (alpha {g(s.cd_alpha)}, beta {g(s.cd_beta)})")
+                     contrastive_decoding=f"contrastive decoding (alpha {g(s.cd_alpha)}, beta {g(s.cd_beta)})",
+                     grammar=constraint_label(s))
     if stage in described:
         return described[stage]
     value = values.get(stage)
     return f"{stage} {g(value)}" if isinstance(value, (int, float)) and not isinstance(value, bool) else stage
+
+
+def constraint_label(s: Settings) -> str:
+    """The grammar stage's label: what the constraint is."""
+    if s.choices.strip():
+        return "grammar (one of " + " / ".join(line.strip() for line in s.choices.splitlines() if line.strip()) + ")"
+    if s.regex:
+        return f"grammar (regex {s.regex})"
+    return "grammar (" + ("JSON schema" if s.json_schema else "Lark grammar") + ")"
 
 
 def stage_numbers(row: dict, settings: Settings | None = None) -> list[dict]:
@@ -183,7 +193,7 @@ def stage_numbers(row: dict, settings: Settings | None = None) -> list[dict]:
 def stages_html(row: dict, settings: Settings | None = None) -> str:
     items = []
     for n in stage_numbers(row, settings):
-        verb = "has" if n["stage"] == "model" else "kept"
+        verb = "has" if n["stage"] == "model" else "allowed" if n["stage"] == "grammar" else "kept"
         items.append(f'<li><b>{html.escape(n["label"])}</b> {verb} <b>{n["kept"]:,}</b> token'
                      f'{"s" * (n["kept"] != 1)} holding <b>{show_number(100 * n["mass"], ".1f")}%</b> of the '
                      f'model\'s probability; entropy <b>{show_number(n["entropy"])}</b> bits</li>')

@@ -14,6 +14,7 @@ from dataclasses import asdict, field, fields, make_dataclass, replace
 
 from axw import GenerationConfig
 from axw.logit_lens import candidate_layers, is_tied
+from axw.structured import check_constraint
 from axw.utils import check_number
 from axw.specs import APP_SPECS, FILTER_SPECS, SPEC, STOCHASTIC_BEAM_GROUPS, STRATEGIES, STRATEGY_GROUPS
 
@@ -35,7 +36,7 @@ def group_names(*groups: str) -> list[str]:
 
 # which settings each strategy reads (besides those every strategy reads); the others are not checked
 USES = {strategy: group_names(*groups) for strategy, groups in STRATEGY_GROUPS.items()}
-EVERY_STRATEGY = group_names("every", "penalty")
+EVERY_STRATEGY = group_names("every", "penalty", "structure")
 SAMPLING = group_names(*STOCHASTIC_BEAM_GROUPS)
 
 
@@ -61,6 +62,7 @@ class SettingsMethods:
         if not isinstance(self.system, str) or len(self.system) > MAX_PROMPT_CHARS:
             raise ValueError(f"system must be a text of at most {MAX_PROMPT_CHARS} characters (the system message "
                              "of chat mode)")
+        check_constraint(**constraint(self))  # two at once, or one the library refuses (an invalid regex, ...)
         s["force_step"] = number("force_step", self.force_step, 0, s["max_new_tokens"], integer=True)
         if s["force_step"]:
             top = vocab - 1 if vocab is not None else math.inf
@@ -95,6 +97,7 @@ class SettingsMethods:
                 kw[name] = None if spec.is_off(value) and not spec.in_range(value) else value
         if any(SPEC[name].is_filter for name in s.reads()):
             kw.update(s.sampling())
+        kw.update({name: value for name, value in constraint(s).items() if value is not None})
         if s.temperature == 0 or s.strategy != "sampling":
             kw["mirostat_tau"] = None  # greedy never samples, so mirostat would steer a target it never set
         if s.strategy == "contrastive decoding":
@@ -133,6 +136,15 @@ declares them). `check` refuses what is outside the library's ranges and the cap
 allowed); `config` is the library's GenerationConfig. Every sampler is off at its default (its off value), so a
 request that leaves it out means what it always did. `force_step` > 0 asks for a what-if branch: the same run
 with token `force_token` forced at that step (1-based) and continued from there."""
+
+
+def constraint(settings) -> dict:
+    """The structure settings as the library takes them: choices one per line (blank lines left out), the others
+    as given; an empty box is off (None)."""
+    lines = [line.rstrip("\r") for line in settings.choices.split("\n")] if isinstance(settings.choices, str) else []
+    out = dict(choices=[line for line in lines if line.strip()] or None)
+    out.update({name: getattr(settings, name) or None for name in ("regex", "json_schema", "grammar")})
+    return out
 
 
 def number(name, value, lo, hi, integer=False):

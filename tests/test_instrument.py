@@ -307,8 +307,11 @@ def test_the_timeline_plot_draws_the_timeline(model):
     assert df.token.tolist()[0] == model.tokenizer.decode([5]) and df.p.tolist()[:2] == [0.5, 0.5]
     assert frame(records, "chosen token's rank").value.tolist() == [2.0]  # no rank, no point
     assert frame(records, "tokens kept").value.tolist() == [7.0, 1.0]
+    assert frame(records, "probability the constraint removed").empty  # no constraint, no point
+    records[0]["constraint_removed"] = 0.25
+    assert frame(records, "probability the constraint removed").value.tolist() == [0.25]
     assert set(MEASURES) == {"uncertainty (entropy, bits)", "chosen token's probability", "chosen token's rank",
-                             "tokens kept"}
+                             "tokens kept", "probability the constraint removed"}
 
 
 # --- sample this step N times ---

@@ -20,6 +20,7 @@ from ..render import rounded, show_number, show_token, tokens_html
 from ..runs import chat_prompt
 from ..service import session_of, throttle, user_errors
 from ..settings import Settings, check_prompt
+from ..structure import CHARACTER
 from . import keep_on_failure
 
 COMPARE = [  # (label, strategy, settings): the five columns /generate has always been compared on
@@ -51,6 +52,7 @@ MORE = [  # the other columns a learner can add
     ("dynamic temperature (0.8 ± 0.5)", "sampling", dict(temperature=0.8, dynatemp_range=0.5)),
     ("DRY 0.8 (greedy)", "sampling", dict(temperature=0.0, dry_multiplier=0.8)),
     ("stochastic beams (4, T 1)", "beam search", dict(beams=4, stochastic=True, temperature=1.0)),
+    ("JSON schema: a character (greedy)", "sampling", dict(temperature=0.0, json_schema=CHARACTER)),
 ]
 COLUMNS = COMPARE + MORE
 LABELS = [label for label, *_ in COLUMNS]

@@ -17,6 +17,8 @@ from axw.specs import APP_SPECS, FILTER_SPECS, SPEC, Spec
 from ..caps import MAX_PROMPT_CHARS, STRATEGIES
 from ..lessons import explain
 from ..settings import Settings, check_prompt, group_names
+from ..structure import BOXES, EXAMPLES, NONE
+from ..structure import example as structure_example
 
 
 def control_names(spec: Spec) -> list[str]:
@@ -180,8 +182,9 @@ def control(name: str, start: Settings, **kwargs):
         return gr.Checkbox(value, **kwargs)
     if spec.choices:
         return gr.Radio(list(spec.choices), value=value, **kwargs)
-    if spec.kind is str:
-        return gr.Textbox(value, lines=1, **kwargs)
+    if spec.kind is str:  # a text: DoLa's layers on one line, the structure group's constraints on several
+        structure = spec.group == "structure"
+        return gr.Textbox(value, lines=2 if structure else 1, max_lines=12 if structure else 1, **kwargs)
     return gr.Number(value, precision=0 if spec.integer else None, **kwargs)
 
 
@@ -293,6 +296,17 @@ def build(model_box, choices, amateur: str | None, start: Settings | None = None
         place("max_new_tokens", "seed", "repetition_penalty", "no_repeat_ngram_size", "dry_multiplier")
         with gr.Row():
             place("dry_base", "dry_allowed_length")
+    with gr.Accordion("structure", open=False, elem_id="structure"):
+        gr.Markdown("Constrain the text to a format, one at a time: the grammar stage keeps only the tokens the "
+                    "format allows next, so what the model keeps is its own distribution renormalised over them.")
+        example = gr.Dropdown(list(EXAMPLES), value=NONE, label="ready examples", elem_id="structure-example")
+        for name in BOXES:
+            c[name] = control(name, s, elem_id=f"structure-{name.replace('_', '-')}")
+
+    def fill_example(name, request: gr.Request = None):
+        return structure_example(name)
+
+    example.change(fill_example, example, [c[name] for name in BOXES], api_visibility="private", queue=False)
     c["use_finetuned"] = control("use_finetuned", replace(s, use_finetuned=False))
     # a share link's what-if branch: Generate forces this token at this step (1-based; 0 = none)
     with gr.Row(visible=False):

@@ -18,6 +18,8 @@ MEASURES = {  # what the radio offers: the series drawn (label, timeline field),
     "chosen token's probability": ([("chosen token", "chosen_prob")], "probability it was chosen with"),
     "chosen token's rank": ([("rank", "chosen_rank")], "rank under the model (1 = most likely)"),
     "tokens kept": ([("kept", "kept")], "tokens kept after the last stage"),
+    "probability the constraint removed": ([("removed by the constraint", "constraint_removed")],
+                                           "the model's probability outside the allowed tokens"),
 }
 DEFAULT = next(iter(MEASURES))
 COLUMNS = ["step", "value", "series", "token", "p", "rank", "kept", "entropy"]
@@ -48,7 +50,7 @@ def frame(records: list[dict], measure: str = DEFAULT, tokenizer=None) -> pd.Dat
     for r in records:
         label = tokenizer.decode([r["token"]]) if tokenizer is not None and r["token"] is not None else ""
         for series, key in MEASURES[measure][0]:
-            value = r[key]
+            value = r.get(key)  # None: no point (no rank, no constraint)
             if value is None or (isinstance(value, float) and not math.isfinite(value)):
                 continue
             # rounded as the tooltip shows them (no negative zero: an entropy of -1e-9 bits is 0)
