@@ -20,8 +20,8 @@ from ..render import forks_html, step_html, tokens_html
 from ..runs import Run
 from ..service import session_of, throttle, user_errors
 from ..settings import Settings, number
-from . import (Triggered, View, beam_tree, forks, keep_on_failure, lessons, output, sample, settings, share, skip,
-               speculative, step, timeline, with_visitor)
+from . import (Triggered, View, beam_tree, forks, keep_on_failure, lessons, output, sample, sample_tree, settings,
+               share, skip, speculative, step, timeline, with_visitor)
 from .settings import settings_from_ui
 
 
@@ -43,7 +43,7 @@ MARK_STEP = """(value) => {
 }"""
 
 
-class Handlers(sample.Handlers, forks.Handlers):
+class Handlers(sample.Handlers, sample_tree.Handlers, forks.Handlers):
     """The Generate tab's handlers, mixed into the app with `service.Playground` (whose models, fair share and
     runs they use): a run, its steps, its branches."""
 
@@ -167,6 +167,7 @@ def build(app, gpu, model_box, choices, concurrency: int):
             _, _, bridge, timeline_view = timeline.build()
             slider, chart, step_view = step.build()
             sample_view = sample.build(app, tree, slider)
+            sample_tree_view = sample_tree.build(app, controls, gpu, concurrency)
     with link_box:
         refresh_link, load_link = share.build(app, controls, tree)
     opened, forks_view = forks.build(app, tree)
@@ -178,7 +179,8 @@ def build(app, gpu, model_box, choices, concurrency: int):
     # a share link's what-if branch is generated once: afterwards the page's controls hold no branch
     unforce = View([controls["force_step"], controls["force_token"]],
                    lambda shown: [0, 0] if "forks" in shown else skip(2))
-    views = [output_view, tree_view, rounds_view, step_view, timeline_view, sample_view, forks_view, unforce,
+    views = [output_view, tree_view, rounds_view, step_view, timeline_view, sample_view, sample_tree_view, forks_view,
+             unforce,
              View([tree], lambda shown: [shown["tree"]] if "tree" in shown else [gr.skip()])]
     outputs = [c for v in views for c in v.outputs]
 
