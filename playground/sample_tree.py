@@ -11,6 +11,7 @@ from dataclasses import replace
 import torch
 
 from axw import RowGenerators
+from axw.specs import MAX_SEED
 
 from .caps import MAX_TREE_SAMPLES, SAMPLE_TREE_BATCH
 from .numbers.sample_tree import chains, prefix_tree, summary
@@ -19,7 +20,6 @@ from .runs import chat_prompt, cut_at_stop, encode_prompt, stop_set
 from .settings import PARAMS, Settings, from_query, number, to_query
 
 TREE_STRATEGIES = ("sampling", "contrastive decoding")  # one draw a step from one row's distribution
-SEED_LIMIT = 2**63
 
 
 def check_request(settings: Settings, n, k) -> tuple[Settings, int, int]:
@@ -30,8 +30,9 @@ def check_request(settings: Settings, n, k) -> tuple[Settings, int, int]:
                          f"decoding\") does; pick one of those, not {settings.strategy!r}")
     n = number("n (how many samples)", n, 1, MAX_TREE_SAMPLES, integer=True)
     k = number("k (the first tokens the entropy counts)", k, 1, settings.max_new_tokens, integer=True)
-    if settings.seed + n > SEED_LIMIT:
-        raise ValueError(f"seeds seed..seed+n-1 must stay below 2**63: seed at most {SEED_LIMIT - n} for n={n}")
+    if settings.seed + n - 1 > MAX_SEED:  # each sample's seed is one /generate takes
+        raise ValueError(f"the seeds seed..seed+n-1 must be at most {MAX_SEED}: seed at most {MAX_SEED - n + 1} "
+                         f"for n={n}")
     return settings.unforced(), n, k
 
 
