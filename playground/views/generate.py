@@ -20,8 +20,8 @@ from ..render import forks_html, step_html, tokens_html
 from ..runs import Run
 from ..service import session_of, throttle, user_errors
 from ..settings import Settings, number
-from . import (Triggered, View, beam_tree, forks, keep_on_failure, lessons, output, sample, sample_tree, settings,
-               share, skip, speculative, step, timeline, with_visitor)
+from . import (Triggered, View, beam_tree, branch_files, forks, keep_on_failure, lessons, output, sample,
+               sample_tree, settings, share, skip, speculative, step, timeline, with_visitor)
 from .settings import settings_from_ui
 
 
@@ -43,7 +43,7 @@ MARK_STEP = """(value) => {
 }"""
 
 
-class Handlers(sample.Handlers, sample_tree.Handlers, forks.Handlers):
+class Handlers(sample.Handlers, sample_tree.Handlers, forks.Handlers, branch_files.Handlers):
     """The Generate tab's handlers, mixed into the app with `service.Playground` (whose models, fair share and
     runs they use): a run, its steps, its branches."""
 
@@ -171,6 +171,7 @@ def build(app, gpu, model_box, choices, concurrency: int):
     with link_box:
         refresh_link, load_link = share.build(app, controls, tree)
     opened, forks_view = forks.build(app, tree)
+    refresh_file, wire_file = branch_files.build(app, tree)
     # the what-if branch as an endpoint of this page (benchmarks call it; the browser clicks a candidate)
     with gr.Row(visible=False):
         branch_step, branch_token = gr.Number(0, precision=0), gr.Number(0, precision=0)
@@ -240,6 +241,8 @@ def build(app, gpu, model_box, choices, concurrency: int):
     opened_event = opened.input(open_run, [tree, opened], outputs, **quick)
     for event in (run, submitted, lesson, old_run, branched, branch_go_event, opened_event):
         refresh_link(event)
+        refresh_file(event)
+    refresh_link(wire_file(place, outputs))
     for event in (run, submitted, lesson, old_run, branched, branch_go_event, opened_event, *opened_step):
         keep_on_failure(event, outputs)
     css = "\n".join(v.css for v in views)
