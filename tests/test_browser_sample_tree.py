@@ -51,7 +51,7 @@ def test_the_sample_tree_and_its_comparison(served_app, page):
     shot(page, "sample-tree.png", "#sample-tree")
     page.locator("#tree-a svg .axw-st-node").nth(1).click()
     page.wait_for_selector("#tree-step .axw-step", timeout=30000)
-    assert "the text of seed" in page.locator("#tree-step").inner_text()
+    assert "The run of seed" in page.locator("#tree-step").inner_text()
     shot(page, "sample-tree-step.png", "#tree-step")
 
 

@@ -61,7 +61,7 @@ def test_a_node_opens_the_step_its_run_shows(app):
     assert out["b"] and out["opened"]["b"].temperature == 0.5 and out["opened"]["a"].temperature == 1.0
     _, _, rows = generated(app, "JULIET:", dict(temperature=1.0, max_new_tokens=8, seed=6))
     shown = app.tree_step_ui(out["opened"], "a", 6, 3)
-    assert f'data-step="{rows[3]["step"]}"' in shown and "seed 6" in shown
+    assert f'data-step="{rows[3]["step"]}"' in shown and "seed 6, step 4" in shown
     with pytest.raises(gr.Error, match="seed"):
         app.tree_step_ui(out["opened"], "a", 99, 3)
     with pytest.raises(gr.Error, match="sample a tree first"):

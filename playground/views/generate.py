@@ -167,11 +167,11 @@ def build(app, gpu, model_box, choices, concurrency: int):
             _, _, bridge, timeline_view = timeline.build()
             slider, chart, step_view = step.build()
             sample_view = sample.build(app, tree, slider)
-            sample_tree_view = sample_tree.build(app, controls, gpu, concurrency)
     with link_box:
         refresh_link, load_link = share.build(app, controls, tree)
     opened, forks_view = forks.build(app, tree)
     refresh_file, wire_file = branch_files.build(app, tree)
+    sample_tree_view = sample_tree.build(app, controls, gpu, concurrency)
     # the what-if branch as an endpoint of this page (benchmarks call it; the browser clicks a candidate)
     with gr.Row(visible=False):
         branch_step, branch_token = gr.Number(0, precision=0), gr.Number(0, precision=0)

@@ -92,7 +92,8 @@ class Handlers:
                 if len(run.rows) > step:
                     break
         row = run.rows[min(step, len(run.rows) - 1)]
-        return (f'<p class="axw-note">the text of seed {seed}, after {step} generated tokens:</p>'
+        return (f'<p class="axw-note">The run of seed {seed}, step {row["step"] + 1}: the distribution its token '
+                f'{row["step"] + 1} was drawn from, after the prompt and {row["step"]} generated tokens.</p>'
                 + step_html(row, m.tokenizer, run.settings, branching=False))
 
 
