@@ -72,7 +72,8 @@ def main(argv=None):
     model = AutoregressiveWrapper.from_pretrained(ROOT / "assets/models/shakespeare").eval()
     settings = Settings(max_new_tokens=args.tokens, temperature=1.0, seed=0)
     print(f"machine: {machine()}; load average before {os.getloadavg()[0]:.2f}")
-    print(f"N = {args.n} texts of up to {args.tokens} tokens, prompt {args.prompt!r}, temperature 1, seeds 0..{args.n - 1}")
+    print(f"N = {args.n} texts of up to {args.tokens} tokens, prompt {args.prompt!r}, temperature 1, "
+          f"seeds 0..{args.n - 1}")
     batched(model, args.prompt, settings, min(args.n, 8))  # warm-up
     times, samples = [], None
     for _ in range(args.repeats):
