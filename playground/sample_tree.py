@@ -102,6 +102,8 @@ def changed(prompt: str, settings: Settings, name: str, value) -> Settings:
     if name not in PARAMS or name in ("seed", "model", "use_finetuned", "force_step", "force_token"):
         raise ValueError(f"pick a setting to change (one of /generate's parameters but the seed, the model and the "
                          f"forced token), got {name!r}")
+    if value is None or not str(value).strip():
+        raise ValueError(f"give {name} a value to change it to (as a share link writes it: 0.5, true, top_p)")
     params = dict(urllib.parse.parse_qsl(to_query(prompt, settings)))
     params[name] = str(value)
     other = from_query(params)[1]  # a link leaves out the visitor's fine-tuned copy: this one keeps it

@@ -87,6 +87,10 @@ def test_bad_input_is_refused_before_any_compute(app, monkeypatch, n, k, setting
         app.sample_tree_api("ROMEO:", n, k, settings)
     with pytest.raises(gr.Error, match="setting to change"):
         app.sample_trees_ui("ROMEO:", Settings(), 5, 2, "seed", "3")
+    with pytest.raises(gr.Error, match="give temperature a value"):
+        app.sample_trees_ui("ROMEO:", Settings(), 5, 2, "temperature", " ")
+    with pytest.raises(gr.Error, match="temperature"):
+        app.sample_trees_ui("ROMEO:", Settings(), 5, 2, "temperature", "hot")
 
 
 def test_the_numbers_by_hand():
