@@ -10,7 +10,7 @@ import os
 
 from .caps import MAX_BRANCH_FILE_BYTES, MAX_FORKS
 from .runs import Run
-from .settings import Settings, check_prompt, number, settings_from_dict
+from .settings import check_prompt, number, settings_from_dict
 
 FORMAT = "axw-branches"
 VERSION = 1
@@ -91,7 +91,7 @@ def read_runs(runs) -> list[dict]:
     return out
 
 
-def parent_for(saved: dict, made: dict[int, Run], runs: list[dict]) -> Run | None:
+def parent_for(saved: dict, made: dict[int, Run]) -> Run | None:
     """The run to branch `saved` from: the one it branched from, else (that one was dropped from the tree) any
     run made so far with the same tokens before its step: a branch goes on from its prefix alone."""
     if saved["parent"] in made:

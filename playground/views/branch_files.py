@@ -52,7 +52,7 @@ class Handlers:
             self.keep(tree, root, cache, session, new=True)
             made, pairs = {content["runs"][0]["id"]: root}, [(content["runs"][0], root)]
             for saved in content["runs"][1:]:
-                parent = parent_for(saved, made, content["runs"])
+                parent = parent_for(saved, made)
                 if parent is None:
                     raise ValueError(f"branch {saved['id']} of the file branches from a run the file does not hold")
                 _, run, updates, cache = self.branch(parent, saved["step"], saved["token"], session,

@@ -10,10 +10,10 @@ from dataclasses import replace
 import gradio as gr
 
 from ..caps import MAX_TREE_SAMPLES
+from ..numbers.sample_tree import summary
 from ..render import step_html
 from ..sample_tree import changed, check_request, drawn, sample_texts, tree_json
 from ..sample_tree_svg import numbers_html, tree_svg
-from ..numbers.sample_tree import summary
 from ..service import session_of, user_errors
 from ..settings import PARAMS, Settings, check_prompt, number, settings_from_dict
 from . import Triggered, View, with_visitor
