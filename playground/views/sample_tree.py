@@ -5,6 +5,7 @@ its step: what the step view shows for that prefix. /sample_tree returns the tre
 
 from __future__ import annotations
 
+import html
 from dataclasses import replace
 
 import gradio as gr
@@ -27,6 +28,7 @@ CSS = """
 .axw-st .axw-st-node { cursor: pointer; }
 .axw-st .axw-st-node:hover text { text-decoration: underline; fill: #4f46e5; }
 .axw-st .axw-st-ends text:first-of-type { font-style: italic; }
+.axw-st-caption { font-weight: 600; margin: 0 0 4px; }
 .axw-st-edge { fill: none; stroke: #818cf8; stroke-opacity: 0.55; stroke-linecap: round; }
 """
 
@@ -73,7 +75,9 @@ class Handlers:
             for side, s in (("a", settings), ("b", other)):
                 if s is not None:
                     samples, m, *_ = self.sample_tree(prompt, s, n, k, session)
-                    out[side] = tree_svg(drawn(samples, m.tokenizer), n, side)
+                    caption = "current settings" if side == "a" else out["change"]
+                    out[side] = (f'<p class="axw-st-caption">{html.escape(caption)}: {n} texts</p>'
+                                 + tree_svg(drawn(samples, m.tokenizer), n, side))
                     out[side + "_numbers"] = summary(samples, k)
             return out
 
@@ -113,9 +117,11 @@ def build(app, controls, gpu, concurrency: int) -> View:
             value = gr.Textbox("", label="to", elem_id="tree-value", min_width=90)
         go = gr.Button("Sample the prompt N times", elem_id="tree-go")
         numbers = gr.HTML("", elem_id="tree-numbers")
-        with gr.Row(equal_height=False):
-            left = gr.HTML("", elem_id="tree-a", js_on_load=NODE_CLICK)
-            right = gr.HTML("", elem_id="tree-b", js_on_load=NODE_CLICK)
+        with gr.Row(equal_height=False):  # side by side; on a phone one above the other
+            with gr.Column(min_width=320):
+                left = gr.HTML("", elem_id="tree-a", js_on_load=NODE_CLICK)
+            with gr.Column(min_width=320):
+                right = gr.HTML("", elem_id="tree-b", js_on_load=NODE_CLICK)
         opened_step = gr.HTML("", elem_id="tree-step")
     opened = gr.State(None)
 
