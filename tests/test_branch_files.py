@@ -106,3 +106,24 @@ def test_a_malformed_or_foreign_file_is_refused_before_any_compute(app, saved, t
         app.load_branches_ui(bad)
     with pytest.raises(gr.Error, match="pick a branches file"):
         app.load_branches_ui(None)
+
+
+def test_the_files_it_wrote_go_after_an_hour_and_nothing_else(app, saved):
+    import os
+    import time
+
+    import playground.views.branch_files as view
+
+    runs, _ = saved
+    assert app.branches_file(Tree()) is None  # no runs: no file
+    tree = Tree()
+    tree.runs = {r.id: r for r in runs}
+    path = app.branches_file(tree)
+    mine = view.own_folder()
+    other = mine / "notes.txt"  # a file the program did not write there
+    other.write_text("keep me")
+    old = time.time() - view.KEEP_S - 60
+    os.utime(path, (old, old))
+    fresh = app.branches_file(tree)
+    assert os.path.exists(fresh) and not os.path.exists(path) and other.read_text() == "keep me"
+    assert json.loads(open(fresh).read())["runs"] == json.loads(open(saved[1]).read())["runs"]

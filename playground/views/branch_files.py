@@ -4,7 +4,9 @@ file saved. (A share link carries one branch; a file carries them all.)"""
 
 from __future__ import annotations
 
+import functools
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -16,6 +18,28 @@ from ..settings import number
 from . import keep_on_failure, with_visitor
 
 
+KEEP_S = 3600  # a branches file is removed an hour after it was written (gradio serves its own copy)
+
+
+@functools.cache
+def own_folder() -> Path:
+    """This process's folder for the branches files it writes, made on first use."""
+    return Path(tempfile.mkdtemp(prefix="axw-branches-"))
+
+
+def files_folder() -> Path:
+    """`own_folder()`, the files written there over KEEP_S ago removed first (only those: nothing else)."""
+    now = time.time()
+    for old in own_folder().glob("run-*/axw-branches.json"):
+        try:
+            if now - old.stat().st_mtime > KEEP_S:
+                old.unlink()
+                old.parent.rmdir()
+        except OSError:  # another request removed it first
+            pass
+    return own_folder()
+
+
 class Handlers:
     """The branches file's handlers, mixed into the app with `service.Playground`."""
 
@@ -24,7 +48,7 @@ class Handlers:
         runs = list(tree.runs.values()) if isinstance(tree, Tree) and tree.root is not None else []
         if not runs:
             return None
-        path = Path(tempfile.mkdtemp(prefix="axw-branches-")) / "axw-branches.json"
+        path = Path(tempfile.mkdtemp(prefix="run-", dir=files_folder())) / "axw-branches.json"
         path.write_text(to_json(runs, self.model_name), encoding="utf-8")
         return str(path)
 
