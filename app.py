@@ -103,6 +103,7 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
         gr.api(gpu(app.generate_api), api_name="generate", concurrency_limit=CONCURRENCY, concurrency_id="gen")
         gr.api(gpu(app.branch_api), api_name="branch", api_visibility="undocumented", concurrency_limit=CONCURRENCY,
                concurrency_id="gen")
+        gr.api(gpu(app.sample_tree_api), api_name="sample_tree", concurrency_limit=CONCURRENCY, concurrency_id="gen")
         demo.unload(app.unload)
         gr.api(gpu(app.finetune_api, duration=300), api_name="finetune", concurrency_limit=1, concurrency_id="train")
     check_handlers(demo)

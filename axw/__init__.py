@@ -22,6 +22,7 @@ from .filters import (
 from .generation_config import GenerationConfig
 from .ngrams import NgramDatastore
 from .processors import contrastive_decode_fn
+from .row_generators import RowGenerators
 from .runtime import GenerateOutput, SpeculativeStats, Step
 from .shared import SharedForwards
 from .tokenizer import Tokenizer
@@ -33,7 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AutoregressiveWrapper", "Decoder", "DecoderConfig", "FILTER_LOGITS_FN", "GenerateOutput", "GenerationConfig",
-    "Intermediates", "KVCache", "NgramDatastore", "SharedForwards", "SpeculativeStats", "Step", "StepTrace", "Tokenizer",
-    "TransformerConfig", "TransformerWrapper", "WrapperConfig", "contrastive_decode_fn", "epsilon_cutoff",
+    "Intermediates", "KVCache", "NgramDatastore", "RowGenerators", "SharedForwards", "SpeculativeStats", "Step",
+    "StepTrace", "Tokenizer", "TransformerConfig", "TransformerWrapper", "WrapperConfig", "contrastive_decode_fn",
+    "epsilon_cutoff",
     "eta_cutoff", "from_x_transformers", "min_p", "top_a", "top_h", "top_k", "top_n_sigma", "top_p", "typical_p",
 ]

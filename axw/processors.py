@@ -27,6 +27,7 @@ from torch import Tensor
 
 from .filters import (FILTER_LOGITS_FN, NEG_INF, check_filter_kwargs, entropy_nats, filter_name, identity,
                       is_stateful, keep_top1)
+from .row_generators import RowGenerators, uniform
 from .utils import check_number, exists
 
 LN2 = math.log(2.0)
@@ -264,7 +265,7 @@ class XTC(Processor):
         least = torch.where(above, probs, math.inf).amin(dim=-1, keepdim=True)
         remove = above & (probs > least) & (above.sum(dim=-1, keepdim=True) >= 2)
         if self.probability < 1.0:
-            draw = torch.rand((logits.shape[0], 1), device=logits.device, generator=self.generator)
+            draw = uniform(logits.shape[0], 1, logits.device, self.generator)
             remove &= draw < self.probability
         return logits.masked_fill(remove, NEG_INF)
 
@@ -425,7 +426,9 @@ def build_pipeline(config, amateurs: list = (), breakers: Tensor | None = None,
     filters = [] if amateurs else build_filters(config.filter_logits_fn, config.filter_kwargs)
     if config.xtc_probability > 0:
         coins = None
-        if exists(generator):
+        if isinstance(generator, RowGenerators):
+            coins = generator.derived(XTC_SEED)
+        elif exists(generator):
             coins = torch.Generator(device=generator.device).manual_seed(generator.initial_seed() ^ XTC_SEED)
         filters.append(XTC(config.xtc_threshold, config.xtc_probability, coins))
     if config.dynatemp_range > 0:

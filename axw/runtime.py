@@ -25,6 +25,7 @@ from .generation_config import DRY_BREAKERS, GenerationConfig
 from .logit_lens import candidate_layers, is_tied
 from .ngrams import NgramDatastore
 from .processors import Pipeline, build_pipeline
+from .row_generators import RowGenerators, uniform
 from .shared import shared_forwards
 from .specs import STRATEGY_STEPS
 from .trace import StepTrace, new_trace
@@ -343,7 +344,8 @@ class ModelRunner:
             self.start = self.start.index_select(0, index)
 
 
-def sample(probs_or_logits: Tensor, generator: torch.Generator | None, logits: bool = True) -> Tensor:
+def sample(probs_or_logits: Tensor, generator: torch.Generator | RowGenerators | None,
+           logits: bool = True) -> Tensor:
     """One token per row, by inverse transform: the token where the
     cumulative distribution first passes one uniform draw. Every step of
     every sampler takes exactly one draw per row, so two runs with the same
@@ -351,7 +353,7 @@ def sample(probs_or_logits: Tensor, generator: torch.Generator | None, logits: b
     pick the same token (what the Compare view relies on)."""
     probs = probs_or_logits.float().softmax(dim=-1) if logits else probs_or_logits.float()
     cdf = probs.cumsum(dim=-1)
-    u = torch.rand((probs.shape[0], 1), device=probs.device, generator=generator) * cdf[:, -1:]
+    u = uniform(probs.shape[0], 1, probs.device, generator) * cdf[:, -1:]
     token = torch.searchsorted(cdf, u, right=True)[:, 0]
     # rounding can put u at the very top: the last token that has any probability
     last = probs.shape[-1] - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)
@@ -368,6 +370,9 @@ def require(cond, msg: str):
     """A ValueError with `msg` unless `cond`."""
     if not cond:
         raise ValueError(msg)
+
+
+GENERATOR_TYPES = "generator must be a torch.Generator, or RowGenerators (one per row)"
 
 
 class Run:
@@ -416,7 +421,7 @@ class Run:
         for eos in (c.eos_token if isinstance(c.eos_token, list) else [c.eos_token] if exists(c.eos_token) else []):
             check_number(eos, "eos_token", 0, net.num_tokens, integer=True, high_open=True,
                          allowed=f"a token id in [0, {net.num_tokens})")
-        need(generator is None or isinstance(generator, torch.Generator), "generator must be a torch.Generator")
+        need(generator is None or isinstance(generator, (torch.Generator, RowGenerators)), GENERATOR_TYPES)
         need(c.beams <= net.num_tokens, f"beams must be at most the vocabulary size {net.num_tokens}, got {c.beams}")
         need(c.beams == 1 or c.penalty_alpha is None, "beam search and contrastive search cannot be combined")
         speculative = exists(assistant_model) or exists(assistant_datastore) or exists(c.prompt_lookup_num_tokens)
@@ -463,7 +468,7 @@ class Run:
 
         # the stop ids: one compares with ==, several with isin
         self.eos = torch.tensor(c.eos_token, device=tokens.device) if exists(c.eos_token) else None
-        self.generator = generator
+        self.generator = RowGenerators.check(generator, tokens.shape[0])
         if exists(c.seed):
             self.generator = torch.Generator(device=tokens.device).manual_seed(c.seed)
         self.sequences = self.beams = self.beam_scores = self.stats = None

@@ -75,7 +75,8 @@ def branch(model, parent: Run, step: int, token: int, config, amateur=None, kept
         row.get("chosen_prob")
     run = Run(settings, parent.prompt, parent.prompt_ids, new_ids=list(base),
               probs=parent.prefix_probs(step) + [forced_prob], rows=parent.rows[:step] + [row], parent=parent.id,
-              step=step, taken=taken(parent, step), forced=token, specials=parent.specials)
+              step=step, taken=taken(parent, step), forced=token, specials=parent.specials,
+              message=parent.message)
     if parent.beam:
         run.beam_probs = (parent.beam_probs or [])[:step] + [floats(run.probs)]
     detok = Detokenizer(model.tokenizer)

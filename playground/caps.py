@@ -36,3 +36,6 @@ MAX_COMPARE_COLUMNS = 12
 # the filters in the order the UI chains them: x-transformers' four, then the truncation samplers since
 FILTERS = [s.name for s in FILTER_SPECS]
 LOOKUP_NGRAM = 2  # "draft model + prompt lookup": copy where the text's last 2 tokens occurred before
+MAX_TREE_SAMPLES = 200  # "sample the prompt N times": the sample tree's N
+SAMPLE_TREE_BATCH = 100  # its rows sampled in one forward a step
+MAX_BRANCH_FILE_BYTES = 1_000_000  # a run with its what-if branches as a file

@@ -48,6 +48,7 @@ class Run:
     done: bool = False
     session: str = ""  # whose it is (a fine-tuned model's run needs its visitor's copy)
     specials: tuple[str, ...] = ()  # chat mode: the special tokens' texts, marked in the shown prompt
+    message: str = ""  # the prompt as typed (chat mode: the user's message, which `prompt` lays out)
 
     @property
     def beam(self) -> bool:
@@ -170,11 +171,13 @@ def start(model, prompt: str, settings: Settings, config, amateur=None, cache=No
     """(run, its stream of updates) for a new generation; everything is checked before the first step runs.
     `amateur`: contrastive decoding's amateur model; `assistant`, `datastore`: speculative decoding's draft model
     and n-gram datastore. In chat mode `prompt` is the user's message and the run's prompt is the rendered chat."""
+    message = prompt
     if settings.chat:
         prompt, ids = chat_prompt(model, prompt, settings.system)
     else:
         ids = encode_prompt(model, prompt)
-    run = Run(settings, prompt, ids.tolist(), beam_probs=[] if settings.strategy == "beam search" else None)
+    run = Run(settings, prompt, ids.tolist(), beam_probs=[] if settings.strategy == "beam search" else None,
+              message=message)
     if settings.chat:
         run.specials = special_pieces(model)
     steps = model.stream(ids, settings.max_new_tokens, config, amateur_model=amateur, assistant_model=assistant,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import urllib.parse
 from pathlib import Path
 
@@ -123,6 +124,41 @@ def generate_views(page, url: str, out: Path) -> str:
     # a share link that carries that branch opens it after its text (the link box holds it)
     link = page.locator("#share-link textarea, #share-link input").first.input_value()
     return link
+
+
+def sample_tree_views(page, url: str, out: Path, tmp: Path):
+    """The sample tree of 100 texts beside the one at temperature 0.5, a node's step; the branches file loaded."""
+    page.goto(f"{url}?{urllib.parse.urlencode(dict(prompt='ROMEO:', temperature=1, max_new_tokens=24))}")
+    page.wait_for_function("() => document.querySelector('#prompt textarea')?.value === 'ROMEO:'")
+    page.locator("#sample-tree").get_by_text("sample the prompt N times").first.click()
+    page.locator("#tree-change input").click()
+    page.get_by_role("option", name="temperature", exact=True).click()
+    page.locator("#tree-value textarea, #tree-value input").first.fill("0.5")
+    page.locator("#tree-go").click()
+    page.wait_for_selector("#tree-b svg .axw-st-node", timeout=120000)
+    page.wait_for_timeout(1000)
+    region(page, str(out / "sample-tree.png"), "#sample-tree", "#tree-a", full_width=False)
+    page.locator("#tree-a svg .axw-st-node").nth(3).click()
+    page.wait_for_selector("#tree-step .axw-step", timeout=60000)
+    page.wait_for_timeout(800)
+    region(page, str(out / "sample-tree-step.png"), "#tree-step", "#tree-step .axw-stages", full_width=False)
+    # the branches as a file: a run and a branch downloaded, loaded back into a fresh page
+    generate(page, url, prompt="ROMEO:", temperature=0.8, max_new_tokens=40, seed=3)
+    open_step(page, 4)
+    page.locator("#step-chart tr[data-token]").nth(2).click()
+    page.wait_for_selector("#forks td", timeout=60000)
+    page.wait_for_function("() => !document.querySelector('#branches-download').disabled", timeout=30000)
+    with page.expect_download() as info:
+        page.locator("#branches-download").click()
+    path = tmp / "axw-branches.json"
+    info.value.save_as(path)
+    page.goto(url)
+    with page.expect_file_chooser() as chooser:
+        page.locator("#branches-upload").click()
+    chooser.value.set_files(str(path))
+    page.get_by_text("runs regenerated").first.wait_for(timeout=60000)
+    page.wait_for_timeout(1500)
+    region(page, str(out / "branches-file.png"), "#forks-title", "#branches-status")
 
 
 def strategy_views(page, url: str, out: Path):
@@ -253,6 +289,8 @@ def main():
         step_views(page, url, out, link)
         dola_views(page, url, out)
         other_tabs(page, url, out)
+        with tempfile.TemporaryDirectory() as tmp:
+            sample_tree_views(page, url, out, Path(tmp))
         browser.close()
     demo.close()
     print("saved", *sorted(p.name for p in out.glob("*.png")))

@@ -30,10 +30,10 @@ def reference(model, prompt, n, **kwargs) -> str:
     return model.tokenizer.decode(reference_ids(model, prompt, n, **kwargs)[1])
 
 
-def test_named_endpoints_are_generate_and_finetune(client):
+def test_named_endpoints_are_generate_sample_tree_and_finetune(client):
     # the streaming UI handlers must not take these names
     assert set(client.view_api(print_info=False, return_format="dict")["named_endpoints"]) == {
-        "/generate", "/finetune"}
+        "/generate", "/sample_tree", "/finetune"}
 
 
 def test_generate_at_temperature_0_is_greedy_and_the_defaults_work(client, models):

@@ -7,7 +7,7 @@ import gradio as gr
 from axw.specs import FILTER_SPECS
 
 from ..caps import (MAX_BATCH_SIZE, MAX_BEAMS, MAX_DRAFT_TOKENS, MAX_FINETUNE_STEPS, MAX_HUB_MODEL_BYTES,
-                    MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_UPLOAD_BYTES, STRATEGIES)
+                    MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_TREE_SAMPLES, MAX_UPLOAD_BYTES, STRATEGIES)
 
 FILTERS_OFF = ", ".join(f"`{f.name}` ({'false' if f.kind is bool else f'{f.off:g}'})" for f in FILTER_SPECS)
 API_DOC = f"""Everything the Generate and Fine-tune tabs do is also a named API endpoint; every parameter but the
@@ -51,6 +51,12 @@ token with its rank and probability; beam search's `beam_tree` (every candidate 
   `dry_allowed_length`, `model` (a Hub repo id; empty = the default model), `use_finetuned`.
 - A what-if branch: `force_step` (1-based; 0 = none) and `force_token` (a token id): the same run, with that
   token forced at that step and continued with the same settings and seed.
+
+**/sample_tree** (`prompt`, `n`, `k`, `settings`: a dict of /generate's parameters by name) samples the prompt
+`n` times (at most {MAX_TREE_SAMPLES}) with seeds seed..seed+n-1, each text the one /generate gives with its
+seed, and returns the prefix tree of their tokens: `nodes` (each with its `parent`, `token`, `text`, `count` of
+texts through it, `ends` there, `prob` it was chosen with), the distinct `texts` with their counts, and
+`entropy`, in bits, of the first `k` tokens' distribution over the texts.
 
 **/finetune** (`text`, `steps`, `learning_rate`, `batch_size`, `context_length`, `mask_prob`, `seed`) trains
 your own copy of the model and returns `{{steps, stopped, loss, losses, val_losses}}` (`val_losses`: the

@@ -20,8 +20,8 @@ from ..render import forks_html, step_html, tokens_html
 from ..runs import Run
 from ..service import session_of, throttle, user_errors
 from ..settings import Settings, number
-from . import (Triggered, View, beam_tree, forks, keep_on_failure, layers, lessons, output, sample, settings, share,
-               skip, speculative, step, timeline, with_visitor)
+from . import (Triggered, View, beam_tree, branch_files, forks, keep_on_failure, layers, lessons, output, sample,
+               sample_tree, settings, share, skip, speculative, step, timeline, with_visitor)
 from .settings import settings_from_ui
 
 
@@ -43,7 +43,7 @@ MARK_STEP = """(value) => {
 }"""
 
 
-class Handlers(sample.Handlers, forks.Handlers, layers.Handlers):
+class Handlers(sample.Handlers, sample_tree.Handlers, forks.Handlers, layers.Handlers, branch_files.Handlers):
     """The Generate tab's handlers, mixed into the app with `service.Playground` (whose models, fair share and
     runs they use): a run, its steps, its branches."""
 
@@ -172,6 +172,8 @@ def build(app, gpu, model_box, choices, concurrency: int):
     with link_box:
         refresh_link, load_link = share.build(app, controls, tree)
     opened, forks_view = forks.build(app, tree)
+    refresh_file, wire_file = branch_files.build(app, tree)
+    sample_tree_view = sample_tree.build(app, controls, gpu, concurrency)
     # the what-if branch as an endpoint of this page (benchmarks call it; the browser clicks a candidate)
     with gr.Row(visible=False):
         branch_step, branch_token = gr.Number(0, precision=0), gr.Number(0, precision=0)
@@ -180,7 +182,8 @@ def build(app, gpu, model_box, choices, concurrency: int):
     # a share link's what-if branch is generated once: afterwards the page's controls hold no branch
     unforce = View([controls["force_step"], controls["force_token"]],
                    lambda shown: [0, 0] if "forks" in shown else skip(2))
-    views = [output_view, tree_view, rounds_view, step_view, timeline_view, sample_view, layers_view, forks_view,
+    views = [output_view, tree_view, rounds_view, step_view, timeline_view, sample_view, layers_view, sample_tree_view,
+             forks_view,
              unforce,
              View([tree], lambda shown: [shown["tree"]] if "tree" in shown else [gr.skip()])]
     outputs = [c for v in views for c in v.outputs]
@@ -260,6 +263,8 @@ def build(app, gpu, model_box, choices, concurrency: int):
     opened_event = opened.input(open_run, [tree, opened], outputs, **shown)
     for event in (*streams, opened_event):
         refresh_link(event)
+        refresh_file(event)
+    refresh_link(wire_file(place, outputs))
     for event in streams:
         keep_on_failure(event, streamed_outputs)
     for event in (*shows, opened_event, *opened_step):
