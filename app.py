@@ -31,7 +31,7 @@ from playground.sessions import visitor  # noqa: E402,F401
 from playground.views import api, check_handlers, compare, finetune, generate, lessons, settings  # noqa: E402
 from playground.views.compare import COMPARE  # noqa: E402,F401
 
-CONCURRENCY = pg.sessions.concurrency()  # AXW_CONCURRENCY; many at once while runs share forwards
+CONCURRENCY = pg.sessions.concurrency()  # AXW_CONCURRENCY
 
 INTRO = """# axw decoding playground
 A language model gives a probability to every possible next token; a **decoding strategy** decides which one to

@@ -10,9 +10,8 @@ processor pipeline, random numbers, trace, KV cache. Each run's rows get the bit
 
 Only one-position steps join (sampling, greedy, contrastive decoding's expert and amateur, speculative decoding's
 drafts, beam search's beams); a prompt, a speculative verify and contrastive search's candidates run alone.
-Whoever arrives first runs the forward (no thread of its own): it waits a moment for the other runs of the last
-forward, at most `wait_s`, then runs every step waiting, then hands the next forward to the first run that came
-in meanwhile.
+Whoever arrives first runs the forward (no thread of its own): it waits a moment for the other runs in flight (at
+most `wait_s`, or half the last forward's time when that is longer), then runs every step waiting, then hands the next forward to the first run that came in meanwhile.
 """
 
 from __future__ import annotations
@@ -65,21 +64,26 @@ class SharedStats:
 
 class SharedForwards:
     """The forwards of `net`'s runs in flight, shared: see the module's docstring. `max_rows` rows at most in
-    one forward; `wait_s`, how long the first run of a forward waits for the others that were in the last one."""
+    one forward; `wait_s`, how long the first run of a forward waits for the other runs in flight. `exact` off:
+    each Linear is one product over all the rows (the weights read once a forward, which is what a large model's
+    step costs; each run's numbers then equal its own within float error, not bit for bit)."""
 
-    def __init__(self, net, max_rows: int = 64, wait_s: float = 0.004):
+    def __init__(self, net, max_rows: int = 64, wait_s: float = 0.004, exact: bool = True):
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
         if not wait_s >= 0:
             raise ValueError(f"wait_s must be >= 0, got {wait_s!r}")
         if shared_forwards(net) is not None:
             raise ValueError("this network's forwards are shared already")
-        self.net, self.max_rows, self.wait_s = net, max_rows, wait_s
+        self.net, self.max_rows, self.wait_s, self.exact = net, max_rows, wait_s, exact
         self.stats = SharedStats()
-        self._cond = threading.Condition()
+        self._cond = threading.Condition()  # a forward done or a run gone: its runs wake
+        self._arrived = threading.Condition(self._cond._lock)  # a step came in: whoever gathers the next forward
         self._pending: list[_Step] = []
         self._busy = False
-        # the caches of the last forward's runs still running: the next forward waits a moment for them
+        self._last_s = 0.0  # how long the last forward took
+        # the caches of the runs in flight (from their first step until they leave): a forward waits a moment for
+        # the steps of those not in it yet
         self._expected: weakref.WeakSet = weakref.WeakSet()
         _SHARED[net] = self
 
@@ -90,7 +94,7 @@ class SharedForwards:
 
     @property
     def members(self) -> int:
-        """Runs of the last forward still in flight: those the next forward waits a moment for."""
+        """Runs in flight (from their first step until they end): those a forward waits a moment for."""
         with self._cond:
             return len(self._expected)
 
@@ -98,7 +102,7 @@ class SharedForwards:
         """A run that used `cache` has ended: the next forward does not wait for it."""
         with self._cond:
             self._expected.discard(cache)
-            self._cond.notify_all()
+            self._arrived.notify_all()
 
     def decode(self, tokens: Tensor, cache: KVCache) -> Tensor:
         """`net.decode(tokens, cache)` for tokens (b, 1), in a forward shared with the other runs' steps."""
@@ -107,6 +111,8 @@ class SharedForwards:
         step = _Step(tokens, cache)
         with self._cond:
             self._pending.append(step)
+            self._expected.add(cache)
+            self._arrived.notify_all()
             while self._busy and not step.done and not step.lead:
                 self._cond.wait()
             if not step.done:
@@ -121,14 +127,15 @@ class SharedForwards:
     def _gather(self) -> list[_Step]:
         """(holding the lock) The steps of the next forward: the pending ones, after waiting a moment for the
         runs of the last forward that have not come yet."""
-        deadline = time.monotonic() + self.wait_s
+        # a forward that costs more is worth waiting longer for: up to half the last one's time
+        deadline = time.monotonic() + max(self.wait_s, 0.5 * self._last_s)
         while True:
             waiting = {id(s.cache) for s in self._pending}
             missing = [c for c in self._expected if id(c) not in waiting]
             left = deadline - time.monotonic()
             if not missing or left <= 0 or self._rows(self._pending) >= self.max_rows:
                 break
-            self._cond.wait(left)
+            self._arrived.wait(left)
         batch, rows = [], 0
         for s in list(self._pending):
             if rows + s.tokens.shape[0] > self.max_rows:
@@ -144,20 +151,21 @@ class SharedForwards:
 
     def _run(self, batch: list[_Step]):
         """Run the forward of `batch`, then wake its runs and hand the next forward on."""
+        began = time.perf_counter()
         try:
             with torch.no_grad():
                 if len(batch) == 1:
                     hidden = [self.net.decode(batch[0].tokens, batch[0].cache)]
                 else:
-                    hidden = self.net.decode_rows([s.tokens for s in batch], [s.cache for s in batch])
+                    hidden = self.net.decode_rows([s.tokens for s in batch], [s.cache for s in batch], self.exact)
             for s, h in zip(batch, hidden):
                 s.hidden = h
         except BaseException as e:  # every run of the forward sees its failure
             for s in batch:
                 s.error = e
         with self._cond:
+            self._last_s = time.perf_counter() - began
             self._count(len(batch))
-            self._expected = weakref.WeakSet(s.cache for s in batch)
             for s in batch:
                 s.done = True
             if self._pending:

@@ -541,10 +541,12 @@ class TransformerWrapper(nn.Module):
                                      keep_layers=keep_layers)
         return hidden
 
-    def decode_rows(self, xs: list[Tensor], caches: list[KVCache]) -> list[Tensor]:
+    def decode_rows(self, xs: list[Tensor], caches: list[KVCache], exact: bool = True) -> list[Tensor]:
         """`decode` for several runs in one forward (`axw.shared`): new tokens xs[i] (b_i, n), one n for all,
         each run through its own cache; each run's final hidden states (b_i, n, dim), the bits `decode` gives
-        it alone. Inference only (dropout would draw for the rows together)."""
+        it alone. With `exact` off, each Linear is one product over every run's rows (the weights read once, but
+        the rounding then depends on how many rows there are: equal to `decode`'s within float error, not bit for
+        bit). Inference only (dropout would draw for the rows together)."""
         if self.training:
             raise ValueError("decode_rows runs at inference: call model.eval() first")
         n = xs[0].shape[1]
@@ -553,7 +555,7 @@ class TransformerWrapper(nn.Module):
         embedded = [self._embed(x, cache.seen, cache.seq_start_pos) for x, cache in zip(xs, caches)]
         parts = [x.shape[0] for x in xs]
         positions = torch.cat([p.expand(b, n) for (_, p, _), b in zip(embedded, parts)])
-        with shared_rows(parts):
+        with shared_rows(parts if exact else [sum(parts)]):
             hidden = self.attn_layers.forward_rows(
                 torch.cat([h for h, _, _ in embedded]), positions=positions, caches=caches, parts=parts,
                 key_masks=[mask for _, _, mask in embedded], window=self._window(),

@@ -10,9 +10,11 @@ MAX_TRAIN_CHARS = 2_000_000
 MAX_FINETUNE_STEPS = 500
 MAX_BATCH_SIZE = 32
 MODEL_CACHE_SIZE = 3
-# generations running at once (AXW_CONCURRENCY): with shared forwards (AXW_SHARED_FORWARDS=1, the default) the runs
-# in flight decode their tokens in one forward, so a class's runs all go at once; each on its own, 2 on 2 cores
-SHARED_CONCURRENCY, ALONE_CONCURRENCY = 32, 2
+# generations running at once (AXW_CONCURRENCY). Their one-token steps share forwards (AXW_SHARED_FORWARDS), but on a
+# 2-core CPU with the bundled model each run's own work per token (its pipeline, trace and text, serialised by
+# Python's interpreter lock) costs as much as the forward, and more runs at once only queue for it
+# (benchmarks/class_burst.py): raise it where the forward dominates a step (a GPU, a larger model)
+CONCURRENCY = 2
 MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in bf16 (AXW_HUB_MODEL_BYTES)
 # visitors' fine-tuned copies kept at once (AXW_FINETUNES), and the memory they may hold together
 # (AXW_FINETUNE_BYTES): a class of 30 each with a copy of the bundled model (8 MB) fits easily

@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 from axw.utils import check_number
 
-from .caps import (ADDRESS_SESSIONS, ALONE_CONCURRENCY, FINETUNE_BYTES, KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS,
-                   MAX_TRUSTED_PROXIES, SESSION_IDLE_S, SHARED_CONCURRENCY, VISITOR_BUDGET_S, VISITOR_WINDOW_S)
+from .caps import (ADDRESS_SESSIONS, CONCURRENCY, FINETUNE_BYTES, KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS,
+                   MAX_TRUSTED_PROXIES, SESSION_IDLE_S, VISITOR_BUDGET_S, VISITOR_WINDOW_S)
 
 
 class Sessions:
@@ -143,9 +143,9 @@ def shared_forwards_on(env=os.environ) -> bool:
 
 
 def concurrency(env=os.environ) -> int:
-    """Generations running at once (AXW_CONCURRENCY): by default many with shared forwards, else 2."""
-    default = SHARED_CONCURRENCY if shared_forwards_on(env) else ALONE_CONCURRENCY
-    return env_number("AXW_CONCURRENCY", default, 1, 256, integer=True, env=env)
+    """Generations running at once (AXW_CONCURRENCY, default CONCURRENCY); AXW_SHARED_FORWARDS is checked too."""
+    shared_forwards_on(env)
+    return env_number("AXW_CONCURRENCY", CONCURRENCY, 1, 256, integer=True, env=env)
 
 
 def trusted_proxies(trusted: int | None = None, trust_proxy: bool | None = None, env=os.environ) -> int:

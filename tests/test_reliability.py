@@ -679,7 +679,8 @@ def test_hostile_page_controls_answer_or_refuse_cleanly(url, forwards, values):
                     dynatemp_range=0.0, dynatemp_exponent=1.0, mirostat_tau=0.0, mirostat_eta=0.1,
                     dry_multiplier=0.0, dry_base=1.75, dry_allowed_length=2, stochastic=False, drafter="draft model",
                     num_assistant_tokens=3, num_assistant_tokens_schedule="constant", force_step=0, force_token=0,
-                    chat=False, system="", use_pless=False, use_adaptive=False, adaptive=0.5, adaptive_p_decay=0.9)
+                    chat=False, system="", use_pless=False, use_adaptive=False, adaptive=0.5, adaptive_p_decay=0.9,
+                    dola_layers="high", choices="", regex="", json_schema="", grammar="")
     assert list(controls) == UI_INPUTS
     controls.update(values)
     client = new_client(url)
