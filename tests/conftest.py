@@ -30,6 +30,16 @@ def tiny_model(seed=0, wrapper_kwargs=None, **kwargs):
     return AutoregressiveWrapper(tiny_net(**kwargs), **(wrapper_kwargs or {}))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: on a shared two-core machine the small models' steps are many times
+    faster without a second thread to wait on."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def model():
     return tiny_model().eval()

@@ -16,16 +16,7 @@ from playground.settings import Settings
 from playground.structure import BOXES, CHARACTER, EXAMPLES, example
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: on a shared two-core machine the small models' steps are many times faster without a second
-    thread to wait on."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
