@@ -43,6 +43,14 @@ MARK_STEP = """(value) => {
 }"""
 
 
+def streaming(run: Run, tree: Tree | None = None) -> dict:
+    """What a run's stream shows: its text as far as it has come and how many steps it took; at the end, with
+    the visitor's `tree`."""
+    shown = dict(output=tokens_html(run.prompt, run.pieces, run.probs, forced=run.step, specials=run.specials),
+                 steps=len(run.rows))
+    return shown if tree is None else {**shown, "tree": tree}
+
+
 class Handlers(sample.Handlers, sample_tree.Handlers, forks.Handlers, layers.Handlers, branch_files.Handlers):
     """The Generate tab's handlers, mixed into the app with `service.Playground` (whose models, fair share and
     runs they use): a run, its steps, its branches."""
@@ -80,10 +88,11 @@ class Handlers(sample.Handlers, sample_tree.Handlers, forks.Handlers, layers.Han
         first, *more = settings.drafter.split(" + ")
         return " + ".join([f"{first} ({Path(name or '').name or name})", *more])
 
-    def generate_ui(self, *values, request: gr.Request = None):
+    def generate_ui(self, *values, request: gr.Request = None, views: bool = True):
         """The Generate button. `values`: the controls (views.settings.UI_INPUTS order), then the visitor's tree.
-        Yields what the views show: the output while it streams, then everything. A share link's what-if branch
-        (force_step) is generated after its text, and opened."""
+        Yields what the views show: the output while it streams, then everything (without `views`: the output and
+        the tree, for a page that draws the views itself afterwards). A share link's what-if branch (force_step) is
+        generated after its text, and opened."""
         *controls, tree = values
         session = session_of(request)
         with self.metered(request), user_errors():
@@ -94,18 +103,17 @@ class Handlers(sample.Handlers, sample_tree.Handlers, forks.Handlers, layers.Han
                 settings.check(m.net.num_tokens)
             for run in throttle(updates):
                 if not run.done:
-                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, specials=run.specials),
-                               steps=len(run.rows))
+                    yield streaming(run)
             tree = tree if isinstance(tree, Tree) else Tree()
             run.session = session
             tree.add(run)
             self.caches.drop(session)
             self.caches.put(session, run.id, cache)
-            yield self.show(tree, run, 0)
+            yield self.show(tree, run, 0) if views else streaming(run, tree)
             if force:
-                yield from self.branch_ui(tree, force - 1, settings.force_token, request, metered=False)
+                yield from self.branch_ui(tree, force - 1, settings.force_token, request, metered=False, views=views)
 
-    def branch_ui(self, tree, step, token, request: gr.Request = None, metered: bool = True):
+    def branch_ui(self, tree, step, token, request: gr.Request = None, metered: bool = True, views: bool = True):
         """A candidate was clicked in the step view: branch the open run at `step` (0-based) with `token`, and
         open the branch. Yields like generate_ui."""
         session = session_of(request)
@@ -116,13 +124,12 @@ class Handlers(sample.Handlers, sample_tree.Handlers, forks.Handlers, layers.Han
             m, run, updates, cache = self.branch(parent, step, token, session, kept=self.caches.get(session, parent.id))
             for run in throttle(updates):
                 if not run.done:
-                    yield dict(output=tokens_html(run.prompt, run.pieces, run.probs, forced=run.step,
-                                                    specials=run.specials), steps=len(run.rows))
+                    yield streaming(run)
             run.session = session
             tree.add(run)
             self.caches.drop(session, keep=set(tree.runs))
             self.caches.put(session, run.id, cache)
-            yield self.show(tree, run, run.step)
+            yield self.show(tree, run, run.step) if views else streaming(run, tree)
 
     def step_ui(self, tree, step, request: gr.Request = None):
         """Open `step` (0-based) of the open run: the step view, and the output with that token highlighted."""
@@ -204,13 +211,13 @@ def build(app, gpu, model_box, choices, concurrency: int):
 
     # the handlers: each runs the service and places what it shows; the names are what ZeroGPU reports
     def generate_ui(*values, request: gr.Request = None):
-        yield from streamed(app.generate_ui(*values, request=request))
+        yield from streamed(app.generate_ui(*values, request=request, views=False))
 
     def branch_ui(tree, evt: Triggered, request: gr.Request = None):
         yield from branch_stream(tree, evt.data.get("step"), evt.data.get("token"), request)
 
     def branch_stream(tree, step, token, request: gr.Request = None):
-        yield from streamed(app.branch_ui(tree, step, token, request=request))
+        yield from streamed(app.branch_ui(tree, step, token, request=request, views=False))
 
     def show_run(tree, request: gr.Request = None):
         """Every view of the run a stream has just finished (the tree's open run, at its branch step)."""
