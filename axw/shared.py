@@ -10,12 +10,16 @@ processor pipeline, random numbers, trace, KV cache. Each run's rows get the bit
 
 Only one-position steps join (sampling, greedy, contrastive decoding's expert and amateur, speculative decoding's
 drafts, beam search's beams); a prompt, a speculative verify and contrastive search's candidates run alone.
-Whoever arrives first runs the forward (no thread of its own): it waits a moment for the other runs in flight (at
-most `wait_s`, or half the last forward's time when that is longer), then runs every step waiting, then hands the next forward to the first run that came in meanwhile.
+Whoever arrives first runs the forward (no thread of its own): it waits for the other runs in flight while
+they are on their way, then runs every step waiting, then hands the next forward to the first run that came in
+meanwhile. A run is on its way for as long as it usually takes between its forwards (its own pace, measured), so
+a forward waits for runs busy with their own work between tokens but not for one whose reader has paused; never
+longer than `wait_s` or twice the last forward's time, whichever is longer.
 """
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import weakref
@@ -36,7 +40,7 @@ def shared_forwards(net) -> SharedForwards | None:
     return _SHARED.get(net) if _SHARED else None
 
 
-@dataclass
+@dataclass(eq=False)  # a step is itself: compared by identity
 class _Step:
     """One run's request: its new tokens (b, 1) through its cache; the hidden states (b, 1, dim) come back."""
 
@@ -46,6 +50,18 @@ class _Step:
     error: BaseException | None = None
     done: bool = False
     lead: bool = False  # this request's thread runs the next forward
+    # held until the step is done or its thread is to run the next forward: its thread alone waits on it
+    wake: threading.Lock = field(default_factory=threading.Lock)
+    # held until the run before it in its forward is back (`SharedForwards._next_turn`)
+    turn: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class _Pace:
+    """A run's pace: when its last forward was done, and how long it usually takes to come back."""
+
+    done_at: float = 0.0
+    away_s: float | None = None  # moving average of the time from a forward done to the run's next step
 
 
 @dataclass
@@ -56,6 +72,7 @@ class SharedStats:
     steps: int = 0
     largest: int = 0  # the most steps one forward carried
     sizes: dict = field(default_factory=dict)  # steps per forward -> how many forwards carried that many
+    waited_s: float = 0.0  # how long forwards waited for the steps of runs in flight, in all
 
     @property
     def mean_steps(self) -> float:
@@ -68,7 +85,7 @@ class SharedForwards:
     each Linear is one product over all the rows (the weights read once a forward, which is what a large model's
     step costs; each run's numbers then equal its own within float error, not bit for bit)."""
 
-    def __init__(self, net, max_rows: int = 64, wait_s: float = 0.004, exact: bool = True):
+    def __init__(self, net, max_rows: int = 64, wait_s: float = 0.004, exact: bool = True, turn_s: float = 0.005):
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
         if not wait_s >= 0:
@@ -77,14 +94,19 @@ class SharedForwards:
             raise ValueError("this network's forwards are shared already")
         self.net, self.max_rows, self.wait_s, self.exact = net, max_rows, wait_s, exact
         self.stats = SharedStats()
-        self._cond = threading.Condition()  # a forward done or a run gone: its runs wake
-        self._arrived = threading.Condition(self._cond._lock)  # a step came in: whoever gathers the next forward
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)  # every run in flight has a step in: the gatherer wakes
         self._pending: list[_Step] = []
         self._busy = False
+        self._gathering = False
+        # the runs of the last forward go back to their own work one at a time (`turn_s` at most each): threads
+        # that all run at once trade the interpreter's lock at every tensor op, which costs more than the work
+        self.turn_s = turn_s
+        self._turns: collections.deque[_Step] = collections.deque()
         self._last_s = 0.0  # how long the last forward took
-        # the caches of the runs in flight (from their first step until they leave): a forward waits a moment for
-        # the steps of those not in it yet
-        self._expected: weakref.WeakSet = weakref.WeakSet()
+        # the caches of the runs in flight (from their first step until they leave), with their pace: a forward
+        # waits for the steps of those not in it yet
+        self._expected: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         _SHARED[net] = self
 
     def close(self):
@@ -95,47 +117,96 @@ class SharedForwards:
     @property
     def members(self) -> int:
         """Runs in flight (from their first step until they end): those a forward waits a moment for."""
-        with self._cond:
+        with self._lock:
             return len(self._expected)
 
     def leave(self, cache: KVCache):
         """A run that used `cache` has ended: the next forward does not wait for it."""
-        with self._cond:
-            self._expected.discard(cache)
-            self._arrived.notify_all()
+        with self._lock:
+            self._expected.pop(cache, None)
+            self._notify_gatherer()
+            self._next_turn()
+
+    def _next_turn(self):
+        """(holding the lock) A run is back for its next step, or gone: the next run of the last forward goes."""
+        if self._turns:
+            self._turns.popleft().turn.release()
+
+    def _wait_turn(self, step: _Step):
+        """The step's forward is done: its run goes on when the run before it is back (or after `turn_s`)."""
+        if step.turn.acquire(timeout=self.turn_s):
+            return
+        with self._lock:
+            try:
+                self._turns.remove(step)
+                return
+            except ValueError:  # released meanwhile
+                pass
+        step.turn.acquire()
 
     def decode(self, tokens: Tensor, cache: KVCache) -> Tensor:
         """`net.decode(tokens, cache)` for tokens (b, 1), in a forward shared with the other runs' steps."""
         if torch.is_grad_enabled() or self.net.training or tokens.shape[0] > self.max_rows:
             return self.net.decode(tokens, cache)
         step = _Step(tokens, cache)
-        with self._cond:
+        step.wake.acquire()
+        step.turn.acquire()
+        with self._lock:
+            pace = self._expected.get(cache)
+            if pace is None:
+                self._expected[cache] = _Pace()
+            elif pace.done_at:
+                away = time.perf_counter() - pace.done_at
+                pace.away_s = away if pace.away_s is None else 0.7 * pace.away_s + 0.3 * away
             self._pending.append(step)
-            self._expected.add(cache)
-            self._arrived.notify_all()
-            while self._busy and not step.done and not step.lead:
-                self._cond.wait()
-            if not step.done:
-                self._busy = True
-                batch = self._gather()
+            self._notify_gatherer()
+            if not self._busy:
+                self._busy = step.lead = True
+            self._next_turn()
+        if not step.lead:
+            step.wake.acquire()  # released when the step is done, or its thread is to run the next forward
+            if step.done and not step.error:
+                self._wait_turn(step)
         if not step.done:
-            self._run(batch)
+            with self._lock:
+                batch = self._gather()
+            self._run(batch, step)
         if step.error is not None:
             raise step.error
         return step.hidden
 
+    def _missing(self) -> list[_Pace]:
+        """(holding the lock) The paces of the runs in flight without a step waiting."""
+        waiting = {id(s.cache) for s in self._pending}
+        return [pace for cache, pace in self._expected.items() if id(cache) not in waiting]
+
+    def _notify_gatherer(self):
+        """(holding the lock) Wake whoever gathers the next forward once every run in flight has a step in."""
+        if self._gathering and (not self._missing() or self._rows(self._pending) >= self.max_rows):
+            self._arrived.notify()
+
     def _gather(self) -> list[_Step]:
-        """(holding the lock) The steps of the next forward: the pending ones, after waiting a moment for the
-        runs of the last forward that have not come yet."""
-        # a forward that costs more is worth waiting longer for: up to half the last one's time
-        deadline = time.monotonic() + max(self.wait_s, 0.5 * self._last_s)
-        while True:
-            waiting = {id(s.cache) for s in self._pending}
-            missing = [c for c in self._expected if id(c) not in waiting]
-            left = deadline - time.monotonic()
-            if not missing or left <= 0 or self._rows(self._pending) >= self.max_rows:
-                break
-            self._arrived.wait(left)
+        """(holding the lock) The steps of the next forward: the pending ones, after waiting for the runs in
+        flight that are on their way (each for about as long as it usually takes to come back)."""
+        began = time.perf_counter()
+        limit = max(self.wait_s, 2 * self._last_s)
+        self._gathering = True
+        try:
+            while self._rows(self._pending) < self.max_rows:
+                missing = self._missing()
+                if not missing:
+                    break
+                # a run not seen coming back yet: due after wait_s; one that usually takes longer than `limit` to come
+                # back (its reader paused, say) is not waited for
+                due = [began + self.wait_s if p.away_s is None else p.done_at + 1.5 * p.away_s + 0.001
+                       for p in missing if p.away_s is None or p.away_s <= limit]
+                left = min(max(due), began + limit) - time.perf_counter() if due else 0.0
+                if left <= 0:
+                    break
+                self._arrived.wait(left)
+        finally:
+            self._gathering = False
+            self.stats.waited_s += time.perf_counter() - began
         batch, rows = [], 0
         for s in list(self._pending):
             if rows + s.tokens.shape[0] > self.max_rows:
@@ -149,8 +220,8 @@ class SharedForwards:
     def _rows(steps: list[_Step]) -> int:
         return sum(s.tokens.shape[0] for s in steps)
 
-    def _run(self, batch: list[_Step]):
-        """Run the forward of `batch`, then wake its runs and hand the next forward on."""
+    def _run(self, batch: list[_Step], leader: _Step):
+        """Run the forward of `batch` (in `leader`'s thread), then wake its runs and hand the next forward on."""
         began = time.perf_counter()
         try:
             with torch.no_grad():
@@ -163,16 +234,26 @@ class SharedForwards:
         except BaseException as e:  # every run of the forward sees its failure
             for s in batch:
                 s.error = e
-        with self._cond:
-            self._last_s = time.perf_counter() - began
+        with self._lock:
+            now = time.perf_counter()
+            self._last_s = now - began
             self._count(len(batch))
             for s in batch:
                 s.done = True
+                pace = self._expected.get(s.cache)
+                if pace is not None:
+                    pace.done_at = now
             if self._pending:
                 self._pending[0].lead = True
+                self._pending[0].wake.release()
             else:
                 self._busy = False
-            self._cond.notify_all()
+            # the leader goes on first, then the others one by one (`_next_turn`)
+            others = [s for s in batch if s is not leader]
+            for s in others:
+                s.wake.release()
+            if not leader.error:
+                self._turns.extend(s for s in others if not s.error)
 
     def _count(self, n: int):
         stats = self.stats

@@ -101,7 +101,16 @@ class Browser:
         # which inputs of each event are the session's state (the page sends nothing for them)
         self.states = {d.get("api_name"): [kinds.get(i) == "state" for i in d["inputs"]]
                        for d in config["dependencies"]}
+        # what the page runs when it opens (a share link's settings): the server makes the session then
+        self.on_load = [d.get("api_name") for d in config["dependencies"]
+                        if any(target[1] == "load" for target in d.get("targets", []))]
         self.session = uuid.uuid4().hex
+
+    def open(self):
+        """Open the page as the browser does: its load events run, and the server makes the session's state."""
+        for api_name in self.on_load:
+            self.run(api_name, [])
+        return self
 
     def run(self, api_name: str, data: list) -> tuple[float, float]:
         """(seconds to the first update, seconds to the end) of one event."""

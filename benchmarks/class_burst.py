@@ -7,9 +7,9 @@ them off (AXW_SHARED_FORWARDS=0, each visitor's run decoding on its own, as the 
 
 - alone: one visitor presses Generate (the page's own event, read as the browser reads it: join gradio's queue,
   then its server-sent events); tokens/s from pressing to the last update, and the first update's wait;
-- burst: `--visitors` visitors, each its own browser session and address, press Generate at the same moment,
-  each with its own seed; the total tokens/s (every visitor's tokens over the time until the last one is done)
-  and the slowest visitor's wait.
+- burst: `--visitors` visitors, each its own browser session and address with the page open (its load event
+  run), press Generate at the same moment, each with its own seed; the total tokens/s (every visitor's tokens
+  over the time until the last one is done) and the slowest visitor's wait.
 
 Medians over `--repeats`. Each visitor samples at temperature 0.8, top-p 0.9, `--new` tokens; how many tokens
 each text has is read from an in-process run with the same settings and seed (a seeded run gives one text).
@@ -73,6 +73,7 @@ def burst(url: str, seeds: list[int], n_new: int) -> tuple[float, list[float], l
     browsers = [Browser(url) for _ in seeds]
     for i, b in enumerate(browsers):  # each visitor its own address, as students on their own machines
         b.http.headers["X-Forwarded-For"] = f"10.0.{i // 250}.{i % 250 + 1}"
+        b.open()  # each has the page open before the class presses Generate
     ready, done, first = threading.Barrier(len(seeds) + 1), [0.0] * len(seeds), [0.0] * len(seeds)
 
     def visit(i):

@@ -1,6 +1,7 @@
 """Shared forwards (axw.shared): runs in flight decode together, each getting the bits it gets alone."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -196,6 +197,31 @@ def test_a_stopped_run_leaves_and_a_closed_share_is_gone(bundled):
         SharedForwards(model.net)
     shared.close()
     assert axw.shared.shared_forwards(model.net) is None
+
+
+def test_a_run_whose_reader_pauses_does_not_hold_the_others_back(bundled):
+    """One visitor's page reads every token at once, another's pauses 0.2 s after each: the first run's
+    forwards stop waiting for the second once its pace is known (a few waits of wait_s, not one a token), and
+    both runs' tokens are the ones they get alone."""
+    model = bundled[0]
+    settings = [pg.Settings(max_new_tokens=40, temperature=0.0), pg.Settings(max_new_tokens=4, temperature=0.0)]
+
+    def run(i, pause=0.0):
+        s = settings[i].check()
+        run, updates = R.start(model, PROMPTS[i], s, s.config(model))
+        for run in updates:
+            time.sleep(pause)
+        return run.new_ids
+
+    alone = [run(0), run(1)]
+    shared = share(model.net)[0]
+    try:
+        together = in_threads([lambda: run(0), lambda: run(1, pause=0.2)])
+    finally:
+        shared.close()
+    assert together == alone
+    assert shared.stats.steps == sum(len(ids) - 1 for ids in alone)  # the first token of each is its prompt's
+    assert shared.stats.waited_s < 10 * shared.wait_s  # 40 tokens waiting wait_s each would be 40 of them
 
 
 def test_bad_settings_of_the_share_are_refused():
