@@ -169,7 +169,13 @@ class SharedForwards:
                 self._wait_turn(step)
         if not step.done:
             with self._lock:
-                batch = self._gather()
+                try:
+                    batch = self._gather()
+                except BaseException:  # interrupted while waiting: the next forward is someone else's
+                    if step in self._pending:
+                        self._pending.remove(step)
+                    self._hand_on()
+                    raise
             self._run(batch, step)
         if step.error is not None:
             raise step.error
@@ -243,17 +249,21 @@ class SharedForwards:
                 pace = self._expected.get(s.cache)
                 if pace is not None:
                     pace.done_at = now
-            if self._pending:
-                self._pending[0].lead = True
-                self._pending[0].wake.release()
-            else:
-                self._busy = False
+            self._hand_on()
             # the leader goes on first, then the others one by one (`_next_turn`)
             others = [s for s in batch if s is not leader]
             for s in others:
                 s.wake.release()
             if not leader.error:
                 self._turns.extend(s for s in others if not s.error)
+
+    def _hand_on(self):
+        """(holding the lock) The next forward goes to the first step waiting, if any."""
+        if self._pending:
+            self._pending[0].lead = True
+            self._pending[0].wake.release()
+        else:
+            self._busy = False
 
     def _count(self, n: int):
         stats = self.stats

@@ -224,6 +224,37 @@ def test_a_run_whose_reader_pauses_does_not_hold_the_others_back(bundled):
     assert shared.stats.waited_s < 10 * shared.wait_s  # 40 tokens waiting wait_s each would be 40 of them
 
 
+def test_a_step_interrupted_while_gathering_hands_the_next_forward_on(monkeypatch):
+    """The thread that gathers a forward is interrupted while it waits: its step raises, and the next step
+    still gets a forward (nobody is left waiting for a leader that is gone)."""
+    torch.manual_seed(0)
+    net = tiny_model(rotary=True).net.eval()
+    shared = SharedForwards(net)
+    gather = SharedForwards._gather
+
+    def interrupted(self):
+        monkeypatch.setattr(SharedForwards, "_gather", gather)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(SharedForwards, "_gather", interrupted)
+    alone, cache = net.new_cache(8), net.new_cache(8)
+    token = torch.tensor([[3]])
+    try:
+        with torch.no_grad():
+            with pytest.raises(KeyboardInterrupt):
+                shared.decode(token, cache)
+            expected = net.decode(token, alone)
+        got = []
+        second = threading.Thread(target=torch.no_grad()(lambda: got.append(shared.decode(token, cache))),
+                                  daemon=True)
+        second.start()
+        second.join(timeout=60)
+        assert not second.is_alive(), "the next step waits for a forward nobody runs"
+    finally:
+        shared.close()
+    assert torch.equal(got[0], expected)
+
+
 def test_bad_settings_of_the_share_are_refused():
     net = tiny_model().net
     for kwargs, message in [(dict(max_rows=0), "max_rows"), (dict(wait_s=-1), "wait_s")]:
