@@ -85,11 +85,14 @@ class SharedForwards:
     each Linear is one product over all the rows (the weights read once a forward, which is what a large model's
     step costs; each run's numbers then equal its own within float error, not bit for bit)."""
 
-    def __init__(self, net, max_rows: int = 64, wait_s: float = 0.004, exact: bool = True, turn_s: float = 0.005):
+    def __init__(self, net, max_rows: int = 64, wait_s: float = 0.004, exact: bool = True, together: int = 2,
+                 turn_s: float = 0.005):
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
         if not wait_s >= 0:
             raise ValueError(f"wait_s must be >= 0, got {wait_s!r}")
+        if not isinstance(together, int) or together < 1:
+            raise ValueError(f"together must be a positive integer, got {together!r}")
         if shared_forwards(net) is not None:
             raise ValueError("this network's forwards are shared already")
         self.net, self.max_rows, self.wait_s, self.exact = net, max_rows, wait_s, exact
@@ -99,9 +102,10 @@ class SharedForwards:
         self._pending: list[_Step] = []
         self._busy = False
         self._gathering = False
-        # the runs of the last forward go back to their own work one at a time (`turn_s` at most each): threads
-        # that all run at once trade the interpreter's lock at every tensor op, which costs more than the work
-        self.turn_s = turn_s
+        # the runs of the last forward go back to their own work `together` at a time (each waiting `turn_s` at
+        # most): two overlap their tensor ops on two cores, but many threads at once trade the interpreter's lock
+        # at every op, which costs more than the work
+        self.together, self.turn_s = together, turn_s
         self._turns: collections.deque[_Step] = collections.deque()
         self._last_s = 0.0  # how long the last forward took
         # the caches of the runs in flight (from their first step until they leave), with their pace: a forward
@@ -250,12 +254,14 @@ class SharedForwards:
                 if pace is not None:
                     pace.done_at = now
             self._hand_on()
-            # the leader goes on first, then the others one by one (`_next_turn`)
+            # the leader goes on at once, the others `together` at a time (`_next_turn`)
             others = [s for s in batch if s is not leader]
             for s in others:
                 s.wake.release()
             if not leader.error:
                 self._turns.extend(s for s in others if not s.error)
+                for _ in range(self.together - 1):  # the leader goes on, and as many others with it
+                    self._next_turn()
 
     def _hand_on(self):
         """(holding the lock) The next forward goes to the first step waiting, if any."""
