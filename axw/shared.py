@@ -14,7 +14,7 @@ Whoever arrives first runs the forward (no thread of its own): it waits for the 
 they are on their way, then runs every step waiting, then hands the next forward to the first run that came in
 meanwhile. A run is on its way for as long as it usually takes between its forwards (its own pace, measured), so
 a forward waits for runs busy with their own work between tokens but not for one whose reader has paused; never
-longer than `wait_s` or twice the last forward's time, whichever is longer.
+longer than `wait_s` or half the last forward's time, whichever is longer.
 """
 
 from __future__ import annotations
@@ -199,7 +199,7 @@ class SharedForwards:
         """(holding the lock) The steps of the next forward: the pending ones, after waiting for the runs in
         flight that are on their way (each for about as long as it usually takes to come back)."""
         began = time.perf_counter()
-        limit = max(self.wait_s, 2 * self._last_s)
+        limit = max(self.wait_s, 0.5 * self._last_s)
         self._gathering = True
         try:
             while self._rows(self._pending) < self.max_rows:
