@@ -127,7 +127,7 @@ def test_visitors_pressing_generate_together_share_forwards_and_each_gets_its_ow
     for i in range(4):
         page = visitor(browser, url, f"198.51.100.{20 + i}")
         page.get_by_label("temperature").first.fill("0.9")
-        page.get_by_label("number input for max new tokens").fill("300")
+        page.get_by_label("number input for max new tokens").fill("160")
         page.get_by_label("seed", exact=True).first.fill(str(i + 1))
         page.evaluate("() => document.querySelectorAll('#step-chart [data-step]').forEach((e) => e.remove())")
         pages.append(page)
