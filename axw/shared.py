@@ -93,6 +93,8 @@ class SharedForwards:
             raise ValueError(f"wait_s must be >= 0, got {wait_s!r}")
         if not isinstance(together, int) or together < 1:
             raise ValueError(f"together must be a positive integer, got {together!r}")
+        if not turn_s >= 0:  # a negative timeout would make a run wait for its turn without end
+            raise ValueError(f"turn_s must be >= 0, got {turn_s!r}")
         if shared_forwards(net) is not None:
             raise ValueError("this network's forwards are shared already")
         self.net, self.max_rows, self.wait_s, self.exact = net, max_rows, wait_s, exact

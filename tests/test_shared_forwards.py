@@ -257,7 +257,8 @@ def test_a_step_interrupted_while_gathering_hands_the_next_forward_on(monkeypatc
 
 def test_bad_settings_of_the_share_are_refused():
     net = tiny_model().net
-    for kwargs, message in [(dict(max_rows=0), "max_rows"), (dict(wait_s=-1), "wait_s")]:
+    for kwargs, message in [(dict(max_rows=0), "max_rows"), (dict(wait_s=-1), "wait_s"), (dict(together=0), "together"),
+                            (dict(turn_s=-1), "turn_s")]:
         with pytest.raises(ValueError, match=message):
             SharedForwards(net, **kwargs)
 
