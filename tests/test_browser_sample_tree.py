@@ -31,11 +31,14 @@ def test_the_sample_tree_and_its_comparison(served_app, page):
     page.get_by_label("number input for max new tokens").fill("8")
     page.get_by_label("number input for max new tokens").press("Enter")
     page.locator("#sample-tree").get_by_text("sample the prompt N times").first.click()
-    page.get_by_label("N (at most 200)").fill("12")
-    page.get_by_label("N (at most 200)").press("Tab")
     page.locator("#tree-change input").click()
     page.get_by_role("option", name="temperature", exact=True).click()
     page.locator("#tree-value textarea, #tree-value input").first.fill("0.3")
+    # N last, once the group has opened and drawn its controls (a value typed while it draws can be lost)
+    page.get_by_label("N (at most 200)").fill("12")
+    page.get_by_label("N (at most 200)").press("Tab")
+    page.wait_for_function("() => [...document.querySelectorAll('#sample-tree input')]"
+                           ".some((e) => e.getAttribute('aria-label') === 'N (at most 200)' && e.value === '12')")
     page.locator("#tree-go").click()
     page.wait_for_selector("#tree-b svg .axw-st-node", timeout=60000)
     app = demo.playground
