@@ -14,7 +14,9 @@ Whoever arrives first runs the forward (no thread of its own): it waits for the 
 they are on their way, then runs every step waiting, then hands the next forward to the first run that came in
 meanwhile. A run is on its way for as long as it usually takes between its forwards (its own pace, measured), so
 a forward waits for runs busy with their own work between tokens but not for one whose reader has paused; never
-longer than `wait_s` or half the last forward's time, whichever is longer.
+longer than `wait_s` or half the last forward's time, whichever is longer. With `alone=n`, while no more than
+n runs are in flight each decodes on its own at once (two runs on two cores overlap one's forward with the
+other's work between tokens, which one shared forward would serialise); beyond n, they share.
 """
 
 from __future__ import annotations
@@ -83,10 +85,11 @@ class SharedForwards:
     """The forwards of `net`'s runs in flight, shared: see the module's docstring. `max_rows` rows at most in
     one forward; `wait_s`, how long the first run of a forward waits for the other runs in flight. `exact` off:
     each Linear is one product over all the rows (the weights read once a forward, which is what a large model's
-    step costs; each run's numbers then equal its own within float error, not bit for bit)."""
+    step costs; each run's numbers then equal its own within float error, not bit for bit). `alone`: while no
+    more runs than that are in flight, each runs its own forwards (0: every step goes through the share)."""
 
     def __init__(self, net, max_rows: int = 64, wait_s: float = 0.004, exact: bool = True, together: int = 2,
-                 turn_s: float = 0.005):
+                 turn_s: float = 0.005, alone: int = 0):
         if not isinstance(max_rows, int) or max_rows < 1:
             raise ValueError(f"max_rows must be a positive integer, got {max_rows!r}")
         if not wait_s >= 0:
@@ -95,6 +98,8 @@ class SharedForwards:
             raise ValueError(f"together must be a positive integer, got {together!r}")
         if not turn_s >= 0:  # a negative timeout would make a run wait for its turn without end
             raise ValueError(f"turn_s must be >= 0, got {turn_s!r}")
+        if not isinstance(alone, int) or alone < 0:
+            raise ValueError(f"alone must be an integer >= 0, got {alone!r}")
         if shared_forwards(net) is not None:
             raise ValueError("this network's forwards are shared already")
         self.net, self.max_rows, self.wait_s, self.exact = net, max_rows, wait_s, exact
@@ -108,6 +113,9 @@ class SharedForwards:
         # most): two overlap their tensor ops on two cores, but many threads at once trade the interpreter's lock
         # at every op, which costs more than the work
         self.together, self.turn_s = together, turn_s
+        # while no more than `alone` runs are in flight, each decodes on its own, at once: two runs on two cores
+        # overlap one's forward with the other's work between tokens, which a shared forward would serialise
+        self.alone = alone
         self._turns: collections.deque[_Step] = collections.deque()
         self._last_s = 0.0  # how long the last forward took
         # the caches of the runs in flight (from their first step until they leave), with their pace: a forward
@@ -160,15 +168,19 @@ class SharedForwards:
         with self._lock:
             pace = self._expected.get(cache)
             if pace is None:
-                self._expected[cache] = _Pace()
+                pace = self._expected[cache] = _Pace()
             elif pace.done_at:
                 away = time.perf_counter() - pace.done_at
                 pace.away_s = away if pace.away_s is None else 0.7 * pace.away_s + 0.3 * away
-            self._pending.append(step)
-            self._notify_gatherer()
-            if not self._busy:
-                self._busy = step.lead = True
+            on_its_own = len(self._expected) <= self.alone and not self._pending and not self._busy
+            if not on_its_own:
+                self._pending.append(step)
+                self._notify_gatherer()
+                if not self._busy:
+                    self._busy = step.lead = True
             self._next_turn()
+        if on_its_own:
+            return self._on_its_own(step, pace)
         if not step.lead:
             step.wake.acquire()  # released when the step is done, or its thread is to run the next forward
             if step.done and not step.error:
@@ -186,6 +198,15 @@ class SharedForwards:
         if step.error is not None:
             raise step.error
         return step.hidden
+
+    def _on_its_own(self, step: _Step, pace: _Pace) -> Tensor:
+        """A step of one of at most `alone` runs in flight: its own forward, in its own thread, now."""
+        with torch.no_grad():
+            hidden = self.net.decode(step.tokens, step.cache)
+        with self._lock:
+            pace.done_at = time.perf_counter()
+            self._count(1)
+        return hidden
 
     def _missing(self) -> list[_Pace]:
         """(holding the lock) The paces of the runs in flight without a step waiting."""

@@ -15,6 +15,9 @@ MODEL_CACHE_SIZE = 3
 # Python's interpreter lock) costs as much as the forward, and more runs at once only queue for it
 # (benchmarks/class_burst.py): raise it where the forward dominates a step (a GPU, a larger model)
 CONCURRENCY = 2
+# up to this many runs of one model in flight decode on their own (AXW_SHARED_ALONE): on two cores two runs
+# overlap one's forward with the other's work between tokens, which one shared forward would serialise
+SHARED_ALONE = 2
 MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in bf16 (AXW_HUB_MODEL_BYTES)
 # visitors' fine-tuned copies kept at once (AXW_FINETUNES), and the memory they may hold together
 # (AXW_FINETUNE_BYTES): a class of 30 each with a copy of the bundled model (8 MB) fits easily

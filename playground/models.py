@@ -151,11 +151,14 @@ class ModelCache:
     """Models by name, loaded once and kept in a bounded LRU cache. The local
     folders it was built with (the bundled models) are pinned; any other name
     must be a Hub repo id, so a visitor cannot read arbitrary server folders.
-    With `shared`, each model's runs in flight share its forwards (`axw.SharedForwards`)."""
+    With `shared`, each model's runs in flight share its forwards (`axw.SharedForwards`), once more than `alone`
+    of them are in flight."""
 
-    def __init__(self, local: list[str], size: int = MODEL_CACHE_SIZE, device=None, dtype=None, shared: bool = False):
+    def __init__(self, local: list[str], size: int = MODEL_CACHE_SIZE, device=None, dtype=None, shared: bool = False,
+                 alone: int = 0):
         default_device, default_dtype = pick_device()
         self.shared = shared  # each model's runs in flight share its forwards (axw.shared)
+        self.alone = alone  # ... once more than this many are in flight
         self.device, self.dtype = device or default_device, dtype or default_dtype
         self.local = [str(p) for p in local if p]
         self.size = size
@@ -192,7 +195,7 @@ class ModelCache:
         if dtype != torch.float32:
             model.to(dtype)
         if self.shared:
-            SharedForwards(model.net)
+            SharedForwards(model.net, alone=self.alone)
         return model.eval()
 
     def get(self, name: str, progress=None) -> AutoregressiveWrapper:

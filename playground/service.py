@@ -28,7 +28,8 @@ from . import models as model_store
 from . import runs as R
 from .caps import FINETUNE_BYTES, MAX_SESSIONS, VISITOR_BUDGET_S, VISITOR_WINDOW_S
 from .models import ModelCache
-from .sessions import ClassShare, KVStore, Sessions, env_number, shared_forwards_on, visitor
+from .sessions import (ClassShare, KVStore, Sessions, env_number, shared_alone, shared_forwards_on,
+                       visitor)
 from .sessions import trusted_proxies as proxy_count
 from .settings import Settings, check_prompt, from_generation_config, number, settings_from_dict
 
@@ -145,7 +146,8 @@ class Playground:
                  address_budget_s: float | None = None, finetunes: int | None = None):
         self.model_name, self.amateur_name = model, amateur
         self.draft_name = draft or model_store.default_draft(model, amateur)
-        self.models = ModelCache([model, amateur, self.draft_name], shared=shared_forwards_on())
+        self.models = ModelCache([model, amateur, self.draft_name], shared=shared_forwards_on(),
+                                 alone=shared_alone())
         self._datastores, self._datastores_lock = {}, threading.Lock()  # the draft's n-gram datastore, once loaded
         self.sessions = Sessions(
             size=env_number("AXW_FINETUNES", MAX_SESSIONS, 1, integer=True) if finetunes is None else finetunes,

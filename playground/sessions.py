@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from axw.utils import check_number
 
 from .caps import (ADDRESS_SESSIONS, CONCURRENCY, FINETUNE_BYTES, KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS,
-                   MAX_TRUSTED_PROXIES, SESSION_IDLE_S, VISITOR_BUDGET_S, VISITOR_WINDOW_S)
+                   MAX_TRUSTED_PROXIES, SESSION_IDLE_S, SHARED_ALONE, VISITOR_BUDGET_S, VISITOR_WINDOW_S)
 
 
 class Sessions:
@@ -142,9 +142,16 @@ def shared_forwards_on(env=os.environ) -> bool:
     return raw != "0"
 
 
+def shared_alone(env=os.environ) -> int:
+    """How many runs of one model in flight decode on their own before they share forwards (AXW_SHARED_ALONE)."""
+    return env_number("AXW_SHARED_ALONE", SHARED_ALONE, 0, 256, integer=True, env=env)
+
+
 def concurrency(env=os.environ) -> int:
-    """Generations running at once (AXW_CONCURRENCY, default CONCURRENCY); AXW_SHARED_FORWARDS is checked too."""
+    """Generations running at once (AXW_CONCURRENCY, default CONCURRENCY); AXW_SHARED_FORWARDS and AXW_SHARED_ALONE
+    are checked too."""
     shared_forwards_on(env)
+    shared_alone(env)
     return env_number("AXW_CONCURRENCY", CONCURRENCY, 1, 256, integer=True, env=env)
 
 

@@ -255,6 +255,27 @@ def test_a_step_interrupted_while_gathering_hands_the_next_forward_on(monkeypatc
     assert torch.equal(got[0], expected)
 
 
+def test_a_few_runs_decode_on_their_own_and_more_share(bundled):
+    """With alone=2, two runs at once each run their own forwards (one step a forward, every step counted);
+    a class of four shares them. Every run's tokens, probabilities and trace are the ones it gets alone."""
+    model = bundled[0]
+    alone = [run_one(bundled, i) for i in (0, 1, 3)] + [run_one(bundled, 0)]
+    for jobs, shares in [((0, 1), False), ((0, 1, 3, 0), True)]:
+        shared = SharedForwards(model.net, wait_s=0.05, alone=2)
+        try:
+            together = in_threads([lambda i=i: run_one(bundled, i) for i in jobs])
+        finally:
+            shared.close()
+        for a, t in zip(alone, together):
+            assert (t.new_ids, t.probs, t.rows, t.ended) == (a.new_ids, a.probs, a.rows, a.ended)
+        # each run's first token comes from its prompt's forward, the rest from one-token steps
+        assert shared.stats.steps == sum(len(t.new_ids) - 1 for t in together)
+        assert (shared.stats.largest >= 2) == shares
+        assert shared.members == 0
+    with pytest.raises(ValueError, match="alone"):
+        SharedForwards(model.net, alone=-1)
+
+
 def test_bad_settings_of_the_share_are_refused():
     net = tiny_model().net
     for kwargs, message in [(dict(max_rows=0), "max_rows"), (dict(wait_s=-1), "wait_s"), (dict(together=0), "together"),
@@ -292,3 +313,19 @@ def test_decode_rows_not_exact_reads_the_weights_once_and_agrees_within_float_er
     assert seen == [5]  # one call over the 5 runs' rows
     for e, g in zip(expected, got):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_the_app_lets_a_few_runs_decode_on_their_own(bundled):
+    """AXW_SHARED_ALONE: how many runs in flight decode on their own before the app's shares begin (2 unless
+    set); a bad value is refused by name; the app's model cache gives its shares that number."""
+    assert pg.sessions.shared_alone({}) == pg.SHARED_ALONE == 2
+    assert pg.sessions.shared_alone({"AXW_SHARED_ALONE": "0"}) == 0
+    with pytest.raises(ValueError, match="AXW_SHARED_ALONE"):
+        pg.sessions.concurrency({"AXW_SHARED_ALONE": "-1"})
+    name = str(pg.ROOT / "assets" / "models" / "shakespeare-tiny")
+    model = pg.ModelCache([name], shared=True, alone=3).get(name)
+    shared = axw.shared.shared_forwards(model.net)
+    try:
+        assert shared is not None and shared.alone == 3
+    finally:
+        shared.close()
