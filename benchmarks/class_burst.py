@@ -1,6 +1,6 @@
 """A class at once: one visitor alone, then a burst of visitors pressing Generate together.
 
-    python benchmarks/class_burst.py [--visitors 8] [--new 96] [--repeats 3]
+    python benchmarks/class_burst.py [--visitors 8] [--new 96] [--repeats 3] [--concurrency N] [--threads N]
 
 Starts `python app.py` twice on the bundled model, once with shared forwards on (the default) and once with
 them off (AXW_SHARED_FORWARDS=0, each visitor's run decoding on its own, as the app did before), and in each:
@@ -38,11 +38,12 @@ from app_speed import Browser, free_port  # noqa: E402
 PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
 
 
-def start_server(model: str, port: int, shared: bool, concurrency: int) -> subprocess.Popen:
-    """app.py on `model`, each visitor's address trusted from X-Forwarded-For, no per-visitor share."""
+def start_server(model: str, port: int, shared: bool, concurrency: int, threads: int = 0) -> subprocess.Popen:
+    """app.py on `model` (torch on `threads` threads, 0: the app's choice), each visitor's address trusted from
+    X-Forwarded-For, no per-visitor share."""
     if concurrency:
         os.environ["AXW_CONCURRENCY"] = str(concurrency)
-    return soak.start_server(model, pg.DEFAULT_AMATEUR, port, 0, 0, shared)
+    return soak.start_server(model, pg.DEFAULT_AMATEUR, port, threads, 0, shared)
 
 
 def settings(n_new: int, seed: int):
@@ -92,7 +93,7 @@ def burst(url: str, seeds: list[int], n_new: int) -> tuple[float, list[float], l
 
 def measure(model_path: str, model, shared: bool, args) -> dict:
     port = free_port()
-    proc = start_server(model_path, port, shared, args.concurrency)
+    proc = start_server(model_path, port, shared, args.concurrency, args.threads)
     url = f"http://127.0.0.1:{port}/"
     alone_seeds, burst_seeds = [1000], list(range(args.visitors))
     counts = token_counts(model, args.new, alone_seeds + burst_seeds)
@@ -120,6 +121,7 @@ def main():
     parser.add_argument("--new", type=int, default=96, help="tokens per generation")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=0, help="AXW_CONCURRENCY for both servers (0: the app's)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in both servers (0: the app's choice)")
     args = parser.parse_args()
 
     import torch
