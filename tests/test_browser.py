@@ -172,7 +172,11 @@ def test_sample_a_step_and_the_histogram_appears(served_app, page, expert):
     generated(page, served_app[0])
     open_step(page, 3)  # opened by the slider's path if the token shows no text
     page.locator("#sample").click()
+    # N once the group has opened, and committed (a value typed while the page is busy can be lost)
+    page.locator("#draws input").wait_for(state="visible")
     page.locator("#draws input").fill("2000")
+    page.locator("#draws input").press("Tab")
+    page.wait_for_function("() => document.querySelector('#draws input').value === '2000'")
     page.locator("#sample-go").click()
     page.wait_for_selector("#sample-table table", timeout=10000)
     page.wait_for_function("() => document.querySelectorAll('#sample-drawn svg path').length > 3", timeout=10000)
