@@ -162,9 +162,6 @@ class SharedForwards:
         """`net.decode(tokens, cache)` for tokens (b, 1), in a forward shared with the other runs' steps."""
         if torch.is_grad_enabled() or self.net.training or tokens.shape[0] > self.max_rows:
             return self.net.decode(tokens, cache)
-        step = _Step(tokens, cache)
-        step.wake.acquire()
-        step.turn.acquire()
         with self._lock:
             pace = self._expected.get(cache)
             if pace is None:
@@ -174,13 +171,16 @@ class SharedForwards:
                 pace.away_s = away if pace.away_s is None else 0.7 * pace.away_s + 0.3 * away
             on_its_own = len(self._expected) <= self.alone and not self._pending and not self._busy
             if not on_its_own:
+                step = _Step(tokens, cache)
+                step.wake.acquire()
+                step.turn.acquire()
                 self._pending.append(step)
                 self._notify_gatherer()
                 if not self._busy:
                     self._busy = step.lead = True
             self._next_turn()
         if on_its_own:
-            return self._on_its_own(step, pace)
+            return self._on_its_own(tokens, cache, pace)
         if not step.lead:
             step.wake.acquire()  # released when the step is done, or its thread is to run the next forward
             if step.done and not step.error:
@@ -199,10 +199,10 @@ class SharedForwards:
             raise step.error
         return step.hidden
 
-    def _on_its_own(self, step: _Step, pace: _Pace) -> Tensor:
-        """A step of one of at most `alone` runs in flight: its own forward, in its own thread, now."""
-        with torch.no_grad():
-            hidden = self.net.decode(step.tokens, step.cache)
+    def _on_its_own(self, tokens: Tensor, cache: KVCache, pace: _Pace) -> Tensor:
+        """A step of one of at most `alone` runs in flight: its own forward, in its own thread, now (without
+        gradients: `decode` sent those to the network directly)."""
+        hidden = self.net.decode(tokens, cache)
         with self._lock:
             pace.done_at = time.perf_counter()
             self._count(1)
