@@ -144,10 +144,13 @@ def main(argv=None):
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--threads", type=int, default=int(os.environ.get("AXW_THREADS", "0")),
-                        help="CPU threads for torch (default: torch's choice); 1 is steadiest on a busy machine")
+                        help="CPU threads for torch (default: torch's choice, or 1 with worker processes); 1 is "
+                             "steadiest on a busy machine")
     args = parser.parse_args(argv)
     if "MALLOC_ARENA_MAX" not in os.environ:  # glibc's own setting wins where one is given
         pg.limit_malloc_arenas(int(os.environ.get("AXW_MALLOC_ARENAS", "2")))
+    if args.threads == 0 and pg.sessions.workers_wanted():
+        args.threads = 1  # a process a core: the workers take this process's number (playground.workers)
     if args.threads > 0:
         import torch
 

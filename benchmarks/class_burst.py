@@ -1,6 +1,7 @@
 """A class at once: one visitor alone, then a burst of visitors pressing Generate together.
 
     python benchmarks/class_burst.py [--visitors 8] [--new 96] [--repeats 3] [--concurrency N] [--threads N]
+                                     [--workers N]
 
 Starts `python app.py` twice on the bundled model, once with shared forwards on (the default) and once with
 them off (AXW_SHARED_FORWARDS=0, each visitor's run decoding on its own, as the app did before), and in each:
@@ -11,7 +12,8 @@ them off (AXW_SHARED_FORWARDS=0, each visitor's run decoding on its own, as the 
   run), press Generate at the same moment, each with its own seed; the total tokens/s (every visitor's tokens
   over the time until the last one is done) and the slowest visitor's wait.
 
-Medians over `--repeats`. Each visitor samples at temperature 0.8, top-p 0.9, `--new` tokens; how many tokens
+With `--workers N` the two servers are the app with N worker processes (AXW_WORKERS, `playground.workers`)
+and without, shared forwards on in both. Medians over `--repeats`. Each visitor samples at temperature 0.8, top-p 0.9, `--new` tokens; how many tokens
 each text has is read from an in-process run with the same settings and seed (a seeded run gives one text).
 """
 
@@ -91,8 +93,9 @@ def burst(url: str, seeds: list[int], n_new: int) -> tuple[float, list[float], l
     return time.perf_counter() - began, done, first
 
 
-def measure(model_path: str, model, shared: bool, args) -> dict:
+def measure(model_path: str, model, shared: bool, args, workers: int = 0) -> dict:
     port = free_port()
+    os.environ["AXW_WORKERS"] = str(workers)
     proc = start_server(model_path, port, shared, args.concurrency, args.threads)
     url = f"http://127.0.0.1:{port}/"
     alone_seeds, burst_seeds = [1000], list(range(args.visitors))
@@ -122,16 +125,23 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=0, help="AXW_CONCURRENCY for both servers (0: the app's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads in both servers (0: the app's choice)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="compare the app with this many worker processes (AXW_WORKERS) against none, shared "
+                             "forwards on in both, rather than shared forwards on against off")
     args = parser.parse_args()
 
     import torch
 
     model = pg.ModelCache([args.model]).get(args.model)
-    rows = {shared: measure(args.model, model, shared, args) for shared in (False, True)}
+    if args.workers:
+        rows = {f"{n} worker processes": measure(args.model, model, True, args, n) for n in (0, args.workers)}
+    else:
+        rows = {f"shared forwards {'on ' if shared else 'off'}": measure(args.model, model, shared, args)
+                for shared in (False, True)}
     print(f"model {args.model}; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}; medians of {args.repeats}")
-    for shared, r in rows.items():
-        print(f"shared forwards {'on ' if shared else 'off'}: one visitor {r['alone']:.0f} tokens/s "
+    for name, r in rows.items():
+        print(f"{name}: one visitor {r['alone']:.0f} tokens/s "
               f"(first update {r['alone_first'] * 1000:.0f} ms); {args.visitors} at once {r['total']:.0f} "
               f"tokens/s in total ({r['total'] / r['alone']:.2f}x one), the slowest waits {r['slowest']:.2f} s")
 

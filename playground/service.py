@@ -28,10 +28,11 @@ from . import models as model_store
 from . import runs as R
 from .caps import FINETUNE_BYTES, MAX_SESSIONS, VISITOR_BUDGET_S, VISITOR_WINDOW_S
 from .models import ModelCache
-from .sessions import (ClassShare, KVStore, Sessions, env_number, shared_alone, shared_forwards_on,
+from .sessions import (ClassShare, KVStore, Sessions, env_number, shared_alone, shared_forwards_on, workers_wanted,
                        visitor)
 from .sessions import trusted_proxies as proxy_count
 from .settings import Settings, check_prompt, from_generation_config, number, settings_from_dict
+from .workers import Workers
 
 STREAM_INTERVAL_S = 0.05  # the least time between two updates of a streamed text
 # what the page's streamed updates may cost the server together: each one re-renders and re-sends the text, work
@@ -143,7 +144,7 @@ class Playground:
 
     def __init__(self, model: str, amateur: str | None, visitor_budget_s: float | None = None,
                  trust_proxy: bool | None = None, trusted_proxies: int | None = None, draft: str | None = None,
-                 address_budget_s: float | None = None, finetunes: int | None = None):
+                 address_budget_s: float | None = None, finetunes: int | None = None, workers: int | None = None):
         self.model_name, self.amateur_name = model, amateur
         self.draft_name = draft or model_store.default_draft(model, amateur)
         self.models = ModelCache([model, amateur, self.draft_name], shared=shared_forwards_on(),
@@ -162,6 +163,10 @@ class Playground:
         # how many proxies append to X-Forwarded-For (AXW_TRUSTED_PROXIES; 1 on a Space); trust_proxy=True is 1
         self.trusted_proxies = proxy_count(trusted_proxies, trust_proxy)
         self.models.get(model)  # loaded once at start, onto the GPU when there is one
+        # AXW_WORKERS: runs of these models generate in processes of their own, on the same torch threads
+        workers = workers_wanted() if workers is None else workers
+        self.workers = Workers(workers, dict(model=model, amateur=amateur, draft=self.draft_name, workers=0),
+                               model_store.torch_threads()) if workers else None
 
     @contextmanager
     def metered(self, request):
@@ -245,9 +250,22 @@ class Playground:
         check_prompt(prompt)
         m, helpers, config = self.prepare(settings, session, trace)
         settings = settings.check()
+        if self.workers is not None and self.in_workers(settings):
+            run, _ = R.start(m, prompt, settings, config, **helpers)  # made and checked here; nothing has run
+            return m, run, self.workers.updates(run, prompt, settings, trace), None
         cache = m.net.new_cache() if keep_cache and R.uses_cache(settings) else None
         run, updates = R.start(m, prompt, settings, config, cache=cache, **helpers)
         return m, run, updates, cache
+
+    def in_workers(self, settings: Settings) -> bool:
+        """Whether a run of `settings` generates in the worker processes: every model it needs is one they hold
+        (not a visitor's fine-tuned copy, nor a model picked since). Its KV cache stays there: a branch of it
+        reads its prefix again."""
+        return (not settings.use_finetuned and (settings.model or self.model_name) == self.model_name
+                and (settings.strategy != "contrastive decoding"
+                     or (settings.amateur or self.amateur_name) == self.amateur_name)
+                and (settings.strategy != "speculative decoding" or settings.drafter == "prompt lookup"
+                     or self.drafter_name(settings) in (self.draft_name, self.amateur_name)))
 
     def branch(self, parent: R.Run, step, token, session: str, kept=None):
         """(model, branch run, its updates, its KV cache or None), checked before any compute."""

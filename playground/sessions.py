@@ -13,7 +13,8 @@ from contextlib import contextmanager
 from axw.utils import check_number
 
 from .caps import (ADDRESS_SESSIONS, CONCURRENCY, FINETUNE_BYTES, KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS,
-                   MAX_TRUSTED_PROXIES, SESSION_IDLE_S, SHARED_ALONE, VISITOR_BUDGET_S, VISITOR_WINDOW_S)
+                   MAX_TRUSTED_PROXIES, RUNS_PER_WORKER, SESSION_IDLE_S, SHARED_ALONE, VISITOR_BUDGET_S,
+                   VISITOR_WINDOW_S)
 
 
 class Sessions:
@@ -147,12 +148,20 @@ def shared_alone(env=os.environ) -> int:
     return env_number("AXW_SHARED_ALONE", SHARED_ALONE, 0, 256, integer=True, env=env)
 
 
+def workers_wanted(env=os.environ) -> int:
+    """AXW_WORKERS: how many worker processes generate the runs of the app's own models (0: none, every run in the
+    app's process; `playground.workers`)."""
+    return env_number("AXW_WORKERS", 0, 0, 64, integer=True, env=env)
+
+
 def concurrency(env=os.environ) -> int:
-    """Generations running at once (AXW_CONCURRENCY, default CONCURRENCY); AXW_SHARED_FORWARDS and AXW_SHARED_ALONE
-    are checked too."""
+    """Generations running at once (AXW_CONCURRENCY, default CONCURRENCY, or RUNS_PER_WORKER a worker process with
+    AXW_WORKERS); AXW_SHARED_FORWARDS and AXW_SHARED_ALONE are checked too."""
     shared_forwards_on(env)
     shared_alone(env)
-    return env_number("AXW_CONCURRENCY", CONCURRENCY, 1, 256, integer=True, env=env)
+    workers = workers_wanted(env)
+    return env_number("AXW_CONCURRENCY", RUNS_PER_WORKER * workers if workers else CONCURRENCY, 1, 256,
+                      integer=True, env=env)
 
 
 def trusted_proxies(trusted: int | None = None, trust_proxy: bool | None = None, env=os.environ) -> int:

@@ -2,6 +2,7 @@
 Generate tab's own events, by address and by browser session."""
 
 import os
+import tempfile
 
 import pytest
 
@@ -10,6 +11,7 @@ from test_browser import ARGS, CHROMIUM
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"no browser at {CHROMIUM}")
 
 SHARE_REFUSED = "the share each visitor gets"
+SHOT = os.path.join(tempfile.gettempdir(), "axw-workers-branch.png")  # a branch of a run a worker generated
 
 
 @pytest.fixture(scope="module")
@@ -124,31 +126,101 @@ def test_visitors_pressing_generate_together_share_forwards_and_each_gets_its_ow
     from axw.shared import shared_forwards
 
     url, demo = served_app
-    pages = []
-    for i in range(4):
-        page = visitor(browser, url, f"198.51.100.{20 + i}")
-        page.get_by_label("temperature").first.fill("0.9")
-        page.get_by_label("number input for max new tokens").fill("160")
-        page.get_by_label("seed", exact=True).first.fill(str(i + 1))
-        page.evaluate("() => document.querySelectorAll('#step-chart [data-step]').forEach((e) => e.remove())")
-        pages.append(page)
+    pages = seeded_visitors(browser, url, 20, 160)
     shared = shared_forwards(demo.playground.model("").net)
     # the app lets two runs in flight decode on their own (AXW_SHARED_ALONE) and runs two at a time: here every
     # run in flight shares, so the runs of the visitors' presses meet in forwards
     monkeypatch.setattr(shared, "alone", 0)
-    for page in pages:  # pressed from the page's own script: the four presses come within milliseconds
-        page.evaluate("() => document.querySelector('#generate').click()")
-    for page in pages:
-        page.wait_for_function("() => document.querySelector('#step-chart [data-step]') !== null", timeout=60000)
+    press_together(pages)
     assert shared is not None and shared.stats.largest >= 2  # several visitors' steps in one forward
     together = [page.locator("#output .axw-out").inner_text() for page in pages]
     assert len(set(together)) == len(pages)  # each visitor its own text
     for page, text in zip(pages, together):  # again, alone: the output streams in anew, to the same text
-        page.evaluate("() => { document.querySelector('#output .axw-out').innerText = ''; }")
-        page.locator("#generate").click()
-        page.wait_for_function(
-            "(want) => (document.querySelector('#output .axw-out')?.innerText || '').length >= want",
-            arg=len(text), timeout=60000)
-        page.wait_for_timeout(300)  # the last update, if any, is in
-        assert page.locator("#output .axw-out").inner_text() == text
+        assert generate_again(page, text) == text
+        page.context.close()
+
+
+def seeded_visitors(browser, url, first: int, tokens: int) -> list:
+    """Four visitors at addresses from 198.51.100.`first` on, each sampling `tokens` tokens with its own seed."""
+    pages = []
+    for i in range(4):
+        page = visitor(browser, url, f"198.51.100.{first + i}")
+        page.get_by_label("temperature").first.fill("0.9")
+        page.get_by_label("number input for max new tokens").fill(str(tokens))
+        page.get_by_label("seed", exact=True).first.fill(str(i + 1))
+        page.evaluate("() => document.querySelectorAll('#step-chart [data-step]').forEach((e) => e.remove())")
+        pages.append(page)
+    return pages
+
+
+def press_together(pages):
+    """Press Generate on every page from the page's own script (the presses come within milliseconds), and wait
+    for each one's step view."""
+    for page in pages:
+        page.evaluate("() => document.querySelector('#generate').click()")
+    for page in pages:
+        page.wait_for_function("() => document.querySelector('#step-chart [data-step]') !== null", timeout=60000)
+
+
+def generate_again(page, text: str) -> str:
+    """Press Generate again, alone, and wait until the output has streamed in anew to `text`'s length: the text
+    shown then."""
+    page.evaluate("() => { document.querySelector('#output .axw-out').innerText = ''; }")
+    page.locator("#generate").click()
+    page.wait_for_function(
+        "(want) => (document.querySelector('#output .axw-out')?.innerText || '').length >= want",
+        arg=len(text), timeout=60000)
+    page.wait_for_timeout(300)  # the last update, if any, is in
+    return page.locator("#output .axw-out").inner_text()
+
+
+@pytest.fixture(scope="module")
+def worker_app(tmp_path_factory):
+    """The playground with two worker processes generating (AXW_WORKERS=2)."""
+    import app
+    from conftest import free_port, playground_models
+
+    expert, amateur = playground_models(tmp_path_factory.mktemp("class-worker-models"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("AXW_WORKERS", "2")
+        demo = app.build(expert, amateur, trusted_proxies=1)
+    playground = demo.playground
+    assert len(playground.workers.workers) == 2 and playground.workers.wait_ready(180)
+    port = free_port()
+    app.launch(demo, prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True)
+    yield f"http://127.0.0.1:{port}/", demo
+    demo.close()
+    playground.workers.close()
+
+
+def test_with_worker_processes_each_visitor_gets_the_text_the_apps_own_process_gives(worker_app, browser,
+                                                                                      monkeypatch):
+    """Four visitors press Generate together while two worker processes generate: each page shows its own text,
+    the one the app's own process gives that visitor's settings; a token of it opens its step, and a candidate
+    clicked there branches from it."""
+    url, demo = worker_app
+    playground = demo.playground
+    pages = seeded_visitors(browser, url, 40, 48)
+    sent = []
+    for worker in playground.workers.workers:  # every run the page starts is sent to a worker
+        monkeypatch.setattr(worker, "submit", lambda *a, _submit=worker.submit: sent.append(a[0]) or _submit(*a))
+    press_together(pages)
+    assert len(sent) == 4
+    together = [page.locator("#output .axw-out").inner_text() for page in pages]
+    assert len(set(together)) == len(pages)
+    monkeypatch.setattr(playground, "workers", None)  # from here on, the app's own process
+    for page, text in zip(pages, together):
+        assert generate_again(page, text) == text
+    page, text = pages[0], together[0]
+    monkeypatch.undo()  # workers back: the branch below continues a run a worker generated
+    assert generate_again(page, text) == text
+    i = page.evaluate("() => Number([...document.querySelectorAll('#output .axw-tok')].find("
+                      "(t) => Number(t.dataset.i) >= 3 && t.textContent.trim()).dataset.i)")
+    page.locator(f"#output .axw-tok[data-i='{i}']").click()
+    page.wait_for_selector(f"#step-chart [data-step='{i}']", timeout=10000)
+    page.locator("#step-chart tr[data-token]").nth(2).click()
+    page.wait_for_selector(f"#output .axw-forced[data-i='{i}']", state="attached", timeout=30000)
+    assert page.locator("#output .axw-forced").count() == 1
+    page.screenshot(path=SHOT, full_page=True)
+    for page in pages:
         page.context.close()

@@ -1,0 +1,212 @@
+"""Worker processes: the runs of the app's own models generate in processes of their own, so a class's runs use
+every core. In one process they take turns at one interpreter lock (a small model's step is mostly short tensor
+ops), which keeps 8 runs at about 1.1x what one makes; over 2 processes they make about 2.5x
+(benchmarks/processes.py). `AXW_WORKERS=n` starts n of them (0, the default: every run in the app's process).
+
+Each worker holds a `Playground` of the same models and runs a run as the app's own process would
+(`Playground.start`: the same checks, settings and code), its runs sharing its forwards; the app's process checks
+every request before it sends one (nothing is sent that it would refuse) and rebuilds the run from what the
+worker sends after each step. Every process runs torch on the same number of threads, so a run gives the same
+numbers in a worker as in the app's process. A run of a visitor's fine-tuned copy, or of a model the workers do
+not hold, stays in the app's process. A worker that dies fails its runs with an error and is started again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from .runs import Run
+
+READY_S = 300  # how long a run waits for a worker still loading its models
+# a run's state the app's process copies after each step (its rows and beam search's probabilities: those added)
+_FIELDS = ("new_ids", "probs", "pieces", "ended", "done")
+
+
+def _serve(conn, args: dict, threads: int):
+    """A worker's loop: a thread per run, each sending the run's state after every step; 'cancel' stops one."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from .service import Playground
+    from .settings import Settings
+
+    app = Playground(**args)
+    cancelled, send_lock = set(), threading.Lock()
+
+    def send(message):
+        with send_lock:
+            conn.send(message)
+
+    def run(job: int, prompt: str, settings: dict, trace: bool):
+        try:
+            _, state, updates, _ = app.start(prompt, Settings(**settings), None, trace=trace)
+            rows = beams = 0  # how many of each the app's process has
+            try:
+                for state in updates:
+                    if job in cancelled:
+                        break
+                    send(("step", job, {f: getattr(state, f) for f in _FIELDS}, state.rows[rows:],
+                          state.beam_probs[beams:] if state.beam_probs is not None else None))
+                    rows, beams = len(state.rows), len(state.beam_probs or ())
+            finally:
+                updates.close()  # a run stopped early leaves the shared forwards at once
+            send(("end", job, None))
+        except Exception as e:  # noqa: BLE001 - every failure goes back to the run's page
+            send(("end", job, (type(e).__name__, str(e))))
+        finally:
+            cancelled.discard(job)
+
+    send(("ready", None, None))
+    while True:
+        try:
+            message = conn.recv()
+        except EOFError:  # the app's process is gone
+            return
+        if message[0] == "run":
+            threading.Thread(target=run, args=message[1:], daemon=True).start()
+        elif message[0] == "cancel":
+            cancelled.add(message[1])
+        elif message[0] == "stop":
+            return
+
+
+class _Worker:
+    def __init__(self, pool: Workers, index: int):
+        self.pool, self.index = pool, index
+        self.jobs: dict[int, queue.SimpleQueue] = {}
+        self.lock = threading.Lock()
+        self.ready = threading.Event()  # set once the worker has loaded its models
+        self.start()
+
+    def start(self):
+        # a fresh interpreter (not a fork of a process with threads and torch's pools, nor a re-run of the app's
+        # main module), on this end of a socket pair
+        ours, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parents[1])
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "playground.workers", str(theirs.fileno()), json.dumps(self.pool.args),
+             str(self.pool.threads)], pass_fds=[theirs.fileno()], env=env)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        threading.Thread(target=self._read, daemon=True, name=f"axw-worker-{self.index}").start()
+
+    def _read(self):
+        """Hand each message to its run; when the process ends, fail its runs and start it again."""
+        conn = self.conn
+        while True:
+            try:
+                kind, job, *rest = conn.recv()
+            except (EOFError, OSError):
+                break
+            if kind == "ready":
+                self.ready.set()
+                continue
+            with self.lock:
+                q = self.jobs.get(job)
+            if q is not None:
+                q.put((kind, *rest))
+        with self.lock:
+            lost, self.jobs = self.jobs, {}
+            self.ready = threading.Event()  # new runs wait for the worker started again
+        for q in lost.values():
+            q.put(("end", ("RuntimeError", "the worker process generating this text ended: generate again")))
+        self.process.wait()
+        if not self.pool.closed:
+            self.start()
+
+    def submit(self, job: int, prompt: str, settings, trace: bool) -> queue.SimpleQueue:
+        """Send a run once the worker is ready (at start it loads its models; after a failure it starts again)."""
+        if not self.ready.wait(READY_S):
+            raise RuntimeError(f"the worker process was not ready within {READY_S:.0f} s: generate again")
+        q = queue.SimpleQueue()
+        with self.lock:
+            try:
+                self.conn.send(("run", job, prompt, asdict(settings), trace))
+            except OSError:
+                raise RuntimeError("the worker process ended: generate again") from None
+            self.jobs[job] = q
+        return q
+
+    def done(self, job: int, cancel: bool):
+        with self.lock:
+            self.jobs.pop(job, None)
+            if cancel:
+                try:
+                    self.conn.send(("cancel", job))
+                except OSError:  # gone: nothing runs there to stop
+                    pass
+
+    def load(self) -> int:
+        with self.lock:
+            return len(self.jobs)
+
+
+class Workers:
+    """`n` worker processes holding a `Playground` built from `args` (its constructor's arguments), torch on
+    `threads` threads in each."""
+
+    def __init__(self, n: int, args: dict, threads: int):
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"the workers must be a positive number, got {n!r}")
+        self.args, self.threads, self.closed = dict(args), threads, False
+        self._ids = itertools.count(1)
+        self.workers = [_Worker(self, i) for i in range(n)]
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Whether every worker has loaded its models (within `timeout` seconds)."""
+        return all(w.ready.wait(timeout) for w in self.workers)
+
+    def close(self):
+        self.closed = True
+        for w in self.workers:
+            try:
+                w.conn.send(("stop",))
+            except OSError:
+                pass
+            try:
+                w.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait()
+
+    def updates(self, run: Run, prompt: str, settings, trace: bool = True):
+        """`run` (made and checked by the app's process) grown from a worker's run of `prompt` and `settings`,
+        yielded after each step, as `runs.start`'s updates yield it; closing the generator stops the worker's run."""
+        worker = min(self.workers, key=_Worker.load)  # the least busy
+        job = next(self._ids)
+        q = worker.submit(job, prompt, settings, trace)
+        finished = False
+        try:
+            while True:
+                kind, *rest = q.get()
+                if kind == "end":
+                    finished = True
+                    error = rest[0]
+                    if error is not None:
+                        name, text = error
+                        raise (ValueError if name == "ValueError" else RuntimeError)(text)
+                    return
+                state, rows, beam_probs = rest
+                for f, value in state.items():
+                    setattr(run, f, value)
+                run.rows.extend(rows)
+                if beam_probs is not None:
+                    run.beam_probs.extend(beam_probs)
+                yield run
+        finally:
+            worker.done(job, cancel=not finished)
+
+
+if __name__ == "__main__":  # a worker: python -m playground.workers FD ARGS THREADS
+    _serve(Connection(int(sys.argv[1])), json.loads(sys.argv[2]), int(sys.argv[3]))

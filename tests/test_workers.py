@@ -1,0 +1,127 @@
+"""Worker processes (AXW_WORKERS, playground.workers): a run generated in a worker is the run the app's own process
+generates, runs at once each get their own, a stopped run stops there, a worker that dies fails its run with a
+message and comes back, and what the workers do not hold stays in the app's process."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+
+import playground as pg
+from playground.service import Playground
+from playground.sessions import concurrency, workers_wanted
+
+FIELDS = ("new_ids", "probs", "pieces", "rows", "ended", "done", "prompt_ids", "prompt")
+
+
+@pytest.fixture(scope="module")
+def pooled():
+    app = Playground(pg.DEFAULT_MODEL, pg.DEFAULT_AMATEUR, workers=1)
+    assert app.workers.wait_ready(180)
+    yield app
+    app.workers.close()
+
+
+@pytest.fixture(scope="module")
+def local():
+    return Playground(pg.DEFAULT_MODEL, pg.DEFAULT_AMATEUR, workers=0)
+
+
+def finished(app, prompt, settings, **kw):
+    _, run, updates, cache = app.start(prompt, settings, None, **kw)
+    count = 0
+    for run in updates:
+        count += 1
+    return run, count, cache
+
+
+def same_run(a, b):
+    for f in FIELDS:
+        assert getattr(a, f) == getattr(b, f), f
+    assert (a.beam_probs is None) == (b.beam_probs is None)
+    if a.beam_probs is not None:
+        assert [list(x) for x in a.beam_probs] == [list(x) for x in b.beam_probs]
+
+
+SETTINGS = pg.Settings(max_new_tokens=24, temperature=0.8, top_p=0.9, seed=3)
+
+
+@pytest.mark.parametrize("strategy", ["sampling", "beam search", "contrastive search", "contrastive decoding",
+                                      "speculative decoding"])
+def test_a_run_in_a_worker_is_the_run_of_the_apps_own_process(pooled, local, strategy):
+    settings = replace(SETTINGS, strategy=strategy)
+    assert pooled.in_workers(settings)
+    ours, updates, cache = finished(pooled, "ROMEO:", settings, keep_cache=True)
+    theirs, local_updates, _ = finished(local, "ROMEO:", settings)
+    same_run(ours, theirs)  # tokens, text, probabilities and every trace row, bit for bit
+    assert updates == local_updates  # an update after each step, as in the app's process
+    assert cache is None  # the KV cache stays in the worker: a branch reads its prefix again
+
+
+def test_runs_at_once_in_a_worker_each_get_their_own_text(pooled, local):
+    settings = [replace(SETTINGS, seed=s, temperature=t, max_new_tokens=n)
+                for s, t, n in ((1, 0.7, 30), (2, 1.0, 12), (3, 0.9, 40), (4, 0.0, 20))]
+    got = [None] * len(settings)
+
+    def one(i):
+        got[i] = finished(pooled, "JULIET:\nO Romeo", settings[i])[0]
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(settings))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for run, s in zip(got, settings):
+        same_run(run, finished(local, "JULIET:\nO Romeo", s)[0])
+
+
+def test_a_run_stopped_early_stops_in_the_worker_and_the_next_is_served(pooled, local):
+    worker = pooled.workers.workers[0]
+    _, run, updates, _ = pooled.start("ROMEO:", replace(SETTINGS, max_new_tokens=200), None)
+    for i, run in enumerate(updates):
+        if i == 2:
+            break
+    updates.close()
+    assert not worker.jobs and not run.done and len(run.new_ids) == 3
+    same_run(finished(pooled, "ROMEO:", SETTINGS)[0], finished(local, "ROMEO:", SETTINGS)[0])
+
+
+def test_a_worker_that_dies_fails_its_run_with_a_message_and_comes_back(pooled, local):
+    worker = pooled.workers.workers[0]
+    _, run, updates, _ = pooled.start("ROMEO:", replace(SETTINGS, max_new_tokens=200), None)
+    next(updates)
+    worker.process.kill()
+    with pytest.raises(RuntimeError, match="worker process .* ended"):
+        for run in updates:
+            pass
+    assert pooled.workers.wait_ready(180)  # started again
+    same_run(finished(pooled, "ROMEO:", SETTINGS)[0], finished(local, "ROMEO:", SETTINGS)[0])
+
+
+def test_a_request_is_checked_before_anything_goes_to_a_worker(pooled):
+    worker = pooled.workers.workers[0]
+    with pytest.raises(ValueError, match="prompt is empty"):
+        pooled.start("", SETTINGS, None)
+    with pytest.raises(ValueError, match="max new tokens"):
+        pooled.start("ROMEO:", replace(SETTINGS, max_new_tokens=-3), None)
+    assert not worker.jobs
+
+
+def test_what_the_workers_do_not_hold_stays_in_the_apps_process(pooled):
+    assert pooled.in_workers(SETTINGS) and pooled.in_workers(replace(SETTINGS, model=pg.DEFAULT_MODEL))
+    assert not pooled.in_workers(replace(SETTINGS, use_finetuned=True))  # a visitor's fine-tuned copy
+    assert not pooled.in_workers(replace(SETTINGS, model="HuggingFaceTB/SmolLM2-135M"))
+    assert not pooled.in_workers(replace(SETTINGS, strategy="contrastive decoding", amateur="other/model"))
+    assert pooled.in_workers(replace(SETTINGS, strategy="contrastive decoding", amateur=pg.DEFAULT_AMATEUR))
+
+
+def test_the_workers_come_from_the_environment_and_raise_the_generations_at_once():
+    assert workers_wanted({}) == 0 and concurrency({}) == pg.CONCURRENCY
+    assert workers_wanted({"AXW_WORKERS": "2"}) == 2
+    assert concurrency({"AXW_WORKERS": "2"}) == 2 * pg.RUNS_PER_WORKER
+    assert concurrency({"AXW_WORKERS": "2", "AXW_CONCURRENCY": "3"}) == 3
+    for bad in ("-1", "two", "1.5"):
+        with pytest.raises(ValueError, match="AXW_WORKERS"):
+            workers_wanted({"AXW_WORKERS": bad})
