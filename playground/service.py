@@ -32,7 +32,7 @@ from .sessions import (ClassShare, KVStore, Sessions, env_number, shared_alone, 
                        visitor)
 from .sessions import trusted_proxies as proxy_count
 from .settings import Settings, check_prompt, from_generation_config, number, settings_from_dict
-from .workers import Workers
+from .workers import WorkerError, Workers
 
 STREAM_INTERVAL_S = 0.05  # the least time between two updates of a streamed text
 # what the page's streamed updates may cost the server together: each one re-renders and re-sends the text, work
@@ -128,7 +128,7 @@ def user_errors():
     request held and say so."""
     try:
         yield
-    except ValueError as e:
+    except (ValueError, WorkerError) as e:  # a worker process that failed a run says so too
         raise gr.Error(str(e)) from None
     except model_store.OutOfMemoryError:
         model_store.free_memory()

@@ -28,6 +28,12 @@ from pathlib import Path
 from .runs import Run
 
 READY_S = 300  # how long a run waits for a worker still loading its models
+
+
+class WorkerError(RuntimeError):
+    """A run's worker process failed it (it ended, or was not ready in time): the visitor is told, and may
+    generate again."""
+
 # a run's state the app's process copies after each step (its rows and beam search's probabilities: those added)
 _FIELDS = ("new_ids", "probs", "pieces", "ended", "done")
 
@@ -120,7 +126,7 @@ class _Worker:
             lost, self.jobs = self.jobs, {}
             self.ready = threading.Event()  # new runs wait for the worker started again
         for q in lost.values():
-            q.put(("end", ("RuntimeError", "the worker process generating this text ended: generate again")))
+            q.put(("end", ("WorkerError", "the worker process generating this text ended: generate again")))
         self.process.wait()
         if not self.pool.closed:
             self.start()
@@ -128,13 +134,13 @@ class _Worker:
     def submit(self, job: int, prompt: str, settings, trace: bool) -> queue.SimpleQueue:
         """Send a run once the worker is ready (at start it loads its models; after a failure it starts again)."""
         if not self.ready.wait(READY_S):
-            raise RuntimeError(f"the worker process was not ready within {READY_S:.0f} s: generate again")
+            raise WorkerError(f"the worker process was not ready within {READY_S:.0f} s: generate again")
         q = queue.SimpleQueue()
         with self.lock:
             try:
                 self.conn.send(("run", job, prompt, asdict(settings), trace))
             except OSError:
-                raise RuntimeError("the worker process ended: generate again") from None
+                raise WorkerError("the worker process ended: generate again") from None
             self.jobs[job] = q
         return q
 
@@ -195,7 +201,8 @@ class Workers:
                     error = rest[0]
                     if error is not None:
                         name, text = error
-                        raise (ValueError if name == "ValueError" else RuntimeError)(text)
+                        # a check of the worker's: the visitor's request; anything else: the worker failed it
+                        raise (ValueError if name == "ValueError" else WorkerError)(text)
                     return
                 state, rows, beam_probs = rest
                 for f, value in state.items():

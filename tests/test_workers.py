@@ -7,10 +7,12 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
+import gradio as gr
 import pytest
 
 import playground as pg
-from playground.service import Playground
+from playground.service import Playground, user_errors
+from playground.workers import WorkerError
 from playground.sessions import concurrency, workers_wanted
 
 FIELDS = ("new_ids", "probs", "pieces", "rows", "ended", "done", "prompt_ids", "prompt")
@@ -93,9 +95,12 @@ def test_a_worker_that_dies_fails_its_run_with_a_message_and_comes_back(pooled, 
     _, run, updates, _ = pooled.start("ROMEO:", replace(SETTINGS, max_new_tokens=200), None)
     next(updates)
     worker.process.kill()
-    with pytest.raises(RuntimeError, match="worker process .* ended"):
+    with pytest.raises(WorkerError, match="worker process .* ended: generate again"):
         for run in updates:
             pass
+    with pytest.raises(gr.Error, match="generate again"):  # what the visitor is shown
+        with user_errors():
+            raise WorkerError("the worker process generating this text ended: generate again")
     assert pooled.workers.wait_ready(180)  # started again
     same_run(finished(pooled, "ROMEO:", SETTINGS)[0], finished(local, "ROMEO:", SETTINGS)[0])
 
