@@ -32,7 +32,7 @@ from .sessions import (ClassShare, KVStore, Sessions, env_number, shared_alone, 
                        visitor)
 from .sessions import trusted_proxies as proxy_count
 from .settings import Settings, check_prompt, from_generation_config, number, settings_from_dict
-from .workers import WorkerError, Workers
+from .workers import WorkerError, Workers, serve
 
 STREAM_INTERVAL_S = 0.05  # the least time between two updates of a streamed text
 # what the page's streamed updates may cost the server together: each one re-renders and re-sends the text, work
@@ -133,6 +133,13 @@ def user_errors():
     except model_store.OutOfMemoryError:
         model_store.free_memory()
         raise gr.Error(model_store.OOM_MESSAGE) from None
+
+
+def serve_worker(fd: int, args: dict, threads: int):
+    """A worker process (`playground.workers`): a `Playground` built from `args`, serving runs on socket `fd`."""
+    from multiprocessing.connection import Connection
+
+    serve(Connection(fd), lambda: Playground(**args), threads)
 
 
 def session_of(request) -> str:

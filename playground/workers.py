@@ -4,7 +4,7 @@ ops), which keeps 8 runs at about 1.1x what one makes; over 2 processes they mak
 (benchmarks/processes.py). `AXW_WORKERS=n` starts n of them (0, the default: every run in the app's process).
 
 Each worker holds a `Playground` of the same models and runs a run as the app's own process would
-(`Playground.start`: the same checks, settings and code), its runs sharing its forwards; the app's process checks
+(`Playground.start`: the same checks, settings and code; `serve`), its runs sharing its forwards; the app's process checks
 every request before it sends one (nothing is sent that it would refuse) and rebuilds the run from what the
 worker sends after each step. Every process runs torch on the same number of threads, so a run gives the same
 numbers in a worker as in the app's process. A run of a visitor's fine-tuned copy, or of a model the workers do
@@ -28,6 +28,9 @@ from pathlib import Path
 from .runs import Run
 
 READY_S = 300  # how long a run waits for a worker still loading its models
+# a worker process: python -c WORKER_MAIN FD ARGS THREADS (the app's Playground lives in playground.service)
+WORKER_MAIN = ("import json, sys; from playground.service import serve_worker; "
+               "serve_worker(int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]))")
 
 
 class WorkerError(RuntimeError):
@@ -38,15 +41,16 @@ class WorkerError(RuntimeError):
 _FIELDS = ("new_ids", "probs", "pieces", "ended", "done")
 
 
-def _serve(conn, args: dict, threads: int):
-    """A worker's loop: a thread per run, each sending the run's state after every step; 'cancel' stops one."""
+def serve(conn: Connection, make_app, threads: int):
+    """A worker's loop (`playground.service.serve_worker` starts it with the app's `Playground`): `make_app()` on
+    `threads` torch threads, then a thread per run, each sending the run's state after every step; 'cancel'
+    stops one, 'stop' (or the app's process gone) ends the loop."""
     import torch
 
     torch.set_num_threads(threads)
-    from .service import Playground
     from .settings import Settings
 
-    app = Playground(**args)
+    app = make_app()
     cancelled, send_lock = set(), threading.Lock()
 
     def send(message):
@@ -101,7 +105,7 @@ class _Worker:
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "playground.workers", str(theirs.fileno()), json.dumps(self.pool.args),
+            [sys.executable, "-c", WORKER_MAIN, str(theirs.fileno()), json.dumps(self.pool.args),
              str(self.pool.threads)], pass_fds=[theirs.fileno()], env=env)
         theirs.close()
         self.conn = Connection(ours.detach())
@@ -213,7 +217,3 @@ class Workers:
                 yield run
         finally:
             worker.done(job, cancel=not finished)
-
-
-if __name__ == "__main__":  # a worker: python -m playground.workers FD ARGS THREADS
-    _serve(Connection(int(sys.argv[1])), json.loads(sys.argv[2]), int(sys.argv[3]))
