@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -28,6 +29,7 @@ from pathlib import Path
 from .runs import Run
 
 READY_S = 300  # how long a run waits for a worker still loading its models
+RESTART_S = 5.0  # how long a worker that ended while loading waits before it is started again
 # a worker process: python -c WORKER_MAIN FD ARGS THREADS (the app's Playground lives in playground.service)
 WORKER_MAIN = ("import json, sys; from playground.service import serve_worker; "
                "serve_worker(int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]))")
@@ -128,11 +130,14 @@ class _Worker:
                 q.put((kind, *rest))
         with self.lock:
             lost, self.jobs = self.jobs, {}
-            self.ready = threading.Event()  # new runs wait for the worker started again
+            served, self.ready = self.ready.is_set(), threading.Event()  # new runs wait for the worker started again
         for q in lost.values():
             q.put(("end", ("WorkerError", "the worker process generating this text ended: generate again")))
+        conn.close()
         self.process.wait()
         if not self.pool.closed:
+            if not served:  # it ended while loading: not again at once
+                time.sleep(RESTART_S)
             self.start()
 
     def submit(self, job: int, prompt: str, settings, trace: bool) -> queue.SimpleQueue:
@@ -193,7 +198,7 @@ class Workers:
     def updates(self, run: Run, prompt: str, settings, trace: bool = True):
         """`run` (made and checked by the app's process) grown from a worker's run of `prompt` and `settings`,
         yielded after each step, as `runs.start`'s updates yield it; closing the generator stops the worker's run."""
-        worker = min(self.workers, key=_Worker.load)  # the least busy
+        worker = min(self.workers, key=lambda w: (not w.ready.is_set(), w.load()))  # the least busy of the ready
         job = next(self._ids)
         q = worker.submit(job, prompt, settings, trace)
         finished = False
