@@ -13,8 +13,9 @@ them off (AXW_SHARED_FORWARDS=0, each visitor's run decoding on its own, as the 
   over the time until the last one is done) and the slowest visitor's wait.
 
 With `--workers N` the two servers are the app with N worker processes (AXW_WORKERS, `playground.workers`)
-and without, shared forwards on in both. Medians over `--repeats`. Each visitor samples at temperature 0.8, top-p 0.9, `--new` tokens; how many tokens
-each text has is read from an in-process run with the same settings and seed (a seeded run gives one text).
+and without, shared forwards on in both. Medians over `--repeats`. Each visitor samples at temperature 0.8,
+top-p 0.9, `--new` tokens; how many tokens each text has is read from an in-process run with the same settings
+and seed (a seeded run gives one text).
 """
 
 from __future__ import annotations

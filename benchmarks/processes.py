@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-PROMPT = "ROMEO:\nBut soft, what light through yonder window breaks?"
+from class_burst import token_counts  # noqa: E402
 
 
 def serve(args):
@@ -52,12 +52,8 @@ def serve(args):
 
     model = pg.ModelCache([args.model]).get(args.model)
 
-    def text(seed: int) -> int:
-        s = pg.Settings(max_new_tokens=args.new, temperature=0.8, top_p=0.9, seed=seed)
-        _, updates = pg.runs.start(model, PROMPT, s, s.config(model))
-        for run in updates:
-            pass
-        return len(run.new_ids)
+    def text(seed: int) -> int:  # the class burst's visitor's run: its prompt and settings
+        return token_counts(model, args.new, [seed])[seed]
 
     text(0)  # warm-up: lazy initialisation, allocator pools
     shared = SharedForwards(model.net, alone=0) if args.runs > 1 else None

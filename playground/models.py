@@ -107,11 +107,6 @@ def limit_malloc_arenas(arenas: int) -> bool:
     return mallopt(M_ARENA_MAX, arenas) == 1
 
 
-def torch_threads() -> int:
-    """How many threads torch computes on in this process (worker processes take the same number)."""
-    return torch.get_num_threads()
-
-
 def model_path(env: str, default: str) -> str:
     return os.environ.get(env) or default
 

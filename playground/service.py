@@ -172,8 +172,8 @@ class Playground:
         self.models.get(model)  # loaded once at start, onto the GPU when there is one
         # AXW_WORKERS: runs of these models generate in processes of their own, on the same torch threads
         workers = workers_wanted() if workers is None else workers
-        self.workers = Workers(workers, dict(model=model, amateur=amateur, draft=self.draft_name, workers=0),
-                               model_store.torch_threads()) if workers else None
+        self.workers = (Workers(workers, dict(model=model, amateur=amateur, draft=self.draft_name, workers=0))
+                        if workers else None)
 
     @contextmanager
     def metered(self, request):

@@ -4,11 +4,12 @@ ops), which keeps 8 runs at about 1.1x what one makes; over 2 processes they mak
 (benchmarks/processes.py). `AXW_WORKERS=n` starts n of them (0, the default: every run in the app's process).
 
 Each worker holds a `Playground` of the same models and runs a run as the app's own process would
-(`Playground.start`: the same checks, settings and code; `serve`), its runs sharing its forwards; the app's process checks
-every request before it sends one (nothing is sent that it would refuse) and rebuilds the run from what the
-worker sends after each step. Every process runs torch on the same number of threads, so a run gives the same
-numbers in a worker as in the app's process. A run of a visitor's fine-tuned copy, or of a model the workers do
-not hold, stays in the app's process. A worker that dies fails its runs with an error and is started again.
+(`Playground.start`: the same checks, settings and code; `serve`), its runs sharing its forwards; the app's
+process checks every request before it sends one (nothing is sent that it would refuse) and rebuilds the run
+from what the worker sends after each step. Every process runs torch on the same number of threads, so a run
+gives the same numbers in a worker as in the app's process. A run of a visitor's fine-tuned copy, or of a model
+the workers do not hold, stays in the app's process. A worker that dies fails its runs with an error and is
+started again.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ WORKER_MAIN = ("import json, sys; from playground.service import serve_worker; "
 class WorkerError(RuntimeError):
     """A run's worker process failed it (it ended, or was not ready in time): the visitor is told, and may
     generate again."""
+
 
 # a run's state the app's process copies after each step (its rows and beam search's probabilities: those added)
 _FIELDS = ("new_ids", "probs", "pieces", "ended", "done")
@@ -169,11 +171,16 @@ class _Worker:
 
 class Workers:
     """`n` worker processes holding a `Playground` built from `args` (its constructor's arguments), torch on
-    `threads` threads in each."""
+    `threads` threads in each (by default as many as in this process, so a run's numbers are the same here and
+    there)."""
 
-    def __init__(self, n: int, args: dict, threads: int):
+    def __init__(self, n: int, args: dict, threads: int | None = None):
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"the workers must be a positive number, got {n!r}")
+        if threads is None:
+            import torch
+
+            threads = torch.get_num_threads()
         self.args, self.threads, self.closed = dict(args), threads, False
         self._ids = itertools.count(1)
         self.workers = [_Worker(self, i) for i in range(n)]
