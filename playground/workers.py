@@ -41,8 +41,26 @@ class WorkerError(RuntimeError):
     generate again."""
 
 
-# a run's state the app's process copies after each step (its rows and beam search's probabilities: those added)
-_FIELDS = ("new_ids", "probs", "pieces", "ended", "done")
+# a run's state the app's process copies after each step: its lists as changes (`_change`), its rows and beam
+# search's probabilities as those added, the rest whole
+_LISTS = ("new_ids", "probs", "pieces")
+_FIELDS = ("ended", "done")
+# how far back from the end of what was sent a list's change is looked for before the list is sent whole
+_LOOK_BACK = 8
+
+
+def _change(now: list, sent: list) -> tuple[int, list]:
+    """(i, now[i:]) such that sent[:i] + now[i:] == now, i as large as a few comparisons find: a run's lists
+    grow at the end (the detokenizer may rewrite its last pieces; beam search's best beam can change anywhere),
+    so a step sends what it added, not its whole text again."""
+    i = min(len(now), len(sent))
+    for _ in range(_LOOK_BACK):
+        if now[:i] == sent[:i]:
+            return i, now[i:]
+        i -= 1
+        if i <= 0:
+            break
+    return 0, list(now)
 
 
 def serve(conn: Connection, make_app, threads: int):
@@ -65,12 +83,15 @@ def serve(conn: Connection, make_app, threads: int):
         try:
             _, state, updates, _ = app.start(prompt, Settings(**settings), None, trace=trace)
             rows = beams = 0  # how many of each the app's process has
+            sent = {f: [] for f in _LISTS}  # the lists as the app's process has them
             try:
                 for state in updates:
                     if job in cancelled:
                         break
-                    send(("step", job, {f: getattr(state, f) for f in _FIELDS}, state.rows[rows:],
+                    changes = {f: _change(getattr(state, f), sent[f]) for f in _LISTS}
+                    send(("step", job, changes, {f: getattr(state, f) for f in _FIELDS}, state.rows[rows:],
                           state.beam_probs[beams:] if state.beam_probs is not None else None))
+                    sent = {f: list(getattr(state, f)) for f in _LISTS}
                     rows, beams = len(state.rows), len(state.beam_probs or ())
             finally:
                 updates.close()  # a run stopped early leaves the shared forwards at once
@@ -220,7 +241,9 @@ class Workers:
                         # a check of the worker's: the visitor's request; anything else: the worker failed it
                         raise (ValueError if name == "ValueError" else WorkerError)(text)
                     return
-                state, rows, beam_probs = rest
+                changes, state, rows, beam_probs = rest
+                for f, (i, tail) in changes.items():
+                    getattr(run, f)[i:] = tail  # in place, as a run in this process grows its lists
                 for f, value in state.items():
                     setattr(run, f, value)
                 run.rows.extend(rows)

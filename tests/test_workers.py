@@ -12,7 +12,7 @@ import pytest
 
 import playground as pg
 from playground.service import Playground, user_errors
-from playground.workers import WorkerError
+from playground.workers import WorkerError, _change
 from playground.sessions import concurrency, workers_wanted
 
 FIELDS = ("new_ids", "probs", "pieces", "rows", "ended", "done", "prompt_ids", "prompt")
@@ -60,6 +60,46 @@ def test_a_run_in_a_worker_is_the_run_of_the_apps_own_process(pooled, local, str
     same_run(ours, theirs)  # tokens, text, probabilities and every trace row, bit for bit
     assert updates == local_updates  # an update after each step, as in the app's process
     assert cache is None  # the KV cache stays in the worker: a branch reads its prefix again
+
+
+def snapshots(app, prompt, settings):
+    """The run's text as each update shows it: (ids, probabilities, pieces)."""
+    _, run, updates, _ = app.start(prompt, settings, None)
+    return [(list(r.new_ids), list(r.probs), list(r.pieces)) for r in updates]
+
+
+@pytest.mark.parametrize("strategy", ["sampling", "beam search"])
+def test_each_update_from_a_worker_shows_what_the_apps_own_process_shows(pooled, local, strategy):
+    """The worker sends each step's changes, not the whole text: every update still reads the same (beam search's
+    best beam may change anywhere)."""
+    settings = replace(SETTINGS, strategy=strategy, max_new_tokens=40)
+    ours, theirs = snapshots(pooled, "ROMEO:", settings), snapshots(local, "ROMEO:", settings)
+    assert ours == theirs
+    if strategy == "beam search":  # the best beam changed somewhere before its end at least once
+        assert any(a[0][:len(b[0])] != b[0] for b, a in zip(theirs, theirs[1:]))
+
+
+def test_a_lists_change_rebuilds_it_and_holds_only_what_changed():
+    import random
+
+    rng = random.Random(0)
+    sent = []
+    for _ in range(400):
+        now = list(sent)
+        edit = rng.choice(["append", "last", "anywhere", "shorter"])
+        if edit == "append":
+            now += [rng.randrange(50) for _ in range(rng.randrange(1, 4))]
+        elif edit == "last" and now:
+            now[-1] = f"{now[-1]}+"
+        elif edit == "anywhere" and now:
+            now[rng.randrange(len(now))] = -1
+        elif now:
+            del now[rng.randrange(len(now)):]
+        i, tail = _change(now, sent)
+        assert sent[:i] + tail == now and i <= len(sent)
+        if edit == "append":  # only what was added goes
+            assert i == len(sent) and tail == now[len(sent):]
+        sent = now
 
 
 def test_runs_at_once_in_a_worker_each_get_their_own_text(pooled, local):
