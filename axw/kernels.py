@@ -191,34 +191,42 @@ class Linear(nn.Linear):
         return self._alone(x)
 
     def _alone(self, x: Tensor) -> Tensor:
+        if self._column_major_applies(x, x.numel() // x.shape[-1] if x.shape[-1] else 0):
+            return _onednn(x, self.column_major(), self.bias)
+        return linear(x, self.weight, self.bias)
+
+    def _column_major_applies(self, x: Tensor, rows: int) -> bool:
+        """Whether `rows` rows of x take oneDNN from the column-major copy of the weight."""
         weight = self.weight
-        rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-        if (
+        return (
             SMALL_ROWS[0] <= rows <= SMALL_ROWS[1]
             and SMALL_MATRIX[0] <= weight.numel() <= SMALL_MATRIX[1]
             and x.dtype == torch.float32
             and not _needs_grad(x, weight, self.bias)
             and _onednn_applies(x, weight)
-        ):
-            return _onednn(x, self.column_major(), self.bias)
-        return linear(x, weight, self.bias)
+        )
 
     def _by_parts(self, x: Tensor, parts: list[int]) -> Tensor:
         """x's leading rows in `parts` (several runs' rows, `shared_rows`), each part computed as it would be on
-        its own: by one batched product where that gives the same bits on this machine (checked once per shape,
-        on the first call), else part by part."""
-        alone = None
-        if len(set(parts)) == 1 and x.dtype == self.weight.dtype:
+        its own: by one product where that gives the same bits on this machine (checked once per way and shape,
+        on the first call), else part by part. One product: when every part alone takes the column-major copy
+        (oneDNN computes each row of it alike however many rows there are), one product of all the rows, which
+        reads the weight once; when the parts are equal, one batched product."""
+        each = math.prod(x.shape[1:-1])  # rows per leading row
+        if all(self._column_major_applies(x, rows * each) for rows in parts):
+            key = ("column", tuple(parts), x.dtype, x.device)
+            way = lambda: _onednn(x, self.column_major(), self.bias)  # noqa: E731
+        elif len(set(parts)) == 1 and x.dtype == self.weight.dtype:
             key = (len(parts), math.prod(x.shape[:-1]) // len(parts), x.dtype, x.device)
-            exact = (self._batched_exact or {}).get(key)
-            if exact is None:  # the first call of this shape: both ways, and which agree
-                batched = self._batched(x, len(parts))
-                alone = torch.cat([self._alone(part) for part in x.split(parts)])
-                self._batched_exact = {**(self._batched_exact or {}), key: torch.equal(batched, alone)}
-                return alone
-            if exact:
-                return self._batched(x, len(parts))
-        return torch.cat([self._alone(part) for part in x.split(parts)])
+            way = lambda: self._batched(x, len(parts))  # noqa: E731
+        else:
+            return torch.cat([self._alone(part) for part in x.split(parts)])
+        exact = (self._batched_exact or {}).get(key)
+        if exact is None:  # the first call of this shape: both ways, and which agree
+            alone = torch.cat([self._alone(part) for part in x.split(parts)])
+            self._batched_exact = {**(self._batched_exact or {}), key: torch.equal(way(), alone)}
+            return alone
+        return way() if exact else torch.cat([self._alone(part) for part in x.split(parts)])
 
     def _batched(self, x: Tensor, k: int) -> Tensor:
         """x (k * m rows, ..., in) as k products of m rows by the weight, in one batched call."""

@@ -52,6 +52,30 @@ def test_decode_rows_gives_each_run_the_bits_of_its_own_decode(options):
                 assert torch.equal(e, g)
 
 
+def test_runs_of_several_rows_share_one_product_of_the_weights_and_keep_their_bits(bundled):
+    """Beams of several runs (rows 2 to 4 each) through the bundled model, whose matrices take oneDNN's
+    column-major copy for a few rows: each Linear computes every run's rows in one product where that gives each
+    run its own bits (checked on the first call), and every step equals each run's decode alone, bit for bit."""
+    from axw.kernels import Linear
+
+    net = bundled[0].net
+    rows = [2, 4, 3]
+    alone, together = [net.new_cache(64) for _ in rows], [net.new_cache(64) for _ in rows]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for i, b in enumerate(rows):
+            prompt = torch.randint(0, net.num_tokens, (b, 5 + 2 * i))
+            net.decode(prompt, alone[i])
+            net.decode(prompt, together[i])
+        for step in range(6):
+            tokens = [torch.randint(0, net.num_tokens, (b, 1)) for b in rows]
+            expected = [net.decode(t, cache) for t, cache in zip(tokens, alone)]
+            for e, g in zip(expected, net.decode_rows(tokens, together)):
+                assert torch.equal(e, g)
+    checked = [m._batched_exact for m in net.modules() if isinstance(m, Linear) and m._batched_exact]
+    assert checked and all(("column", tuple(rows), torch.float32, torch.device("cpu")) in c for c in checked)
+
+
 def test_decode_rows_refuses_training_and_mixed_lengths():
     net = tiny_model(rotary=True).net
     caches = [net.new_cache(8), net.new_cache(8)]
