@@ -17,6 +17,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# gradio's queue summarises the events it served (a pandas table of up to 10,000 of them, 10 to 20 ms of the
+# interpreter lock) at the end of every event, for a monitoring page this app does not open: only on request
+os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", str(2**62))
 
 try:  # ZeroGPU on Spaces: imported before torch, as it asks (playground.service wraps the handlers with it)
     import spaces  # noqa: F401

@@ -36,6 +36,19 @@ def test_named_endpoints_are_generate_sample_tree_and_finetune(client):
         "/generate", "/sample_tree", "/finetune"}
 
 
+def test_the_queue_does_not_summarise_its_events_at_each_one(served_app, client, monkeypatch):
+    """gradio's queue builds a pandas table of the events it served at the end of each, for a monitoring page the
+    app does not open; the app turns that off (GRADIO_ANALYTICS_CACHE_FREQUENCY, set when app.py is imported)."""
+    from gradio.queueing import Queue
+
+    tables = []
+    monkeypatch.setattr(Queue, "_get_df", staticmethod(lambda records: tables.append(len(records))))
+    for _ in range(2):
+        client.predict(prompt="JULIET:", max_new_tokens=4, api_name="/generate")
+    assert served_app[1]._queue.event_analytics  # the events are still recorded
+    assert tables == []
+
+
 def test_generate_at_temperature_0_is_greedy_and_the_defaults_work(client, models):
     text, tokens, trace = client.predict(prompt=PROMPT, temperature=0.0, api_name="/generate")
     prompt_ids, new_ids = reference_ids(models[0], PROMPT, 64, temperature=0.0)
