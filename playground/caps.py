@@ -21,6 +21,8 @@ SHARED_ALONE = 2
 # with worker processes (AXW_WORKERS), generations running at once per worker: 8 runs over 2 processes made 2.65x one
 # run, where 8 in one process made 1.14x (benchmarks/processes.py)
 RUNS_PER_WORKER = 4
+# worker processes a CPU Space gets at most without AXW_WORKERS (one a core: sessions.space_workers)
+SPACE_WORKERS_MAX = 8
 MAX_HUB_MODEL_BYTES = 2_000_000_000  # a Hub model's safetensors: about 1B parameters in bf16 (AXW_HUB_MODEL_BYTES)
 # visitors' fine-tuned copies kept at once (AXW_FINETUNES), and the memory they may hold together
 # (AXW_FINETUNE_BYTES): a class of 30 each with a copy of the bundled model (8 MB) fits easily

@@ -13,8 +13,8 @@ from contextlib import contextmanager
 from axw.utils import check_number
 
 from .caps import (ADDRESS_SESSIONS, CONCURRENCY, FINETUNE_BYTES, KV_STORE_BYTES, MAX_FORKS, MAX_SESSIONS,
-                   MAX_TRUSTED_PROXIES, RUNS_PER_WORKER, SESSION_IDLE_S, SHARED_ALONE, VISITOR_BUDGET_S,
-                   VISITOR_WINDOW_S)
+                   MAX_TRUSTED_PROXIES, RUNS_PER_WORKER, SESSION_IDLE_S, SHARED_ALONE, SPACE_WORKERS_MAX,
+                   VISITOR_BUDGET_S, VISITOR_WINDOW_S)
 
 
 class Sessions:
@@ -150,8 +150,27 @@ def shared_alone(env=os.environ) -> int:
 
 def workers_wanted(env=os.environ) -> int:
     """AXW_WORKERS: how many worker processes generate the runs of the app's own models (0: none, every run in the
-    app's process; `playground.workers`)."""
-    return env_number("AXW_WORKERS", 0, 0, 64, integer=True, env=env)
+    app's process; `playground.workers`). Unset: `space_workers`."""
+    return env_number("AXW_WORKERS", space_workers(env), 0, 64, integer=True, env=env)
+
+
+def space_workers(env=os.environ) -> int:
+    """The workers a Space gets without AXW_WORKERS: on CPU hardware serving the bundled model (SPACE_ID set, not
+    ZeroGPU, no GPU, no AXW_MODEL), one a core (CPU_CORES, the Space's own count; at most SPACE_WORKERS_MAX, none
+    on one core), so that a class's runs use every core; elsewhere none. A model of the visitor's choice or on a
+    GPU is served best by one process (each worker holds its own copy of the models)."""
+    if not env.get("SPACE_ID") or env.get("SPACES_ZERO_GPU", "").strip().lower() in ("true", "1") \
+            or env.get("AXW_MODEL", "").strip():
+        return 0
+    import torch
+
+    if torch.cuda.is_available():
+        return 0
+    try:
+        cores = int(env.get("CPU_CORES", "").strip() or len(os.sched_getaffinity(0)))
+    except (ValueError, AttributeError):  # a count written otherwise, or no affinity on this system
+        cores = os.cpu_count() or 1
+    return min(cores, SPACE_WORKERS_MAX) if cores >= 2 else 0
 
 
 def concurrency(env=os.environ) -> int:

@@ -162,6 +162,24 @@ def test_what_the_workers_do_not_hold_stays_in_the_apps_process(pooled):
     assert pooled.in_workers(replace(SETTINGS, strategy="contrastive decoding", amateur=pg.DEFAULT_AMATEUR))
 
 
+def test_a_cpu_space_serving_the_bundled_model_gets_a_worker_a_core(monkeypatch):
+    """Without AXW_WORKERS a Space on CPU hardware (the Hub sets SPACE_ID and CPU_CORES) gets one worker a core, so
+    a class's runs use every core; anywhere else, with a model of the teacher's choice, on ZeroGPU or on a GPU, or
+    on one core, none."""
+    import torch
+
+    space = {"SPACE_ID": "teacher/axw", "CPU_CORES": "2"}
+    assert workers_wanted(space) == 2 and concurrency(space) == 2 * pg.RUNS_PER_WORKER
+    assert workers_wanted({**space, "CPU_CORES": "16"}) == pg.caps.SPACE_WORKERS_MAX
+    for other in ({"CPU_CORES": "1"}, {"AXW_MODEL": "HuggingFaceTB/SmolLM2-360M"}, {"SPACES_ZERO_GPU": "true"},
+                  {"AXW_WORKERS": "0"}):
+        assert workers_wanted({**space, **other}) == 0, other
+    assert workers_wanted({**space, "AXW_WORKERS": "3"}) == 3  # the variable wins
+    assert workers_wanted({"CPU_CORES": "2"}) == 0  # not a Space
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert workers_wanted(space) == 0  # a GPU Space: one process shares the forward best
+
+
 def test_the_workers_come_from_the_environment_and_raise_the_generations_at_once():
     assert workers_wanted({}) == 0 and concurrency({}) == pg.CONCURRENCY
     assert workers_wanted({"AXW_WORKERS": "2"}) == 2
