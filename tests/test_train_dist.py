@@ -44,18 +44,37 @@ def _rank(rank: int, world: int, port: int, logs: str, target, args):
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     torch.set_num_threads(1)
-    code = 0
+    code, stopped = 0, None
     try:
         target(*args)
     except SystemExit as e:  # as the interpreter does: a message is printed, with code 1
         code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
         if not isinstance(e.code, int) and e.code is not None:
             print(e.code, file=sys.stderr)
+        # held until the exit below: its traceback holds the run's objects (the DDP wrapper, the process group's
+        # work), whose destructors may wait on a peer that is gone
+        stopped = e
     # end the process as torchrun's agent ends a rank whose peer died: at once. Python's own teardown may wait
     # in gloo's destructor on a peer that is gone
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def where(pid: int) -> str:
+    """Where process `pid` is (its Python and native stacks, by py-spy where it is installed), for a hang's
+    message."""
+    import shutil
+    import subprocess
+
+    spy = shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
+    if spy is None:
+        return "(py-spy is not installed: no stacks)"
+    try:
+        out = subprocess.run([spy, "dump", "--native", "--pid", str(pid)], capture_output=True, text=True, timeout=60)
+        return out.stdout + out.stderr
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"(py-spy failed: {e})"
 
 
 def launch(tmp_path, target, *args, world=2, timeout=120) -> list[tuple[int, str]]:
@@ -68,10 +87,11 @@ def launch(tmp_path, target, *args, world=2, timeout=120) -> list[tuple[int, str
         p.start()
     for p in procs:
         p.join(timeout)
-    for p in procs:
+    for r, p in enumerate(procs):
         if p.is_alive():
+            stack = where(p.pid)
             p.kill()
-            pytest.fail(f"a rank hung: {[(logs / f'rank{r}.log').read_text() for r in range(world)]}")
+            pytest.fail(f"rank {r} hung: {[(logs / f'rank{i}.log').read_text() for i in range(world)]}\n{stack}")
     return [(p.exitcode, (logs / f"rank{r}.log").read_text()) for r, p in enumerate(procs)]
 
 
