@@ -151,7 +151,9 @@ def shared_alone(env=os.environ) -> int:
 def workers_wanted(env=os.environ) -> int:
     """AXW_WORKERS: how many worker processes generate the runs of the app's own models (0: none, every run in the
     app's process; `playground.workers`). Unset: `space_workers`."""
-    return env_number("AXW_WORKERS", space_workers(env), 0, 64, integer=True, env=env)
+    if not env.get("AXW_WORKERS", "").strip():  # only then is the Space's default worked out (it asks CUDA)
+        return space_workers(env)
+    return env_number("AXW_WORKERS", 0, 0, 64, integer=True, env=env)
 
 
 def space_workers(env=os.environ) -> int:
