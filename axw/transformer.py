@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import QK_NORMS, Attention, KVCache, RotaryEmbedding, check_rope_scaling
-from .kernels import Linear, Norm, TokenEmbedding, shared_rows
+from .kernels import Linear, Norm, TokenEmbedding, lay_out_head, shared_rows
 from .utils import ConfigMixin, build_config, check_number, default, exists
 
 ACTIVATIONS = {
@@ -468,6 +468,17 @@ class TransformerWrapper(nn.Module):
             # GPT-2: scale residual projections by depth so the stream's variance stays put
             for proj in (block.attn.to_out, block.ff.proj_out):
                 nn.init.normal_(proj.weight, std=0.02 / (2 * attn_layers.depth) ** 0.5)
+        self._lay_out_head()
+
+    def _lay_out_head(self):
+        """The output head's layout for its device and dtype (`kernels.lay_out_head`)."""
+        lay_out_head(self.token_emb.weight if self.to_logits is None else self.to_logits.weight)
+
+    def _apply(self, fn, recurse=True):
+        """`.to(...)`, `.cuda()`, `.half()`, ...: after a move or a cast the head takes the layout that suits it."""
+        out = super()._apply(fn, recurse)
+        self._lay_out_head()
+        return out
 
     def load_state_dict(self, state_dict: Mapping[str, Tensor], strict: bool = True, assign: bool = False):
         """`nn.Module.load_state_dict`, after a check that these are not

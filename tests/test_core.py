@@ -518,3 +518,60 @@ def test_linear_takes_a_few_rows_from_a_column_major_copy_made_again_when_the_we
         with torch.no_grad():
             other(torch.randn(5, shape[1]))
         assert other._column_major is None
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_large_vocabularys_head_is_stored_column_major_where_it_reads_faster_with_the_same_values(tied, tmp_path):
+    """The output head above HEAD_COLUMN_MAJOR_MIN elements lives column-major on CPU in fp32 with oneDNN (a decode
+    step's logits stream it faster), row-major after a cast or a move elsewhere, back after one home; the values,
+    the logits (float64 reference), training's gradients and a saved checkpoint are those of the row-major head."""
+    from axw import kernels
+
+    if kernels._ONEDNN_LINEAR is None:
+        pytest.skip("no oneDNN in this build")
+    dim, vocab = 64, kernels.HEAD_COLUMN_MAJOR_MIN // 64 + 64
+
+    def build():
+        torch.manual_seed(0)
+        return AutoregressiveWrapper(TransformerWrapper(
+            num_tokens=vocab, max_seq_len=32, tie_embedding=tied, attn_layers=Decoder(dim=dim, depth=1, heads=2)))
+
+    model = build().eval()
+    net = model.net
+    head = lambda: net.token_emb.weight if tied else net.to_logits.weight  # noqa: E731
+    param = head()
+    assert param.stride() == (1, vocab)
+    assert net.token_emb.weight.is_contiguous() != tied  # an untied embedding keeps its rows
+    rows = param.detach().contiguous()
+    hidden = torch.randn(1, 1, dim)
+    with torch.no_grad():
+        goal = hidden.double() @ rows.double().t()
+        torch.testing.assert_close(net.logits(hidden).double(), goal, atol=1e-5, rtol=1e-5)
+        ids = torch.randint(0, vocab, (2, 7))
+        assert torch.equal(net.token_emb(ids), F.embedding(ids, net.token_emb.weight.contiguous()))
+
+    model.to(torch.bfloat16)
+    assert head() is param and param.is_contiguous() and torch.equal(param, rows.bfloat16())
+    model.float()
+    assert head() is param and param.stride() == (1, vocab)
+
+    # training: the same gradients as a row-major copy of the model
+    model.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
+    twin = build()
+    twin.load_state_dict(model.state_dict())
+    twin_head = twin.net.token_emb.weight if tied else twin.net.to_logits.weight
+    twin_head.data = twin_head.data.contiguous()
+    model.train()
+    x = torch.randint(0, vocab, (2, 9))
+    for m in (model, twin):
+        m(x).backward()
+    assert head().stride() == (1, vocab) and twin_head.is_contiguous()
+    torch.testing.assert_close(head().grad, twin_head.grad, atol=1e-6, rtol=1e-5)
+
+    # a checkpoint holds the same tensor, and loads back into the column-major head
+    loaded = AutoregressiveWrapper.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    again = loaded.net.token_emb.weight if tied else loaded.net.to_logits.weight
+    assert again.stride() == (1, vocab) and torch.equal(again, param.detach())
+
+    small = tiny_model(num_tokens=97)  # a head that fits in cache keeps its rows
+    assert small.net.token_emb.weight.is_contiguous()
