@@ -257,6 +257,8 @@ HEAD_COLUMN_MAJOR_MIN = SMALL_MATRIX[1]
 def lay_out_head(weight: Tensor):
     """Store the output head `weight` (num_tokens, dim) column-major where its product reads that faster (above),
     row-major elsewhere. In place, without a copy kept: the parameter stays the same object, its values the same."""
+    if type(weight.data) is not torch.Tensor:  # a sharded (DTensor) or other wrapped parameter keeps its own layout
+        return
     rows, cols = weight.shape
     wanted = (rows * cols > HEAD_COLUMN_MAJOR_MIN and rows > cols and weight.device.type == "cpu"
               and weight.dtype == torch.float32 and _ONEDNN_LINEAR is not None)
