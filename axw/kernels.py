@@ -101,8 +101,12 @@ class _OneDNNLinear(torch.autograd.Function):
         flat = grad.reshape(-1, weight.shape[0])
         if ctx.needs_input_grad[0]:  # grad @ weight
             grad_x = product(grad, weight.t())
-        if ctx.needs_input_grad[1]:  # grad.T @ x, (out, in) like the weight
-            grad_weight = product(flat.t(), x.reshape(-1, weight.shape[1]).t())
+        if ctx.needs_input_grad[1]:  # grad.T @ x, (out, in) laid out like the weight, so autograd copies nothing
+            rows = x.reshape(-1, weight.shape[1])
+            if weight.stride() == (1, weight.shape[0]) and weight.shape[0] > 1:  # column-major (`lay_out_head`)
+                grad_weight = product(rows.t(), flat.contiguous().t()).t()  # (a broadcast grad has 0 strides)
+            else:
+                grad_weight = product(flat.t(), rows.t())
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = flat.sum(0)
         return grad_x, grad_weight, grad_bias
