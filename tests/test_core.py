@@ -575,3 +575,24 @@ def test_a_large_vocabularys_head_is_stored_column_major_where_it_reads_faster_w
 
     small = tiny_model(num_tokens=97)  # a head that fits in cache keeps its rows
     assert small.net.token_emb.weight.is_contiguous()
+
+
+def test_a_column_major_weights_gradient_comes_in_its_layout_with_the_values_of_a_row_major_one():
+    """Training through a column-major weight (`lay_out_head`): its gradient is computed in that layout (autograd
+    then copies nothing into it), equal to a row-major weight's; a broadcast upstream gradient (0 strides) too."""
+    from axw import kernels
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 256)
+    rows = (torch.randn(1024, 256) * 0.05).requires_grad_()
+    columns = rows.detach().t().contiguous().t().requires_grad_()
+    up = torch.randn(3, 5, 1024)
+    for loss in (lambda w: (kernels.linear(x, w) * up).sum(), lambda w: kernels.linear(x, w).sum()):
+        rows.grad = columns.grad = None
+        loss(rows).backward()
+        loss(columns).backward()
+        torch.testing.assert_close(columns.grad, rows.grad, atol=1e-4, rtol=1e-5)
+        (computed,) = torch.autograd.grad(loss(columns), columns)  # as the backward made it, before any copy
+        assert computed.stride() == (1, 1024)
+        torch.testing.assert_close(computed, rows.grad, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(columns.grad, x.sum((0, 1)).expand(1024, -1), atol=1e-4, rtol=1e-5)
