@@ -103,7 +103,7 @@ class _OneDNNLinear(torch.autograd.Function):
             grad_x = product(grad, weight.t())
         if ctx.needs_input_grad[1]:  # grad.T @ x, (out, in) laid out like the weight, so autograd copies nothing
             rows = x.reshape(-1, weight.shape[1])
-            if weight.stride() == (1, weight.shape[0]) and weight.shape[0] > 1:  # column-major (`lay_out_head`)
+            if _column_major(weight):  # a large head (`lay_out_head`)
                 grad_weight = product(rows.t(), flat.contiguous().t()).t()  # (a broadcast grad has 0 strides)
             else:
                 grad_weight = product(flat.t(), rows.t())
@@ -141,6 +141,11 @@ def _onednn_applies(x: Tensor, weight: Tensor) -> bool:
         and not torch.is_autocast_enabled("cpu")
         and torch.backends.mkldnn.enabled  # read per call: users switch it with torch.backends.mkldnn.flags
     )
+
+
+def _column_major(weight: Tensor) -> bool:
+    """Whether the 2-d `weight` is laid out column-major (and not also row-major: more than one row)."""
+    return weight.shape[0] > 1 and weight.stride() == (1, weight.shape[0])
 
 
 def _needs_grad(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
@@ -224,13 +229,17 @@ class Linear(nn.Linear):
             key = (len(parts), math.prod(x.shape[:-1]) // len(parts), x.dtype, x.device)
             way = lambda: self._batched(x, len(parts))  # noqa: E731
         else:
-            return torch.cat([self._alone(part) for part in x.split(parts)])
+            return self._part_by_part(x, parts)
         exact = (self._batched_exact or {}).get(key)
         if exact is None:  # the first call of this shape: both ways, and which agree
-            alone = torch.cat([self._alone(part) for part in x.split(parts)])
+            alone = self._part_by_part(x, parts)
             self._batched_exact = {**(self._batched_exact or {}), key: torch.equal(way(), alone)}
             return alone
-        return way() if exact else torch.cat([self._alone(part) for part in x.split(parts)])
+        return way() if exact else self._part_by_part(x, parts)
+
+    def _part_by_part(self, x: Tensor, parts: list[int]) -> Tensor:
+        """x's parts (`shared_rows`), each through the layer on its own."""
+        return torch.cat([self._alone(part) for part in x.split(parts)])
 
     def _batched(self, x: Tensor, k: int) -> Tensor:
         """x (k * m rows, ..., in) as k products of m rows by the weight, in one batched call."""
@@ -266,8 +275,7 @@ def lay_out_head(weight: Tensor):
     rows, cols = weight.shape
     wanted = (rows * cols > HEAD_COLUMN_MAJOR_MIN and rows > cols and weight.device.type == "cpu"
               and weight.dtype == torch.float32 and _ONEDNN_LINEAR is not None)
-    column_major = weight.stride() == (1, rows) and rows > 1
-    if wanted != column_major:
+    if wanted != _column_major(weight):
         with torch.no_grad():
             weight.data = weight.data.t().contiguous().t() if wanted else weight.data.contiguous()
 

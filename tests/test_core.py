@@ -536,10 +536,12 @@ def test_a_large_vocabularys_head_is_stored_column_major_where_it_reads_faster_w
         return AutoregressiveWrapper(TransformerWrapper(
             num_tokens=vocab, max_seq_len=32, tie_embedding=tied, attn_layers=Decoder(dim=dim, depth=1, heads=2)))
 
+    def head(m):
+        return m.net.token_emb.weight if tied else m.net.to_logits.weight
+
     model = build().eval()
     net = model.net
-    head = lambda: net.token_emb.weight if tied else net.to_logits.weight  # noqa: E731
-    param = head()
+    param = head(model)
     assert param.stride() == (1, vocab)
     assert net.token_emb.weight.is_contiguous() != tied  # an untied embedding keeps its rows
     rows = param.detach().contiguous()
@@ -551,26 +553,26 @@ def test_a_large_vocabularys_head_is_stored_column_major_where_it_reads_faster_w
         assert torch.equal(net.token_emb(ids), F.embedding(ids, net.token_emb.weight.contiguous()))
 
     model.to(torch.bfloat16)
-    assert head() is param and param.is_contiguous() and torch.equal(param, rows.bfloat16())
+    assert head(model) is param and param.is_contiguous() and torch.equal(param, rows.bfloat16())
     model.float()
-    assert head() is param and param.stride() == (1, vocab)
+    assert head(model) is param and param.stride() == (1, vocab)
 
     # training: the same gradients as a row-major copy of the model
     model.load_state_dict({k: v.contiguous() for k, v in model.state_dict().items()})
     twin = build()
     twin.load_state_dict(model.state_dict())
-    twin_head = twin.net.token_emb.weight if tied else twin.net.to_logits.weight
+    twin_head = head(twin)
     twin_head.data = twin_head.data.contiguous()
     model.train()
     x = torch.randint(0, vocab, (2, 9))
     for m in (model, twin):
         m(x).backward()
-    assert head().stride() == (1, vocab) and twin_head.is_contiguous()
-    torch.testing.assert_close(head().grad, twin_head.grad, atol=1e-6, rtol=1e-5)
+    assert head(model).stride() == (1, vocab) and twin_head.is_contiguous()
+    torch.testing.assert_close(head(model).grad, twin_head.grad, atol=1e-6, rtol=1e-5)
 
     # a checkpoint holds the same tensor, and loads back into the column-major head
     loaded = AutoregressiveWrapper.from_pretrained(model.save_pretrained(tmp_path / "m"))
-    again = loaded.net.token_emb.weight if tied else loaded.net.to_logits.weight
+    again = head(loaded)
     assert again.stride() == (1, vocab) and torch.equal(again, param.detach())
 
     small = tiny_model(num_tokens=97)  # a head that fits in cache keeps its rows
