@@ -25,6 +25,7 @@ import collections
 import threading
 import time
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -162,6 +163,9 @@ class SharedForwards:
         """`net.decode(tokens, cache)` for tokens (b, 1), in a forward shared with the other runs' steps."""
         if torch.is_grad_enabled() or self.net.training or tokens.shape[0] > self.max_rows:
             return self.net.decode(tokens, cache)
+        lockstep = getattr(_MEMBER, "lockstep", None)
+        if lockstep is not None:  # a run taking turns (`Lockstep`): its step waits for the others'
+            return lockstep.decode(self, tokens, cache)
         with self._lock:
             pace = self._expected.get(cache)
             if pace is None:
@@ -253,9 +257,9 @@ class SharedForwards:
     def _rows(steps: list[_Step]) -> int:
         return sum(s.tokens.shape[0] for s in steps)
 
-    def _run(self, batch: list[_Step], leader: _Step):
-        """Run the forward of `batch` (in `leader`'s thread), then wake its runs and hand the next forward on."""
-        began = time.perf_counter()
+    def _forward(self, batch: list):
+        """One forward of the steps in `batch` (each with its tokens and cache): each gets its hidden states,
+        or the forward's error."""
         try:
             with torch.no_grad():
                 if len(batch) == 1:
@@ -267,6 +271,11 @@ class SharedForwards:
         except BaseException as e:  # every run of the forward sees its failure
             for s in batch:
                 s.error = e
+
+    def _run(self, batch: list[_Step], leader: _Step):
+        """Run the forward of `batch` (in `leader`'s thread), then wake its runs and hand the next forward on."""
+        began = time.perf_counter()
+        self._forward(batch)
         with self._lock:
             now = time.perf_counter()
             self._last_s = now - began
@@ -300,3 +309,149 @@ class SharedForwards:
         stats.steps += n
         stats.largest = max(stats.largest, n)
         stats.sizes[n] = stats.sizes.get(n, 0) + 1
+
+
+# the `Lockstep` the thread's run takes turns in, if any
+_MEMBER = threading.local()
+
+
+@dataclass(eq=False)
+class _Turn:
+    """A member's place in its `Lockstep`: waiting to go on, or a step waiting for its forward."""
+
+    # held until the member may go on (with `lead`: once it has run the forwards of the steps waiting)
+    gate: threading.Lock = field(default_factory=threading.Lock)
+    state: str = "ready"  # "ready": waiting to go on; "pending": its step waits for a forward; "running": in one
+    lead: bool = False
+    shared: SharedForwards | None = None
+    tokens: Tensor | None = None
+    cache: KVCache | None = None
+    hidden: Tensor | None = None
+    error: BaseException | None = None
+
+
+class Lockstep:
+    """Runs of one process that take turns, as one loop steps every sequence of a batch (vLLM's scheduler): one
+    run at a time does its own work between forwards (its pipeline, draw, trace, text), and once every run is
+    waiting for its next step, their steps run together, one forward for each shared network (`SharedForwards`).
+    So every forward carries every run in flight, and the runs' own work never contends for the interpreter's
+    lock. A thread's run takes part inside `member()`; its one-position steps through a network whose forwards
+    are shared wait for the others' steps, and any other forward (a prompt, a verify) runs at once, in its turn.
+    A new run goes on after the runs already waiting to, at a token boundary.
+
+    Members must not wait for each other outside their steps (on a lock another member holds, say): a member
+    that waits longer than `stall_s` to go on, or for its step's forward, leaves the turns and goes on by itself
+    (`stalls` counts them), so nothing waits for ever; its numbers are the same either way."""
+
+    def __init__(self, stall_s: float = 1.0):
+        if not stall_s > 0:
+            raise ValueError(f"stall_s must be > 0, got {stall_s!r}")
+        self.stall_s = stall_s
+        self._lock = threading.Lock()
+        self._going = False  # a member is going on (doing its own work, or running the forwards)
+        self._ready: collections.deque[_Turn] = collections.deque()  # members waiting to go on, in order
+        self._pending: list[_Turn] = []  # steps waiting for a forward
+        self.members = 0  # runs taking turns now
+        self.stalls = 0  # members that left the turns after waiting stall_s
+
+    @contextmanager
+    def member(self):
+        """Inside, the calling thread's run takes turns with the other members' (inside again: no change)."""
+        if getattr(_MEMBER, "lockstep", None) is not None:
+            yield
+            return
+        turn = _Turn()
+        turn.gate.acquire()
+        with self._lock:
+            self.members += 1
+            self._ready.append(turn)
+            self._hand_on()
+        _MEMBER.lockstep = self
+        try:
+            self._wait(turn)
+            yield
+        finally:
+            if getattr(_MEMBER, "lockstep", None) is self:  # not left after a stall
+                _MEMBER.lockstep = None
+                with self._lock:
+                    self.members -= 1
+                    self._going = False
+                    self._hand_on()
+
+    def decode(self, shared: SharedForwards, tokens: Tensor, cache: KVCache) -> Tensor:
+        """A member's step `shared.decode(tokens, cache)`: it waits for the other members' steps, then runs in one
+        forward with them."""
+        turn = _Turn(state="pending", shared=shared, tokens=tokens, cache=cache)
+        turn.gate.acquire()
+        with self._lock:
+            self._pending.append(turn)
+            self._going = False
+            self._hand_on()
+        if not self._wait(turn):  # left the turns: its step alone
+            return shared.decode(tokens, cache)
+        if turn.lead:
+            self._forwards(turn)
+        if turn.error is not None:
+            raise turn.error
+        return turn.hidden
+
+    def _hand_on(self):
+        """(holding the lock) With nobody going on: the first member waiting to go on goes; with none, the first
+        step waiting runs the forwards of every step waiting."""
+        if self._going:
+            return
+        if self._ready:
+            turn = self._ready.popleft()
+        elif self._pending:
+            turn = self._pending[0]
+            turn.lead = True
+        else:
+            return
+        self._going = True
+        turn.state = "go"
+        turn.gate.release()
+
+    def _wait(self, turn: _Turn) -> bool:
+        """Wait until `turn` may go on: True; or, after `stall_s` (its forward not under way), leave the turns:
+        False."""
+        while not turn.gate.acquire(timeout=self.stall_s):
+            with self._lock:
+                if turn.state == "running":  # its forward is under way: it goes on after it
+                    continue
+                if turn.gate.acquire(blocking=False):  # let go meanwhile
+                    return True
+                (self._ready if turn.state == "ready" else self._pending).remove(turn)
+                self.members -= 1
+                self.stalls += 1
+                _MEMBER.lockstep = None
+                return False
+        return True
+
+    def _forwards(self, leader: _Turn):
+        """(the leader's thread, going on) The forwards of every step waiting, one for each network (at most its
+        `max_rows` rows each); then their members wait to go on, after the leader."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+            for turn in batch:
+                turn.state = "running"
+        by_net: dict[int, list[_Turn]] = {}
+        for turn in batch:
+            by_net.setdefault(id(turn.shared), []).append(turn)
+        for turns in by_net.values():
+            shared = turns[0].shared
+            while turns:
+                cut, rows = 1, turns[0].tokens.shape[0]
+                while cut < len(turns) and rows + turns[cut].tokens.shape[0] <= shared.max_rows:
+                    rows += turns[cut].tokens.shape[0]
+                    cut += 1
+                began = time.perf_counter()
+                shared._forward(turns[:cut])
+                with shared._lock:
+                    shared._last_s = time.perf_counter() - began
+                    shared._count(cut)
+                turns = turns[cut:]
+        with self._lock:
+            for turn in batch:
+                if turn is not leader:
+                    turn.state = "ready"
+                    self._ready.append(turn)

@@ -23,9 +23,12 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from multiprocessing.connection import Connection
 from pathlib import Path
+
+from axw.shared import Lockstep
 
 from .runs import Run
 
@@ -74,12 +77,18 @@ def serve(conn: Connection, make_app, threads: int):
 
     app = make_app()
     cancelled, send_lock = set(), threading.Lock()
+    # with the models' forwards shared, the runs take turns, every forward carrying all of them (`Lockstep`)
+    lockstep = Lockstep() if app.models.shared else None
 
     def send(message):
         with send_lock:
             conn.send(message)
 
     def run(job: int, prompt: str, settings: dict, trace: bool):
+        with lockstep.member() if lockstep is not None else nullcontext():
+            steps(job, prompt, settings, trace)
+
+    def steps(job: int, prompt: str, settings: dict, trace: bool):
         try:
             _, state, updates, _ = app.start(prompt, Settings(**settings), None, trace=trace)
             rows = beams = 0  # how many of each the app's process has

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 import axw
 import playground as pg
 from axw import SharedForwards
+from axw.shared import Lockstep
 from conftest import tiny_model
 from playground import runs as R
 
@@ -353,3 +355,110 @@ def test_the_app_lets_a_few_runs_decode_on_their_own(bundled):
         assert shared is not None and shared.alone == 3
     finally:
         shared.close()
+
+
+def taking_turns(lockstep, job):
+    def member():
+        with lockstep.member():
+            return job()
+
+    return member
+
+
+def test_runs_taking_turns_get_their_tokens_probabilities_and_trace_alone(bundled):
+    """Every strategy, prompts of different lengths, settings and seeds, one run ending early, taking turns
+    (`Lockstep`) over the expert's, the amateur's and the drafter's shared forwards: each run's tokens,
+    probabilities and whole trace equal the ones it gets alone, and nobody left the turns."""
+    alone = [run_one(bundled, i) for i in range(len(SETTINGS))]
+    shared, lockstep = share(*(m.net for m in bundled)), Lockstep()
+    try:
+        together = in_threads([taking_turns(lockstep, lambda i=i: run_one(bundled, i)) for i in range(len(SETTINGS))])
+    finally:
+        for s in shared:
+            s.close()
+    for a, t in zip(alone, together):
+        assert (t.new_ids, t.probs, t.rows, t.ended) == (a.new_ids, a.probs, a.rows, a.ended)
+    assert shared[0].stats.largest >= 4 and shared[2].stats.forwards > 0
+    assert lockstep.stalls == 0 and lockstep.members == 0
+
+
+def test_every_forward_of_runs_taking_turns_carries_every_run_in_flight(bundled):
+    """Four sampling runs of 24 tokens each, taking turns: after each run's prompt, every one-token step of the
+    four goes in one forward (one of the first may go before the last has read its prompt); run by run without
+    turns, the same runs share far fewer of their forwards."""
+    model = bundled[0]
+    settings = [replace(SETTINGS[0], seed=seed).check() for seed in range(4)]
+
+    def run(i):
+        s = settings[i]
+        run, updates = R.start(model, PROMPTS[1], s, s.config(model))
+        for run in updates:
+            pass
+        return run
+
+    alone = [run(i) for i in range(4)]
+    shared, lockstep = SharedForwards(model.net), Lockstep()
+    try:
+        together = in_threads([taking_turns(lockstep, lambda i=i: run(i)) for i in range(4)])
+    finally:
+        shared.close()
+    assert [t.new_ids for t in together] == [a.new_ids for a in alone]
+    steps = sum(len(a.new_ids) - 1 for a in alone)  # each run's first token comes from its prompt's forward
+    assert all(len(a.new_ids) == 24 for a in alone)
+    assert shared.stats.steps == steps and shared.stats.largest == 4
+    assert shared.stats.sizes[4] >= 23 - 3  # 23 steps each: at most the first few before all four are in
+
+
+def test_a_run_waiting_on_another_outside_its_steps_leaves_the_turns_and_both_finish(bundled):
+    """One run holds a lock through its whole text; another waits for that lock in its turn, so the first
+    run's step waits for a forward nobody runs. After stall_s the first leaves the turns and goes on by itself;
+    both texts are the ones they get alone."""
+    model = bundled[0]
+    held, started = threading.Lock(), threading.Event()
+    s = pg.Settings(max_new_tokens=6, temperature=0.0).check()
+
+    def run(prompt):
+        run, updates = R.start(model, prompt, s, s.config(model))
+        for run in updates:
+            pass
+        return run.new_ids
+
+    def first():
+        with held:
+            started.set()
+            return run(PROMPTS[0])
+
+    def second():
+        started.wait()
+        with held:
+            return run(PROMPTS[1])
+
+    alone = [run(PROMPTS[0]), run(PROMPTS[1])]
+    shared, lockstep = SharedForwards(model.net), Lockstep(stall_s=0.2)
+    try:
+        together = in_threads([taking_turns(lockstep, first), taking_turns(lockstep, second)])
+    finally:
+        shared.close()
+    assert together == alone
+    assert lockstep.stalls >= 1 and lockstep.members == 0
+
+
+def test_a_failing_forward_reaches_every_run_taking_turns_and_the_turns_go_on(bundled, monkeypatch):
+    model = bundled[0]
+    shared, lockstep = SharedForwards(model.net), Lockstep()
+    try:
+        def broken(*args, **kwargs):
+            raise RuntimeError("out of memory (a test's)")
+
+        monkeypatch.setattr(type(model.net), "decode_rows", broken)
+        with pytest.raises(RuntimeError, match="a test's"):
+            in_threads([taking_turns(lockstep, lambda i=i: run_one(bundled, i)) for i in (0, 1, 3)])
+        assert lockstep.members == 0
+        monkeypatch.undo()
+        expected = [run_one(bundled, 0).new_ids, run_one(bundled, 3).new_ids]
+        got = in_threads([taking_turns(lockstep, lambda i=i: run_one(bundled, i)) for i in (0, 3)])
+        assert [r.new_ids for r in got] == expected
+    finally:
+        shared.close()
+    with pytest.raises(ValueError, match="stall_s"):
+        Lockstep(stall_s=0)
