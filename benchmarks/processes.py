@@ -12,7 +12,9 @@ text its own seed) for `--seconds`, and the tokens of its finished texts are cou
 - `--runs` runs in one process, every step in a forward shared with the others (`SharedForwards`, alone=0);
 - `--processes` processes, one run each, torch on 1 thread each;
 - `--runs` runs split evenly over `--processes` processes, torch on 1 thread each, the runs of each process
-  sharing its forwards.
+  sharing its forwards;
+- the same, the runs of each process taking turns (`Lockstep`, as the app's worker processes run them), so that
+  every forward carries every run in flight.
 
 A set-up's figure is all its tokens over the time from the start to the last runner's end. Each process is
 started for its turn and loads the model before the clock starts; a turn's processes start together. The
@@ -22,6 +24,7 @@ set-ups take turns in shuffled order, `--rounds` times, and the medians are prin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -48,7 +51,7 @@ def serve(args):
     if args.threads:
         torch.set_num_threads(args.threads)
     import playground as pg
-    from axw.shared import SharedForwards
+    from axw.shared import Lockstep, SharedForwards
 
     model = pg.ModelCache([args.model]).get(args.model)
 
@@ -57,6 +60,7 @@ def serve(args):
 
     text(0)  # warm-up: lazy initialisation, allocator pools
     shared = SharedForwards(model.net, alone=0) if args.runs > 1 else None
+    turns = Lockstep() if args.turns else None
     print(json.dumps({"ready": True}), flush=True)
     sys.stdin.readline()
     began = time.perf_counter()
@@ -65,7 +69,8 @@ def serve(args):
     def runner(i: int):
         seed = 1000 * (args.first + i)
         while time.perf_counter() - began < args.seconds:
-            tokens[i] += text(seed)
+            with turns.member() if turns is not None else contextlib.nullcontext():
+                tokens[i] += text(seed)
             seed += 1
         ended[i] = time.perf_counter() - began
 
@@ -78,11 +83,13 @@ def serve(args):
                       "steps_per_forward": shared.stats.mean_steps if shared else 1.0}), flush=True)
 
 
-def turn(args, processes: int, runs: int, threads: int) -> dict:
-    """One set-up, once: `processes` processes of `runs` runners each; its tokens/s and steps per forward."""
+def turn(args, processes: int, runs: int, threads: int, turns: bool = False) -> dict:
+    """One set-up, once: `processes` processes of `runs` runners each (taking turns with `turns`); its tokens/s
+    and steps per forward."""
     procs = [subprocess.Popen(
         [sys.executable, __file__, "--serve", "--model", args.model, "--new", str(args.new),
-         "--seconds", str(args.seconds), "--runs", str(runs), "--threads", str(threads), "--first", str(p * runs)],
+         "--seconds", str(args.seconds), "--runs", str(runs), "--threads", str(threads), "--first", str(p * runs)]
+        + ["--turns"] * turns,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for p in range(processes)]
     try:
         for proc in procs:  # every process loaded before any starts
@@ -113,6 +120,7 @@ def main():
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--turns", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         serve(args)
@@ -126,6 +134,8 @@ def main():
         f"{args.processes} processes, one run each, 1 thread each": (args.processes, 1, 1),
         f"{args.runs} runs over {args.processes} processes, shared forwards in each, 1 thread each":
             (args.processes, args.runs // args.processes, 1),
+        f"{args.runs} runs over {args.processes} processes, taking turns in each (the app's workers), 1 thread each":
+            (args.processes, args.runs // args.processes, 1, True),
     }
     results = {name: [] for name in setups}
     for _ in range(args.rounds):
@@ -143,7 +153,7 @@ def main():
     for name, rs in results.items():
         rates = sorted(r["rate"] for r in rs)
         rate = statistics.median(rates)
-        print(f"{name:>80}: {rate:5.0f} tokens/s ({rates[0]:.0f} to {rates[-1]:.0f}), {rate / base:.2f}x one run, "
+        print(f"{name:>88}: {rate:5.0f} tokens/s ({rates[0]:.0f} to {rates[-1]:.0f}), {rate / base:.2f}x one run, "
               f"{statistics.median(r['steps'] for r in rs):.1f} runs a forward")
 
 

@@ -1,12 +1,13 @@
 """Worker processes: the runs of the app's own models generate in processes of their own, so a class's runs use
 every core. In one process they take turns at one interpreter lock (a small model's step is mostly short tensor
-ops), which keeps 8 runs at about 1.1x what one makes; over 2 processes they make about 2.5x
+ops), which keeps 8 runs at about 1.2x what one makes; over 2 processes they make about 3.3x
 (benchmarks/processes.py). `AXW_WORKERS=n` starts n of them (0, the default: every run in the app's process).
 
 Each worker holds a `Playground` of the same models and runs a run as the app's own process would
-(`Playground.start`: the same checks, settings and code; `serve`), its runs sharing its forwards; the app's
-process checks every request before it sends one (nothing is sent that it would refuse) and rebuilds the run
-from what the worker sends after each step. Every process runs torch on the same number of threads, so a run
+(`Playground.start`: the same checks, settings and code; `serve`), its runs taking turns over its shared forwards
+(`axw.shared.Lockstep`: every forward carries every run in flight); the app's process checks every request before
+it sends one (nothing is sent that it would refuse) and rebuilds the run from what the worker sends after each
+step. Every process runs torch on the same number of threads, so a run
 gives the same numbers in a worker as in the app's process. A run of a visitor's fine-tuned copy, or of a model
 the workers do not hold, stays in the app's process. A worker that dies fails its runs with an error and is
 started again.
