@@ -17,6 +17,13 @@ a forward waits for runs busy with their own work between tokens but not for one
 longer than `wait_s` or half the last forward's time, whichever is longer. With `alone=n`, while no more than
 n runs are in flight each decodes on its own at once (two runs on two cores overlap one's forward with the
 other's work between tokens, which one shared forward would serialise); beyond n, they share.
+
+Runs with no reader of their own between tokens (a worker process's) can take turns instead (`Lockstep`): one
+run's own work at a time, and a forward once every run is waiting for its step, so each forward carries them all.
+
+    turns = Lockstep()
+    with turns.member():                 # in each run's thread
+        ...
 """
 
 from __future__ import annotations
