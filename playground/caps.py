@@ -18,8 +18,8 @@ CONCURRENCY = 2
 # up to this many runs of one model in flight decode on their own (AXW_SHARED_ALONE): on two cores two runs
 # overlap one's forward with the other's work between tokens, which one shared forward would serialise
 SHARED_ALONE = 2
-# with worker processes (AXW_WORKERS), generations running at once per worker: 8 runs over 2 processes made 2.65x one
-# run, where 8 in one process made 1.14x (benchmarks/processes.py)
+# with worker processes (AXW_WORKERS), generations running at once per worker: 8 runs over 2 processes, taking turns
+# in each, made 3.31x one run, where 8 in one process made 1.19x (benchmarks/processes.py)
 RUNS_PER_WORKER = 4
 # worker processes a CPU Space gets at most without AXW_WORKERS (one a core: sessions.space_workers)
 SPACE_WORKERS_MAX = 8
