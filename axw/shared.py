@@ -251,22 +251,27 @@ class SharedForwards:
         finally:
             self._gathering = False
             self.stats.waited_s += time.perf_counter() - began
-        batch, rows = [], 0
-        for s in list(self._pending):
-            if rows + s.tokens.shape[0] > self.max_rows:
-                break
-            batch.append(s)
-            rows += s.tokens.shape[0]
+        batch = self._pending[:self._fitting(self._pending)]
         del self._pending[:len(batch)]
         return batch
+
+    def _fitting(self, steps: list) -> int:
+        """How many of `steps`, from the first, fit in one forward (`max_rows` rows)."""
+        rows = 0
+        for n, step in enumerate(steps):
+            rows += step.tokens.shape[0]
+            if rows > self.max_rows:
+                return n
+        return len(steps)
 
     @staticmethod
     def _rows(steps: list[_Step]) -> int:
         return sum(s.tokens.shape[0] for s in steps)
 
-    def _forward(self, batch: list):
+    def _forward(self, batch: list) -> float:
         """One forward of the steps in `batch` (each with its tokens and cache): each gets its hidden states,
-        or the forward's error."""
+        or the forward's error. Counted in `stats`; returns when it was done."""
+        began = time.perf_counter()
         try:
             with torch.no_grad():
                 if len(batch) == 1:
@@ -278,15 +283,16 @@ class SharedForwards:
         except BaseException as e:  # every run of the forward sees its failure
             for s in batch:
                 s.error = e
-
-    def _run(self, batch: list[_Step], leader: _Step):
-        """Run the forward of `batch` (in `leader`'s thread), then wake its runs and hand the next forward on."""
-        began = time.perf_counter()
-        self._forward(batch)
         with self._lock:
             now = time.perf_counter()
             self._last_s = now - began
             self._count(len(batch))
+        return now
+
+    def _run(self, batch: list[_Step], leader: _Step):
+        """Run the forward of `batch` (in `leader`'s thread), then wake its runs and hand the next forward on."""
+        now = self._forward(batch)
+        with self._lock:
             for s in batch:
                 s.done = True
                 pace = self._expected.get(s.cache)
@@ -446,16 +452,9 @@ class Lockstep:
             by_net.setdefault(id(turn.shared), []).append(turn)
         for turns in by_net.values():
             shared = turns[0].shared
-            while turns:
-                cut, rows = 1, turns[0].tokens.shape[0]
-                while cut < len(turns) and rows + turns[cut].tokens.shape[0] <= shared.max_rows:
-                    rows += turns[cut].tokens.shape[0]
-                    cut += 1
-                began = time.perf_counter()
+            while turns:  # a member's step is never over max_rows (`SharedForwards.decode`): each forward takes one
+                cut = shared._fitting(turns)
                 shared._forward(turns[:cut])
-                with shared._lock:
-                    shared._last_s = time.perf_counter() - began
-                    shared._count(cut)
                 turns = turns[cut:]
         with self._lock:
             for turn in batch:

@@ -384,8 +384,8 @@ def test_runs_taking_turns_get_their_tokens_probabilities_and_trace_alone(bundle
 
 def test_every_forward_of_runs_taking_turns_carries_every_run_in_flight(bundled):
     """Four sampling runs of 24 tokens each, taking turns: after each run's prompt, every one-token step of the
-    four goes in one forward (one of the first may go before the last has read its prompt); run by run without
-    turns, the same runs share far fewer of their forwards."""
+    four goes in one forward (one of the first may go before the last has read its prompt), and every run's tokens
+    are the ones it gets alone."""
     model = bundled[0]
     settings = [replace(SETTINGS[0], seed=seed).check() for seed in range(4)]
 
