@@ -464,6 +464,17 @@ class RotaryEmbedding(nn.Module):
         self._cos: Tensor | None = None  # (positions, dim) tables
         self._sin: Tensor | None = None
 
+    def _apply(self, fn, recurse: bool = True):
+        """A module cast (`model.to(torch.bfloat16)`, `.half()`, `to_empty`) leaves the frequencies in float32
+        (float64 in a float64 module), computed afresh on their new device: in bf16 they would move every
+        position's angle (transformers keeps them in float32 too)."""
+        super()._apply(fn, recurse)
+        device = self.inv_freq.device
+        dtype = torch.float64 if self.inv_freq.dtype == torch.float64 else torch.float32
+        self.inv_freq = rope_frequencies(self.dim, self.base, self.scaling)[0].to(device, dtype)
+        self._cos = self._sin = None
+        return self
+
     def forward(self, positions: Tensor, dtype: torch.dtype | None = None,
                 limit: int | None = None) -> tuple[Tensor, Tensor]:
         """positions (n,) or (b, n) -> cos, sin broadcastable to (b, heads, n, dim),

@@ -285,6 +285,24 @@ def test_fine_tuning_reaches_every_weight(pair):
         model.eval()
 
 
+@pytest.mark.parametrize("case", ["llama-llama3", "llama-yarn", "qwen3"])
+def test_rotary_tables_of_a_bf16_model_equal_transformers(case, tmp_path):
+    """Loaded or cast in bf16, the rotary frequencies stay in float32 as transformers keeps them: the cos and
+    sin tables at positions far out (where a bf16 frequency would move the angle by radians) equal
+    transformers' own, rounded to bf16."""
+    hf = build(case)
+    hf.save_pretrained(tmp_path)
+    positions = torch.tensor([0, 5, 63, 1000, 4095])
+    theirs = hf.model.rotary_emb(torch.zeros(1, 1, dtype=torch.bfloat16), positions[None])
+    for model in (AutoregressiveWrapper.from_pretrained(tmp_path, dtype=torch.bfloat16),
+                  AutoregressiveWrapper.from_pretrained(tmp_path).to(torch.bfloat16)):
+        rotary = model.net.attn_layers.rotary
+        assert rotary.inv_freq.dtype == torch.float32
+        ours = rotary(positions, torch.bfloat16)
+        for a, b in zip(ours, theirs):
+            assert a.dtype == torch.bfloat16 and torch.equal(a, b[0])
+
+
 # --- the options from scratch ---
 
 
