@@ -3,11 +3,14 @@ faster, and the layers built on it; `Norm`, the normalisation every layer uses.
 
 PyTorch ships oneDNN but sends matrix products to its BLAS; `linear` calls
 oneDNN's product directly, with its own backward, and leaves everything it
-does not speed up to `F.linear`.
+does not speed up to `F.linear`. For bf16 it is the other way round where
+PyTorch sends them to oneDNN: a decode step's one row reads the weights about
+twice as fast through PyTorch's own product (`native_bf16`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import threading
@@ -96,7 +99,7 @@ class _OneDNNLinear(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
         # mkldnn may have been switched off since the forward
-        product = _onednn if torch.backends.mkldnn.enabled else F.linear
+        product = _onednn if _mkldnn_on() else F.linear
         grad_x = grad_weight = grad_bias = None
         flat = grad.reshape(-1, weight.shape[0])
         if ctx.needs_input_grad[0]:  # grad @ weight
@@ -120,13 +123,18 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     few rows and computes about 2x faster for prompts and training batches,
     gradients included (benchmarks/gpt2_generate.py, benchmarks/train_speed.py).
     Small products, other devices and dtypes (bf16 too where oneDNN says
-    the CPU lacks it), and autocast regions take `F.linear`; so does
+    the CPU lacks it; and bf16's single rows at inference, which PyTorch's
+    own product reads faster: `native_bf16`), and autocast regions take `F.linear`; so does
     everything while `torch.backends.mkldnn.enabled` is off, when the
     environment sets AXW_ONEDNN=0, and after the oneDNN op has once failed.
     """
-    if math.prod(x.shape[:-1]) * weight.numel() >= _ONEDNN_MIN_MACS and _onednn_applies(x, weight):
+    rows = math.prod(x.shape[:-1])
+    if rows * weight.numel() >= _ONEDNN_MIN_MACS and _onednn_applies(x, weight):
         if _needs_grad(x, weight, bias):
             return _OneDNNLinear.apply(x, weight, bias)
+        if rows == 1 and x.dtype == torch.bfloat16:  # a decode step's row
+            with native_bf16():
+                return F.linear(x, weight, bias)
         return _onednn(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -139,8 +147,58 @@ def _onednn_applies(x: Tensor, weight: Tensor) -> bool:
         and x.dtype == weight.dtype
         and x.dtype in _ONEDNN_DTYPES
         and not torch.is_autocast_enabled("cpu")
-        and torch.backends.mkldnn.enabled  # read per call: users switch it with torch.backends.mkldnn.flags
+        and _mkldnn_on()  # read per call: users switch it with torch.backends.mkldnn.flags
     )
+
+
+# On a CPU where oneDNN computes bf16, PyTorch sends every bf16 product to it, and oneDNN reads a bf16 weight for
+# one row at half the speed PyTorch's own product does (its fp32-accumulating gemv): on the CPU we measured (AVX-512
+# with bf16), 28 distinct 4096 x 1024 weights in 675 against 320 us each, 6144 x 1024 in 790 against 413, Qwen3's
+# 151936 x 1024 head in 17.3 against 10.1 ms. PyTorch's only switch for that is global, `torch.backends.mkldnn`:
+# `native_bf16` turns it off while any thread is inside (a count, so threads overlap safely) and back to what the
+# program had set after the last one leaves. axw's forwards of a bf16 model run inside it from end to end
+# (`native_bf16_forward`), so all their products (attention's included) take the same path however many runs
+# overlap, and their bits never depend on timing; axw's own choice of oneDNN reads the program's setting
+# (`_mkldnn_on`). Products of other code that overlap an axw bf16 forward in another thread take PyTorch's own
+# kernels too: the same values to bf16 rounding.
+_NATIVE = threading.Lock()
+_native_depth = 0
+_program_mkldnn = True  # the program's own setting while `native_bf16` holds the switch off
+
+
+@contextmanager
+def native_bf16():
+    """PyTorch's own products for bf16 on CPU while inside (see above)."""
+    global _native_depth, _program_mkldnn
+    with _NATIVE:
+        if _native_depth == 0:
+            _program_mkldnn = torch._C._get_mkldnn_enabled()
+            torch._C._set_mkldnn_enabled(False)
+        _native_depth += 1
+    try:
+        yield
+    finally:
+        with _NATIVE:
+            _native_depth -= 1
+            if _native_depth == 0:
+                torch._C._set_mkldnn_enabled(_program_mkldnn)
+
+
+def _mkldnn_on() -> bool:
+    """The program's oneDNN setting (`torch.backends.mkldnn.enabled`), whatever `native_bf16` holds it at."""
+    return torch._C._get_mkldnn_enabled() or (_native_depth > 0 and _program_mkldnn)
+
+
+def native_bf16_forward(method):
+    """Decorator of a network's forward methods (first argument a tensor): run inside `native_bf16` when that
+    tensor is bf16 on a CPU where PyTorch would send its products to oneDNN."""
+    @functools.wraps(method)
+    def forward(self, x, *args, **kwargs):
+        if x.dtype == torch.bfloat16 and x.device.type == "cpu" and torch.bfloat16 in _ONEDNN_DTYPES:
+            with native_bf16():
+                return method(self, x, *args, **kwargs)
+        return method(self, x, *args, **kwargs)
+    return forward
 
 
 def _column_major(weight: Tensor) -> bool:
@@ -260,11 +318,13 @@ class Linear(nn.Linear):
 
 
 # The output head of a large vocabulary (a matrix far out of cache, read once per decoded token) streams faster
-# through oneDNN from a column-major layout: one row's logits on the CPU we measured, 2 threads, in turns: GPT-2's
-# 50257 x 768 in 7.0 ms against 9.1 ms row-major, SmolLM2's 49152 x 576 in 5.8 against 7.2 ms, Qwen3's 151936 x
-# 1024 in 26.4 against 28.9 ms. PyTorch's own product (bf16 where oneDNN lacks it, other devices) reads a
-# column-major weight up to 18x slower, so everywhere else the head stays row-major.
+# through oneDNN from a column-major layout on a CPU where PyTorch's kernels stop at AVX2: one row's logits, 2
+# threads, in turns: GPT-2's 50257 x 768 in 7.0 ms against 9.1 ms row-major, SmolLM2's 49152 x 576 in 5.8 against
+# 7.2 ms, Qwen3's 151936 x 1024 in 26.4 against 28.9 ms. With AVX-512 it is the other way round: GPT-2's head in
+# 6.4 against 11.0 ms, Qwen3's in 20.8 against 40.1 ms. PyTorch's own product (bf16 where oneDNN lacks it, other
+# devices) reads a column-major weight up to 18x slower, so everywhere else the head stays row-major.
 HEAD_COLUMN_MAJOR_MIN = SMALL_MATRIX[1]
+HEAD_COLUMN_MAJOR = torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
 def lay_out_head(weight: Tensor):
@@ -273,8 +333,8 @@ def lay_out_head(weight: Tensor):
     if type(weight.data) is not torch.Tensor:  # a sharded (DTensor) or other wrapped parameter keeps its own layout
         return
     rows, cols = weight.shape
-    wanted = (rows * cols > HEAD_COLUMN_MAJOR_MIN and rows > cols and weight.device.type == "cpu"
-              and weight.dtype == torch.float32 and _ONEDNN_LINEAR is not None)
+    wanted = (HEAD_COLUMN_MAJOR and rows * cols > HEAD_COLUMN_MAJOR_MIN and rows > cols
+              and weight.device.type == "cpu" and weight.dtype == torch.float32 and _ONEDNN_LINEAR is not None)
     if wanted != _column_major(weight):
         with torch.no_grad():
             weight.data = weight.data.t().contiguous().t() if wanted else weight.data.contiguous()

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .attention import QK_NORMS, Attention, KVCache, RotaryEmbedding, check_rope_scaling
-from .kernels import Linear, Norm, TokenEmbedding, lay_out_head, shared_rows
+from .kernels import Linear, Norm, TokenEmbedding, lay_out_head, native_bf16_forward, shared_rows
 from .utils import ConfigMixin, build_config, check_number, default, exists
 
 ACTIVATIONS = {
@@ -275,6 +275,7 @@ class Decoder(nn.Module):
             if any(block.rotary == LOCAL_ROTARY for block in self.layers):
                 self.rotary_local = RotaryEmbedding(dim, config.rotary_emb_base_local)
 
+    @native_bf16_forward
     def forward(
         self,
         x: Tensor,
@@ -320,6 +321,7 @@ class Decoder(nn.Module):
             cache.advance(n)
         return self.final_norm(x), lses
 
+    @native_bf16_forward
     def forward_rows(self, x: Tensor, *, positions: Tensor, caches: list[KVCache], parts: list[int],
                      key_masks: list[Tensor | None], window: int | None = None,
                      max_position: int | None = None) -> Tensor:
@@ -501,6 +503,7 @@ class TransformerWrapper(nn.Module):
         layers = self.attn_layers
         return KVCache(layers.depth, capacity=capacity, windows=layers.cache_windows(self._window()))
 
+    @native_bf16_forward
     def logits(self, hidden: Tensor) -> Tensor:
         logits = self.token_emb.logits(hidden) if self.to_logits is None else self.to_logits(hidden)
         if exists(self.logit_softcap):

@@ -18,6 +18,12 @@ no EOS (after one warm-up generation per process). Memory: the process's
 peak resident set during the timed generation (weights included), and that
 peak less the resident set just before it (what generating itself adds: KV
 cache, activations).
+
+Tokens: axw's against every timed run's, and against transformers' computing
+the products axw computes (untimed). The two differ in bf16 on a CPU with
+oneDNN bf16: PyTorch sends every bf16 product there, while axw gives a decode
+step's one row to PyTorch's own product, which rounds differently; bf16 logits
+can tie, so greedy tokens may then part.
 """
 
 from __future__ import annotations
@@ -94,6 +100,9 @@ def serve(kind: str, folder: str, tokens: int, threads: int, dtype: str):
     generate(8)  # warm-up: lazy initialisation, allocator pools
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
+        if line.strip() == "same" and kind == "transformers":
+            print(json.dumps(dict(tokens=same_products(model, generate, tokens))), flush=True)
+            continue
         if line.strip() != "run":
             break
         exact = _reset_peak()
@@ -105,6 +114,28 @@ def serve(kind: str, folder: str, tokens: int, threads: int, dtype: str):
         assert out.shape[-1] == PROMPT_LEN + tokens, out.shape
         print(json.dumps(dict(seconds=seconds, before_kb=before, peak_kb=peak,
                               tokens=out[0, PROMPT_LEN:].tolist())), flush=True)
+
+
+def same_products(model, generate, tokens: int) -> list[int]:
+    """transformers' greedy tokens when it computes the products axw does: where this CPU has oneDNN bf16, PyTorch
+    sends every bf16 product to oneDNN, while axw gives a decode step's one row to PyTorch's own product
+    (`axw.kernels.native_bf16`) and a prompt's rows to oneDNN. Untimed."""
+    import torch
+
+    forward = model.forward
+
+    def one_row_native(*args, **kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] == 1:
+            with torch.backends.mkldnn.flags(enabled=False):
+                return forward(*args, **kwargs)
+        return forward(*args, **kwargs)
+
+    model.forward = one_row_native
+    try:
+        return generate(tokens)[0, PROMPT_LEN:].tolist()
+    finally:
+        model.forward = forward
 
 
 def _answer(proc, kind) -> dict:
@@ -151,6 +182,9 @@ def measure(args) -> tuple[dict, int]:
                 procs[kind].stdin.write("run\n")
                 procs[kind].stdin.flush()
                 runs[kind].append(_answer(procs[kind], kind))
+        procs["transformers"].stdin.write("same\n")
+        procs["transformers"].stdin.flush()
+        runs["same products"] = _answer(procs["transformers"], "transformers")["tokens"]
         for proc in procs.values():
             proc.stdin.close()
             proc.wait()
@@ -168,6 +202,7 @@ def report(args, runs: dict, params: int):
           f"{PROMPT_LEN} tokens, "
           f"{args.tokens} new tokens greedy; median of {args.repeats} runs per library, one process each, "
           "taking turns")
+    same_products = runs.pop("same products")
     rates = {}
     peaks = {}
     for kind, rs in runs.items():
@@ -181,8 +216,20 @@ def report(args, runs: dict, params: int):
         print(line)
     print(f"axw / transformers: {rates['axw'] / rates['transformers']:.2f}x tokens/s"
           + (f", {peaks['axw'] / peaks['transformers']:.2f}x peak RSS" if peaks else ""))
-    same = all(a["tokens"] == t["tokens"] for a, t in zip(runs["axw"], runs["transformers"]))
-    print(f"same greedy tokens: {'yes' if same else 'NO'}")
+    ours = runs["axw"][0]["tokens"]
+    line = f"same greedy tokens: {_same(ours, [r['tokens'] for r in runs['axw'] + runs['transformers']])}"
+    if args.dtype == "bfloat16":
+        line += ("; as transformers computing the same products (one-token steps by PyTorch's own product where "
+                 f"this CPU sends bf16 to oneDNN): {_same(ours, [same_products])}")
+    print(line)
+
+
+def _same(ours: list[int], theirs: list[list[int]]) -> str:
+    """'yes', or where the first of `theirs` that differs from `ours` parts from it."""
+    for tokens in theirs:
+        if tokens != ours:
+            return f"NO (from new token {next(i for i, (a, b) in enumerate(zip(ours, tokens)) if a != b)})"
+    return "yes"
 
 
 def main():

@@ -464,6 +464,50 @@ def test_linear_sends_bf16_to_onednn_only_where_the_cpu_has_it(monkeypatch):
     assert calls == [torch.float32]
 
 
+def test_one_bf16_row_takes_pytorchs_own_product_and_the_programs_onednn_setting_stays(monkeypatch):
+    """Where oneDNN computes bf16, one bf16 row goes through PyTorch's own product (bit for bit F.linear with
+    oneDNN switched off) while several rows still go to oneDNN; the switch is off only while some thread is
+    inside `native_bf16` and comes back to the program's own setting, on or off; inside, axw's own choice of
+    oneDNN (for fp32 in another thread) still reads the program's setting."""
+    import threading
+
+    from axw import kernels
+
+    monkeypatch.setattr(kernels, "_ONEDNN_DTYPES", (torch.float32, torch.bfloat16))
+    calls = []
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", _stand_in_op(calls))
+    torch.manual_seed(0)
+    w = torch.randn(1024, 768, dtype=torch.bfloat16)
+    row = torch.randn(1, 1, 768, dtype=torch.bfloat16)
+    with torch.backends.mkldnn.flags(enabled=False):
+        expected = F.linear(row, w)
+    assert torch.equal(kernels.linear(row, w), expected) and calls == []
+    kernels.linear(torch.randn(4, 768, dtype=torch.bfloat16), w)
+    assert calls == [torch.bfloat16]
+    assert torch.backends.mkldnn.enabled
+
+    inside, leave, seen = threading.Event(), threading.Event(), []
+
+    def hold():
+        with kernels.native_bf16():
+            inside.set()
+            leave.wait(10)
+
+    for program in (True, False):
+        with torch.backends.mkldnn.flags(enabled=program):
+            thread = threading.Thread(target=hold)
+            thread.start()
+            inside.wait(10)
+            with kernels.native_bf16():  # a second thread overlaps the first
+                seen.append((torch.backends.mkldnn.enabled, kernels._mkldnn_on()))
+            seen.append((torch.backends.mkldnn.enabled, kernels._mkldnn_on()))  # the first still inside
+            leave.set()
+            thread.join()
+            assert torch.backends.mkldnn.enabled is program
+            inside.clear(), leave.clear()
+    assert seen == [(False, True), (False, True), (False, False), (False, False)]
+
+
 def test_linear_takes_a_few_rows_from_a_column_major_copy_made_again_when_the_weight_changes(monkeypatch):
     """2 to 16 rows at inference run through oneDNN from a column-major copy of the weight: the same product
     (float64 reference), a copy made again after an in-place update (an optimizer step) or a load, and never
@@ -521,14 +565,18 @@ def test_linear_takes_a_few_rows_from_a_column_major_copy_made_again_when_the_we
 
 
 @pytest.mark.parametrize("tied", [True, False])
-def test_a_large_vocabularys_head_is_stored_column_major_where_it_reads_faster_with_the_same_values(tied, tmp_path):
+def test_a_large_vocabularys_head_is_stored_column_major_where_it_reads_faster_with_the_same_values(tied, tmp_path,
+                                                                                                   monkeypatch):
     """The output head above HEAD_COLUMN_MAJOR_MIN elements lives column-major on CPU in fp32 with oneDNN (a decode
-    step's logits stream it faster), row-major after a cast or a move elsewhere, back after one home; the values,
-    the logits (float64 reference), training's gradients and a saved checkpoint are those of the row-major head."""
+    step's logits stream it faster on AVX2 CPUs: HEAD_COLUMN_MAJOR, set here whatever this CPU is), row-major after
+    a cast or a move elsewhere, back after one home; the values, the logits (float64 reference), training's
+    gradients and a saved checkpoint are those of the row-major head. Where HEAD_COLUMN_MAJOR is off, it keeps its
+    rows."""
     from axw import kernels
 
     if kernels._ONEDNN_LINEAR is None:
         pytest.skip("no oneDNN in this build")
+    monkeypatch.setattr(kernels, "HEAD_COLUMN_MAJOR", True)
     dim, vocab = 64, kernels.HEAD_COLUMN_MAJOR_MIN // 64 + 64
 
     def build():
@@ -577,6 +625,11 @@ def test_a_large_vocabularys_head_is_stored_column_major_where_it_reads_faster_w
 
     small = tiny_model(num_tokens=97)  # a head that fits in cache keeps its rows
     assert small.net.token_emb.weight.is_contiguous()
+
+    monkeypatch.setattr(kernels, "HEAD_COLUMN_MAJOR", False)  # a CPU that reads the rows faster (AVX-512)
+    assert head(build()).is_contiguous()
+    model.float()  # laid out again: back to rows, the same values
+    assert head(model) is param and param.is_contiguous() and torch.equal(param, again)
 
 
 def test_a_column_major_weights_gradient_comes_in_its_layout_with_the_values_of_a_row_major_one():
