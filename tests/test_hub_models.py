@@ -238,7 +238,9 @@ def test_a_hub_download_shows_its_progress_on_the_page(served_app, local_hub):
     assert len(set(fractions)) >= 3 and fractions == sorted(fractions), progress
     assert 0 < fractions[0] < 1 and any("MB" in (unit["desc"] or "") for unit in progress)
     served = served_app[1].playground.models.get("someone/tiny-hub")
-    local = AutoregressiveWrapper.from_pretrained(served_app[1].playground.model_name)
+    # in the dtype the app serves Hub models in on this CPU (bf16 where it computes bf16)
+    local = AutoregressiveWrapper.from_pretrained(served_app[1].playground.model_name,
+                                                  dtype=next(served.parameters()).dtype)
     assert all(torch.equal(a, b) for a, b in zip(served.state_dict().values(), local.state_dict().values()))
 
 
