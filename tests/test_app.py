@@ -49,6 +49,37 @@ def test_the_queue_does_not_summarise_its_events_at_each_one(served_app, client,
     assert tables == []
 
 
+def test_a_sessions_config_is_the_same_with_the_constructors_signatures_given_once(served_app):
+    """app.fixed_signatures gives gradio's component constructors their signature once: a new session's copy of
+    every block's config equals the one computed with inspect reading each signature afresh, and so does a
+    component built as an event's update."""
+    import inspect
+
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    import app as app_module
+
+    demo = served_app[1]
+    assert app_module.fixed_signatures(demo) == []  # given at build: nothing left to give
+    inits = {vars(cls)["__init__"] for block in demo.blocks.values() for cls in type(block).__mro__
+             if cls.__module__.startswith("gradio.") and "__init__" in vars(cls)}
+    assert inits and all(inspect.signature(fn) is fn.__signature__ for fn in inits)
+    cached = SessionState(demo).config_values
+    update = gr.Slider(maximum=9, value=3).get_config()
+    saved = {fn: fn.__dict__.pop("__signature__") for fn in list(inits)}
+    for fn in list(saved):
+        inner = getattr(fn, "__wrapped__", None)
+        if inner is not None and "__signature__" in inner.__dict__:
+            saved[inner] = inner.__dict__.pop("__signature__")
+    try:
+        assert cached == SessionState(demo).config_values
+        assert update == gr.Slider(maximum=9, value=3).get_config()
+    finally:
+        for fn, signature in saved.items():
+            fn.__signature__ = signature
+
+
 def test_generate_at_temperature_0_is_greedy_and_the_defaults_work(client, models):
     text, tokens, trace = client.predict(prompt=PROMPT, temperature=0.0, api_name="/generate")
     prompt_ids, new_ids = reference_ids(models[0], PROMPT, 64, temperature=0.0)
