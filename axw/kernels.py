@@ -172,8 +172,8 @@ def native_bf16():
     global _native_depth, _program_mkldnn
     with _NATIVE:
         if _native_depth == 0:
-            _program_mkldnn = torch._C._get_mkldnn_enabled()
-            torch._C._set_mkldnn_enabled(False)
+            _program_mkldnn = torch.backends.mkldnn.enabled
+            torch.backends.mkldnn.enabled = False
         _native_depth += 1
     try:
         yield
@@ -181,12 +181,12 @@ def native_bf16():
         with _NATIVE:
             _native_depth -= 1
             if _native_depth == 0:
-                torch._C._set_mkldnn_enabled(_program_mkldnn)
+                torch.backends.mkldnn.enabled = _program_mkldnn
 
 
 def _mkldnn_on() -> bool:
     """The program's oneDNN setting (`torch.backends.mkldnn.enabled`), whatever `native_bf16` holds it at."""
-    return torch._C._get_mkldnn_enabled() or (_native_depth > 0 and _program_mkldnn)
+    return torch.backends.mkldnn.enabled or (_native_depth > 0 and _program_mkldnn)
 
 
 def native_bf16_forward(method):
