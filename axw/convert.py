@@ -67,10 +67,8 @@ def build_net(config: dict, state: dict[str, Tensor]) -> TransformerWrapper:
     # copied into freshly allocated parameters, which keep axw's own memory
     # layout (linear weights (in, out)) and dtype; the checkpoint's tensors are
     # views of the memory-mapped file, released once this returns
-    net.to_empty(device="cpu")
+    net.to_empty(device="cpu")  # the rotary frequencies, not saved, are computed afresh (`RotaryEmbedding._apply`)
     net.load_state_dict(mapped, strict=True)
-    # rotary frequencies are non-persistent buffers, left uninitialised by to_empty
-    net.attn_layers.reset_rotary()
     return net
 
 
