@@ -63,7 +63,10 @@ def test_one_visitor_over_its_share_and_the_others_are_still_served_on_the_gener
     heavy = visitor(browser, url, "203.0.113.5")
     heavy.get_by_label("number input for max new tokens").fill("256")
     outcomes = []
-    for _ in range(40):
+    for i in range(40):
+        # a new prompt each press: a run whose step view equals the last one's would leave the page's step chart
+        # as it was (gradio does not redraw an unchanged value), and the press would never be seen served
+        heavy.locator("#prompt textarea").fill(f"ROMEO {i}:")
         outcomes.append(press_generate(heavy))
         if outcomes[-1] == "refused":
             break
