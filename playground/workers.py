@@ -6,8 +6,8 @@ ops), which keeps 8 runs at about 1.2x what one makes; over 2 processes they mak
 Each worker holds a `Playground` of the same models and runs a run as the app's own process would
 (`Playground.start`: the same checks, settings and code; `serve`), its runs taking turns over its shared forwards
 (`axw.shared.Lockstep`: every forward carries every run in flight); the app's process checks every request before
-it sends one (nothing is sent that it would refuse) and rebuilds the run from what the worker sends after each
-step. Every process runs torch on the same number of threads, so a run
+it sends one (nothing is sent that it would refuse) and rebuilds the run step by step from the changes the
+worker sends, several steps to a message. Every process runs torch on the same number of threads, so a run
 gives the same numbers in a worker as in the app's process. A run of a visitor's fine-tuned copy, or of a model
 the workers do not hold, stays in the app's process. A worker that dies fails its runs with an error and is
 started again.
@@ -51,6 +51,11 @@ _LISTS = ("new_ids", "probs", "pieces")
 _FIELDS = ("ended", "done")
 # how far back from the end of what was sent a list's change is looked for before the list is sent whole
 _LOOK_BACK = 8
+# a worker sends at most about this many messages a second, its runs' steps in each going together: a run's first
+# step goes at once, then its steps every `members / MESSAGES_PER_S` seconds (the app's process renders a stream
+# at most every STREAM_INTERVAL_S, less often with many), and its last with its end. A message costs the app's
+# process about as much to take in as the steps it carries, so fewer of them leave its core to the workers.
+MESSAGES_PER_S = 60
 
 
 def _change(now: list, sent: list) -> tuple[int, list]:
@@ -69,8 +74,9 @@ def _change(now: list, sent: list) -> tuple[int, list]:
 
 def serve(conn: Connection, make_app, threads: int):
     """A worker's loop (`playground.service.serve_worker` starts it with the app's `Playground`): `make_app()` on
-    `threads` torch threads, then a thread per run, each sending the run's state after every step; 'cancel'
-    stops one, 'stop' (or the app's process gone) ends the loop."""
+    `threads` torch threads, then a thread per run, each sending the changes of the run's state at every step
+    (several steps in one message: `MESSAGES_PER_S`); 'cancel' stops one, 'stop' (or the app's process gone) ends
+    the loop."""
     import torch
 
     torch.set_num_threads(threads)
@@ -90,23 +96,38 @@ def serve(conn: Connection, make_app, threads: int):
             steps(job, prompt, settings, trace)
 
     def steps(job: int, prompt: str, settings: dict, trace: bool):
+        waiting = []  # steps not sent yet, each as the app's process applies it (`Workers.updates`)
+
+        def flush():
+            if waiting:
+                send(("steps", job, list(waiting)))
+                waiting.clear()
+
         try:
             _, state, updates, _ = app.start(prompt, Settings(**settings), None, trace=trace)
             rows = beams = 0  # how many of each the app's process has
             sent = {f: [] for f in _LISTS}  # the lists as the app's process has them
+            flushed = None  # when this run's steps last went
             try:
                 for state in updates:
                     if job in cancelled:
                         break
                     changes = {f: _change(getattr(state, f), sent[f]) for f in _LISTS}
-                    send(("step", job, changes, {f: getattr(state, f) for f in _FIELDS}, state.rows[rows:],
-                          state.beam_probs[beams:] if state.beam_probs is not None else None))
+                    waiting.append((changes, {f: getattr(state, f) for f in _FIELDS}, state.rows[rows:],
+                                    state.beam_probs[beams:] if state.beam_probs is not None else None))
                     sent = {f: list(getattr(state, f)) for f in _LISTS}
                     rows, beams = len(state.rows), len(state.beam_probs or ())
+                    now = time.perf_counter()
+                    members = lockstep.members if lockstep is not None else 1
+                    if flushed is None or now - flushed >= max(members, 1) / MESSAGES_PER_S:
+                        flush()
+                        flushed = now
             finally:
                 updates.close()  # a run stopped early leaves the shared forwards at once
+            flush()
             send(("end", job, None))
         except Exception as e:  # noqa: BLE001 - every failure goes back to the run's page
+            flush()  # the steps before the failure, as the app's own process would have shown them
             send(("end", job, (type(e).__name__, str(e))))
         finally:
             cancelled.discard(job)
@@ -251,14 +272,14 @@ class Workers:
                         # a check of the worker's: the visitor's request; anything else: the worker failed it
                         raise (ValueError if name == "ValueError" else WorkerError)(text)
                     return
-                changes, state, rows, beam_probs = rest
-                for f, (i, tail) in changes.items():
-                    getattr(run, f)[i:] = tail  # in place, as a run in this process grows its lists
-                for f, value in state.items():
-                    setattr(run, f, value)
-                run.rows.extend(rows)
-                if beam_probs is not None:
-                    run.beam_probs.extend(beam_probs)
-                yield run
+                for changes, state, rows, beam_probs in rest[0]:  # the steps of one message, each an update
+                    for f, (i, tail) in changes.items():
+                        getattr(run, f)[i:] = tail  # in place, as a run in this process grows its lists
+                    for f, value in state.items():
+                        setattr(run, f, value)
+                    run.rows.extend(rows)
+                    if beam_probs is not None:
+                        run.beam_probs.extend(beam_probs)
+                    yield run
         finally:
             worker.done(job, cancel=not finished)
