@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 LOG2 = math.log(2.0)
+# the numbers a trace holds for each stage (`StepTrace`)
+_PER_STAGE = ("probs", "kept", "kept_mask", "mass", "entropy")
 
 
 @dataclass
@@ -57,11 +59,6 @@ class StepTrace:
     step: int
     candidates: Tensor
     stages: list[str] = field(default_factory=list)
-    probs: list[Tensor] = field(default_factory=list)
-    kept: list[Tensor] = field(default_factory=list)
-    kept_mask: list[Tensor] = field(default_factory=list, repr=False)
-    mass: list[Tensor] = field(default_factory=list)
-    entropy: list[Tensor] = field(default_factory=list)
     chosen: Tensor | None = None
     chosen_rank: Tensor | None = None
     chosen_prob: Tensor | None = None
@@ -74,21 +71,91 @@ class StepTrace:
     speculative: dict | None = None
     dola: dict[str, Tensor] | None = None
     _model_probs: Tensor | None = field(default=None, repr=False)
+    # the stages' numbers: those recorded so far in `_settled` (per-stage lists, and while they came in one go
+    # their stacks over the stages, which `row` reads at once); the scores of stages recorded since in `_recorded`
+    _settled: dict = field(default_factory=lambda: {name: [] for name in _PER_STAGE}, repr=False)
+    _stacked: dict | None = field(default=None, repr=False)
+    _recorded: list = field(default_factory=list, repr=False)
+    _unchanged: list = field(default_factory=list, repr=False)  # per stage, per row: it removed nothing there
 
     def record(self, name: str, logits: Tensor):
-        log_probs = logits.float().log_softmax(dim=-1)
+        """Stage `name` left these scores. Its numbers are computed when first read, every stage recorded by
+        then in one pass over their stack (the same numbers, stage by stage, in a few operations rather than a
+        dozen a stage): a step's stages are all recorded before anything reads them. The scores are kept until
+        then, so a stage must not change in place the scores it was given."""
+        self.stages.append(name)
+        self._recorded.append(logits)
+
+    probs = property(lambda self: self._numbers("probs"))
+    kept = property(lambda self: self._numbers("kept"))
+    kept_mask = property(lambda self: self._numbers("kept_mask"))
+    mass = property(lambda self: self._numbers("mass"))
+    entropy = property(lambda self: self._numbers("entropy"))
+
+    _row_of: tuple | None = field(default=None, repr=False)  # (trace, i): this trace is row i of that one's
+
+    def _numbers(self, name: str) -> list[Tensor]:
+        self._ready()
+        return self._settled[name]
+
+    def _ready(self):
+        """Every stage's numbers in `_settled`."""
+        if self._row_of is not None:
+            self._take_numbers()
+        if self._recorded:
+            self._settle()
+
+    def _settle(self):
+        """The numbers of the stages recorded since the last read (`record`)."""
+        scores = torch.stack([logits.float() for logits in self._recorded])  # (stages, b, vocab)
+        self._recorded = []
+        log_probs = scores.log_softmax(dim=-1)
         probs = log_probs.exp()
         if self._model_probs is None:
-            self._model_probs = probs
-        possible = torch.isfinite(logits)
-        if self.kept_mask and torch.equal(possible, self.kept_mask[-1]):
-            possible = self.kept_mask[-1]  # most stages remove nothing: keep one copy
-        self.stages.append(name)
-        self.probs.append(probs.gather(-1, self.candidates))
-        self.kept.append(possible.sum(dim=-1))
-        self.kept_mask.append(possible)
-        self.mass.append(torch.where(possible, self._model_probs, 0.0).sum(dim=-1))
-        self.entropy.append(-torch.where(probs > 0, probs * log_probs, 0.0).sum(dim=-1) / LOG2)
+            self._model_probs = probs[0]
+        possible = torch.isfinite(scores)
+        numbers = dict(probs=probs.gather(-1, self.candidates.expand(len(scores), *self.candidates.shape)),
+                       kept=possible.sum(dim=-1), mass=torch.where(possible, self._model_probs, 0.0).sum(dim=-1),
+                       entropy=-torch.where(probs > 0, probs * log_probs, 0.0).sum(dim=-1) / LOG2)
+        settled = self._settled
+        masks = settled["kept_mask"]
+        self._stacked = None if masks else numbers
+        for name, values in numbers.items():
+            settled[name].extend(values.unbind(0))
+        # most stages remove nothing: such a stage shares the mask of the stage before it rather than a copy
+        if masks:
+            unchanged = (possible == torch.cat([masks[-1][None], possible[:-1]])).all(dim=-1).tolist()
+        else:
+            unchanged = [[False] * possible.shape[1]] + (possible[1:] == possible[:-1]).all(dim=-1).tolist()
+        for mask, rows in zip(possible.unbind(0), unchanged):
+            masks.append(masks[-1] if all(rows) else mask)
+        self._unchanged += unchanged
+
+    def take_row(self, i: int, step: int) -> StepTrace:
+        """Batch row `i` as a trace of its own, at step `step`: what a run of that row alone records, for rows
+        processed together (`axw.sampling`'s draws done together, each row one run's). Its per-stage numbers
+        are taken from this trace when first read; `row` reads their stacks."""
+        self._ready()
+        rows = slice(i, i + 1)
+        one = StepTrace(step=step, candidates=self.candidates[rows], stages=list(self.stages), _row_of=(self, i))
+        if self._stacked is not None:
+            one._stacked = {name: t[:, rows] for name, t in self._stacked.items()}
+        for name in ("chosen", "chosen_rank", "chosen_prob"):
+            value = getattr(self, name)
+            setattr(one, name, value[rows] if value is not None else None)
+        return one
+
+    def _take_numbers(self):
+        """(a row taken from a batch's trace, `take_row`) Its per-stage numbers, from that trace."""
+        (batch, i), self._row_of = self._row_of, None
+        rows = slice(i, i + 1)
+        self._model_probs = batch._model_probs[rows]
+        self._unchanged = [[u[i]] for u in batch._unchanged]
+        for name in ("probs", "kept", "mass", "entropy"):
+            self._settled[name] = [t[rows] for t in batch._settled[name]]
+        masks = self._settled["kept_mask"]
+        for mask, unchanged in zip(batch._settled["kept_mask"], batch._unchanged):
+            masks.append(masks[-1] if unchanged[i] else mask[rows])
 
     def choose(self, tokens: Tensor, model_logits: Tensor, final_logits: Tensor):
         self.chosen = tokens
@@ -121,11 +188,18 @@ class StepTrace:
         rounding may sum them to 1.0000002) and entropies to >= 0 (no -0.0).
         `kept_ids=True` adds each stage's `kept_ids` (a list per stage: can be
         the whole vocabulary)."""
+        if self._recorded:
+            self._ready()
+        # each number as a stack over the stages: one conversion for all of them
+        stacked = self._stacked
+        if stacked is None:
+            stacked = {name: torch.stack(self._numbers(name)) for name in ("probs", "kept", "mass", "entropy")}
+        probs, kept, mass, entropy = (stacked[name][:, i].tolist() for name in ("probs", "kept", "mass", "entropy"))
         out = dict(step=self.step, candidates=self.candidates[i].tolist(), stages=list(self.stages),
-                   probs={s: p[i].clamp(0.0, 1.0).tolist() for s, p in zip(self.stages, self.probs)},
-                   kept={s: int(k[i]) for s, k in zip(self.stages, self.kept)},
-                   mass={s: _unit(m[i]) for s, m in zip(self.stages, self.mass)},
-                   entropy={s: max(float(h[i]), 0.0) + 0.0 for s, h in zip(self.stages, self.entropy)})
+                   probs={s: [min(max(p, 0.0), 1.0) for p in ps] for s, ps in zip(self.stages, probs)},
+                   kept=dict(zip(self.stages, kept)),
+                   mass={s: min(max(m, 0.0), 1.0) + 0.0 for s, m in zip(self.stages, mass)},
+                   entropy={s: max(h, 0.0) + 0.0 for s, h in zip(self.stages, entropy)})
         if kept_ids:
             out.update(kept_ids={s: self.kept_ids(j, i) for j, s in enumerate(self.stages)})
         if self.chosen is not None:
