@@ -53,8 +53,18 @@ def top_p(logits: Tensor, thres: float = 0.9) -> Tensor:
         order = logits.topk(NUCLEUS_PROBE, dim=-1).indices
         probs = logits.softmax(dim=-1).gather(-1, order)
         mass = probs.cumsum(dim=-1)
-        if bool((mass[..., -1] >= thres).all()):  # every row's cut falls among those tokens
+        fits = mass[..., -1] >= thres  # the row's cut falls among those tokens
+        if bool(fits.all()):
             return _cut_nucleus(logits, order, probs, mass, thres)
+        if bool(fits.any()):  # each row as it goes alone (its numbers): the probe's cut where it fits, else a sort
+            out = _cut_nucleus(logits, order, probs, mass, thres)
+            out[~fits] = _sorted_nucleus(logits[~fits], thres)
+            return out
+    return _sorted_nucleus(logits, thres)
+
+
+def _sorted_nucleus(logits: Tensor, thres: float) -> Tensor:
+    """top_p's cut from a full sort of each row."""
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     probs = sorted_logits.softmax(dim=-1)
     return _cut_nucleus(logits, order, probs, probs.cumsum(dim=-1), thres)

@@ -199,6 +199,25 @@ def test_top_p_over_a_large_vocabulary_equals_transformers(scale):
             assert torch.equal(kept(top_p(rows, thres=p)), expected)
 
 
+def test_top_p_gives_each_row_of_a_batch_what_it_gives_the_row_alone():
+    """Rows whose nucleus lies among the NUCLEUS_PROBE most likely tokens and rows whose nucleus does not, in one
+    batch: each row's scores are, bit for bit, top_p's of that row alone (the rows of runs drawing together,
+    `axw.sampling.Together`, rely on it), rows of several positions too."""
+    from axw.filters import NUCLEUS_PROBE
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, 16 * NUCLEUS_PROBE, generator=g) * torch.tensor([8.0, 0.3, 4.0, 0.5, 2.0, 1.0])[:, None]
+    # a row whose cut at 0.9 found among the most likely tokens differs from a full sort's in its last token
+    # (the two sum the probabilities in another order): beside a row that needs the sort, it keeps its own cut
+    logits[0] = torch.randn(16 * NUCLEUS_PROBE, generator=torch.Generator().manual_seed(2672)) * 4.0
+    for p in (0.5, 0.9, 0.95):
+        together = top_p(logits, thres=p)
+        for i in range(len(logits)):
+            assert torch.equal(together[i:i + 1], top_p(logits[i:i + 1], thres=p)), (p, i)
+        positions = top_p(logits.view(2, 3, -1), thres=p)
+        assert torch.equal(positions.view(6, -1), together)
+
+
 def test_top_a_by_hand():
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, -3.0]])
     probs = logits.softmax(-1)[0]
