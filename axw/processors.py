@@ -48,11 +48,36 @@ class Processor:
     def __call__(self, logits: Tensor, tokens: Tensor, valid: Tensor | None = None) -> Tensor:
         raise NotImplementedError
 
+    def signature(self) -> tuple | None:
+        """What this stage computes, comparable across runs: two row-wise stages with equal signatures give any
+        row the same numbers, so several runs' rows can go through one of them together (`axw.shared`). None
+        for a stage that is not row-wise, or whose settings cannot be compared."""
+        if not self.row_wise:
+            return None
+        return _frozen((type(self), tuple(sorted(vars(self).items()))))
+
     def update(self, chosen: Tensor, logits: Tensor):
         """After the choice, with the final logits (stateful processors)."""
 
     def reorder(self, index: Tensor):
         """Rows follow `index` (beam search's kept beams; processors with per-row state)."""
+
+
+def _frozen(value):
+    """`value` with its dicts, lists and tuples made hashable tuples, or None when something in it is not
+    hashable (a tensor's hash is its identity, not its values: not comparable either)."""
+    if isinstance(value, dict):
+        value = tuple(sorted(value.items()))
+    if isinstance(value, (list, tuple)):
+        items = tuple(_frozen(v) for v in value)
+        return None if any(i is None and v is not None for i, v in zip(items, value)) else items
+    if isinstance(value, Tensor):
+        return None
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return value
 
 
 # --- scores: contrastive decoding and penalties ---
@@ -379,6 +404,12 @@ class Pipeline:
     def row_wise(self) -> bool:
         """Every stage is row-wise: rows of several positions can go through in one call."""
         return all(p.row_wise for p in self.processors)
+
+    def signature(self) -> tuple | None:
+        """The stages' signatures (`Processor.signature`): two pipelines with equal ones process any row alike.
+        None when a stage has none."""
+        signatures = tuple(p.signature() for p in self.processors)
+        return None if any(s is None for s in signatures) else signatures
 
     @staticmethod
     def run(processors: list[Processor], logits: Tensor, tokens: Tensor, valid: Tensor | None = None,

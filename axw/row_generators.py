@@ -25,6 +25,16 @@ class RowGenerators:
         self.seeds, self.device = seeds, torch.device(device)
         self.generators = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
 
+    @classmethod
+    def of(cls, generators: list) -> RowGenerators:
+        """Row generators that are the given ones, row i drawing from `generators[i]` (a torch.Generator, or
+        RowGenerators of one row): rows of several runs drawing together what each draws alone."""
+        rows = cls.__new__(cls)
+        rows.generators = [g.generators[0] if isinstance(g, RowGenerators) else g for g in generators]
+        rows.seeds = [g.initial_seed() for g in rows.generators]
+        rows.device = rows.generators[0].device
+        return rows
+
     @staticmethod
     def check(generator, rows: int):
         """`generator`, or ValueError for RowGenerators whose seeds are not one per row of a batch of `rows`."""

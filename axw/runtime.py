@@ -26,7 +26,7 @@ from .logit_lens import candidate_layers, is_tied
 from .ngrams import NgramDatastore
 from .processors import Pipeline, build_pipeline
 from .row_generators import RowGenerators, uniform
-from .shared import shared_forwards
+from .shared import drawn, shared_forwards
 from .specs import STRATEGY_STEPS
 from .trace import StepTrace, new_trace
 from .utils import check_number, exists
@@ -328,8 +328,11 @@ class ModelRunner:
         return hidden[:, -last:]
 
     def logits(self, seq: Tensor, end: int) -> Tensor:
-        """Next-token logits (b, vocab) after `seq[:, :end]`."""
-        return self.net.logits(self.hidden(seq, end)[:, -1])
+        """Next-token logits (b, vocab) after `seq[:, :end]` (those of a draw done with other runs' at this step
+        when there is one: `axw.shared.drawing`)."""
+        hidden = self.hidden(seq, end)[:, -1]
+        done = drawn(self.net)
+        return done.logits if done is not None else self.net.logits(hidden)
 
     def rollback(self, n: int, exact: bool = True):
         """Forget the last n positions read (rejected drafts)."""

@@ -10,8 +10,11 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from .processors import ContrastiveDecoding
+from .processors import ContrastiveDecoding, Pipeline
+from .row_generators import RowGenerators
 from .runtime import Run, Step, sample
+from .shared import drawing, in_lockstep
+from .trace import StepTrace, new_trace
 from .utils import exists
 
 
@@ -39,33 +42,97 @@ def steps(run: Run) -> Iterator[Step]:
                      if isinstance(proc, ContrastiveDecoding)}
         trace.contrastive_decoding = explained or None
 
-    yield from draw(run, out, pipeline, lambda end: Scores(model.logits(out, end), note=explain))
+    together = _together_key(run, model.net, pipeline)
+    yield from draw(run, out, pipeline, lambda end: Scores(model.logits(out, end), note=explain), together)
 
 
-def draw(run: Run, out: Tensor, pipeline, source: Callable[[int], Scores]) -> Iterator[Step]:
+@dataclass(eq=False)  # a draw is itself: compared by identity
+class Together:
+    """One run's draw at one step (its head, pipeline, draw and trace), done with the draws of the other runs of
+    a shared forward whose `key` is equal (`axw.shared.drawing`): their rows go through one head, pipeline, draw
+    and trace each, as one batch goes, and each run gets the numbers it gets alone. Only runs of one row whose
+    stages are row-wise and equal (`Pipeline.signature`) and that draw from a generator of their own (or take
+    the argmax) share a key."""
+
+    key: tuple
+    net: object
+    pipeline: Pipeline
+    generator: torch.Generator | RowGenerators | None
+    greedy: bool
+    top: int | None  # the trace's candidates, None without a trace
+    step: int
+    done: bool = False
+    error: BaseException | None = None
+    logits: Tensor | None = None
+    trace: StepTrace | None = None
+    processed: Tensor | None = None
+    chosen: Tensor | None = None
+
+    @staticmethod
+    def together(draws: list[Together], hiddens: list[Tensor]):
+        """Do `draws` (equal keys) from their steps' hidden states (1, 1, dim): each row's logits through the
+        head alone (its bits), then the rest in one pass over the rows."""
+        first = draws[0]
+        with torch.no_grad():
+            for d, hidden in zip(draws, hiddens):
+                d.logits = d.net.logits(hidden[:, 0])
+            logits = torch.cat([d.logits for d in draws])
+            trace = new_trace(0, logits, first.top) if first.top is not None else None
+            processed = first.pipeline(logits, None, None, trace, sampling=not first.greedy)
+            chosen = (processed.argmax(dim=-1) if first.greedy
+                      else sample(processed, RowGenerators.of([d.generator for d in draws])))
+            if trace:
+                trace.choose(chosen, logits, processed)
+        for i, d in enumerate(draws):
+            d.processed, d.chosen = processed[i:i + 1], chosen[i:i + 1]
+            d.trace = trace.take_row(i, d.step) if trace else None
+            d.done = True
+
+
+def _together_key(run: Run, net, pipeline: Pipeline) -> tuple | None:
+    """The key of this run's draws (`Together`), or None when they are its own to do."""
+    signature = pipeline.signature()
+    if run.tokens.shape[0] != 1 or signature is None:
+        return None
+    greedy = run.config.greedy
+    if not greedy and not (isinstance(run.generator, torch.Generator)
+                           or (isinstance(run.generator, RowGenerators) and len(run.generator) == 1)):
+        return None  # torch's own generator: the runs' draws would come in the order they run
+    return (id(net), signature, greedy, run.config.trace_top if run.config.trace else None)
+
+
+def draw(run: Run, out: Tensor, pipeline, source: Callable[[int], Scores], together: tuple | None = None
+         ) -> Iterator[Step]:
     """Sampling's loop, which greedy and DoLa share: each step the pipeline processes what `source(end)` scored
-    after `out[:, :end]`, and one token is drawn from it (its argmax at temperature 0)."""
+    after `out[:, :end]`, and one token is drawn from it (its argmax at temperature 0). With a `together` key
+    (`_together_key`), a step whose forward is shared with other runs taking turns (`axw.shared.Lockstep`) may
+    have its draw done with theirs (`Together`): the same numbers."""
     b, t = run.tokens.shape
     eos, greedy = run.config.eos_token, run.config.greedy
     valid = run.valid(t + run.seq_len)
     finished = torch.zeros(b, dtype=torch.bool, device=out.device)
 
-    scored = source(t)
+    scored, done = source(t), None
     for step in range(run.seq_len):
         cur = t + step
         logits = scored.logits
-        trace = run.new_trace(step, logits)
-        if trace and scored.stage is not None:
-            scored.stage(trace)
-        processed = pipeline(logits if scored.scores is None else scored.scores, *run.context(out, cur, valid), trace,
-                             sampling=not greedy)
+        if done is not None:  # drawn with other runs
+            trace, processed, chosen = done.trace, done.processed, done.chosen
+        else:
+            trace = run.new_trace(step, logits)
+            if trace and scored.stage is not None:
+                scored.stage(trace)
+            processed = pipeline(logits if scored.scores is None else scored.scores, *run.context(out, cur, valid),
+                                 trace, sampling=not greedy)
         run.keep(logits, processed)
-        chosen = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
+        if done is None:
+            chosen = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
         pipeline.update(chosen, processed)
         if exists(eos):
             chosen = chosen.masked_fill(finished, run.pad)
         if trace:
-            trace.choose(chosen, logits, processed)
+            if done is None:
+                trace.choose(chosen, logits, processed)
             if scored.note is not None:
                 scored.note(trace)
         out[:, cur] = chosen
@@ -75,4 +142,12 @@ def draw(run: Run, out: Tensor, pipeline, source: Callable[[int], Scores]) -> It
         # without EOS nothing here waits on the device
         if step == run.seq_len - 1 or (exists(eos) and bool(finished.all())):
             break
-        scored = source(cur + 1)
+        if together is not None and in_lockstep():
+            with drawing(Together(together, run.net, pipeline, run.generator, greedy,
+                                  run.config.trace_top if run.config.trace else None, step + 1)) as plan:
+                scored = source(cur + 1)
+            if plan.error is not None:
+                raise plan.error
+            done = plan if plan.done else None
+        else:
+            scored = source(cur + 1)

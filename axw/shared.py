@@ -19,7 +19,8 @@ n runs are in flight each decodes on its own at once (two runs on two cores over
 other's work between tokens, which one shared forward would serialise); beyond n, they share.
 
 Runs with no reader of their own between tokens (a worker process's) can take turns instead (`Lockstep`): one
-run's own work at a time, and a forward once every run is waiting for its step, so each forward carries them all.
+run's own work at a time, and a forward once every run is waiting for its step, so each forward carries them all;
+after it, the draws of runs alike are done together (`drawing`), as a batch's rows are.
 
     turns = Lockstep()
     with turns.member():                 # in each run's thread
@@ -341,6 +342,33 @@ class _Turn:
     cache: KVCache | None = None
     hidden: Tensor | None = None
     error: BaseException | None = None
+    draw: object | None = None  # what the member does with the step's hidden states, done with others' (`drawing`)
+
+
+@contextmanager
+def drawing(draw):
+    """Inside, in this thread: the next one-position step of a `Lockstep` member carries `draw`, the work its run
+    does with the step's hidden states (its head, pipeline, draw and trace). After the step's forward, the draws
+    of the members with equal `draw.key` are done together, in one pass over their rows
+    (`type(draw).together(draws, hiddens)`), each getting the numbers it gets alone; a draw left alone is the
+    run's own to do (`drawn`)."""
+    before = getattr(_MEMBER, "draw", None)
+    _MEMBER.draw = draw
+    try:
+        yield draw
+    finally:
+        _MEMBER.draw = before
+
+
+def in_lockstep() -> bool:
+    """Whether this thread's run takes turns in a `Lockstep`."""
+    return getattr(_MEMBER, "lockstep", None) is not None
+
+
+def drawn(net):
+    """This thread's draw (`drawing`) for `net`, once done with others' at its step; else None."""
+    draw = getattr(_MEMBER, "draw", None)
+    return draw if draw is not None and draw.net is net and draw.done else None
 
 
 class Lockstep:
@@ -348,9 +376,11 @@ class Lockstep:
     run at a time does its own work between forwards (its pipeline, draw, trace, text), and once every run is
     waiting for its next step, their steps run together, one forward for each shared network (`SharedForwards`).
     So every forward carries every run in flight, and the runs' own work never contends for the interpreter's
-    lock. A thread's run takes part inside `member()`; its one-position steps through a network whose forwards
-    are shared wait for the others' steps, and any other forward (a prompt, a verify) runs at once, in its turn.
-    A new run goes on after the runs already waiting to, at a token boundary.
+    lock. Members whose next draws are alike (`drawing`: their head, pipeline, draw and trace) have them done
+    together after the forward, in one pass over their rows. A thread's run takes part inside `member()`; its
+    one-position steps through a network whose forwards are shared wait for the others' steps, and any other
+    forward (a prompt, a verify) runs at once, in its turn. A new run goes on after the runs already waiting to,
+    at a token boundary.
 
     Members must not wait for each other outside their steps (on a lock another member holds, say): a member
     that waits longer than `stall_s` to go on, or for its step's forward, leaves the turns and goes on by itself
@@ -366,6 +396,7 @@ class Lockstep:
         self._pending: list[_Turn] = []  # steps waiting for a forward
         self.members = 0  # runs taking turns now
         self.stalls = 0  # members that left the turns after waiting stall_s
+        self.drawn_together = 0  # steps whose draw was done with other members' (`drawing`)
 
     @contextmanager
     def member(self):
@@ -394,7 +425,7 @@ class Lockstep:
     def decode(self, shared: SharedForwards, tokens: Tensor, cache: KVCache) -> Tensor:
         """A member's step `shared.decode(tokens, cache)`: it waits for the other members' steps, then runs in one
         forward with them."""
-        turn = _Turn(state="pending", shared=shared, tokens=tokens, cache=cache)
+        turn = _Turn(state="pending", shared=shared, tokens=tokens, cache=cache, draw=getattr(_MEMBER, "draw", None))
         turn.gate.acquire()
         with self._lock:
             self._pending.append(turn)
@@ -423,6 +454,25 @@ class Lockstep:
         self._going = True
         turn.state = "go"
         turn.gate.release()
+
+    def _draw_together(self, batch: list[_Turn]):
+        """The draws (`drawing`) of the steps just run, those with equal keys together; each draw of a group
+        gets the group's failure, if any, as its run would have met it."""
+        groups: dict = {}
+        for turn in batch:
+            if turn.draw is not None and turn.error is None and turn.draw.key is not None:
+                groups.setdefault(turn.draw.key, []).append(turn)
+        for turns in groups.values():
+            if len(turns) < 2:  # alone: its run draws as it always does
+                continue
+            draws = [turn.draw for turn in turns]
+            try:
+                type(draws[0]).together(draws, [turn.hidden for turn in turns])
+            except BaseException as e:  # noqa: BLE001 - each run raises it in its own thread
+                for draw in draws:
+                    draw.error = e
+            else:
+                self.drawn_together += len(draws)
 
     def _wait(self, turn: _Turn) -> bool:
         """Wait until `turn` may go on: True; or, after `stall_s` (its forward not under way), leave the turns:
@@ -456,6 +506,7 @@ class Lockstep:
                 cut = shared._fitting(turns)
                 shared._forward(turns[:cut])
                 turns = turns[cut:]
+        self._draw_together(batch)
         with self._lock:
             for turn in batch:
                 if turn is not leader:

@@ -462,3 +462,38 @@ def test_a_failing_forward_reaches_every_run_taking_turns_and_the_turns_go_on(bu
         shared.close()
     with pytest.raises(ValueError, match="stall_s"):
         Lockstep(stall_s=0)
+
+
+def test_runs_taking_turns_draw_together_and_each_gets_its_numbers_alone(bundled):
+    """Runs alike (sampling at the same settings with their own seeds; greedy at the same settings) taking turns
+    have their heads, pipelines, draws and traces done together after each shared forward, one pass over their
+    rows; prompts of different lengths, one run ending first, and runs unlike them beside (another top-p, a
+    repetition penalty, another temperature). Each run's tokens, probabilities and whole trace equal the ones it
+    gets alone."""
+    model = bundled[0]
+    sampled = pg.Settings(max_new_tokens=24, temperature=0.8, top_p=0.9, min_p=0.05)
+    greedy = pg.Settings(max_new_tokens=16, temperature=0.0)
+    settings = [replace(sampled, seed=1), replace(sampled, seed=2, max_new_tokens=10), replace(sampled, seed=3),
+                replace(greedy, seed=4), replace(greedy, seed=5, max_new_tokens=20),
+                replace(sampled, seed=6, top_p=0.8), replace(sampled, seed=7, repetition_penalty=1.3),
+                replace(sampled, seed=8, temperature=0.7)]
+    settings = [s.check() for s in settings]
+
+    def run(i):
+        s = settings[i]
+        run, updates = R.start(model, PROMPTS[i % len(PROMPTS)], s, s.config(model))
+        for run in updates:
+            pass
+        return run
+
+    alone = [run(i) for i in range(len(settings))]
+    shared, lockstep = SharedForwards(model.net), Lockstep()
+    try:
+        together = in_threads([taking_turns(lockstep, lambda i=i: run(i)) for i in range(len(settings))])
+    finally:
+        shared.close()
+    for a, t in zip(alone, together):
+        assert (t.new_ids, t.probs, t.rows, t.ended) == (a.new_ids, a.probs, a.rows, a.ended)
+    # the three sampling runs alike and the two greedy ones drew together at most of their steps
+    assert lockstep.drawn_together >= 2 * 9 + 3 * 9
+    assert lockstep.stalls == 0 and lockstep.members == 0
