@@ -464,6 +464,29 @@ def test_linear_sends_bf16_to_onednn_only_where_the_cpu_has_it(monkeypatch):
     assert calls == [torch.float32]
 
 
+def test_one_fp32_row_takes_pytorchs_own_product_on_intel(monkeypatch):
+    """With ONE_ROW_BLAS (an Intel CPU, where MKL reads one row's weights faster), one fp32 row at inference is
+    F.linear's bit for bit and never reaches oneDNN; several rows, a row needing gradients, and a column-major
+    weight (which PyTorch's product reads slowly) still go to oneDNN. Without it every one of them does."""
+    from axw import kernels
+
+    assert kernels.ONE_ROW_BLAS == (kernels._cpu_vendor() == "GenuineIntel")
+    calls = []
+    monkeypatch.setattr(kernels, "_ONEDNN_LINEAR", _stand_in_op(calls))
+    w, b = torch.randn(2048, 512), torch.randn(2048)
+    one, rows = torch.randn(1, 1, 512), torch.randn(4, 512)
+    for blas in (True, False):
+        monkeypatch.setattr(kernels, "ONE_ROW_BLAS", blas)
+        calls.clear()
+        with torch.no_grad():
+            assert torch.equal(kernels.linear(one, w, b), F.linear(one, w, b))
+            assert calls == ([] if blas else [torch.float32])
+            kernels.linear(rows, w, b)
+            kernels.linear(one, w.t().contiguous().t(), b)
+        kernels.linear(one, w.clone().requires_grad_(), b)
+        assert len(calls) == (3 if blas else 4)
+
+
 def test_one_bf16_row_takes_pytorchs_own_product_and_the_programs_onednn_setting_stays(monkeypatch):
     """Where oneDNN computes bf16, one bf16 row goes through PyTorch's own product (bit for bit F.linear with
     oneDNN switched off) while several rows still go to oneDNN; the switch is off only while some thread is
