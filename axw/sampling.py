@@ -70,13 +70,13 @@ class Together:
 
     @staticmethod
     def together(draws: list[Together], hiddens: list[Tensor]):
-        """Do `draws` (equal keys) from their steps' hidden states (1, 1, dim): each row's logits through the
-        head alone (its bits), then the rest in one pass over the rows."""
+        """Do `draws` (equal keys) from their steps' hidden states (1, 1, dim): the rows' logits, each row's the
+        bits it gets alone (`TransformerWrapper.logits_rows`), then the rest in one pass over the rows."""
         first = draws[0]
         with torch.no_grad():
-            for d, hidden in zip(draws, hiddens):
-                d.logits = d.net.logits(hidden[:, 0])
-            logits = torch.cat([d.logits for d in draws])
+            logits = first.net.logits_rows(torch.cat([hidden[:, 0] for hidden in hiddens]))
+            for d, row in zip(draws, logits.split(1)):
+                d.logits = row
             trace = new_trace(0, logits, first.top) if first.top is not None else None
             processed = first.pipeline(logits, None, None, trace, sampling=not first.greedy)
             chosen = (processed.argmax(dim=-1) if first.greedy

@@ -510,6 +510,15 @@ class TransformerWrapper(nn.Module):
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
 
+    def logits_rows(self, hidden: Tensor) -> Tensor:
+        """`logits` of hidden (k, dim), the rows of k runs (`axw.shared`), each row's the bits `logits` gives it
+        alone: the head computes each row as it would alone (`kernels.shared_rows`), in one product where that
+        gives the same bits."""
+        if self.to_logits is None:  # the tied head's product takes the rows together: each on its own
+            return torch.cat([self.logits(row) for row in hidden.split(1)])
+        with shared_rows([1] * hidden.shape[0]):
+            return self.logits(hidden)
+
     def _embed(self, x: Tensor, seen: int, seq_start_pos: Tensor | None, parallel: bool = False,
                key_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """Token (+ absolute position) embeddings of new tokens x (b, n) that

@@ -497,3 +497,16 @@ def test_runs_taking_turns_draw_together_and_each_gets_its_numbers_alone(bundled
     # the three sampling runs alike and the two greedy ones drew together at most of their steps
     assert lockstep.drawn_together >= 2 * 9 + 3 * 9
     assert lockstep.stalls == 0 and lockstep.members == 0
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_the_heads_rows_of_several_runs_get_the_bits_of_each_alone(tied):
+    """`logits_rows`: several runs' hidden states through the head in one call, each row's logits the bits
+    `logits` gives it alone, for an output head of its own (by parts, `kernels.shared_rows`) and a tied one."""
+    net = axw.TransformerWrapper(num_tokens=1000, max_seq_len=64, tie_embedding=tied,
+                                 attn_layers=axw.Decoder(dim=256, depth=1, heads=4, dim_head=64)).eval()
+    hidden = torch.randn(5, 256)
+    with torch.no_grad():
+        for rows in (2, 5, 5):  # the second call of a shape takes the way the first one checked
+            together = net.logits_rows(hidden[:rows])
+            assert torch.equal(together, torch.cat([net.logits(h) for h in hidden[:rows].split(1)]))
