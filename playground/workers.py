@@ -55,7 +55,7 @@ _LOOK_BACK = 8
 # step goes at once, then its steps every `members / MESSAGES_PER_S` seconds (the app's process renders a stream
 # at most every STREAM_INTERVAL_S, less often with many), and its last with its end. A message costs the app's
 # process about as much to take in as the steps it carries, so fewer of them leave its core to the workers.
-MESSAGES_PER_S = 60
+MESSAGES_PER_S = 30
 
 
 def _change(now: list, sent: list) -> tuple[int, list]:
@@ -70,6 +70,34 @@ def _change(now: list, sent: list) -> tuple[int, list]:
         if i <= 0:
             break
     return 0, list(now)
+
+
+class _Outbox:
+    """A run's steps on their way to the app's process, each as the changes it made to the run's state (which
+    `Workers.updates` applies in order), several to a message: the first at once, then every
+    `members() / MESSAGES_PER_S` seconds, and what is left at `flush`."""
+
+    def __init__(self, job: int, send, members):
+        self.job, self.send, self.members = job, send, members
+        self.waiting, self.flushed = [], None
+        self.rows = self.beams = 0  # how many of each the app's process has
+        self.sent = {f: [] for f in _LISTS}  # the lists as the app's process has them
+
+    def add(self, state: Run):
+        changes = {f: _change(getattr(state, f), self.sent[f]) for f in _LISTS}
+        self.waiting.append((changes, {f: getattr(state, f) for f in _FIELDS}, state.rows[self.rows:],
+                             state.beam_probs[self.beams:] if state.beam_probs is not None else None))
+        self.sent = {f: list(getattr(state, f)) for f in _LISTS}
+        self.rows, self.beams = len(state.rows), len(state.beam_probs or ())
+        now = time.perf_counter()
+        if self.flushed is None or now - self.flushed >= max(self.members(), 1) / MESSAGES_PER_S:
+            self.flush()
+            self.flushed = now
+
+    def flush(self):
+        if self.waiting:
+            self.send(("steps", self.job, self.waiting))
+            self.waiting = []
 
 
 def serve(conn: Connection, make_app, threads: int):
@@ -96,38 +124,20 @@ def serve(conn: Connection, make_app, threads: int):
             steps(job, prompt, settings, trace)
 
     def steps(job: int, prompt: str, settings: dict, trace: bool):
-        waiting = []  # steps not sent yet, each as the app's process applies it (`Workers.updates`)
-
-        def flush():
-            if waiting:
-                send(("steps", job, list(waiting)))
-                waiting.clear()
-
+        out = _Outbox(job, send, (lambda: lockstep.members) if lockstep is not None else (lambda: 1))
         try:
             _, state, updates, _ = app.start(prompt, Settings(**settings), None, trace=trace)
-            rows = beams = 0  # how many of each the app's process has
-            sent = {f: [] for f in _LISTS}  # the lists as the app's process has them
-            flushed = None  # when this run's steps last went
             try:
                 for state in updates:
                     if job in cancelled:
                         break
-                    changes = {f: _change(getattr(state, f), sent[f]) for f in _LISTS}
-                    waiting.append((changes, {f: getattr(state, f) for f in _FIELDS}, state.rows[rows:],
-                                    state.beam_probs[beams:] if state.beam_probs is not None else None))
-                    sent = {f: list(getattr(state, f)) for f in _LISTS}
-                    rows, beams = len(state.rows), len(state.beam_probs or ())
-                    now = time.perf_counter()
-                    members = lockstep.members if lockstep is not None else 1
-                    if flushed is None or now - flushed >= max(members, 1) / MESSAGES_PER_S:
-                        flush()
-                        flushed = now
+                    out.add(state)
             finally:
                 updates.close()  # a run stopped early leaves the shared forwards at once
-            flush()
+            out.flush()
             send(("end", job, None))
         except Exception as e:  # noqa: BLE001 - every failure goes back to the run's page
-            flush()  # the steps before the failure, as the app's own process would have shown them
+            out.flush()  # the steps before the failure, as the app's own process would have shown them
             send(("end", job, (type(e).__name__, str(e))))
         finally:
             cancelled.discard(job)
