@@ -510,3 +510,61 @@ def test_the_heads_rows_of_several_runs_get_the_bits_of_each_alone(tied):
         for rows in (2, 5, 5):  # the second call of a shape takes the way the first one checked
             together = net.logits_rows(hidden[:rows])
             assert torch.equal(together, torch.cat([net.logits(h) for h in hidden[:rows].split(1)]))
+
+
+def test_a_trace_drawn_together_is_the_trace_alone_stage_by_stage(bundled):
+    """The library's own steps of runs drawing together (`model.stream(..., trace=True)` in threads taking
+    turns): each step's trace, stage by stage (the kept tokens of every stage, their masks shared where a stage
+    removed nothing, the numbers), is the one the run records alone."""
+    model = bundled[0]
+    prompts = [torch.tensor([model.tokenizer.encode(p).ids]) for p in PROMPTS[:3]]
+    kw = dict(trace=True, temperature=0.9, filter_logits_fn=["top_k", "top_p"],
+              filter_kwargs=[dict(k=40), dict(thres=0.8)])
+
+    def steps(i):
+        out = []
+        for step in model.stream(prompts[i], 12, seed=10 + i, **kw):
+            t = step.trace
+            out.append((int(step.tokens[0]), t.row(0), [t.kept_ids(s) for s in t.stages],
+                        [t.kept_mask[j] is t.kept_mask[j - 1] for j in range(1, len(t.stages))]))
+        return out
+
+    alone = [steps(i) for i in range(3)]
+    shared, lockstep = SharedForwards(model.net), Lockstep()
+    try:
+        together = in_threads([taking_turns(lockstep, lambda i=i: steps(i)) for i in range(3)])
+    finally:
+        shared.close()
+    assert together == alone
+    assert lockstep.drawn_together >= 3 * 10
+
+
+def test_a_failing_draw_together_reaches_every_run_in_it_and_the_turns_go_on(bundled, monkeypatch):
+    """A draw done together that fails (here: on purpose) fails each of its runs with that error; the turns go
+    on, and the next runs get their texts alone."""
+    from axw.sampling import Together
+
+    model = bundled[0]
+    shared, lockstep = SharedForwards(model.net), Lockstep()
+    s = pg.Settings(max_new_tokens=8, temperature=0.8, seed=3).check()
+
+    def run(seed):
+        settings = replace(s, seed=seed)
+        run, updates = R.start(model, PROMPTS[0], settings, settings.config(model))
+        for run in updates:
+            pass
+        return run.new_ids
+
+    try:
+        def broken(draws, hiddens):
+            raise RuntimeError("a draw fails (a test's)")
+
+        monkeypatch.setattr(Together, "together", staticmethod(broken))
+        with pytest.raises(RuntimeError, match="a test's"):
+            in_threads([taking_turns(lockstep, lambda i=i: run(i)) for i in range(3)])
+        assert lockstep.members == 0
+        monkeypatch.undo()
+        expected = [run(i) for i in range(3)]
+        assert in_threads([taking_turns(lockstep, lambda i=i: run(i)) for i in range(3)]) == expected
+    finally:
+        shared.close()
