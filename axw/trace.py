@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 LOG2 = math.log(2.0)
-# the numbers a trace holds for each stage (`StepTrace`)
-_PER_STAGE = ("probs", "kept", "kept_mask", "mass", "entropy")
+# the numbers a trace holds for each stage (`StepTrace`): those `row` shows, and each stage's mask of kept tokens
+_NUMBERS = ("probs", "kept", "mass", "entropy")
+_PER_STAGE = (*_NUMBERS, "kept_mask")
 
 
 @dataclass
@@ -77,6 +78,7 @@ class StepTrace:
     _stacked: dict | None = field(default=None, repr=False)
     _recorded: list = field(default_factory=list, repr=False)
     _unchanged: list = field(default_factory=list, repr=False)  # per stage, per row: it removed nothing there
+    _row_of: tuple | None = field(default=None, repr=False)  # (trace, i): this trace is row i of that one's
 
     def record(self, name: str, logits: Tensor):
         """Stage `name` left these scores. Its numbers are computed when first read, every stage recorded by
@@ -91,8 +93,6 @@ class StepTrace:
     kept_mask = property(lambda self: self._numbers("kept_mask"))
     mass = property(lambda self: self._numbers("mass"))
     entropy = property(lambda self: self._numbers("entropy"))
-
-    _row_of: tuple | None = field(default=None, repr=False)  # (trace, i): this trace is row i of that one's
 
     def _numbers(self, name: str) -> list[Tensor]:
         self._ready()
@@ -152,7 +152,7 @@ class StepTrace:
         rows = slice(i, i + 1)
         self._model_probs = batch._model_probs[rows]
         self._unchanged = [[u[i]] for u in batch._unchanged]
-        for name in ("probs", "kept", "mass", "entropy"):
+        for name in _NUMBERS:
             self._settled[name] = [t[rows] for t in batch._settled[name]]
         masks = self._settled["kept_mask"]
         for mask, unchanged in zip(batch._settled["kept_mask"], batch._unchanged):
@@ -194,12 +194,12 @@ class StepTrace:
         # each number as a stack over the stages: one conversion for all of them
         stacked = self._stacked
         if stacked is None:
-            stacked = {name: torch.stack(self._numbers(name)) for name in ("probs", "kept", "mass", "entropy")}
-        probs, kept, mass, entropy = (stacked[name][:, i].tolist() for name in ("probs", "kept", "mass", "entropy"))
+            stacked = {name: torch.stack(self._numbers(name)) for name in _NUMBERS}
+        probs, kept, mass, entropy = (stacked[name][:, i].tolist() for name in _NUMBERS)
         out = dict(step=self.step, candidates=self.candidates[i].tolist(), stages=list(self.stages),
                    probs={s: [min(max(p, 0.0), 1.0) for p in ps] for s, ps in zip(self.stages, probs)},
                    kept=dict(zip(self.stages, kept)),
-                   mass={s: min(max(m, 0.0), 1.0) + 0.0 for s, m in zip(self.stages, mass)},
+                   mass={s: _unit(m) for s, m in zip(self.stages, mass)},
                    entropy={s: max(h, 0.0) + 0.0 for s, h in zip(self.stages, entropy)})
         if kept_ids:
             out.update(kept_ids={s: self.kept_ids(j, i) for j, s in enumerate(self.stages)})
@@ -225,7 +225,7 @@ class StepTrace:
         return out
 
 
-def _unit(x: Tensor) -> float:
+def _unit(x: Tensor | float) -> float:
     """A probability for display: in [0, 1], never -0.0."""
     return min(max(float(x), 0.0), 1.0) + 0.0
 
