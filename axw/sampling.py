@@ -112,6 +112,7 @@ def draw(run: Run, out: Tensor, pipeline, source: Callable[[int], Scores], toget
     valid = run.valid(t + run.seq_len)
     finished = torch.zeros(b, dtype=torch.bool, device=out.device)
 
+    top = run.config.trace_top if run.config.trace else None
     scored, done = source(t), None
     for step in range(run.seq_len):
         cur = t + step
@@ -124,9 +125,8 @@ def draw(run: Run, out: Tensor, pipeline, source: Callable[[int], Scores], toget
                 scored.stage(trace)
             processed = pipeline(logits if scored.scores is None else scored.scores, *run.context(out, cur, valid),
                                  trace, sampling=not greedy)
-        run.keep(logits, processed)
-        if done is None:
             chosen = processed.argmax(dim=-1) if greedy else sample(processed, run.generator)
+        run.keep(logits, processed)
         pipeline.update(chosen, processed)
         if exists(eos):
             chosen = chosen.masked_fill(finished, run.pad)
@@ -143,8 +143,7 @@ def draw(run: Run, out: Tensor, pipeline, source: Callable[[int], Scores], toget
         if step == run.seq_len - 1 or (exists(eos) and bool(finished.all())):
             break
         if together is not None and in_lockstep():
-            with drawing(Together(together, run.net, pipeline, run.generator, greedy,
-                                  run.config.trace_top if run.config.trace else None, step + 1)) as plan:
+            with drawing(Together(together, run.net, pipeline, run.generator, greedy, top, step + 1)) as plan:
                 scored = source(cur + 1)
             if plan.error is not None:
                 raise plan.error
