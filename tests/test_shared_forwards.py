@@ -365,17 +365,23 @@ def taking_turns(lockstep, job):
     return member
 
 
+def in_turns(lockstep, shared, jobs):
+    """`in_threads` with each job taking turns in `lockstep`; the shared forwards `shared` (one or a list) are
+    closed after."""
+    try:
+        return in_threads([taking_turns(lockstep, job) for job in jobs])
+    finally:
+        for s in shared if isinstance(shared, list) else [shared]:
+            s.close()
+
+
 def test_runs_taking_turns_get_their_tokens_probabilities_and_trace_alone(bundled):
     """Every strategy, prompts of different lengths, settings and seeds, one run ending early, taking turns
     (`Lockstep`) over the expert's, the amateur's and the drafter's shared forwards: each run's tokens,
     probabilities and whole trace equal the ones it gets alone, and nobody left the turns."""
     alone = [run_one(bundled, i) for i in range(len(SETTINGS))]
     shared, lockstep = share(*(m.net for m in bundled)), Lockstep()
-    try:
-        together = in_threads([taking_turns(lockstep, lambda i=i: run_one(bundled, i)) for i in range(len(SETTINGS))])
-    finally:
-        for s in shared:
-            s.close()
+    together = in_turns(lockstep, shared, [lambda i=i: run_one(bundled, i) for i in range(len(SETTINGS))])
     for a, t in zip(alone, together):
         assert (t.new_ids, t.probs, t.rows, t.ended) == (a.new_ids, a.probs, a.rows, a.ended)
     assert shared[0].stats.largest >= 4 and shared[2].stats.forwards > 0
@@ -398,10 +404,7 @@ def test_every_forward_of_runs_taking_turns_carries_every_run_in_flight(bundled)
 
     alone = [run(i) for i in range(4)]
     shared, lockstep = SharedForwards(model.net), Lockstep()
-    try:
-        together = in_threads([taking_turns(lockstep, lambda i=i: run(i)) for i in range(4)])
-    finally:
-        shared.close()
+    together = in_turns(lockstep, shared, [lambda i=i: run(i) for i in range(4)])
     assert [t.new_ids for t in together] == [a.new_ids for a in alone]
     steps = sum(len(a.new_ids) - 1 for a in alone)  # each run's first token comes from its prompt's forward
     assert all(len(a.new_ids) == 24 for a in alone)
@@ -435,10 +438,7 @@ def test_a_run_waiting_on_another_outside_its_steps_leaves_the_turns_and_both_fi
 
     alone = [run(PROMPTS[0]), run(PROMPTS[1])]
     shared, lockstep = SharedForwards(model.net), Lockstep(stall_s=0.2)
-    try:
-        together = in_threads([taking_turns(lockstep, first), taking_turns(lockstep, second)])
-    finally:
-        shared.close()
+    together = in_turns(lockstep, shared, [first, second])
     assert together == alone
     assert lockstep.stalls >= 1 and lockstep.members == 0
 
@@ -488,10 +488,7 @@ def test_runs_taking_turns_draw_together_and_each_gets_its_numbers_alone(bundled
 
     alone = [run(i) for i in range(len(settings))]
     shared, lockstep = SharedForwards(model.net), Lockstep()
-    try:
-        together = in_threads([taking_turns(lockstep, lambda i=i: run(i)) for i in range(len(settings))])
-    finally:
-        shared.close()
+    together = in_turns(lockstep, shared, [lambda i=i: run(i) for i in range(len(settings))])
     for a, t in zip(alone, together):
         assert (t.new_ids, t.probs, t.rows, t.ended) == (a.new_ids, a.probs, a.rows, a.ended)
     # the three sampling runs alike and the two greedy ones drew together at most of their steps
@@ -531,10 +528,7 @@ def test_a_trace_drawn_together_is_the_trace_alone_stage_by_stage(bundled):
 
     alone = [steps(i) for i in range(3)]
     shared, lockstep = SharedForwards(model.net), Lockstep()
-    try:
-        together = in_threads([taking_turns(lockstep, lambda i=i: steps(i)) for i in range(3)])
-    finally:
-        shared.close()
+    together = in_turns(lockstep, shared, [lambda i=i: steps(i) for i in range(3)])
     assert together == alone
     assert lockstep.drawn_together >= 3 * 10
 
