@@ -204,18 +204,25 @@ class _Worker:
                 time.sleep(RESTART_S)
             self.start()
 
-    def submit(self, job: int, prompt: str, settings, trace: bool) -> queue.SimpleQueue:
-        """Send a run once the worker is ready (at start it loads its models; after a failure it starts again)."""
-        if not self.ready.wait(READY_S):
-            raise WorkerError(f"the worker process was not ready within {READY_S:.0f} s: generate again")
+    def take(self, job: int) -> queue.SimpleQueue:
+        """(holding the pool's lock) Count `job` as this worker's from now on: the next run's choice sees it."""
         q = queue.SimpleQueue()
         with self.lock:
+            self.jobs[job] = q
+        return q
+
+    def submit(self, job: int, prompt: str, settings, trace: bool):
+        """Send a run `take`n for this worker once the worker is ready (at start it loads its models; after a
+        failure it starts again)."""
+        if not self.ready.wait(READY_S):
+            raise WorkerError(f"the worker process was not ready within {READY_S:.0f} s: generate again")
+        with self.lock:
+            if job not in self.jobs:  # the worker ended meanwhile, and its runs with it
+                raise WorkerError("the worker process ended: generate again")
             try:
                 self.conn.send(("run", job, prompt, asdict(settings), trace))
             except OSError:
                 raise WorkerError("the worker process ended: generate again") from None
-            self.jobs[job] = q
-        return q
 
     def done(self, job: int, cancel: bool):
         with self.lock:
@@ -245,6 +252,7 @@ class Workers:
             threads = torch.get_num_threads()
         self.args, self.threads, self.closed = dict(args), threads, False
         self._ids = itertools.count(1)
+        self._choosing = threading.Lock()
         self.workers = [_Worker(self, i) for i in range(n)]
 
     def wait_ready(self, timeout: float | None = None) -> bool:
@@ -267,9 +275,15 @@ class Workers:
     def updates(self, run: Run, prompt: str, settings, trace: bool = True):
         """`run` (made and checked by the app's process) grown from a worker's run of `prompt` and `settings`,
         yielded after each step, as `runs.start`'s updates yield it; closing the generator stops the worker's run."""
-        worker = min(self.workers, key=lambda w: (not w.ready.is_set(), w.load()))  # the least busy of the ready
-        job = next(self._ids)
-        q = worker.submit(job, prompt, settings, trace)
+        with self._choosing:  # visitors pressing together: each choice counts the runs chosen before it
+            worker = min(self.workers, key=lambda w: (not w.ready.is_set(), w.load()))  # the least busy ready one
+            job = next(self._ids)
+            q = worker.take(job)
+        try:
+            worker.submit(job, prompt, settings, trace)
+        except BaseException:
+            worker.done(job, cancel=False)  # never sent: nothing to stop there
+            raise
         finished = False
         try:
             while True:

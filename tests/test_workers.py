@@ -188,3 +188,31 @@ def test_the_workers_come_from_the_environment_and_raise_the_generations_at_once
     for bad in ("-1", "two", "1.5"):
         with pytest.raises(ValueError, match="AXW_WORKERS"):
             workers_wanted({"AXW_WORKERS": bad})
+
+
+def test_visitors_pressing_together_are_spread_evenly_over_the_workers():
+    """A class pressing Generate at the same moment: each run goes to the least busy worker counting the runs
+    chosen just before it, so two workers get half the runs each (choices made at once used to see the same loads
+    and send several runs to one worker while the other idled)."""
+    app = Playground(pg.DEFAULT_MODEL, pg.DEFAULT_AMATEUR, workers=2)
+    visitors, started = 32, []
+    try:
+        assert app.workers.wait_ready(180)
+        pressed = threading.Barrier(visitors)
+
+        def visit(i):
+            _, _, updates, _ = app.start("ROMEO:", replace(SETTINGS, max_new_tokens=96, seed=i), None)
+            started.append(updates)
+            pressed.wait()
+            next(updates)  # the run is going in its worker
+
+        threads = [threading.Thread(target=visit, args=(i,)) for i in range(visitors)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [w.load() for w in app.workers.workers] == [visitors // 2] * 2
+    finally:
+        for updates in started:
+            updates.close()
+        app.workers.close()
