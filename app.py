@@ -182,6 +182,7 @@ def main(argv=None):
         demo = build(args.model, args.amateur, draft=args.draft)
     except ValueError as e:
         raise SystemExit(f"error: {e}")
+    pg.freeze_heap()
     launch(demo, server_name=args.host, server_port=args.port)
 
 

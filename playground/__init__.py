@@ -23,8 +23,8 @@ from .caps import *  # noqa: F401,F403
 from .finetune import FineTune, finetune_setup, model_zip, read_upload  # noqa: F401
 from .models import (DEFAULT_AMATEUR, DEFAULT_DRAFT, DEFAULT_MODEL, HUB_EXAMPLES, HUB_MODELS, OOM_MESSAGE,  # noqa: F401
                      ROOT, HubModel, hub_dtype, smallest_sibling,
-                     ModelCache, OutOfMemoryError, check_hub_size, default_draft, free_memory, limit_malloc_arenas,
-                     model_path, pick_device)
+                     ModelCache, OutOfMemoryError, check_hub_size, default_draft, free_memory, freeze_heap,
+                     limit_malloc_arenas, model_path, pick_device)
 from .render import (prob_colour, show_token, stage_numbers, step_html, step_table, tokens_html)  # noqa: F401
 from .branches import Tree, branch  # noqa: F401
 from .detokenizer import Detokenizer, token_pieces  # noqa: F401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import threading
 from collections import OrderedDict
@@ -105,6 +106,16 @@ def limit_malloc_arenas(arenas: int) -> bool:
         return False
     M_ARENA_MAX = -8
     return mallopt(M_ARENA_MAX, arenas) == 1
+
+
+def freeze_heap():
+    """Take every object alive now (torch, the models, gradio's page: some 300,000 in the app's process) out of the
+    cyclic collector's sight, after one last collection. Otherwise each full collection walks them all, about
+    130 ms holding the interpreter on a 2-core CPU, whenever enough new objects have lived on (a class's sessions
+    and runs make them), and every run of the process stalls meanwhile. Call it once the server is built; what
+    it freezes lives as long as the process does, and reference counting still frees any of it let go."""
+    gc.collect()
+    gc.freeze()
 
 
 def model_path(env: str, default: str) -> str:

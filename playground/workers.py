@@ -31,6 +31,7 @@ from pathlib import Path
 
 from axw.shared import Lockstep
 
+from .models import freeze_heap
 from .runs import Run
 
 READY_S = 300  # how long a run waits for a worker still loading its models
@@ -111,6 +112,7 @@ def serve(conn: Connection, make_app, threads: int):
     from .settings import Settings
 
     app = make_app()
+    freeze_heap()
     cancelled, send_lock = set(), threading.Lock()
     # with the models' forwards shared, the runs take turns, every forward carrying all of them (`Lockstep`)
     lockstep = Lockstep() if app.models.shared else None
