@@ -135,11 +135,12 @@ def user_errors():
         raise gr.Error(model_store.OOM_MESSAGE) from None
 
 
-def serve_worker(fd: int, args: dict, threads: int):
-    """A worker process (`playground.workers`): a `Playground` built from `args`, serving runs on socket `fd`."""
+def serve_worker(fd: int, args: dict, threads: int, cpu: int | None = None):
+    """A worker process (`playground.workers`): a `Playground` built from `args`, serving runs on socket `fd`,
+    kept to `cpu` when given."""
     from multiprocessing.connection import Connection
 
-    serve(Connection(fd), lambda: Playground(**args), threads)
+    serve(Connection(fd), lambda: Playground(**args), threads, cpu)
 
 
 def session_of(request) -> str:

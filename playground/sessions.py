@@ -156,6 +156,28 @@ def workers_wanted(env=os.environ) -> int:
     return env_number("AXW_WORKERS", 0, 0, 64, integer=True, env=env)
 
 
+def worker_cpus(n: int, threads: int, cpus: list[int] | None = None, env=os.environ) -> list[int] | None:
+    """The CPU each of `n` worker processes keeps to (AXW_PIN_WORKERS), or None where the system places them.
+
+    Unset: one CPU each when the CPUs this process may use (`cpus`, default its affinity) are as many as the
+    workers and each runs torch on one thread: a worker's runs take turns (`axw.shared.Lockstep`), and each turn
+    handed to another thread wakes it, which on a 2-core VM costs about 30 us when it wakes on the other CPU and
+    3 us on its own; 8 visitors at once made about 4% more tokens/s so. Where more CPUs are visible (a container
+    on a shared host, whose neighbours may keep any of them busy) or a worker runs more threads, none. 1: one
+    CPU each wherever there are enough; 0: never."""
+    raw = env.get("AXW_PIN_WORKERS", "").strip()
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"AXW_PIN_WORKERS must be 1 (a CPU each), 0 (the system places them) or unset, got {raw!r}")
+    if cpus is None:
+        try:
+            cpus = sorted(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux: the system places them
+            return None
+    if raw == "0" or threads != 1 or n < 1 or n > len(cpus) or (raw == "" and n != len(cpus)):
+        return None
+    return list(cpus[:n])
+
+
 def space_workers(env=os.environ) -> int:
     """The workers a Space gets without AXW_WORKERS: on CPU hardware serving the bundled model (SPACE_ID set, not
     ZeroGPU, no GPU, no AXW_MODEL), one a core (CPU_CORES, the Space's own count; at most SPACE_WORKERS_MAX, none

@@ -33,12 +33,15 @@ from axw.shared import Lockstep
 
 from .models import freeze_heap
 from .runs import Run
+from .sessions import worker_cpus
 
 READY_S = 300  # how long a run waits for a worker still loading its models
 RESTART_S = 5.0  # how long a worker that ended while loading waits before it is started again
-# a worker process: python -c WORKER_MAIN FD ARGS THREADS (the app's Playground lives in playground.service)
+# a worker process: python -c WORKER_MAIN FD ARGS THREADS CPU (the app's Playground lives in playground.service;
+# CPU: the one it keeps to, or "" for any)
 WORKER_MAIN = ("import json, sys; from playground.service import serve_worker; "
-               "serve_worker(int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]))")
+               "serve_worker(int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3]), "
+               "int(sys.argv[4]) if sys.argv[4] else None)")
 
 
 class WorkerError(RuntimeError):
@@ -101,11 +104,23 @@ class _Outbox:
             self.waiting = []
 
 
-def serve(conn: Connection, make_app, threads: int):
-    """A worker's loop (`playground.service.serve_worker` starts it with the app's `Playground`): `make_app()` on
-    `threads` torch threads, then a thread per run, each sending the changes of the run's state at every step
+def keep_to(cpu: int):
+    """Keep this process, every thread it has now and every one it starts later, to one CPU."""
+    os.sched_setaffinity(0, {cpu})
+    for task in os.listdir("/proc/self/task"):  # threads started before (a library's own) keep their own setting
+        try:
+            os.sched_setaffinity(int(task), {cpu})
+        except OSError:  # ended meanwhile
+            pass
+
+
+def serve(conn: Connection, make_app, threads: int, cpu: int | None = None):
+    """A worker's loop (`playground.service.serve_worker` starts it with the app's `Playground`): kept to `cpu`
+    when given (`sessions.worker_cpus`), `make_app()` on `threads` torch threads, then a thread per run, each sending the changes of the run's state at every step
     (several steps in one message: `MESSAGES_PER_S`); 'cancel' stops one, 'stop' (or the app's process gone) ends
     the loop."""
+    if cpu is not None:
+        keep_to(cpu)
     import torch
 
     torch.set_num_threads(threads)
@@ -172,9 +187,10 @@ class _Worker:
         ours, theirs = socket.socketpair()
         root = str(Path(__file__).resolve().parents[1])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+        cpu = self.pool.cpus[self.index] if self.pool.cpus is not None else ""
         self.process = subprocess.Popen(
             [sys.executable, "-c", WORKER_MAIN, str(theirs.fileno()), json.dumps(self.pool.args),
-             str(self.pool.threads)], pass_fds=[theirs.fileno()], env=env)
+             str(self.pool.threads), str(cpu)], pass_fds=[theirs.fileno()], env=env)
         theirs.close()
         self.conn = Connection(ours.detach())
         threading.Thread(target=self._read, daemon=True, name=f"axw-worker-{self.index}").start()
@@ -253,6 +269,7 @@ class Workers:
 
             threads = torch.get_num_threads()
         self.args, self.threads, self.closed = dict(args), threads, False
+        self.cpus = worker_cpus(n, threads)  # the CPU each keeps to, or None
         self._ids = itertools.count(1)
         self._choosing = threading.Lock()
         self.workers = [_Worker(self, i) for i in range(n)]

@@ -4,6 +4,7 @@ message and comes back, and what the workers do not hold stays in the app's proc
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import replace
 
@@ -13,7 +14,7 @@ import pytest
 import playground as pg
 from playground.service import Playground, user_errors
 from playground.workers import WorkerError, _change
-from playground.sessions import concurrency, workers_wanted
+from playground.sessions import concurrency, worker_cpus, workers_wanted
 
 FIELDS = ("new_ids", "probs", "pieces", "rows", "ended", "done", "prompt_ids", "prompt")
 
@@ -190,11 +191,16 @@ def test_the_workers_come_from_the_environment_and_raise_the_generations_at_once
             workers_wanted({"AXW_WORKERS": bad})
 
 
-def test_visitors_pressing_together_are_spread_evenly_over_the_workers():
+def test_visitors_pressing_together_are_spread_evenly_over_the_workers(monkeypatch):
     """A class pressing Generate at the same moment: each run goes to the least busy worker counting the runs
     chosen just before it, so two workers get half the runs each (choices made at once used to see the same loads
-    and send several runs to one worker while the other idled)."""
-    app = Playground(pg.DEFAULT_MODEL, pg.DEFAULT_AMATEUR, workers=2)
+    and send several runs to one worker while the other idled). The workers run torch on one thread each, as the
+    app starts them."""
+    import torch
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "get_num_threads", lambda: 1)  # what the workers take from the app's process
+        app = Playground(pg.DEFAULT_MODEL, pg.DEFAULT_AMATEUR, workers=2)
     visitors, started = 32, []
     try:
         assert app.workers.wait_ready(180)
@@ -212,7 +218,30 @@ def test_visitors_pressing_together_are_spread_evenly_over_the_workers():
         for t in threads:
             t.join()
         assert [w.load() for w in app.workers.workers] == [visitors // 2] * 2
+        # each worker (every thread of it) keeps to its own CPU where the machine has as many as there are workers
+        pool = app.workers
+        assert pool.threads == 1 and pool.cpus == worker_cpus(2, 1)
+        assert pool.cpus is not None or len(os.sched_getaffinity(0)) != 2
+        for w, cpu in zip(pool.workers, pool.cpus or [None] * 2):
+            wanted = {cpu} if cpu is not None else os.sched_getaffinity(0)
+            assert {task: os.sched_getaffinity(int(task)) for task in os.listdir(f"/proc/{w.process.pid}/task")} \
+                == dict.fromkeys(os.listdir(f"/proc/{w.process.pid}/task"), wanted)
     finally:
         for updates in started:
             updates.close()
         app.workers.close()
+
+
+def test_each_worker_keeps_to_a_cpu_of_its_own_where_the_cpus_are_the_workers():
+    """AXW_PIN_WORKERS unset: a CPU each when the visible CPUs are as many as the workers, each on one torch thread;
+    none where more are visible (a shared host's), with more threads or more workers than CPUs; 1 pins wherever
+    there are enough, 0 never; anything else is refused by name."""
+    assert worker_cpus(2, 1, cpus=[0, 1], env={}) == [0, 1]
+    assert worker_cpus(2, 1, cpus=[4, 9], env={}) == [4, 9]
+    assert worker_cpus(2, 1, cpus=list(range(16)), env={}) is None
+    assert worker_cpus(2, 1, cpus=list(range(16)), env={"AXW_PIN_WORKERS": "1"}) == [0, 1]
+    assert worker_cpus(2, 2, cpus=[0, 1], env={}) is None
+    assert worker_cpus(3, 1, cpus=[0, 1], env={"AXW_PIN_WORKERS": "1"}) is None
+    assert worker_cpus(2, 1, cpus=[0, 1], env={"AXW_PIN_WORKERS": "0"}) is None
+    with pytest.raises(ValueError, match="AXW_PIN_WORKERS"):
+        worker_cpus(2, 1, cpus=[0, 1], env={"AXW_PIN_WORKERS": "yes"})
