@@ -116,9 +116,9 @@ def keep_to(cpu: int):
 
 def serve(conn: Connection, make_app, threads: int, cpu: int | None = None):
     """A worker's loop (`playground.service.serve_worker` starts it with the app's `Playground`): kept to `cpu`
-    when given (`sessions.worker_cpus`), `make_app()` on `threads` torch threads, then a thread per run, each sending the changes of the run's state at every step
-    (several steps in one message: `MESSAGES_PER_S`); 'cancel' stops one, 'stop' (or the app's process gone) ends
-    the loop."""
+    when given (`sessions.worker_cpus`), `make_app()` on `threads` torch threads, then a thread per run, each
+    sending the changes of the run's state at every step (several steps in one message: `MESSAGES_PER_S`);
+    'cancel' stops one, 'stop' (or the app's process gone) ends the loop."""
     if cpu is not None:
         keep_to(cpu)
     import torch
