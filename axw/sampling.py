@@ -142,6 +142,7 @@ def draw(run: Run, out: Tensor, pipeline, source: Callable[[int], Scores], toget
         # without EOS nothing here waits on the device
         if step == run.seq_len - 1 or (exists(eos) and bool(finished.all())):
             break
+        done = None  # a run that left the turns draws its own from then on
         if together is not None and in_lockstep():
             with drawing(Together(together, run.net, pipeline, run.generator, greedy, top, step + 1)) as plan:
                 scored = source(cur + 1)

@@ -431,8 +431,9 @@ class Lockstep:
             self._pending.append(turn)
             self._going = False
             self._hand_on()
-        if not self._wait(turn):  # left the turns: its step alone
+        if not self._wait(turn) and turn.state != "ready":  # left the turns before its forward ran: its step alone
             return shared.decode(tokens, cache)
+        # (left the turns waiting to go on after its forward ran: its step is done, its hidden states below)
         if turn.lead:
             self._forwards(turn)
         if turn.error is not None:

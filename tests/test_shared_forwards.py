@@ -443,6 +443,28 @@ def test_a_run_waiting_on_another_outside_its_steps_leaves_the_turns_and_both_fi
     assert lockstep.stalls >= 1 and lockstep.members == 0
 
 
+def test_a_run_leaving_the_turns_after_its_forward_ran_goes_on_with_that_step(bundled):
+    """Both runs' steps go in one forward; then each, going on in its turn, takes longer than stall_s over its own
+    work once, so the other, its step already computed, leaves the turns while waiting to go on. It goes on with
+    that step rather than computing it again (which read its token into its cache twice, and its next step found
+    nothing left to read), and both texts are the ones they get alone."""
+    model = bundled[0]
+    s = pg.Settings(max_new_tokens=8, temperature=0.0).check()
+
+    def run(prompt, slow_at=None):
+        run, updates = R.start(model, prompt, s, s.config(model))
+        for i, run in enumerate(updates):
+            if i == slow_at:
+                time.sleep(0.4)  # its own work between two steps, in its turn
+        return run.new_ids
+
+    alone = [run(PROMPTS[0]), run(PROMPTS[1])]
+    shared, lockstep = SharedForwards(model.net), Lockstep(stall_s=0.1)
+    together = in_turns(lockstep, shared, [lambda: run(PROMPTS[0], 3), lambda: run(PROMPTS[1], 3)])
+    assert together == alone
+    assert lockstep.stalls >= 1 and lockstep.members == 0
+
+
 def test_a_failing_forward_reaches_every_run_taking_turns_and_the_turns_go_on(bundled, monkeypatch):
     model = bundled[0]
     shared, lockstep = SharedForwards(model.net), Lockstep()
