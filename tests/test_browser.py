@@ -177,6 +177,9 @@ def test_sample_a_step_and_the_histogram_appears(served_app, page, expert):
     page.locator("#draws input").fill("2000")
     page.locator("#draws input").press("Tab")
     page.wait_for_function("() => document.querySelector('#draws input').value === '2000'")
+    # the input shows 2000 before the page has taken it in when the page is busy: the click goes once the page
+    # has run everything queued (a full run under load sampled the default 1000 otherwise)
+    page.evaluate("() => new Promise(done => requestIdleCallback(() => requestIdleCallback(done)))")
     page.locator("#sample-go").click()
     page.wait_for_selector("#sample-table table", timeout=10000)
     page.wait_for_function("() => document.querySelectorAll('#sample-drawn svg path').length > 3", timeout=10000)
