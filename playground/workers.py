@@ -105,9 +105,9 @@ class _Outbox:
 
 
 def keep_to(cpu: int):
-    """Keep this process, every thread it has now and every one it starts later, to one CPU."""
-    os.sched_setaffinity(0, {cpu})
-    for task in os.listdir("/proc/self/task"):  # threads started before (a library's own) keep their own setting
+    """Keep this process to one CPU: every thread it has now, this one included (a thread started later takes the
+    setting of the thread that starts it)."""
+    for task in os.listdir("/proc/self/task"):  # each thread has a setting of its own
         try:
             os.sched_setaffinity(int(task), {cpu})
         except OSError:  # ended meanwhile
