@@ -487,6 +487,41 @@ def test_one_fp32_row_takes_pytorchs_own_product_on_intel(monkeypatch):
         assert len(calls) == (3 if blas else 4)
 
 
+@pytest.mark.parametrize("columns", [True, False])
+def test_one_fp32_row_of_a_widening_matrix_reads_the_column_major_copy_on_amd(columns, monkeypatch):
+    """With ONE_ROW_COLUMNS (an AMD CPU, where PyTorch's product reads one row 2 to 3x faster from a column-major
+    copy of a matrix with more outputs than inputs), one fp32 row at inference through a widening Linear is
+    F.linear's from that copy bit for bit; a narrowing one, several rows, and a row needing gradients leave the
+    copy alone. Every way is the same product (float64 reference), and several runs' single rows together
+    (`shared_rows`) each get the bits of their row alone, on the first call (the check) and after."""
+    from axw import kernels
+
+    assert kernels.ONE_ROW_COLUMNS == (kernels._cpu_vendor() == "AuthenticAMD")
+    monkeypatch.setattr(kernels, "ONE_ROW_COLUMNS", columns)
+    torch.manual_seed(0)
+    for layer in (kernels.Linear(256, 768), kernels.Linear(768, 256)):
+        wide = layer.out_features > layer.in_features
+        rows = torch.randn(4, 1, layer.in_features)
+        reference = F.linear(rows.double(), layer.weight.double(), layer.bias.double())
+        with torch.no_grad():
+            alone = torch.cat([layer(row) for row in rows.split(1)])
+            torch.testing.assert_close(alone.double(), reference, atol=1e-4, rtol=1e-4)
+            assert (layer._column_major is not None) == (columns and wide)
+            way = layer.column_major() if columns and wide else layer.weight
+            assert torch.equal(alone, torch.cat([F.linear(row, way, layer.bias) for row in rows.split(1)]))
+            for _ in range(2):
+                with kernels.shared_rows([1, 1, 1, 1]):
+                    assert torch.equal(layer(rows), alone)
+            assert [key for key in layer._batched_exact if "columns" in key] == ([(4, 1, torch.float32,
+                                                                                    torch.device("cpu"), "columns")]
+                                                                                  if columns and wide else [])
+    fresh = kernels.Linear(256, 768)
+    x = torch.randn(1, 256, requires_grad=True)
+    fresh(x).sum().backward()
+    assert fresh._column_major is None
+    torch.testing.assert_close(x.grad, fresh.weight.detach().sum(0, keepdim=True), atol=1e-5, rtol=1e-5)
+
+
 def test_one_bf16_row_takes_pytorchs_own_product_and_the_programs_onednn_setting_stays(monkeypatch):
     """Where oneDNN computes bf16, one bf16 row goes through PyTorch's own product (bit for bit F.linear with
     oneDNN switched off) while several rows still go to oneDNN; the switch is off only while some thread is
@@ -533,8 +568,8 @@ def test_one_bf16_row_takes_pytorchs_own_product_and_the_programs_onednn_setting
 
 def test_linear_takes_a_few_rows_from_a_column_major_copy_made_again_when_the_weight_changes(monkeypatch):
     """2 to 16 rows at inference run through oneDNN from a column-major copy of the weight: the same product
-    (float64 reference), a copy made again after an in-place update (an optimizer step) or a load, and never
-    for training, one row, small or huge matrices."""
+    (float64 reference), a copy made again after an in-place update (an optimizer step) or a load, and oneDNN
+    never takes it for training, one row, small or huge matrices."""
     from axw import kernels
     from axw.kernels import SMALL_MATRIX, Linear
 

@@ -1,5 +1,6 @@
 """Shared forwards (axw.shared): runs in flight decode together, each getting the bits it gets alone."""
 
+import copy
 import threading
 import time
 from dataclasses import replace
@@ -76,6 +77,31 @@ def test_runs_of_several_rows_share_one_product_of_the_weights_and_keep_their_bi
                 assert torch.equal(e, g)
     checked = [m._batched_exact for m in net.modules() if isinstance(m, Linear) and m._batched_exact]
     assert checked and all(("column", tuple(rows), torch.float32, torch.device("cpu")) in c for c in checked)
+
+
+@pytest.mark.parametrize("columns", [True, False])
+def test_single_rows_from_the_column_major_copy_keep_their_bits_together(bundled, columns, monkeypatch):
+    """Runs of one row each through the bundled model, whose widening matrices give one row from their
+    column-major copy on AMD (`ONE_ROW_COLUMNS`, set here either way whatever this CPU is): stepped together,
+    every step's hidden states equal each run's decode alone, bit for bit."""
+    from axw import kernels
+
+    monkeypatch.setattr(kernels, "ONE_ROW_COLUMNS", columns)
+    net = copy.deepcopy(bundled[0].net)  # its own layers: their checks of the batched way start afresh
+    alone, together = [net.new_cache(64) for _ in range(3)], [net.new_cache(64) for _ in range(3)]
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for i in range(3):
+            prompt = torch.randint(0, net.num_tokens, (1, 4 + 3 * i))
+            net.decode(prompt, alone[i])
+            net.decode(prompt, together[i])
+        for step in range(4):
+            tokens = [torch.randint(0, net.num_tokens, (1, 1)) for _ in range(3)]
+            expected = [net.decode(t, cache) for t, cache in zip(tokens, alone)]
+            for e, g in zip(expected, net.decode_rows(tokens, together)):
+                assert torch.equal(e, g)
+    keys = [key for m in net.modules() if isinstance(m, kernels.Linear) for key in (m._batched_exact or {})]
+    assert any("columns" in key for key in keys) == columns
 
 
 def test_decode_rows_refuses_training_and_mixed_lengths():
