@@ -68,6 +68,10 @@ ONE_ROW_BLAS = _cpu_vendor() == "GenuineIntel"
 # 105 us, 1536 x 576 in 89 against 180 and 135 us; 256 x 1024 in 99 against 49 and 55 us. So on AMD one fp32 row at
 # inference through a small widening matrix takes `Linear`'s column-major copy (`Linear.one_row_from_columns`).
 ONE_ROW_COLUMNS = _cpu_vendor() == "AuthenticAMD"
+# PyTorch's one-row product keeps to one thread; with more, oneDNN splits a larger product between them: 2 threads
+# read 2048 x 512 in 71 us through oneDNN against 93 us from columns, 3072 x 1024 in 199 against 433 us, while up to
+# 2048 x 256 the columns still win (62 against 73 us). So with several threads only matrices up to this size do.
+ONE_ROW_COLUMNS_THREADED_MAX = 1 << 19
 # below this many multiply-adds a call's fixed cost (~10 us) outweighs what
 # the faster kernel saves, and the BLAS path stays
 _ONEDNN_MIN_MACS = 1 << 19
@@ -299,7 +303,7 @@ class Linear(nn.Linear):
         return (
             ONE_ROW_COLUMNS
             and weight.shape[0] > weight.shape[1]
-            and weight.numel() <= SMALL_MATRIX[1]
+            and weight.numel() <= (SMALL_MATRIX[1] if torch.get_num_threads() == 1 else ONE_ROW_COLUMNS_THREADED_MAX)
             and x.dtype == weight.dtype == torch.float32
             and x.device.type == "cpu"
             and not _needs_grad(x, weight, self.bias)

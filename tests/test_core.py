@@ -491,8 +491,8 @@ def test_one_fp32_row_takes_pytorchs_own_product_on_intel(monkeypatch):
 def test_one_fp32_row_of_a_widening_matrix_reads_the_column_major_copy_on_amd(columns, monkeypatch):
     """With ONE_ROW_COLUMNS (an AMD CPU, where PyTorch's product reads one row 2 to 3x faster from a column-major
     copy of a matrix with more outputs than inputs), one fp32 row at inference through a widening Linear is
-    F.linear's from that copy bit for bit; a narrowing one, several rows, and a row needing gradients leave the
-    copy alone. Every way is the same product (float64 reference), and several runs' single rows together
+    F.linear's from that copy bit for bit; a narrowing one, several rows, a row needing gradients, and with
+    several threads a matrix above ONE_ROW_COLUMNS_THREADED_MAX leave the copy alone. Every way is the same product (float64 reference), and several runs' single rows together
     (`shared_rows`) each get the bits of their row alone, on the first call (the check) and after."""
     from axw import kernels
 
@@ -520,6 +520,17 @@ def test_one_fp32_row_of_a_widening_matrix_reads_the_column_major_copy_on_amd(co
     fresh(x).sum().backward()
     assert fresh._column_major is None
     torch.testing.assert_close(x.grad, fresh.weight.detach().sum(0, keepdim=True), atol=1e-5, rtol=1e-5)
+    # a larger widening matrix: from columns on one thread, but not with several (oneDNN splits it between them)
+    threads = torch.get_num_threads()
+    try:
+        for n in (2, 1):
+            torch.set_num_threads(n)
+            large = kernels.Linear(512, 1536)
+            with torch.no_grad():
+                large(torch.randn(1, 512))
+            assert (large._column_major is not None) == (columns and n == 1)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_one_bf16_row_takes_pytorchs_own_product_and_the_programs_onednn_setting_stays(monkeypatch):
