@@ -306,6 +306,7 @@ class Linear(nn.Linear):
             and weight.numel() <= (SMALL_MATRIX[1] if torch.get_num_threads() == 1 else ONE_ROW_COLUMNS_THREADED_MAX)
             and x.dtype == weight.dtype == torch.float32
             and x.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")  # autocast's bf16 product reads a column-major weight slowly
             and not _needs_grad(x, weight, self.bias)
         )
 
@@ -353,7 +354,8 @@ class Linear(nn.Linear):
     def _batched(self, x: Tensor, k: int, weight: Tensor) -> Tensor:
         """x (k * m rows, ..., in) as k products of m rows by `weight` (the weight or its column-major copy), in
         one batched call."""
-        weight = weight.t().expand(k, *weight.t().shape)
+        weight = weight.t()
+        weight = weight.expand(k, *weight.shape)
         flat = x.reshape(k, -1, x.shape[-1])
         out = (torch.baddbmm(self.bias.expand(k, flat.shape[1], -1), flat, weight) if self.bias is not None
                else torch.bmm(flat, weight))

@@ -491,9 +491,10 @@ def test_one_fp32_row_takes_pytorchs_own_product_on_intel(monkeypatch):
 def test_one_fp32_row_of_a_widening_matrix_reads_the_column_major_copy_on_amd(columns, monkeypatch):
     """With ONE_ROW_COLUMNS (an AMD CPU, where PyTorch's product reads one row 2 to 3x faster from a column-major
     copy of a matrix with more outputs than inputs), one fp32 row at inference through a widening Linear is
-    F.linear's from that copy bit for bit; a narrowing one, several rows, a row needing gradients, and with
-    several threads a matrix above ONE_ROW_COLUMNS_THREADED_MAX leave the copy alone. Every way is the same product (float64 reference), and several runs' single rows together
-    (`shared_rows`) each get the bits of their row alone, on the first call (the check) and after."""
+    F.linear's from that copy bit for bit; a narrowing one, several rows, a row needing gradients or under
+    autocast, and with several threads a matrix above ONE_ROW_COLUMNS_THREADED_MAX leave the copy alone. Every
+    way is the same product (float64 reference), and several runs' single rows together (`shared_rows`) each get
+    the bits of their row alone, on the first call (the check) and after."""
     from axw import kernels
 
     assert kernels.ONE_ROW_COLUMNS == (kernels._cpu_vendor() == "AuthenticAMD")
@@ -516,6 +517,9 @@ def test_one_fp32_row_of_a_widening_matrix_reads_the_column_major_copy_on_amd(co
                                                                                     torch.device("cpu"), "columns")]
                                                                                   if columns and wide else [])
     fresh = kernels.Linear(256, 768)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # autocast's own product keeps the weight
+        fresh(torch.randn(1, 256))
+    assert fresh._column_major is None
     x = torch.randn(1, 256, requires_grad=True)
     fresh(x).sum().backward()
     assert fresh._column_major is None
