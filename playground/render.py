@@ -7,6 +7,7 @@ Pure functions of the data, escaped throughout: the views only place them.
 from __future__ import annotations
 
 import bisect
+import functools
 import html
 import re
 
@@ -129,14 +130,20 @@ def tokens_html(prompt: str, pieces: list[str], probs: list, selected: int | Non
     0-based) coloured by the probability it was chosen with; `selected` is highlighted, `forced` (a branch's
     forced token) outlined, the first `shared` tokens (a prefix two branches share) dimmed."""
     out = [f'<div class="axw-out"><span class="axw-prompt">{prompt_html(prompt, specials)}</span>']
-    for i, (piece, p) in enumerate(zip(pieces, probs)):
-        classes = ["axw-tok"] + (["axw-sel"] if i == selected else []) + (["axw-forced"] if i == forced else []) \
-            + (["axw-shared"] if i < shared else [])
-        style = f' style="background:{prob_colour(p)}"' if p is not None else ""
-        title = f"step {i + 1}" + (f": p = {show_p(p)}" if p is not None else "") + (" (forced)" if i == forced else "")
-        out.append(f'<span class="{" ".join(classes)}" data-i="{i}"{style} title="{title}">{_text(piece)}</span>')
+    out += [_token_span(i, piece, p, i == selected, i == forced, i < shared)
+            for i, (piece, p) in enumerate(zip(pieces, probs))]
     out.append("</div>")
     return "".join(out)
+
+
+@functools.lru_cache(maxsize=1 << 13)
+def _token_span(i: int, piece: str, p: float | None, selected: bool, forced: bool, shared: bool) -> str:
+    """Token i's span in `tokens_html`, kept once made: a streamed text is drawn again at every update with its
+    tokens so far unchanged, so an update draws only its new tokens (a class's texts of 512 tokens fit)."""
+    classes = ["axw-tok"] + ["axw-sel"] * selected + ["axw-forced"] * forced + ["axw-shared"] * shared
+    style = f' style="background:{prob_colour(p)}"' if p is not None else ""
+    title = f"step {i + 1}" + (f": p = {show_p(p)}" if p is not None else "") + (" (forced)" if forced else "")
+    return f'<span class="{" ".join(classes)}" data-i="{i}"{style} title="{title}">{_text(piece)}</span>'
 
 
 def legend() -> str:

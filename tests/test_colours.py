@@ -71,3 +71,21 @@ def test_the_legend_shows_every_bin_and_the_tokens_keep_their_exact_p():
     assert f'style="background:{YELLOW_GREEN}" title="step 1: p = 0.206"' in out
     assert f'style="background:{RED}" title="step 2: p = 0.00052"' in out
     assert 'data-i="2" title="step 3"' in out  # no probability: no colour
+
+
+def test_a_token_drawn_again_keeps_its_own_marks():
+    """Tokens are drawn once and kept (a streamed text is drawn again at every update): each drawing still marks
+    the selected, forced and shared tokens it is asked to, and only those."""
+    probs = [0.5, 0.5, 0.5]
+    plain = tokens_html("P", ["a", "b", "c"], probs)
+    marked = tokens_html("P", ["a", "b", "c"], probs, selected=1, forced=2, shared=2)
+    assert tokens_html("P", ["a", "b", "c"], probs) == plain
+    spans = r'<span class="([^"]+)" data-i="(\d)" style="[^"]+" title="([^"]+)">([^<]*)</span>'
+    assert re.findall(spans, marked) == [("axw-tok axw-shared", "0", "step 1: p = 0.500", "a"),
+                                         ("axw-tok axw-sel axw-shared", "1", "step 2: p = 0.500", "b"),
+                                         ("axw-tok axw-forced", "2", "step 3: p = 0.500 (forced)", "c")]
+    assert [c for c, *_ in re.findall(spans, plain)] == ["axw-tok"] * 3
+    longer = tokens_html("P", ["a", "b", "c", "d<"], probs + [0.004])
+    assert longer.startswith(plain[:-len("</div>")])
+    assert longer.endswith(f'data-i="3" style="background:{prob_colour(0.004)}" title="step 4: p = 0.004">d&lt;'
+                           '</span></div>')
