@@ -31,9 +31,11 @@ import gradio as gr  # noqa: E402
 import playground as pg  # noqa: E402
 from playground.service import Playground, gpu, throttle, user_errors  # noqa: E402,F401
 from playground.sessions import visitor  # noqa: E402,F401
-from playground.waking_queue import wake_on_work  # noqa: E402
 from playground.views import api, check_handlers, compare, finetune, generate, lessons, settings  # noqa: E402
+from playground.views import waking_queue  # noqa: E402
 from playground.views.compare import COMPARE  # noqa: E402,F401
+
+waking_queue.install()  # gradio's queues look for work every millisecond: the app's wait for it instead
 
 CONCURRENCY = pg.sessions.concurrency()  # AXW_CONCURRENCY
 
@@ -114,7 +116,6 @@ def build(model: str, amateur: str | None = None, visitor_budget_s: float | None
     fixed_signatures(demo)
     keep_old_calls(demo, "generate", app.generate_api)
     demo.queue(max_size=64, default_concurrency_limit=CONCURRENCY)
-    wake_on_work(demo._queue)  # gradio's queue polls every millisecond: wait for work instead
     demo.playground, demo.controls = app, controls
     CSS = css + compare_css
     return demo

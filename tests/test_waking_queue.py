@@ -1,4 +1,4 @@
-"""gradio's queue woken by work (`playground.waking_queue`): it waits rather than polling, and every event still
+"""gradio's queue woken by work (`playground.views.waking_queue`): it waits rather than polling, and every event still
 starts, whether it joins an idle queue or waits for another to end."""
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
 
 from conftest import free_port  # noqa: E402
-from playground.waking_queue import _Poll, wake_on_work  # noqa: E402
+from playground.views.waking_queue import Poll, install, wake_on_work  # noqa: E402
 
 
 def served(fn, idle_s: float, concurrency_limit: int = 1):
     """(url, demo, the queue's wait) of a one-endpoint app whose queue waits for work, at most idle_s at a time."""
     with gr.Blocks() as demo:
         gr.api(fn, api_name="f", concurrency_limit=concurrency_limit)
+    install()
     demo.queue()
     poll = wake_on_work(demo._queue, idle_s=idle_s)
     port = free_port()
@@ -32,7 +33,7 @@ def test_an_idle_queue_waits_rather_than_polling():
 
     url, demo, poll = served(f, idle_s=0.25)
     try:
-        assert demo._queue.sleep_when_free is poll and isinstance(poll, _Poll)
+        assert demo._queue.sleep_when_free is poll and isinstance(poll, Poll)
         assert gradio_client.Client(url, verbose=False).predict(1, api_name="/f") == 2
         before = poll.waits
         time.sleep(1.0)
@@ -71,5 +72,5 @@ def test_a_joining_event_and_an_ending_one_wake_the_queue():
 
 def test_the_playground_queue_waits_for_work(served_app):
     url, demo = served_app
-    assert isinstance(demo._queue.sleep_when_free, _Poll)
+    assert isinstance(demo._queue.sleep_when_free, Poll)
     assert demo._queue.progress_update_sleep_when_free == pytest.approx(0.05)
