@@ -45,6 +45,7 @@ class LayerSlots:
         self.start = 0
         self.length = 0
         self._pending = 0
+        self._views: tuple | None = None  # (k, v, grad mode, k's layers, v's layers): `_layer`
 
     def _bounded(self, capacity: int) -> int:
         return capacity if self.bound is None else min(capacity, self.bound)
@@ -131,10 +132,21 @@ class LayerSlots:
             self.v = v.new_empty((self.num_layers, b, kvh, capacity, v.shape[-1]))
         if k.dtype != self.k.dtype:
             k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        end = self.length + n
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, self.start:end], self.v[layer, :, :, self.start:end]
+        keys, values = self._layer(layer)
+        keys.narrow(2, self.length, n).copy_(k)
+        values.narrow(2, self.length, n).copy_(v)
+        live = self.length + n - self.start
+        return keys.narrow(2, self.start, live), values.narrow(2, self.start, live)
+
+    def _layer(self, layer: int) -> tuple[Tensor, Tensor]:
+        """The key and value buffers of one layer (views of `k` and `v`, made once per buffer: a decode step
+        writes every layer's, and indexing the whole buffer anew each time costs more than the copy)."""
+        # autograd refuses writes through a view made in the other grad mode: views are made per mode
+        views, grad = self._views, torch.is_grad_enabled()
+        if views is None or views[0] is not self.k or views[1] is not self.v or views[2] != grad:
+            views = self._views = (self.k, self.v, grad, [self.k.select(0, i) for i in range(self.num_layers)],
+                                   [self.v.select(0, i) for i in range(self.num_layers)])
+        return views[3][layer], views[4][layer]
 
     def write_key_mask(self, mask: Tensor | None, n: int):
         """Record which of the `n` new keys may be attended (None: all)."""
@@ -575,12 +587,12 @@ class Attention(nn.Module):
         """`forward` for the rows of several runs (`axw.shared`): `parts` rows each, in order, each run with its
         own cache and mask, so each attends only to its own keys, as it would alone."""
         q, k, v = self.project(x, rotary)
-        outs = []
+        heads = []
         for q_i, k_i, v_i, cache, (mask, causal) in zip(q.split(parts), k.split(parts), v.split(parts), caches,
                                                          masks):
             k_i, v_i = cache.write(layer, k_i, v_i)
-            outs.append(self.attend(q_i, k_i, v_i, mask, causal)[0])
-        return self.to_out(torch.cat(outs))
+            heads.append(self.heads_out(q_i, k_i, v_i, mask, causal)[0])
+        return self.to_out(self.merge(torch.cat(heads)))
 
     def project(self, x: Tensor, rotary: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, Tensor]:
         """Queries (b, heads, n, d), keys and values (b, kv_heads, n, d) of x (b, n, dim), normalised and
@@ -600,17 +612,25 @@ class Attention(nn.Module):
                return_lse: bool = False) -> tuple[Tensor, Tensor | None]:
         """The heads' outputs, (b, n, heads * d) before the output projection, and with `return_lse` (or
         soft-capping) each query's logsumexp."""
-        b, h, n, d = q.shape
+        out, lse = self.heads_out(q, k, v, attn_mask, is_causal, return_lse)
+        return self.merge(out), lse
+
+    def heads_out(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
+                  return_lse: bool = False) -> tuple[Tensor, Tensor | None]:
+        """`attend` before the heads are merged: each head's output (b, heads, n, d), and the lse."""
         dropout = self.dropout if self.training else 0.0
-        lse = None
         if return_lse or exists(self.softcap):
-            out, lse = self._explicit(q, k, v, attn_mask, is_causal, dropout)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout,
-                enable_gqa=self.kv_heads != h, scale=self.scale,
-            )
-        return out.transpose(1, 2).reshape(b, n, h * d), lse
+            return self._explicit(q, k, v, attn_mask, is_causal, dropout)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout,
+            enable_gqa=self.kv_heads != q.shape[1], scale=self.scale,
+        ), None
+
+    @staticmethod
+    def merge(heads: Tensor) -> Tensor:
+        """(b, heads, n, d) -> (b, n, heads * d), the output projection's input."""
+        b, h, n, d = heads.shape
+        return heads.transpose(1, 2).reshape(b, n, h * d)
 
     def _norm_qk(self, qkv: Tensor) -> Tensor:
         """qkv (b, n, heads + 2 kv_heads, d) with queries and keys normalised."""
