@@ -531,18 +531,22 @@ class TransformerWrapper(nn.Module):
             # left padding: positions start at each row's first real token
             key_mask = _and(key_mask, positions[None, :] >= seq_start_pos[:, None])
             positions = (positions[None, :] - seq_start_pos[:, None]).clamp(min=0)
+        return self._token_embeddings(x, positions, seen + (0 if parallel else n - 1)), positions, key_mask
+
+    def _token_embeddings(self, x: Tensor, positions: Tensor, last: int) -> Tensor:
+        """The embeddings of tokens x at `positions` (absolute position embeddings added, where the model has
+        them); `last`: the furthest position, refused past max_seq_len when positions are embedded."""
         tokens = self.token_emb(x)
         if exists(self.emb_scale):
             tokens = tokens * _in_dtype(self.emb_scale, tokens.dtype)
         if exists(self.pos_emb):
-            last = seen + (0 if parallel else n - 1)
             if last >= self.max_seq_len:
                 raise ValueError(
                     f"position {last} is past max_seq_len={self.max_seq_len}: absolute position embeddings stop "
                     "there; build the model with rotary_pos_emb=True and use_abs_pos_emb=False to decode further"
                 )
             tokens = tokens + self.pos_emb(positions)
-        return tokens, positions, key_mask
+        return tokens
 
     def layer_logits(self, hidden: Tensor) -> Tensor:
         """Logits of any layer's hidden states: the final norm and the head
@@ -575,14 +579,21 @@ class TransformerWrapper(nn.Module):
         n = xs[0].shape[1]
         if any(x.shape[1] != n for x in xs):
             raise ValueError(f"decode_rows takes one number of new tokens for every run, got {[x.shape[1] for x in xs]}")
-        embedded = [self._embed(x, cache.seen, cache.seq_start_pos) for x, cache in zip(xs, caches)]
         parts = [x.shape[0] for x in xs]
-        positions = torch.cat([p.expand(b, n) for (_, p, _), b in zip(embedded, parts)])
+        last = max(cache.seen for cache in caches) + n - 1
+        if all(cache.seq_start_pos is None for cache in caches):
+            # no left padding: every row's positions follow its cache's, and one lookup embeds every run's tokens
+            # (each row's embedding is its own lookup and sum whatever rows go with it)
+            positions = torch.tensor([list(range(cache.seen, cache.seen + n)) for cache, b in zip(caches, parts)
+                                      for _ in range(b)], device=xs[0].device)
+            tokens, key_masks = self._token_embeddings(torch.cat(xs), positions, last), [None] * len(xs)
+        else:
+            embedded = [self._embed(x, cache.seen, cache.seq_start_pos) for x, cache in zip(xs, caches)]
+            positions = torch.cat([p.expand(b, n) for (_, p, _), b in zip(embedded, parts)])
+            tokens, key_masks = torch.cat([h for h, _, _ in embedded]), [mask for _, _, mask in embedded]
         with shared_rows(parts if exact else [sum(parts)]):
-            hidden = self.attn_layers.forward_rows(
-                torch.cat([h for h, _, _ in embedded]), positions=positions, caches=caches, parts=parts,
-                key_masks=[mask for _, _, mask in embedded], window=self._window(),
-                max_position=max(cache.seen for cache in caches) + n - 1)
+            hidden = self.attn_layers.forward_rows(tokens, positions=positions, caches=caches, parts=parts,
+                                                   key_masks=key_masks, window=self._window(), max_position=last)
         return list(hidden.split(parts))
 
     def _window(self) -> int | None:
