@@ -581,11 +581,12 @@ class TransformerWrapper(nn.Module):
             raise ValueError(f"decode_rows takes one number of new tokens for every run, got {[x.shape[1] for x in xs]}")
         parts = [x.shape[0] for x in xs]
         last = max(cache.seen for cache in caches) + n - 1
-        if all(cache.seq_start_pos is None for cache in caches):
+        if xs[0].device.type == "cpu" and all(cache.seq_start_pos is None for cache in caches):
             # no left padding: every row's positions follow its cache's, and one lookup embeds every run's tokens
-            # (each row's embedding is its own lookup and sum whatever rows go with it)
+            # (each row's embedding is its own lookup and sum whatever rows go with it); on the CPU only, where
+            # the positions are made in place (on a GPU they would be copied over, and the calls cost little)
             positions = torch.tensor([list(range(cache.seen, cache.seen + n)) for cache, b in zip(caches, parts)
-                                      for _ in range(b)], device=xs[0].device)
+                                      for _ in range(b)])
             tokens, key_masks = self._token_embeddings(torch.cat(xs), positions, last), [None] * len(xs)
         else:
             embedded = [self._embed(x, cache.seen, cache.seq_start_pos) for x, cache in zip(xs, caches)]
