@@ -79,6 +79,7 @@ class StepTrace:
     _recorded: list = field(default_factory=list, repr=False)
     _unchanged: list = field(default_factory=list, repr=False)  # per stage, per row: it removed nothing there
     _row_of: tuple | None = field(default=None, repr=False)  # (trace, i): this trace is row i of that one's
+    _plain: dict | None = field(default=None, repr=False)  # the stacks as Python lists, for the rows taken (`row`)
 
     def record(self, name: str, logits: Tensor):
         """Stage `name` left these scores. Its numbers are computed when first read, every stage recorded by
@@ -108,7 +109,7 @@ class StepTrace:
     def _settle(self):
         """The numbers of the stages recorded since the last read (`record`)."""
         scores = torch.stack([logits.float() for logits in self._recorded])  # (stages, b, vocab)
-        self._recorded = []
+        self._recorded, self._plain = [], None
         log_probs = scores.log_softmax(dim=-1)
         probs = log_probs.exp()
         if self._model_probs is None:
@@ -139,12 +140,18 @@ class StepTrace:
         self._ready()
         rows = slice(i, i + 1)
         one = StepTrace(step=step, candidates=self.candidates[rows], stages=list(self.stages), _row_of=(self, i))
-        if self._stacked is not None:
-            one._stacked = {name: t[:, rows] for name, t in self._stacked.items()}
         for name in ("chosen", "chosen_rank", "chosen_prob"):
             value = getattr(self, name)
             setattr(one, name, value[rows] if value is not None else None)
         return one
+
+    def plain(self) -> dict | None:
+        """(a batch's trace whose rows were taken, `take_row`) Its per-stage numbers and candidates as Python lists,
+        [stage][row], converted once for all its rows; None unless its stages' numbers came in one go."""
+        if self._plain is None and self._stacked is not None and not self._recorded:
+            self._plain = {name: t.tolist() for name, t in self._stacked.items()}
+            self._plain["candidates"] = self.candidates.tolist()
+        return self._plain
 
     def _take_numbers(self):
         """(a row taken from a batch's trace, `take_row`) Its per-stage numbers, from that trace."""
@@ -191,12 +198,19 @@ class StepTrace:
         the whole vocabulary)."""
         if self._recorded:
             self._ready()
-        # each number as a stack over the stages: one conversion for all of them
-        stacked = self._stacked
-        if stacked is None:
-            stacked = {name: torch.stack(self._numbers(name)) for name in _NUMBERS}
-        probs, kept, mass, entropy = (stacked[name][:, i].tolist() for name in _NUMBERS)
-        out = dict(step=self.step, candidates=self.candidates[i].tolist(), stages=list(self.stages),
+        plain = self._row_of[0].plain() if self._row_of is not None else None
+        if plain is not None:  # a row taken from a batch's trace (`take_row`): the batch's lists, converted once
+            j = self._row_of[1] + i
+            probs, kept, mass, entropy = ([stage[j] for stage in plain[name]] for name in _NUMBERS)
+            candidates = plain["candidates"][j]
+        else:
+            # each number as a stack over the stages: one conversion for all of them
+            stacked = self._stacked
+            if stacked is None:
+                stacked = {name: torch.stack(self._numbers(name)) for name in _NUMBERS}
+            probs, kept, mass, entropy = (stacked[name][:, i].tolist() for name in _NUMBERS)
+            candidates = self.candidates[i].tolist()
+        out = dict(step=self.step, candidates=candidates, stages=list(self.stages),
                    probs={s: [min(max(p, 0.0), 1.0) for p in ps] for s, ps in zip(self.stages, probs)},
                    kept=dict(zip(self.stages, kept)),
                    mass={s: _unit(m) for s, m in zip(self.stages, mass)},

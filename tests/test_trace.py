@@ -112,3 +112,27 @@ def test_generate_and_beam_search_point_to_stream_for_a_trace():
     # the same settings without the trace run, and stream records it
     assert model.generate(prompt, 3, GenerationConfig(trace=True), trace=False).shape == (1, 6)
     assert next(iter(model.stream(prompt, 3, trace=True))).trace is not None
+
+
+def test_a_row_taken_from_a_batch_shows_what_the_batch_shows_for_that_row():
+    """`take_row` (runs drawing together, axw.sampling.Together): each taken row's `row(0)` equals the batch's
+    `row(i)`, whether it reads the batch's lists converted once or its own numbers (after a property was read, or
+    a stage recorded on the batch since), and its tensors are the batch's row."""
+    from axw.trace import new_trace
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    batch = new_trace(4, logits, 5)
+    batch.record("temperature", logits / 0.7)
+    cut = (logits / 0.7).masked_fill(logits < 0, -math.inf)
+    batch.record("cut", cut)
+    batch.choose(torch.tensor([3, 1, 4]), logits, cut)
+    rows = [batch.take_row(i, 7) for i in range(3)]
+    wanted = [dict(batch.row(i), step=7) for i in range(3)]
+    assert [r.row(0) for r in rows] == wanted
+    assert batch.plain() is not None and batch.plain()["candidates"] == batch.candidates.tolist()
+    assert torch.equal(rows[1].probs[2], batch.probs[2][1:2]) and torch.equal(rows[2].candidates, batch.candidates[2:])
+    assert rows[1].row(0) == wanted[1]  # its own numbers now (the property read above took them)
+    batch.record("again", cut - 1.0)  # the batch's lists are made again for rows taken after this
+    again = batch.take_row(0, 7).row(0)
+    assert again == dict(batch.row(0), step=7) and again["stages"][-1] == "again" and len(again["kept"]) == 4
