@@ -254,6 +254,9 @@ SMALL_MATRIX = (1 << 17, 1 << 20)
 
 
 _ROW_PARTS = threading.local()
+# the most ways a Linear keeps for runs of one row each (`Linear._one_row_each`): one per number of runs seen, a
+# few per setting; past it they are decided afresh
+_PLANS = 64
 
 
 @contextmanager
@@ -282,12 +285,40 @@ class Linear(nn.Linear):
     _column_major_of: tuple | None = None
 
     _batched_exact: dict | None = None
+    # the ways `_by_parts` decided for runs of one row each, by what decides them: (the weight, its storage and
+    # version then, the way as a function of x); `_one_row_each`
+    _planned: dict | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         parts = row_parts()
         if parts is not None and len(parts) > 1:
-            return self._by_parts(x, parts)
+            return self._one_row_each(x, parts) if x.numel() == len(parts) * x.shape[-1] else self._by_parts(x, parts)
         return self._alone(x)
+
+    def _one_row_each(self, x: Tensor, parts: list[int]) -> Tensor:
+        """`_by_parts` for runs of one row each (a decode step's): the way it decides, kept once its check is done,
+        so the next steps of as many runs go straight to it (each product of a shared forward would otherwise
+        spend a third as long deciding as computing). The key is what the decision reads; a change of the weight
+        (its tensor, storage or version) decides again."""
+        weight = self.weight
+        key = (len(parts), x.shape, x.dtype, x.device, _needs_grad(x, weight, self.bias),
+               torch.is_autocast_enabled("cpu"), torch.get_num_threads(), ONE_ROW_COLUMNS)
+        planned = self._planned.get(key) if self._planned is not None else None
+        if planned is not None and planned[0] is weight and planned[1] == (weight.data_ptr(), weight._version):
+            return planned[2](x)
+        out = self._by_parts(x, parts)
+        if x.dtype != weight.dtype:  # as `_by_parts` decides
+            way = functools.partial(self._part_by_part, parts=list(parts))
+        else:
+            check, batched = self._equal_parts(x, len(parts))
+            exact = (self._batched_exact or {}).get(check)
+            if exact is None:  # the first call: its check was just made
+                return out
+            way = batched if exact else functools.partial(self._part_by_part, parts=list(parts))
+        if self._planned is None or len(self._planned) >= _PLANS:
+            self._planned = {}
+        self._planned[key] = (weight, (weight.data_ptr(), weight._version), way)
+        return out
 
     def _alone(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
@@ -332,12 +363,8 @@ class Linear(nn.Linear):
             key = ("column", tuple(parts), x.dtype, x.device)
             way = lambda: _onednn(x, self.column_major(), self.bias)  # noqa: E731
         elif len(set(parts)) == 1 and x.dtype == self.weight.dtype:
-            rows = math.prod(x.shape[:-1]) // len(parts)
-            # each part the way it goes alone: one row of a widening matrix from the column-major copy
-            columns = rows == 1 and self.one_row_from_columns(x)
-            key = (len(parts), rows, x.dtype, x.device) + (("columns",) if columns else ())
-            weight = self.column_major() if columns else self.weight
-            way = lambda: self._batched(x, len(parts), weight)  # noqa: E731
+            key, batched = self._equal_parts(x, len(parts))
+            way = lambda: batched(x)  # noqa: E731
         else:
             return self._part_by_part(x, parts)
         exact = (self._batched_exact or {}).get(key)
@@ -347,19 +374,31 @@ class Linear(nn.Linear):
             return alone
         return way() if exact else self._part_by_part(x, parts)
 
+    def _equal_parts(self, x: Tensor, k: int):
+        """(the key of its check, the product as a function of x) for x's rows in k equal parts, each the way it
+        goes alone: one row of a widening matrix from the column-major copy."""
+        rows = math.prod(x.shape[:-1]) // k
+        columns = rows == 1 and self.one_row_from_columns(x)
+        key = (k, rows, x.dtype, x.device) + (("columns",) if columns else ())
+        return key, self._batched(k, rows, self.column_major() if columns else self.weight)
+
     def _part_by_part(self, x: Tensor, parts: list[int]) -> Tensor:
         """x's parts (`shared_rows`), each through the layer on its own."""
         return torch.cat([self._alone(part) for part in x.split(parts)])
 
-    def _batched(self, x: Tensor, k: int, weight: Tensor) -> Tensor:
+    def _batched(self, k: int, m: int, weight: Tensor):
         """x (k * m rows, ..., in) as k products of m rows by `weight` (the weight or its column-major copy), in
-        one batched call."""
+        one batched call, as a function of x: the weight and bias laid out for that call once."""
         weight = weight.t()
         weight = weight.expand(k, *weight.shape)
-        flat = x.reshape(k, -1, x.shape[-1])
-        out = (torch.baddbmm(self.bias.expand(k, flat.shape[1], -1), flat, weight) if self.bias is not None
-               else torch.bmm(flat, weight))
-        return out.reshape(*x.shape[:-1], out.shape[-1])
+        bias = self.bias.expand(k, m, -1) if self.bias is not None else None
+        inputs = weight.shape[1]
+
+        def batched(x: Tensor) -> Tensor:
+            flat = x.reshape(k, m, inputs)
+            out = torch.baddbmm(bias, flat, weight) if bias is not None else torch.bmm(flat, weight)
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+        return batched
 
     def column_major(self) -> Tensor:
         """The weight, (out, in), laid out column-major; made again after any change to the weight."""

@@ -610,3 +610,32 @@ def test_a_failing_draw_together_reaches_every_run_in_it_and_the_turns_go_on(bun
         assert in_threads([taking_turns(lockstep, lambda i=i: run(i)) for i in range(3)]) == expected
     finally:
         shared.close()
+
+
+@pytest.mark.parametrize("columns", [True, False])
+def test_runs_of_one_row_each_keep_the_way_decided_and_see_the_weight_change(columns, monkeypatch):
+    """A Linear's product for runs of one row each (a decode step shared by 4 runs) keeps the way it decided once
+    its check is made (`Linear._one_row_each`): every call gives each row the bits of that row alone, also after
+    the weight changes in place (its column-major copy made again), after it is replaced, and with gradients on."""
+    from axw import kernels
+
+    monkeypatch.setattr(kernels, "ONE_ROW_COLUMNS", columns)
+    torch.manual_seed(0)
+    for layer in (kernels.Linear(256, 768), kernels.Linear(768, 256, bias=False)):
+        rows = torch.randn(4, 1, layer.in_features)
+
+        def together_equals_alone():
+            alone = torch.cat([layer(row) for row in rows.split(1)])
+            with kernels.shared_rows([1, 1, 1, 1]):
+                assert torch.equal(layer(rows), alone)
+
+        with torch.no_grad():
+            for _ in range(3):
+                together_equals_alone()
+            assert len(layer._planned) == 1
+            layer.weight.mul_(1.5)
+            together_equals_alone()
+            layer.weight = torch.nn.Parameter(torch.randn_like(layer.weight))
+            together_equals_alone()
+        together_equals_alone()  # gradients on: the weights' own product, decided again
+        assert len(layer._planned) == 2
