@@ -277,6 +277,11 @@ def row_parts() -> list[int] | None:
     return getattr(_ROW_PARTS, "parts", None)
 
 
+def _stamp(weight: Tensor, bias: Tensor | None) -> tuple:
+    """Where the weight and bias are stored and how often they were changed in place."""
+    return (weight.data_ptr(), weight._version) + ((bias.data_ptr(), bias._version) if bias is not None else ())
+
+
 class Linear(nn.Linear):
     """`nn.Linear` computed by `linear`; a few rows at inference from a
     column-major copy of the weight (remade whenever the weight changes)."""
@@ -285,8 +290,8 @@ class Linear(nn.Linear):
     _column_major_of: tuple | None = None
 
     _batched_exact: dict | None = None
-    # the ways `_by_parts` decided for runs of one row each, by what decides them: (the weight, its storage and
-    # version then, the way as a function of x); `_one_row_each`
+    # the ways `_by_parts` decided for runs of one row each, by what decides them: (the weight and bias, their
+    # storage and versions then, the way as a function of x); `_one_row_each`
     _planned: dict | None = None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -299,13 +304,13 @@ class Linear(nn.Linear):
         """`_by_parts` for runs of one row each (a decode step's): the way it decides, kept once its check is done,
         so the next steps of as many runs go straight to it (each product of a shared forward would otherwise
         spend a third as long deciding as computing). The key is what the decision reads; a change of the weight
-        (its tensor, storage or version) decides again."""
-        weight = self.weight
-        key = (len(parts), x.shape, x.dtype, x.device, _needs_grad(x, weight, self.bias),
+        or bias (its tensor, storage or version) decides again."""
+        weight, bias = self.weight, self.bias
+        key = (len(parts), x.shape, x.dtype, x.device, _needs_grad(x, weight, bias),
                torch.is_autocast_enabled("cpu"), torch.get_num_threads(), ONE_ROW_COLUMNS)
         planned = self._planned.get(key) if self._planned is not None else None
-        if planned is not None and planned[0] is weight and planned[1] == (weight.data_ptr(), weight._version):
-            return planned[2](x)
+        if planned is not None and planned[0] is weight and planned[1] is bias and planned[2] == _stamp(weight, bias):
+            return planned[3](x)
         out = self._by_parts(x, parts)
         if x.dtype != weight.dtype:  # as `_by_parts` decides
             way = functools.partial(self._part_by_part, parts=list(parts))
@@ -317,7 +322,7 @@ class Linear(nn.Linear):
             way = batched if exact else functools.partial(self._part_by_part, parts=list(parts))
         if self._planned is None or len(self._planned) >= _PLANS:
             self._planned = {}
-        self._planned[key] = (weight, (weight.data_ptr(), weight._version), way)
+        self._planned[key] = (weight, bias, _stamp(weight, bias), way)
         return out
 
     def _alone(self, x: Tensor) -> Tensor:

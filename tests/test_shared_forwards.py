@@ -616,8 +616,8 @@ def test_a_failing_draw_together_reaches_every_run_in_it_and_the_turns_go_on(bun
 def test_runs_of_one_row_each_keep_the_way_decided_and_see_the_weight_change(columns, monkeypatch):
     """A Linear's product for runs of one row each (a decode step shared by 4 runs) keeps the way it decided once
     its check is made (`Linear._one_row_each`): every call gives each row the bits of that row alone, also after
-    the weight changes in place (its column-major copy made again), after it is replaced, in a copy of the layer,
-    and with gradients on."""
+    the weight changes in place (its column-major copy made again), after it or the bias is replaced, in a copy
+    of the layer, and with gradients on."""
     from axw import kernels
 
     monkeypatch.setattr(kernels, "ONE_ROW_COLUMNS", columns)
@@ -638,6 +638,9 @@ def test_runs_of_one_row_each_keep_the_way_decided_and_see_the_weight_change(col
             together_equals_alone()
             layer.weight = torch.nn.Parameter(torch.randn_like(layer.weight))
             together_equals_alone()
+            if layer.bias is not None:
+                layer.bias = torch.nn.Parameter(torch.randn_like(layer.bias))
+                together_equals_alone()
             original, layer = layer, copy.deepcopy(layer)  # a copy (a visitor's to fine-tune) has weights of its own
             layer.weight.mul_(0.5)
             together_equals_alone()
