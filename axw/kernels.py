@@ -311,19 +311,17 @@ class Linear(nn.Linear):
         planned = self._planned.get(key) if self._planned is not None else None
         if planned is not None and planned[0] is weight and planned[1] is bias and planned[2] == _stamp(weight, bias):
             return planned[3](x)
-        out = self._by_parts(x, parts)
-        if x.dtype != weight.dtype:  # as `_by_parts` decides
-            way = functools.partial(self._part_by_part, parts=list(parts))
-        else:
+        out, way = None, functools.partial(self._part_by_part, parts=list(parts))  # as `_by_parts` decides
+        if x.dtype == weight.dtype:
             check, batched = self._equal_parts(x, len(parts))
-            exact = (self._batched_exact or {}).get(check)
-            if exact is None:  # the first call: its check was just made
-                return out
-            way = batched if exact else functools.partial(self._part_by_part, parts=list(parts))
+            if check not in (self._batched_exact or {}):  # the first call of these shapes: `_by_parts` checks
+                out = self._by_parts(x, parts)
+            if self._batched_exact[check]:
+                way = batched
         if self._planned is None or len(self._planned) >= _PLANS:
             self._planned = {}
         self._planned[key] = (weight, bias, _stamp(weight, bias), way)
-        return out
+        return way(x) if out is None else out
 
     def _alone(self, x: Tensor) -> Tensor:
         rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
